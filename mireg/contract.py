@@ -1,0 +1,250 @@
+"""The public plugin contract: what a backbone, dataset or regulariser plugin imports and subclasses.
+
+A plugin is registered under an entry point (groups ``mireg.backbones``, ``mireg.datasets``,
+``mireg.regularizers``) whose value is its *config class*: a strict pydantic model holding the
+plugin's recipe options that builds the plugin object. mireg's built-ins follow the same contract.
+
+* Backbone: :class:`BackboneConfig` builds a :class:`Backbone`, an ``nn.Module`` that maps
+  ``(B, in_channels, H, W)`` images to ``(B, num_classes, H, W)`` logits and names the modules whose
+  outputs regularisers may tap (``taps``).
+* Regulariser: :class:`RegularizerConfig` builds a :class:`Regularizer`, an ``nn.Module`` (its
+  parameters, e.g. cluster heads, are trained with the network) that turns a :class:`StepContext`
+  into a loss. The training loop adds ``weight * loss``.
+* Dataset: :class:`DatasetConfig` loads a preprocessed :class:`~mireg.data.store.VolumeStore` and may
+  implement ``preprocess`` to build one from raw files (``mireg preprocess NAME RAW OUT``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import nn
+
+if TYPE_CHECKING:
+    from mireg.data.store import VolumeStore
+
+__all__ = [
+    "Backbone",
+    "BackboneConfig",
+    "DatasetConfig",
+    "PluginConfig",
+    "Progress",
+    "Regularizer",
+    "RegularizerConfig",
+    "RegularizerOutput",
+    "StepContext",
+    "Tap",
+    "Transform",
+]
+
+#: Progress callback: ``progress(done, total, description)``. Library code reports through it; the
+#: CLI renders it.
+Progress = Callable[[int, int, str], None]
+
+
+class PluginConfig(BaseModel):
+    """Base of every plugin's recipe table: ``name`` plus the plugin's own, strictly checked, fields."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+
+
+# --------------------------------------------------------------------------------------------------
+# Backbones
+
+
+@dataclass(frozen=True)
+class Tap:
+    """A feature map a regulariser may attach to.
+
+    Attributes:
+        kind: ``"encoder"`` maps feed global (pooled) heads, ``"decoder"`` maps feed local heads.
+        channels: Number of channels of the map.
+    """
+
+    kind: Literal["encoder", "decoder"]
+    channels: int
+
+
+class Backbone(nn.Module):
+    """A 2D segmentation network with named feature taps.
+
+    Subclasses set ``taps`` (tap name -> :class:`Tap`, in network order) and implement
+    ``tap_module``; the trainer registers forward hooks on those modules once, so tapping costs
+    nothing when no regulariser asks for features.
+    """
+
+    taps: dict[str, Tap]
+    in_channels: int
+    num_classes: int
+
+    def tap_module(self, name: str) -> nn.Module:
+        """Return the module whose output is the feature map ``name``."""
+        raise NotImplementedError
+
+
+class BackboneConfig(PluginConfig):
+    """Recipe table ``[backbone]``."""
+
+    in_channels: int = Field(1, ge=1)
+    num_classes: int = Field(ge=2)
+
+    def build(self) -> Backbone:
+        """Construct the network (randomly initialised, no downloads unless the recipe asks)."""
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------------------------------
+# The equivariant transform T and the step context
+
+
+class Transform:
+    """A random geometric transform drawn once per sample and replayable on any tensor.
+
+    ``T`` flips each sample along H with probability ``p_h`` and along W with probability ``p_w``
+    (method.md). Flips commute with resizing, so the same draw applies to images, logits and feature
+    maps of any resolution with shape ``(N, *, H, W)``.
+
+    Args:
+        flip_h: Boolean tensor ``(N,)``: flip sample n along H.
+        flip_w: Boolean tensor ``(N,)``: flip sample n along W.
+    """
+
+    def __init__(self, flip_h: torch.Tensor, flip_w: torch.Tensor) -> None:
+        self.flip_h = flip_h
+        self.flip_w = flip_w
+
+    @classmethod
+    def draw(
+        cls,
+        n: int,
+        generator: torch.Generator,
+        device: torch.device,
+        p_h: float = 0.8,
+        p_w: float = 0.8,
+    ) -> Transform:
+        """Draw a transform for ``n`` samples from ``generator`` (a generator on ``device``)."""
+        u = torch.rand(2, n, generator=generator, device=device)
+        return cls(u[0] < p_h, u[1] < p_w)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the transform to ``x`` of shape ``(N, *, H, W)``."""
+        shape = (-1,) + (1,) * (x.dim() - 1)
+        x = torch.where(self.flip_h.view(shape), x.flip(-2), x)
+        return torch.where(self.flip_w.view(shape), x.flip(-1), x)
+
+
+@dataclass
+class StepContext:
+    """What a regulariser sees of one training step.
+
+    The network ran once on ``[x_l, x_u, T(x_u)]``; logits and tapped features are split into those
+    three groups here.
+
+    Attributes:
+        logits_l: ``(n_l, C, H, W)`` logits of the labelled batch.
+        logits_u: ``(n_u, C, H, W)`` logits of the unlabelled batch.
+        logits_tu: ``(n_u, C, H, W)`` logits of the transformed unlabelled batch ``T(x_u)``.
+        features: tap name -> ``(f_l, f_u, f_tu)`` feature maps for the taps regularisers asked for.
+        transform: The draw of ``T`` used for ``T(x_u)``.
+        step: Global step index (0-based).
+        epoch: Epoch index (0-based).
+        x_u: The unlabelled images ``(n_u, in_channels, H, W)``, for regularisers that need them.
+    """
+
+    logits_l: torch.Tensor
+    logits_u: torch.Tensor
+    logits_tu: torch.Tensor
+    features: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+    transform: Transform
+    step: int
+    epoch: int
+    x_u: torch.Tensor
+
+
+@dataclass
+class RegularizerOutput:
+    """A regulariser's unweighted loss and named extra values to log (scalars, kept on device)."""
+
+    loss: torch.Tensor
+    logs: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------------
+# Regularisers
+
+
+class Regularizer(nn.Module):
+    """A loss term on unlabelled data. Its parameters are optimised with the network's."""
+
+    #: Feature taps the regulariser reads from ``StepContext.features``.
+    taps: tuple[str, ...] = ()
+
+    def forward(self, ctx: StepContext) -> RegularizerOutput:  # noqa: D102
+        raise NotImplementedError
+
+    def after_step(self, model: nn.Module, step: int) -> None:
+        """Called after each optimizer step (e.g. an EMA teacher update). Default: nothing."""
+
+
+class RegularizerConfig(PluginConfig):
+    """Recipe table ``[[regularizers]]``: ``weight`` plus the regulariser's own options."""
+
+    weight: float = Field(ge=0.0)
+
+    def build(self, backbone: Backbone) -> Regularizer:
+        """Construct the regulariser for ``backbone`` (checks that the taps it needs exist)."""
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------------------------------
+# Datasets
+
+
+class DatasetConfig(PluginConfig):
+    """Recipe table ``[data]``: where the data lives and how patients are split.
+
+    Patients (never single scans) are split into labelled / unlabelled / validation / test, seeded.
+    Give the labelled amount either as ``labeled_ratio`` (of the training patients) or as
+    ``labeled_patients``; or give ``split_file`` (JSON with lists ``labeled``, ``unlabeled``,
+    ``validation``, ``test`` of patient ids) to reproduce a published split.
+    """
+
+    #: Whether ``preprocess`` is implemented (``mireg preprocess NAME``).
+    can_preprocess: ClassVar[bool] = False
+
+    labeled_ratio: float | None = Field(None, gt=0.0, le=1.0)
+    labeled_patients: int | None = Field(None, ge=1)
+    val_patients: int = Field(10, ge=1)
+    test_patients: int = Field(20, ge=1)
+    split_seed: int | None = None
+    split_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _one_labelled_amount(self) -> DatasetConfig:
+        if self.labeled_ratio is not None and self.labeled_patients is not None:
+            raise ValueError("give labeled_ratio or labeled_patients, not both")
+        return self
+
+    def load(self, progress: Progress | None = None) -> VolumeStore:
+        """Return the preprocessed store (building it first if the dataset knows how)."""
+        raise NotImplementedError
+
+    @classmethod
+    def preprocess(
+        cls,
+        raw: Path,
+        out: Path,
+        *,
+        spacing: float,
+        canvas: int,
+        progress: Progress | None = None,
+    ) -> VolumeStore:
+        """Turn raw files under ``raw`` into a preprocessed store at ``out``."""
+        raise NotImplementedError

@@ -1,0 +1,45 @@
+"""The errors mireg raises for problems a user can fix.
+
+Every user-facing failure is a :class:`MiregError`: a one-line message that names the file and the key
+or value at fault, plus an optional hint. The CLI prints it without a traceback and exits 1; any other
+exception is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class MiregError(Exception):
+    """Base class of all errors a user can act on.
+
+    Args:
+        message: What is wrong, naming the file and the key or value at fault.
+        hint: What to do about it (optional).
+    """
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if self.hint is None else f"{self.message}\n  hint: {self.hint}"
+
+
+class RecipeError(MiregError):
+    """A recipe file is unreadable, malformed or invalid."""
+
+
+class PluginError(MiregError):
+    """A plugin is unknown, broken, or registered twice."""
+
+
+class DataError(MiregError):
+    """Input data (raw scans, a preprocessed store, a split) is missing or wrong."""
+
+
+class CheckpointError(MiregError):
+    """A checkpoint or run directory is missing, corrupt or does not fit the recipe."""
+
+
+class RunError(MiregError):
+    """A training run cannot start or cannot go on (existing run directory, non-finite loss)."""

@@ -1,0 +1,230 @@
+"""The pure loss math of the method (method.md), free of modules, recipes and training state.
+
+Global and local mutual information (Peng, Pedersoli, Desrosiers, "Boosting Semi-supervised Image
+Segmentation with Global and Local Mutual Information Regularization"; Ji et al., "Invariant
+Information Clustering") and the transform-consistency loss. All functions return *minus* the mutual
+information, so minimising them maximises it. Joints and logarithms are computed in float32 even
+under autocast: the joints are sums of up to millions of products and the MI values are small.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "consistency_loss",
+    "global_mi_loss",
+    "local_joints",
+    "local_mi_loss",
+    "local_mi_subheads",
+    "mi_from_joint",
+]
+
+GLOBAL_EPS = 1e-10
+LOCAL_EPS = 1e-16
+
+
+def _at_least_float32(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Half-precision inputs are promoted to float32; float32 and float64 are kept."""
+    return tuple(t.float() if t.element_size() < 4 else t for t in tensors)
+
+
+def mi_from_joint(p: torch.Tensor, eps: float) -> torch.Tensor:
+    """Minus the mutual information of normalised joint distribution(s).
+
+    Args:
+        p: ``(..., K, K)`` joints, each summing to one.
+        eps: Added inside every logarithm.
+
+    Returns:
+        ``(...)``: ``-sum_ij p_ij (log(p_ij + e) - log(pi_i + e) - log(pj_j + e))``.
+    """
+    pi = p.sum(dim=-1, keepdim=True)
+    pj = p.sum(dim=-2, keepdim=True)
+    return -(p * (torch.log(p + eps) - torch.log(pi + eps) - torch.log(pj + eps))).sum(dim=(-2, -1))
+
+
+def global_mi_loss(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+    """Minus the mutual information between two batches of categorical distributions.
+
+    Args:
+        z1: ``(N, K)`` probabilities (rows sum to one), e.g. a global head on ``F(x)``.
+        z2: ``(N, K)`` probabilities of the paired samples, e.g. the head on ``F(T(x))``.
+
+    Returns:
+        Scalar ``L_global(z1, z2)`` of method.md: the joint ``sum_n z1_n z2_n^T`` is symmetrised and
+        normalised, and ``-I`` is computed with ``e = 1e-10``.
+    """
+    if z1.shape != z2.shape or z1.dim() != 2:
+        raise ValueError(f"expected two (N, K) tensors of one shape, got {tuple(z1.shape)} and "
+                         f"{tuple(z2.shape)}")
+    with torch.autocast(device_type=z1.device.type, enabled=False):
+        z1, z2 = _at_least_float32(z1, z2)
+        p = z1.t() @ z2
+        p = (p + p.t()) / 2
+        p = p / p.sum()
+        return mi_from_joint(p, GLOBAL_EPS)
+
+
+class _ShiftedJoints(torch.autograd.Function):
+    """Joints ``P[d] = sum_t a[..., t] b[..., t + shift_d]^T`` over a window of flattened maps.
+
+    ``a`` and ``b`` are ``(S, K, T)`` zero-padded maps flattened so that a 2D displacement is a shift
+    of the last axis; every displacement is then one batched matrix product of strided views (no
+    copies). The backward is the same kind of product, accumulated in place into the two gradients
+    (autograd's own backward would allocate a full-size gradient per displacement).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, a: torch.Tensor, b: torch.Tensor, shifts: list[int], start: int,
+                length: int) -> torch.Tensor:
+        s, k, _ = a.shape
+        out = a.new_empty(len(shifts), s, k, k)
+        window = a[..., start : start + length]
+        for index, shift in enumerate(shifts):
+            partner = b[..., start + shift : start + shift + length]
+            torch.bmm(window, partner.transpose(1, 2), out=out[index])
+        ctx.save_for_backward(a, b)
+        ctx.shifts, ctx.start, ctx.length = shifts, start, length
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        a, b = ctx.saved_tensors
+        start, length = ctx.start, ctx.length
+        grad_a = torch.zeros_like(a) if ctx.needs_input_grad[0] else None
+        grad_b = torch.zeros_like(b) if ctx.needs_input_grad[1] else None
+        window = a[..., start : start + length]
+        for index, shift in enumerate(ctx.shifts):
+            lo, hi = start + shift, start + shift + length
+            if grad_a is not None:
+                grad_a[..., start : start + length].baddbmm_(grad[index], b[..., lo:hi])
+            if grad_b is not None:
+                grad_b[..., lo:hi].baddbmm_(grad[index].transpose(1, 2), window)
+        return grad_a, grad_b, None, None, None
+
+
+def local_joints(z1: torch.Tensor, z2: torch.Tensor, radius: int) -> torch.Tensor:
+    """Unnormalised joints of cluster maps for every displacement within ``radius``.
+
+    ``P_d[i, j] = sum_{n,h,w} z1[n, i, h, w] * z2[n, j, h + dy, w + dx]`` with zero padding, for
+    ``d = (dy, dx)`` in ``{-r..r}^2`` in row-major order, for every sub-head at once.
+
+    Args:
+        z1: ``(N, S, K, H, W)`` probabilities of ``S`` sub-heads (or ``(N, K, H, W)`` for one).
+        z2: Same shape as ``z1``.
+        radius: Displacement radius ``r >= 0``.
+
+    Returns:
+        ``((2r+1)^2, S, K, K)`` joints (``((2r+1)^2, K, K)`` for 4D inputs).
+    """
+    single = z1.dim() == 4
+    if single:
+        z1, z2 = z1.unsqueeze(1), z2.unsqueeze(1)
+    n, s, k, h, w = z1.shape
+    hp, wp = h + 2 * radius, w + 2 * radius
+
+    def flat(z: torch.Tensor) -> torch.Tensor:
+        # (N, S, K, H, W) -> zero-padded (S, K, N * Hp * Wp): a displacement is a shift of the last
+        # axis, and a window from the first to the last interior pixel never reads past the ends.
+        padded = F.pad(z, (radius, radius, radius, radius))
+        return padded.permute(1, 2, 0, 3, 4).reshape(s, k, n * hp * wp)
+
+    start = radius * wp + radius
+    length = (n - 1) * hp * wp + (h - 1) * wp + w
+    shifts = [dy * wp + dx for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1)]
+    joints = _ShiftedJoints.apply(flat(z1), flat(z2), shifts, start, length)
+    return joints[:, 0] if single else joints
+
+
+def _local_mi_whole(z1: torch.Tensor, z2: torch.Tensor, radius: int) -> torch.Tensor:
+    """Per sub-head ``L_local`` of ``(N, S, K, H, W)`` maps: ``(S,)``."""
+    p = local_joints(z1, z2, radius)  # (D, S, K, K)
+    # The authors shift all joints by their (detached) minimum before normalising; kept for parity.
+    p = p - p.amin(dim=(0, 2, 3), keepdim=True).detach() + 1e-16
+    p = p / p.sum(dim=(-2, -1), keepdim=True)
+    p = (p + p.transpose(-2, -1)) / 2
+    return mi_from_joint(p, LOCAL_EPS).mean(dim=0)
+
+
+def local_mi_subheads(
+    z1: torch.Tensor, z2: torch.Tensor, radius: int, patch: int | None = None
+) -> torch.Tensor:
+    """``L_local`` of each sub-head, computed together.
+
+    Args:
+        z1: ``(N, S, K, H, W)`` probabilities (softmax over K) of ``S`` sub-heads.
+        z2: Same shape.
+        radius: Displacement radius.
+        patch: Window size (see :func:`local_mi_loss`).
+
+    Returns:
+        ``(S,)`` losses.
+    """
+    if z1.shape != z2.shape or z1.dim() != 5:
+        raise ValueError(f"expected two (N, S, K, H, W) tensors of one shape, got "
+                         f"{tuple(z1.shape)} and {tuple(z2.shape)}")
+    if radius < 0:
+        raise ValueError(f"radius must be >= 0, got {radius}")
+    with torch.autocast(device_type=z1.device.type, enabled=False):
+        z1, z2 = _at_least_float32(z1, z2)
+        h, w = z1.shape[-2:]
+        if patch is None or (patch >= h and patch >= w):
+            return _local_mi_whole(z1, z2, radius)
+        ph, pw = min(patch, h), min(patch, w)
+        stride = max(1, patch // 2)
+        losses = [
+            _local_mi_whole(z1[..., i : i + ph, j : j + pw], z2[..., i : i + ph, j : j + pw], radius)
+            for i in range(0, h - ph + 1, stride)
+            for j in range(0, w - pw + 1, stride)
+        ]
+        return torch.stack(losses).mean(dim=0)
+
+
+def local_mi_loss(
+    z1: torch.Tensor, z2: torch.Tensor, radius: int, patch: int | None = None
+) -> torch.Tensor:
+    """Minus the local (displacement-averaged) mutual information between two cluster maps.
+
+    Args:
+        z1: ``(N, K, H, W)`` probabilities (softmax over K), e.g. ``head(T(F(x)))``.
+        z2: ``(N, K, H, W)`` probabilities, e.g. ``head(F(T(x)))``.
+        radius: Displacement radius ``r``; the loss averages over ``(2r+1)^2`` displacements.
+        patch: If given and smaller than the map, the maps are cut into ``patch x patch`` windows
+            with stride ``patch // 2`` and the loss is averaged over windows; otherwise the whole map
+            is one window (the authors' default, 1024, exceeds every map).
+
+    Returns:
+        Scalar ``L_local(z1, z2; r)`` of method.md.
+    """
+    if z1.shape != z2.shape or z1.dim() != 4:
+        raise ValueError(f"expected two (N, K, H, W) tensors of one shape, got {tuple(z1.shape)} "
+                         f"and {tuple(z2.shape)}")
+    return local_mi_subheads(z1.unsqueeze(1), z2.unsqueeze(1), radius, patch)[0]
+
+
+def consistency_loss(
+    p_transformed: torch.Tensor, target: torch.Tensor, kind: Literal["mse", "kl"] = "mse"
+) -> torch.Tensor:
+    """Transform consistency between predictions on ``T(x)`` and the transformed predictions on ``x``.
+
+    Args:
+        p_transformed: ``(N, C, H, W)`` probabilities ``p(T(x))`` (gradients flow here).
+        target: ``(N, C, H, W)`` probabilities ``T(p(x))``; detached here (stop-gradient).
+        kind: ``"mse"``, the mean over all ``N*C*H*W`` entries (default), or ``"kl"``,
+            ``KL(target || p_transformed)`` summed over classes and averaged over pixels.
+
+    Returns:
+        Scalar loss.
+    """
+    with torch.autocast(device_type=p_transformed.device.type, enabled=False):
+        p, t = _at_least_float32(p_transformed, target.detach())
+        if kind == "mse":
+            return F.mse_loss(p, t)
+        if kind == "kl":
+            kl = t * (torch.log(t + LOCAL_EPS) - torch.log(p + LOCAL_EPS))
+            return kl.sum(dim=1).mean()
+        raise ValueError(f"unknown consistency kind {kind!r}")

@@ -1,0 +1,82 @@
+"""Prediction on new NIfTI scans: the training preprocessing, slice-wise 2D inference, and back.
+
+Each scan is resampled in-plane to the training spacing, normalised and placed on the training canvas
+exactly as at preprocessing; the network segments its slices in batches; probabilities are mapped
+back onto the original voxel grid, so the label map has the input's exact shape, affine and header.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from mireg.contract import Progress
+from mireg.data.nifti import read_volume, write_label_map
+from mireg.data.preprocessing import preprocess_volume, restore_labels
+from mireg.errors import DataError
+from mireg.evaluate import segment
+from mireg.runs import TrainedModel
+
+__all__ = ["collect_inputs", "predict_file", "predict_files"]
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+def _is_nifti(path: Path) -> bool:
+    return path.name.endswith(NIFTI_SUFFIXES)
+
+
+def collect_inputs(inputs: Iterable[Path]) -> list[Path]:
+    """NIfTI files named directly or found (non-recursively) in the folders given."""
+    files: list[Path] = []
+    for path in inputs:
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and _is_nifti(p))
+            if not found:
+                raise DataError(f"{path}: folder holds no .nii or .nii.gz files")
+            files.extend(found)
+        elif path.is_file():
+            if not _is_nifti(path):
+                raise DataError(f"{path}: not a NIfTI file (.nii or .nii.gz)")
+            files.append(path)
+        else:
+            raise DataError(f"{path}: no such file or folder")
+    names = [f.name for f in files]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise DataError(f"two inputs share the output name {duplicates[0]!r}",
+                        "predict them into different output folders")
+    return files
+
+
+def predict_file(trained: TrainedModel, path: Path, batch: int = 32) -> np.ndarray:
+    """Label map ``(X, Y, Z)`` (uint8) of the scan at ``path``."""
+    image, _, spacing = read_volume(path)
+    slices, _, geometry = preprocess_volume(image, spacing, trained.spacing, trained.canvas)
+    device = next(trained.model.parameters()).device
+    probs = segment(trained.model, torch.from_numpy(slices).to(device), batch,
+                    trained.recipe.train.precision)
+    return restore_labels(probs, geometry)
+
+
+def predict_files(
+    trained: TrainedModel,
+    files: list[Path],
+    out_dir: Path,
+    batch: int = 32,
+    progress: Progress | None = None,
+) -> list[Path]:
+    """Predict every file into ``out_dir/<input name>``; each output is written atomically."""
+    written = []
+    for i, path in enumerate(files):
+        labels = predict_file(trained, path, batch)
+        out = out_dir / path.name
+        write_label_map(out, labels, nib.load(str(path)))
+        written.append(out)
+        if progress is not None:
+            progress(i + 1, len(files), path.name)
+    return written

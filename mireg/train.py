@@ -1,0 +1,338 @@
+"""The training loop (design.md, "The training step").
+
+Per step: labelled and unlabelled slices are drawn from tensors already on the device and augmented
+there in one batched warp; ``T`` is drawn once; one forward pass runs over ``[x_l, x_u, T(x_u)]``
+with the feature taps the regularisers asked for (hooks registered once); each regulariser turns the
+step context into a loss, and the loop adds ``L_sup + sum_i w_i L_i``. Logged values stay on the
+device and are fetched once every ``log_every`` steps, so the step has no host syncs.
+
+Per epoch: learning-rate schedule, validation (3D DSC on whole validation volumes), the ``last``
+checkpoint and, when validation improves, ``best``; a row of ``metrics.csv``. At the end the best
+checkpoint is evaluated on the test split into ``report.json``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import mireg
+from mireg import registry
+from mireg.augment import augment_batch
+from mireg.checkpoint import load_checkpoint, save_checkpoint
+from mireg.contract import Backbone, Progress, Regularizer, StepContext, Transform
+from mireg.data.splits import Split, make_split
+from mireg.data.store import VolumeStore
+from mireg.errors import RecipeError, RunError
+from mireg.evaluate import evaluate_volumes, summarize, write_report
+from mireg.plots import plot_curves
+from mireg.recipe import Recipe, dump_toml
+from mireg.schedule import lr_at_epoch
+
+__all__ = ["Observer", "Trainer", "build_model", "resolve_device"]
+
+
+class Observer:
+    """Receives progress from the loop; the CLI renders it. Every method defaults to doing nothing."""
+
+    def message(self, text: str) -> None:
+        """A one-line status message."""
+
+    def progress(self, done: int, total: int, description: str) -> None:
+        """Progress of a preparation stage (data generation, preprocessing)."""
+
+    def epoch_start(self, epoch: int, epochs: int, iterations: int) -> None:
+        """An epoch begins (0-based ``epoch``)."""
+
+    def step(self, done: int, logs: dict[str, float]) -> None:
+        """``done`` steps of the epoch are finished; ``logs`` are running means of the epoch."""
+
+    def epoch_end(self, row: dict[str, Any]) -> None:
+        """The epoch's metrics row (also written to ``metrics.csv``)."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; an unavailable CUDA device is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RecipeError(f"train.device: {name!r} requested but CUDA is not available",
+                          "use device = \"auto\" or \"cpu\"")
+    return device
+
+
+def build_model(recipe: Recipe) -> tuple[Backbone, list[tuple[str, float, Regularizer]]]:
+    """The backbone and the named, weighted regularisers of ``recipe`` (on the CPU)."""
+    backbone = recipe.backbone.build()
+    regs: list[tuple[str, float, Regularizer]] = []
+    for i, cfg in enumerate(recipe.regularizers):
+        try:
+            reg = cfg.build(backbone)
+        except ValueError as exc:
+            raise RecipeError(f"regularizers[{i}] ({cfg.name}): {exc}") from None
+        same = sum(c.name == cfg.name for c in recipe.regularizers[:i])
+        regs.append((cfg.name if same == 0 else f"{cfg.name}_{same + 1}", cfg.weight, reg))
+    return backbone, regs
+
+
+def _plugin_versions(recipe: Recipe) -> dict[str, Any]:
+    used = [("dataset", recipe.data.name), ("backbone", recipe.backbone.name)]
+    used += [("regularizer", r.name) for r in recipe.regularizers]
+    plugins = {}
+    for kind, name in used:
+        info = registry.discover(kind)[name][0]
+        plugins[f"{kind}:{name}"] = {"distribution": info.distribution, "version": info.version}
+    return {
+        "mireg": mireg.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "plugins": plugins,
+    }
+
+
+@dataclass
+class _Running:
+    """Sums of logged values over an epoch, kept on the device."""
+
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)
+    count: int = 0
+
+    def add(self, logs: dict[str, torch.Tensor]) -> None:
+        for k, v in logs.items():
+            self.sums[k] = self.sums[k] + v if k in self.sums else v.detach().clone()
+        self.count += 1
+
+    def means(self) -> dict[str, float]:
+        if not self.sums:
+            return {}
+        values = torch.stack(list(self.sums.values())).double().cpu().tolist()  # one host sync
+        return {k: v / self.count for k, v in zip(self.sums, values, strict=True)}
+
+
+class Trainer:
+    """Trains one recipe into one run directory.
+
+    Args:
+        recipe: The validated recipe.
+        run_dir: An empty (or fresh) run directory.
+        observer: Receives progress.
+    """
+
+    def __init__(self, recipe: Recipe, run_dir: Path, observer: Observer | None = None) -> None:
+        self.recipe = recipe
+        self.run_dir = run_dir
+        self.obs = observer or Observer()
+        self.device = resolve_device(recipe.train.device)
+
+    # ---------------------------------------------------------------------------------------- setup
+
+    def _load_data(self) -> tuple[VolumeStore, Split]:
+        progress: Progress = self.obs.progress
+        store = self.recipe.data.load(progress)
+        split = make_split(store, self.recipe.data, self._split_seed)
+        if len(store.classes) != self.recipe.backbone.num_classes:
+            raise RecipeError(
+                f"backbone.num_classes: {self.recipe.backbone.num_classes} but the data set has "
+                f"{len(store.classes)} classes ({', '.join(store.classes)})"
+            )
+        if self.recipe.augment.crop > store.canvas:
+            raise RecipeError(f"augment.crop: {self.recipe.augment.crop} exceeds the data canvas "
+                              f"{store.canvas}")
+        return store, split
+
+    @property
+    def _split_seed(self) -> int:
+        seed = self.recipe.data.split_seed
+        return self.recipe.seed if seed is None else seed
+
+    def _slices(self, store: VolumeStore, patients: list[str], labeled_only: bool) -> torch.Tensor:
+        chosen = set(patients)
+        ranges = [np.arange(v.start, v.stop) for v in store.volumes
+                  if v.patient in chosen and (v.labeled or not labeled_only)]
+        index = np.concatenate(ranges) if ranges else np.zeros(0, dtype=np.int64)
+        return torch.from_numpy(index).to(self.device)
+
+    def setup(self) -> None:
+        """Load data, split, build the model, optimiser and hooks; write the run's metadata."""
+        recipe = self.recipe
+        torch.manual_seed(recipe.seed)
+        self.store, self.split = self._load_data()
+        # The store lives on the device once, as float16 images and uint8 labels.
+        self.images, self.labels = self.store.tensors(self.device)
+        self.labeled_idx = self._slices(self.store, self.split.labeled, labeled_only=True)
+        self.unlabeled_idx = self._slices(self.store, self.split.unlabeled, labeled_only=False)
+        if len(self.unlabeled_idx) == 0:  # full supervision: the unlabelled batch comes from labels
+            self.unlabeled_idx = self.labeled_idx
+        self.model, self.regs = build_model(recipe)
+        self.model.to(self.device)
+        for _, _, reg in self.regs:
+            reg.to(self.device)
+        self.features: dict[str, torch.Tensor] = {}
+        taps = sorted({t for _, _, reg in self.regs for t in reg.taps})
+        for name in taps:
+            self.model.tap_module(name).register_forward_hook(self._hook(name))
+        params = list(self.model.parameters()) + [p for _, _, r in self.regs for p in r.parameters()]
+        self.optimizer = torch.optim.Adam(params, lr=recipe.optim.lr,
+                                          weight_decay=recipe.optim.weight_decay)
+        self.generator = torch.Generator(device=self.device).manual_seed(recipe.seed)
+        self.epoch, self.step_index, self.best = 0, 0, -1.0
+        (self.run_dir / "recipe.toml").write_text(dump_toml(recipe.to_dict()))
+        (self.run_dir / "versions.json").write_text(json.dumps(_plugin_versions(recipe), indent=1))
+        (self.run_dir / "split.json").write_text(self.split.to_json())
+        self.obs.message(
+            f"{recipe.name}: {len(self.split.labeled)} labelled / {len(self.split.unlabeled)} "
+            f"unlabelled / {len(self.split.validation)} validation / {len(self.split.test)} test "
+            f"patients ({len(self.labeled_idx)} labelled slices) on {self.device}"
+        )
+
+    def _hook(self, name: str) -> Callable[[nn.Module, Any, torch.Tensor], None]:
+        def hook(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+            self.features[name] = output
+
+        return hook
+
+    # ----------------------------------------------------------------------------------------- step
+
+    def _draw(self, pool: torch.Tensor, n: int) -> torch.Tensor:
+        pick = torch.randint(len(pool), (n,), generator=self.generator, device=self.device)
+        return pool[pick]
+
+    def train_step(self) -> dict[str, torch.Tensor]:
+        """One optimisation step; returns the (device) values to log."""
+        cfg, aug = self.recipe.train, self.recipe.augment
+        il = self._draw(self.labeled_idx, cfg.labeled_batch)
+        iu = self._draw(self.unlabeled_idx, cfg.unlabeled_batch)
+        x_l, y_l = augment_batch(self.images[il, None].float(), self.labels[il], aug, self.generator)
+        x_u, _ = augment_batch(self.images[iu, None].float(), None, aug, self.generator)
+        transform = Transform.draw(len(iu), self.generator, self.device, cfg.transform_prob,
+                                   cfg.transform_prob)
+        x = torch.cat([x_l, x_u, transform(x_u)])
+        sizes = [len(il), len(iu), len(iu)]
+        self.features.clear()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16,
+                            enabled=cfg.precision == "bf16"):
+            logits_l, logits_u, logits_tu = self.model(x).float().split(sizes)
+            ctx = StepContext(
+                logits_l, logits_u, logits_tu,
+                {k: tuple(v.split(sizes)) for k, v in self.features.items()},  # type: ignore[misc]
+                transform, self.step_index, self.epoch, x_u,
+            )
+            sup = F.cross_entropy(logits_l, y_l)
+            total = sup
+            logs = {"sup": sup.detach()}
+            for name, weight, reg in self.regs:
+                out = reg(ctx)
+                total = total + weight * out.loss
+                logs[name] = out.loss.detach()
+                logs.update({f"{name}/{k}": v for k, v in out.logs.items()})
+        logs = {"total": total.detach(), **logs}
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.optimizer.step()
+        for _, _, reg in self.regs:
+            reg.after_step(self.model, self.step_index)
+        self.step_index += 1
+        return logs
+
+    # ---------------------------------------------------------------------------------- checkpoints
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "regularizers": [reg.state_dict() for _, _, reg in self.regs],
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": self.epoch,
+            "step": self.step_index,
+            "best": self.best,
+            "recipe": self.recipe.to_dict(),
+            "data": {"classes": self.store.classes, "spacing": self.store.spacing,
+                     "canvas": self.store.canvas},
+            "rng": {"torch": torch.get_rng_state(), "generator": self.generator.get_state()},
+            "mireg_version": mireg.__version__,
+        }
+
+    # ----------------------------------------------------------------------------------------- loop
+
+    def _validate(self) -> dict[str, float]:
+        results = evaluate_volumes(self.model, self.store, self.images, self.labels,
+                                   self.split.validation, self.recipe.train.eval_batch,
+                                   self.recipe.train.precision)
+        dice = summarize(results, self.store.classes)["dice"]
+        return {f"val_dice/{k}": v["mean"] for k, v in dice.items()}
+
+    def _check_finite(self, means: dict[str, float]) -> None:
+        bad = [k for k, v in means.items() if not math.isfinite(v) and k != "total"]
+        if bad or not math.isfinite(means.get("total", 0.0)):
+            term = bad[0] if bad else "total"
+            raise RunError(
+                f"non-finite loss in term {term!r} at epoch {self.epoch + 1}, around step "
+                f"{self.step_index}; the last good checkpoint is {self.run_dir / 'last.pt'}",
+                "lower the learning rate or the regulariser weights",
+            )
+
+    def fit(self) -> dict[str, Any]:
+        """Run all epochs, then evaluate the best checkpoint on the test split."""
+        cfg = self.recipe.train
+        metrics = self.run_dir / "metrics.csv"
+        writer = None
+        with open(metrics, "a", newline="") as fh:
+            while self.epoch < cfg.epochs:
+                lr = lr_at_epoch(self.epoch, cfg.epochs, self.recipe.optim)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                self.obs.epoch_start(self.epoch, cfg.epochs, cfg.iterations_per_epoch)
+                started = time.perf_counter()
+                running = _Running()
+                self.model.train()
+                for it in range(cfg.iterations_per_epoch):
+                    running.add(self.train_step())
+                    if (it + 1) % cfg.log_every == 0 or it + 1 == cfg.iterations_per_epoch:
+                        means = running.means()
+                        self._check_finite(means)
+                        self.obs.step(it + 1, means)
+                row: dict[str, Any] = {"epoch": self.epoch + 1, "step": self.step_index, "lr": lr}
+                row.update({f"loss/{k}": v for k, v in running.means().items()})
+                row.update(self._validate())
+                row["seconds"] = round(time.perf_counter() - started, 2)
+                val = row.get("val_dice/mean", float("nan"))
+                improved = val > self.best
+                if improved:
+                    self.best = val
+                self.epoch += 1
+                state = self._state()
+                save_checkpoint(state, self.run_dir / "last.pt")
+                if improved:
+                    save_checkpoint(state, self.run_dir / "best.pt")
+                row["best"] = int(improved)
+                if writer is None:
+                    writer = csv.DictWriter(fh, fieldnames=list(row))
+                    writer.writeheader()
+                writer.writerow(row)
+                fh.flush()
+                self.obs.epoch_end(row)
+        plot_curves(metrics, self.run_dir / "curves.png")
+        return self.test()
+
+    def test(self) -> dict[str, Any]:
+        """Evaluate the best checkpoint on the test split; writes ``report.json``."""
+        state = load_checkpoint(self.run_dir / "best.pt", self.device)
+        self.model.load_state_dict(state["model"])
+        results = evaluate_volumes(self.model, self.store, self.images, self.labels,
+                                   self.split.test, self.recipe.train.eval_batch,
+                                   self.recipe.train.precision)
+        meta = {"run": self.recipe.name, "split": "test", "checkpoint": "best.pt",
+                "epoch": state["epoch"]}
+        return write_report(self.run_dir / "report.json", results, self.store.classes, meta)

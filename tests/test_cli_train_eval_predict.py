@@ -1,0 +1,124 @@
+"""End to end through the real CLI entry point, on the tiny synthetic cohort."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from mireg.data.phantom import generate_patient
+from mireg.recipe import load_recipe
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def trained_run(cli, write_recipe: Callable[..., Path]) -> Path:  # type: ignore[no-untyped-def]
+    recipe = write_recipe()
+    result = cli("train", recipe)
+    assert result.code == 0, result
+    assert "test set, best checkpoint" in result.out and "mean" in result.out
+    return recipe.parent / "runs" / "tiny"
+
+
+def test_train_writes_a_complete_run_directory(trained_run: Path) -> None:
+    for name in ("recipe.toml", "versions.json", "split.json", "metrics.csv", "last.pt",
+                 "best.pt", "report.json", "curves.png"):
+        assert (trained_run / name).is_file(), name
+    with open(trained_run / "metrics.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    for key in ("lr", "loss/total", "loss/sup", "loss/consistency", "loss/mutual_information",
+                "val_dice/mean", "val_dice/RV"):
+        assert key in rows[0]
+    report = json.loads((trained_run / "report.json").read_text())
+    assert report["split"] == "test" and report["classes"] == ["RV", "MYO", "LV"]
+    assert len(report["volumes"]) == 4  # 2 test patients x (ED, ES)
+    assert 0.0 <= report["summary"]["dice"]["mean"]["mean"] <= 1.0
+    versions = json.loads((trained_run / "versions.json").read_text())
+    assert versions["plugins"]["regularizer:mutual_information"]["distribution"] == "mireg"
+    # The saved recipe reproduces the run on its own.
+    assert load_recipe(trained_run / "recipe.toml").name == "tiny"
+    split = json.loads((trained_run / "split.json").read_text())
+    assert not set(split["test"]) & set(split["labeled"] + split["unlabeled"])
+
+
+def test_eval_reproduces_the_training_report(cli, trained_run: Path) -> None:  # type: ignore[no-untyped-def]
+    before = json.loads((trained_run / "report.json").read_text())
+    result = cli("eval", trained_run)
+    assert result.code == 0, result
+    after = json.loads((trained_run / "report.json").read_text())
+    assert after["summary"] == before["summary"]
+    assert "DSC ED" in result.out and "LV" in result.out
+    result = cli("eval", trained_run, "--split", "validation", "--checkpoint", "last")
+    assert result.code == 0, result
+    assert (trained_run / "report_validation_last.json").is_file()
+
+
+def test_predict_keeps_the_input_geometry(cli, trained_run: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    patient = generate_patient(40, seed=9)
+    image, _ = patient.frames[patient.ed_frame]
+    affine = np.array([[0, -1.4, 0, 10], [1.6, 0, 0, -3], [0, 0, 7.0, 2], [0, 0, 0, 1]])
+    src = tmp_path / "scans"
+    src.mkdir()
+    nib.save(nib.Nifti1Image(image, affine), src / "scan.nii.gz")
+    result = cli("predict", trained_run, src, "-o", tmp_path / "masks")
+    assert result.code == 0, result
+    out = nib.load(tmp_path / "masks" / "scan.nii.gz")
+    assert out.shape == image.shape
+    np.testing.assert_allclose(out.affine, affine)
+    labels = np.asarray(out.dataobj)
+    assert labels.dtype == np.uint8 and set(np.unique(labels)) <= {0, 1, 2, 3}
+
+
+def test_an_existing_run_is_never_overwritten(cli, trained_run: Path) -> None:  # type: ignore[no-untyped-def]
+    recipe = trained_run.parent.parent / "tiny.toml"
+    before = (trained_run / "best.pt").read_bytes()
+    result = cli("train", recipe)
+    assert result.code == 1 and "refusing to overwrite" in result.err
+    assert "Traceback" not in result.err + result.out
+    assert (trained_run / "best.pt").read_bytes() == before
+    result = cli("train", recipe, "--fresh", "--set", "train.epochs=1")
+    assert result.code == 0, result
+    assert (trained_run.parent / "tiny-2" / "report.json").is_file()
+
+
+def test_overrides_and_bad_recipes_on_the_command_line(cli, write_recipe, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    recipe = write_recipe()
+    result = cli("train", recipe, "--set", "regularizers.consistency.wieght=3")
+    assert result.code == 1
+    assert "tiny.toml: regularizers[0].wieght: unknown key" in result.err
+    assert "Traceback" not in result.err
+    result = cli("train", recipe, "--set", "regularizers.mutual_information.layers=[\"Conv7\"]",
+                 "--set", "regularizers.mutual_information.importance=[1.0]")
+    assert result.code == 1 and "Conv7" in result.err and "taps" in result.err
+    assert not (tmp_path / "runs" / "tiny" / "best.pt").exists()
+    result = cli("train", tmp_path / "nope.toml")
+    assert result.code == 1 and "recipe file not found" in result.err
+    result = cli("train")
+    assert result.code == 2
+
+
+def test_preprocess_and_train_on_an_acdc_layout(cli, write_recipe, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from mireg.data.phantom import generate_cohort
+
+    generate_cohort(tmp_path / "raw", n_patients=8, seed=4)
+    result = cli("preprocess", "acdc", tmp_path / "raw", tmp_path / "store", "--spacing", "5",
+                 "--canvas", "48")
+    assert result.code == 0, result
+    assert "8 patients, 16 volumes (16 labelled)" in result.out
+    result = cli("preprocess", "acdc", tmp_path / "raw", tmp_path / "store")
+    assert result.code == 1 and "already exists" in result.err
+    data = {"name": "acdc", "root": str(tmp_path / "store"), "labeled_patients": 2,
+            "val_patients": 2, "test_patients": 2}
+    result = cli("train", write_recipe(data=data))
+    assert result.code == 0, result
+    missing = {**data, "root": str(tmp_path / "nowhere")}
+    result = cli("train", write_recipe("missing.toml", data=missing, name="other"))
+    assert result.code == 1 and "nowhere does not exist" in result.err
+    assert "mireg preprocess acdc" in result.err
