@@ -25,7 +25,9 @@ from rich.progress import (
 from rich.table import Table
 
 from mireg import __version__, registry
+from mireg.contract import DatasetConfig
 from mireg.errors import MiregError
+from mireg.train import Observer
 
 app = typer.Typer(
     name="mireg",
@@ -115,6 +117,7 @@ def preprocess(
     if canvas < 16 or canvas % 16:
         raise typer.BadParameter("must be a positive multiple of 16", param_hint="--canvas")
     config = registry.load("dataset", dataset)
+    assert issubclass(config, DatasetConfig)  # the registry checks each kind's base class
     if not config.can_preprocess:
         raise MiregError(f"dataset {dataset!r} has no preprocess step",
                          f"datasets that have one: {', '.join(_preprocessable())}")
@@ -138,14 +141,15 @@ def _preprocessable() -> list[str]:
     names = []
     for name in registry.available("dataset"):
         try:
-            if registry.load("dataset", name).can_preprocess:
+            config = registry.load("dataset", name)
+            if issubclass(config, DatasetConfig) and config.can_preprocess:
                 names.append(name)
         except MiregError:
             continue
     return names
 
 
-class _RichObserver:
+class _RichObserver(Observer):
     """Renders the training loop's progress with rich."""
 
     def __init__(self, bar: Progress) -> None:
@@ -198,7 +202,7 @@ def train(
     console.print(f"run directory: {run_dir}")
     started = time.perf_counter()
     with _progress() as bar:
-        trainer = Trainer(recipe, run_dir, _RichObserver(bar))  # type: ignore[arg-type]
+        trainer = Trainer(recipe, run_dir, _RichObserver(bar))
         trainer.setup()
         report = trainer.fit()
     console.print(dice_table(report, f"{recipe.name}: test set, best checkpoint "
@@ -283,6 +287,9 @@ def main() -> None:
         if exc.hint:
             err_console.print(f"[dim]hint: {exc.hint}[/]", highlight=False)
         sys.exit(1)
+    except KeyboardInterrupt:
+        err_console.print("[bold red]interrupted[/]; checkpoints already written are intact")
+        sys.exit(130)
 
 
 __all__ = ["app", "dice_table", "main"]

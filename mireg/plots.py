@@ -29,7 +29,7 @@ def plot_curves(metrics_csv: Path, out: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for key in losses:
         axes[0].plot(epochs, column(key), label=key.removeprefix("loss/"))
-    axes[0].set(title="training losses (epoch mean)", xlabel="epoch", yscale="symlog")
+    axes[0].set(title="training losses (epoch mean)", xlabel="epoch")
     axes[0].legend(fontsize=8)
     axes[1].plot(epochs, column("lr"))
     axes[1].set(title="learning rate", xlabel="epoch", yscale="log")

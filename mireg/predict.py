@@ -75,7 +75,9 @@ def predict_files(
     for i, path in enumerate(files):
         labels = predict_file(trained, path, batch)
         out = out_dir / path.name
-        write_label_map(out, labels, nib.load(str(path)))
+        reference = nib.load(str(path))
+        assert isinstance(reference, nib.Nifti1Image)  # read_volume checked it
+        write_label_map(out, labels, reference)
         written.append(out)
         if progress is not None:
             progress(i + 1, len(files), path.name)

@@ -14,6 +14,7 @@ checkpoint is evaluated on the test split into ``report.json``.
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import math
 import platform
@@ -103,6 +104,12 @@ def _plugin_versions(recipe: Recipe) -> dict[str, Any]:
     }
 
 
+def _split3(x: torch.Tensor, sizes: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Split a batch into its labelled, unlabelled and transformed-unlabelled parts."""
+    a, b, c = x.split(sizes)
+    return a, b, c
+
+
 @dataclass
 class _Running:
     """Sums of logged values over an epoch, kept on the device."""
@@ -120,6 +127,39 @@ class _Running:
             return {}
         values = torch.stack(list(self.sums.values())).double().cpu().tolist()  # one host sync
         return {k: v / self.count for k, v in zip(self.sums, values, strict=True)}
+
+
+class _MetricsLog:
+    """``metrics.csv`` (always) and TensorBoard event files (when tensorboard is installed)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self._file = open(run_dir / "metrics.csv", "a", newline="")  # noqa: SIM115 (closed in __exit__)
+        self._csv: csv.DictWriter[str] | None = None
+        self._board: Any = None
+        if importlib.util.find_spec("tensorboard") is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._board = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def write(self, row: dict[str, Any]) -> None:
+        if self._csv is None:
+            self._csv = csv.DictWriter(self._file, fieldnames=list(row))
+            self._csv.writeheader()
+        self._csv.writerow(row)
+        self._file.flush()
+        if self._board is not None:
+            for key, value in row.items():
+                if key not in ("epoch", "step", "best"):
+                    self._board.add_scalar(key, value, row["epoch"])
+            self._board.flush()
+
+    def __enter__(self) -> _MetricsLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._file.close()
+        if self._board is not None:
+            self._board.close()
 
 
 class Trainer:
@@ -216,6 +256,7 @@ class Trainer:
         il = self._draw(self.labeled_idx, cfg.labeled_batch)
         iu = self._draw(self.unlabeled_idx, cfg.unlabeled_batch)
         x_l, y_l = augment_batch(self.images[il, None].float(), self.labels[il], aug, self.generator)
+        assert y_l is not None
         x_u, _ = augment_batch(self.images[iu, None].float(), None, aug, self.generator)
         transform = Transform.draw(len(iu), self.generator, self.device, cfg.transform_prob,
                                    cfg.transform_prob)
@@ -227,7 +268,7 @@ class Trainer:
             logits_l, logits_u, logits_tu = self.model(x).float().split(sizes)
             ctx = StepContext(
                 logits_l, logits_u, logits_tu,
-                {k: tuple(v.split(sizes)) for k, v in self.features.items()},  # type: ignore[misc]
+                {k: _split3(v, sizes) for k, v in self.features.items()},
                 transform, self.step_index, self.epoch, x_u,
             )
             sup = F.cross_entropy(logits_l, y_l)
@@ -283,47 +324,46 @@ class Trainer:
                 "lower the learning rate or the regulariser weights",
             )
 
+    def _train_epoch(self) -> dict[str, float]:
+        """One epoch of steps; returns the epoch means of the logged values."""
+        cfg = self.recipe.train
+        self.obs.epoch_start(self.epoch, cfg.epochs, cfg.iterations_per_epoch)
+        running = _Running()
+        self.model.train()
+        for it in range(cfg.iterations_per_epoch):
+            running.add(self.train_step())
+            if (it + 1) % cfg.log_every == 0 or it + 1 == cfg.iterations_per_epoch:
+                means = running.means()
+                self._check_finite(means)
+                self.obs.step(it + 1, means)
+        return running.means()
+
     def fit(self) -> dict[str, Any]:
         """Run all epochs, then evaluate the best checkpoint on the test split."""
         cfg = self.recipe.train
-        metrics = self.run_dir / "metrics.csv"
-        writer = None
-        with open(metrics, "a", newline="") as fh:
+        with _MetricsLog(self.run_dir) as log:
             while self.epoch < cfg.epochs:
                 lr = lr_at_epoch(self.epoch, cfg.epochs, self.recipe.optim)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
-                self.obs.epoch_start(self.epoch, cfg.epochs, cfg.iterations_per_epoch)
                 started = time.perf_counter()
-                running = _Running()
-                self.model.train()
-                for it in range(cfg.iterations_per_epoch):
-                    running.add(self.train_step())
-                    if (it + 1) % cfg.log_every == 0 or it + 1 == cfg.iterations_per_epoch:
-                        means = running.means()
-                        self._check_finite(means)
-                        self.obs.step(it + 1, means)
-                row: dict[str, Any] = {"epoch": self.epoch + 1, "step": self.step_index, "lr": lr}
-                row.update({f"loss/{k}": v for k, v in running.means().items()})
+                row: dict[str, Any] = {"epoch": self.epoch + 1, "lr": lr}
+                row.update({f"loss/{k}": v for k, v in self._train_epoch().items()})
                 row.update(self._validate())
+                row["step"] = self.step_index
                 row["seconds"] = round(time.perf_counter() - started, 2)
-                val = row.get("val_dice/mean", float("nan"))
-                improved = val > self.best
+                improved = row.get("val_dice/mean", float("nan")) > self.best
                 if improved:
-                    self.best = val
+                    self.best = row["val_dice/mean"]
+                row["best"] = int(improved)
                 self.epoch += 1
                 state = self._state()
                 save_checkpoint(state, self.run_dir / "last.pt")
                 if improved:
                     save_checkpoint(state, self.run_dir / "best.pt")
-                row["best"] = int(improved)
-                if writer is None:
-                    writer = csv.DictWriter(fh, fieldnames=list(row))
-                    writer.writeheader()
-                writer.writerow(row)
-                fh.flush()
+                log.write(row)
                 self.obs.epoch_end(row)
-        plot_curves(metrics, self.run_dir / "curves.png")
+        plot_curves(self.run_dir / "metrics.csv", self.run_dir / "curves.png")
         return self.test()
 
     def test(self) -> dict[str, Any]:

@@ -8,6 +8,7 @@ Each layer's loss is averaged over its sub-heads; layers are combined by their i
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Literal
 
 import torch
@@ -33,7 +34,7 @@ class MutualInformation(Regularizer):
 
     def __init__(
         self,
-        layers: dict[str, tuple[str, int]],
+        layers: Mapping[str, tuple[str, int]],
         importance: list[float],
         radius: dict[str, int],
         subheads: int = 5,
