@@ -69,22 +69,30 @@ class _ProgressReporter:
 # --------------------------------------------------------------------------------------- tables
 
 
-def dice_table(report: dict[str, Any], title: str) -> Table:
-    """Per structure x (ED, ES, all): mean +- std of the 3D DSC."""
+def metrics_table(report: dict[str, Any], title: str) -> Table:
+    """Per structure x (ED, ES, all): mean ± std of the 3D DSC (%) and HD95 (mm)."""
+    from mireg.report import format_stat
+
     summary = report["summary"]
-    phases = list(summary["by_phase"])
+    phases = list(summary["dice"])
     table = Table(title=title)
     table.add_column("structure")
-    for phase in [*phases, "all"]:
-        table.add_column(f"DSC {phase}", justify="right")
-    for structure in [*report["classes"], "mean"]:
-        cells = []
-        for block in [*(summary["by_phase"][p] for p in phases), summary["dice"]]:
-            s = block[structure]
-            cells.append(f"{100 * s['mean']:.1f} ± {100 * s['std']:.1f}")
-        style = "bold" if structure == "mean" else None
-        table.add_row(structure, *cells, style=style)
-    table.caption = f"{summary['volumes']} volumes, DSC in %"
+    for label in ("DSC", "HD95"):
+        for phase in phases:
+            table.add_column(f"{label} {phase}", justify="right")
+    for structure in [*report["structures"], "mean"]:
+        cells = [format_stat(summary[m][p][structure], m) for m in ("dice", "hd95") for p in phases]
+        table.add_row(structure, *cells, style="bold" if structure == "mean" else None)
+    table.caption = f"{len(report['volumes'])} volumes; DSC in %, HD95 in mm"
+    return table
+
+
+def _plain_table(header: list[str], rows: list[list[str]], title: str) -> Table:
+    table = Table(title=title)
+    for i, column in enumerate(header):
+        table.add_column(column, justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*row)
     return table
 
 
@@ -205,42 +213,113 @@ def train(
         trainer = Trainer(recipe, run_dir, _RichObserver(bar))
         trainer.setup()
         report = trainer.fit()
-    console.print(dice_table(report, f"{recipe.name}: test set, best checkpoint "
-                                     f"(epoch {report['epoch']})"))
+    console.print(metrics_table(report, f"{recipe.name}: test set, best checkpoint "
+                                        f"(epoch {report['epoch']})"))
     console.print(f"done in {time.perf_counter() - started:.0f} s; report: {run_dir / 'report.json'}")
 
 
 @app.command("eval")
 def evaluate(
-    run_dir: Annotated[Path, typer.Argument(help="Run directory made by `mireg train`.")],
+    runs: Annotated[Optional[list[Path]], typer.Argument(  # noqa: UP045 (Typer needs Optional)
+        metavar="[RUN_DIR]...", help="Run directory (or several, with --compare).")] = None,
     split: Annotated[str, typer.Option(help="test or validation.")] = "test",
     checkpoint: Annotated[str, typer.Option(help="best, last, or a .pt file name in the run.")] = "best",
+    overlays: Annotated[bool, typer.Option(help="Also write a PNG overlay per volume.")] = False,
+    pred: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        help="Folder of predicted NIfTI label maps (with --gt).")] = None,
+    gt: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        help="Folder of ground-truth NIfTI label maps with the same file names.")] = None,
+    out: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        help="Output file: JSON for --pred/--gt, Markdown for --compare.")] = None,
+    compare: Annotated[bool, typer.Option(
+        help="Side-by-side table of the test reports of the runs given, in that order.")] = False,
 ) -> None:
-    """Re-evaluate a run's checkpoint on its test (or validation) split and print the DSC table."""
-    from mireg.evaluate import evaluate_volumes, write_report
+    """Evaluate a run (3D DSC, HD95, HD, ASSD), a folder of predictions, or compare runs."""
+    if (pred is None) != (gt is None):
+        raise typer.BadParameter("--pred and --gt go together", param_hint="--pred/--gt")
+    if pred is not None and gt is not None:
+        if runs or compare:
+            raise typer.BadParameter("--pred/--gt take no run directories", param_hint="--pred/--gt")
+        _eval_folders(pred, gt, out)
+    elif compare:
+        if not runs:
+            raise typer.BadParameter("give the run directories to compare", param_hint="RUN_DIR")
+        _compare(runs, out or Path("comparison.md"))
+    else:
+        if not runs or len(runs) != 1:
+            raise typer.BadParameter("give one run directory (or --compare, or --pred/--gt)",
+                                     param_hint="RUN_DIR")
+        if split not in ("test", "validation"):
+            raise typer.BadParameter("must be test or validation", param_hint="--split")
+        _eval_run(runs[0], split, checkpoint, overlays)
+
+
+def _eval_run(run_dir: Path, split: str, checkpoint: str, overlays: bool) -> None:
+    from mireg.evaluate import evaluate_volumes
+    from mireg.plots import save_overlay
+    from mireg.report import build_report, write_reports
     from mireg.runs import load_trained, read_split
     from mireg.train import resolve_device
 
-    if split not in ("test", "validation"):
-        raise typer.BadParameter("must be test or validation", param_hint="--split")
     if not run_dir.is_dir():
         raise MiregError(f"{run_dir}: no such run directory")
     device = resolve_device("auto")
     trained = load_trained(run_dir, device, checkpoint)
     patients = getattr(read_split(run_dir), split)
+    stem = "report" if (split, checkpoint) == ("test", "best") else f"report_{split}_{Path(checkpoint).stem}"
     with _progress() as bar:
         store = trained.recipe.data.load(_ProgressReporter(bar))
-    images, labels = store.tensors(device)
-    results = evaluate_volumes(trained.model, store, images, labels, patients,
-                               trained.recipe.train.eval_batch, trained.recipe.train.precision)
-    name = "report.json" if (split, checkpoint) == ("test", "best") else \
-        f"report_{split}_{Path(checkpoint).stem}.json"
+        images, labels = store.tensors(device)
+        total = sum(v.labeled and v.patient in set(patients) for v in store.volumes)
+        task = bar.add_task(f"evaluating {split}", total=total, info="")
+
+        def on_volume(volume: Any, image: Any, prediction: Any, truth: Any) -> None:
+            if overlays:
+                save_overlay(run_dir / f"overlays_{split}" / f"{volume.id}.png", image, prediction,
+                             truth, volume.id)
+            bar.advance(task)
+
+        results = evaluate_volumes(trained.model, store, images, labels, patients,
+                                   trained.recipe.train.eval_batch, trained.recipe.train.precision,
+                                   on_volume)
     meta = {"run": trained.recipe.name, "split": split, "checkpoint": trained.checkpoint.name,
             "epoch": trained.state["epoch"]}
-    report = write_report(run_dir / name, results, store.classes, meta)
-    console.print(dice_table(report, f"{trained.recipe.name}: {split} set, {trained.checkpoint.name}"
-                                     f" (epoch {trained.state['epoch']})"))
-    console.print(f"report: {run_dir / name}")
+    report = build_report(results, store.classes[1:], meta)
+    paths = write_reports(report, run_dir, stem)
+    console.print(metrics_table(report, f"{trained.recipe.name}: {split} set, {trained.checkpoint.name}"
+                                        f" (epoch {trained.state['epoch']})"))
+    console.print(f"reports: {', '.join(str(p) for p in paths)}")
+    if overlays:
+        console.print(f"overlays: {run_dir / f'overlays_{split}'}")
+
+
+def _eval_folders(pred: Path, gt: Path, out: Path | None) -> None:
+    import json
+
+    from mireg.evaluate import METRICS, evaluate_folders
+    from mireg.report import format_stat, write_atomic_text
+
+    with _progress() as bar:
+        result = evaluate_folders(pred, gt, progress=_ProgressReporter(bar))
+    rows = [[label, *(format_stat(result["mean"][label][m], m) for m in METRICS)]
+            for label in result["labels"]]
+    header = ["label", "DSC (%)", "HD95 (mm)", "HD (mm)", "ASSD (mm)"]
+    console.print(_plain_table(header, rows, f"{len(result['cases'])} cases: {pred} vs {gt}"))
+    if out is not None:
+        write_atomic_text(out, json.dumps(result, indent=1) + "\n")
+        console.print(f"report: {out}")
+
+
+def _compare(runs: list[Path], out: Path) -> None:
+    from mireg.report import comparison_rows, read_run_report, write_atomic_text
+
+    reports = [(run.name, read_run_report(run)) for run in runs]
+    header, rows = comparison_rows(reports)
+    console.print(_plain_table(header, rows, "test set, all phases (mean ± std over volumes)"))
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    write_atomic_text(out, "\n".join(lines) + "\n")
+    console.print(f"table: {out}")
 
 
 @app.command()
@@ -250,6 +329,7 @@ def predict(
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
     checkpoint: Annotated[str, typer.Option(help="best or last (for a run directory).")] = "best",
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    overlay: Annotated[bool, typer.Option(help="Also write PNG overlays to OUT_DIR/overlays/.")] = False,
 ) -> None:
     """Segment NIfTI scans; each label map keeps its input's shape and geometry."""
     from mireg.predict import collect_inputs, predict_files
@@ -257,10 +337,10 @@ def predict(
     from mireg.train import resolve_device
 
     files = collect_inputs(inputs)
-    trained = load_trained(run, resolve_device(device), checkpoint)
+    trained = load_trained(run, resolve_device(device, "--device"), checkpoint)
     with _progress() as bar:
         written = predict_files(trained, files, out_dir, trained.recipe.train.eval_batch,
-                                _ProgressReporter(bar))
+                                _ProgressReporter(bar), overlay)
     console.print(f"[green]wrote[/] {len(written)} label maps to {out_dir}")
 
 
@@ -292,4 +372,4 @@ def main() -> None:
         sys.exit(130)
 
 
-__all__ = ["app", "dice_table", "main"]
+__all__ = ["app", "main", "metrics_table"]

@@ -1,9 +1,15 @@
-"""Evaluation of a model on whole volumes of a store: 3D DSC per class per volume, summarised."""
+"""Evaluation on whole volumes: segmentation, per-volume per-class metrics, and their summary.
+
+Metrics (:mod:`mireg.metrics`: DSC, HD95, HD, ASSD) are computed in 3D per volume and per structure,
+in mm. For a run's store the grid is the preprocessed one: in-plane spacing = the store's spacing,
+between slices = the scan's own slice spacing. ``evaluate_folders`` compares NIfTI label maps on their
+own grids, with the spacing of their headers.
+"""
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,19 +17,26 @@ import numpy as np
 import torch
 from torch import nn
 
-from mireg.data.store import VolumeStore
-from mireg.metrics import dice_per_class
+from mireg.data.nifti import read_volume
+from mireg.data.store import VolumeInfo, VolumeStore
+from mireg.errors import DataError
+from mireg.metrics import ClassMetrics, class_metrics, dice_per_class
 
-__all__ = ["VolumeResult", "evaluate_volumes", "segment", "summarize", "write_report"]
+__all__ = [
+    "METRICS",
+    "VolumeResult",
+    "evaluate_folders",
+    "evaluate_volumes",
+    "segment",
+    "summarize",
+    "validation_dice",
+]
+
+METRICS = ("dice", "hd95", "hd", "assd")
 
 
 @torch.no_grad()
-def segment(
-    model: nn.Module,
-    images: torch.Tensor,
-    batch: int,
-    precision: str = "fp32",
-) -> torch.Tensor:
+def segment(model: nn.Module, images: torch.Tensor, batch: int, precision: str = "fp32") -> torch.Tensor:
     """Class probabilities of ``(S, H, W)`` slices, ``batch`` slices per forward pass.
 
     Args:
@@ -44,14 +57,46 @@ def segment(
     return torch.cat(out)
 
 
+def _labelled_volumes(store: VolumeStore, patients: Sequence[str]) -> list[VolumeInfo]:
+    chosen = set(patients)
+    return [v for v in store.volumes if v.patient in chosen and v.labeled]
+
+
+def _predictions(model: nn.Module, store: VolumeStore, images: torch.Tensor, patients: Sequence[str],
+                 batch: int, precision: str) -> Any:
+    """Yield ``(volume, predicted labels (Z, H, W))`` for the labelled volumes of ``patients``."""
+    was_training = model.training
+    model.eval()
+    try:
+        for v in _labelled_volumes(store, patients):
+            yield v, segment(model, images[v.start : v.stop], batch, precision).argmax(dim=1)
+    finally:
+        model.train(was_training)
+
+
+def validation_dice(model: nn.Module, store: VolumeStore, images: torch.Tensor, labels: torch.Tensor,
+                    patients: Sequence[str], batch: int, precision: str = "fp32") -> dict[str, float]:
+    """Mean 3D DSC per structure, and their mean, over the volumes of ``patients`` (on the device)."""
+    rows = [
+        dice_per_class(pred, labels[v.start : v.stop].long(), len(store.classes))
+        for v, pred in _predictions(model, store, images, patients, batch, precision)
+    ]
+    if not rows:
+        return {}
+    per_class = torch.stack(rows).mean(dim=0).cpu().tolist()
+    out = dict(zip(store.classes[1:], per_class, strict=True))
+    out["mean"] = float(np.mean(per_class))
+    return out
+
+
 @dataclass(frozen=True)
 class VolumeResult:
-    """DSC of one volume, one value per foreground class (store order)."""
+    """Metrics of one volume: structure name -> :class:`~mireg.metrics.ClassMetrics`."""
 
     id: str
     patient: str
     phase: str
-    dice: list[float]
+    metrics: dict[str, ClassMetrics]
 
 
 def evaluate_volumes(
@@ -59,80 +104,138 @@ def evaluate_volumes(
     store: VolumeStore,
     images: torch.Tensor,
     labels: torch.Tensor,
-    patients: list[str],
+    patients: Sequence[str],
     batch: int,
     precision: str = "fp32",
+    on_volume: Callable[[VolumeInfo, np.ndarray, np.ndarray, np.ndarray], None] | None = None,
 ) -> list[VolumeResult]:
-    """3D DSC of every labelled volume of ``patients``.
+    """All metrics of every labelled volume of ``patients``.
 
     Args:
-        model: The network (switched to eval mode here and back to its previous mode after).
+        model: The network (switched to eval mode here, and back after).
         store: The store describing the volumes.
         images: The store's images as a tensor on the model's device.
-        labels: The store's labels as a tensor on the model's device.
+        labels: The store's labels, same device.
         patients: Patient ids to evaluate.
         batch: Slices per forward pass.
         precision: ``fp32`` or ``bf16``.
+        on_volume: Called as ``on_volume(volume, images, prediction, ground_truth)`` with
+            ``(Z, H, W)`` arrays, e.g. to draw overlays.
     """
-    chosen = set(patients)
-    was_training = model.training
-    model.eval()
     results = []
-    try:
-        for v in store.volumes:
-            if v.patient not in chosen or not v.labeled:
-                continue
-            probs = segment(model, images[v.start : v.stop], batch, precision)
-            dice = dice_per_class(probs.argmax(dim=1), labels[v.start : v.stop].long(),
-                                  len(store.classes))
-            results.append(VolumeResult(v.id, v.patient, v.phase, dice.cpu().tolist()))
-    finally:
-        model.train(was_training)
+    for v, pred in _predictions(model, store, images, patients, batch, precision):
+        pred_np = pred.cpu().numpy()
+        gt_np = labels[v.start : v.stop].cpu().numpy()
+        spacing = (v.spacing[2], store.spacing, store.spacing)  # (Z, H, W) of the canvas grid
+        metrics = {
+            name: class_metrics(pred_np == k, gt_np == k, spacing)
+            for k, name in enumerate(store.classes) if k > 0
+        }
+        results.append(VolumeResult(v.id, v.patient, v.phase, metrics))
+        if on_volume is not None:
+            on_volume(v, images[v.start : v.stop].float().cpu().numpy(), pred_np, gt_np)
     return results
 
 
-def summarize(results: list[VolumeResult], classes: list[str]) -> dict[str, Any]:
-    """Mean and standard deviation of the DSC per structure and of the mean over structures.
+def _stats(values: list[float | None]) -> dict[str, Any]:
+    defined = [x for x in values if x is not None]
+    return {
+        "mean": float(np.mean(defined)) if defined else None,
+        "std": float(np.std(defined)) if defined else None,
+        "n": len(defined),
+        "undefined": len(values) - len(defined),
+    }
+
+
+def _volume_mean(result: VolumeResult, metric: str) -> float | None:
+    """Mean of a metric over the structures of one volume where it is defined."""
+    values = [getattr(m, metric) for m in result.metrics.values()]
+    defined = [x for x in values if x is not None]
+    return float(np.mean(defined)) if defined else None
+
+
+def summarize(results: list[VolumeResult], structures: Sequence[str]) -> dict[str, Any]:
+    """Mean, std, count and undefined count of each metric.
 
     Returns:
-        ``{"volumes": n, "dice": {structure: {"mean", "std"}, "mean": {...}},
-        "by_phase": {phase: same}}``, structures named by ``classes[1:]``.
+        ``{metric: {phase: {structure: stats}}}`` with phases ``ED``/``ES`` (where present) and
+        ``all``, structures plus ``mean`` (per volume, the mean over its structures). Undefined
+        values (a structure missing from exactly one of prediction and ground truth) are counted,
+        never silently dropped.
     """
-
-    def stats(rows: list[VolumeResult]) -> dict[str, dict[str, float]]:
-        values = np.array([r.dice for r in rows], dtype=float).reshape(len(rows), len(classes) - 1)
-        per_volume_mean = values.mean(axis=1)
-        out = {
-            name: {"mean": float(values[:, k].mean()), "std": float(values[:, k].std())}
-            for k, name in enumerate(classes[1:])
-        }
-        out["mean"] = {"mean": float(per_volume_mean.mean()), "std": float(per_volume_mean.std())}
-        return out
-
-    if not results:
-        return {"volumes": 0, "dice": {}, "by_phase": {}}
     phases = sorted({r.phase for r in results if r.phase})
-    return {
-        "volumes": len(results),
-        "dice": stats(results),
-        "by_phase": {p: stats([r for r in results if r.phase == p]) for p in phases},
-    }
+    groups = {p: [r for r in results if r.phase == p] for p in phases}
+    groups["all"] = results
+    out: dict[str, Any] = {}
+    for metric in METRICS:
+        out[metric] = {
+            phase: {
+                **{s: _stats([getattr(r.metrics[s], metric) for r in rows]) for s in structures},
+                "mean": _stats([_volume_mean(r, metric) for r in rows]),
+            }
+            for phase, rows in groups.items()
+        }
+    return out
 
 
-def write_report(path: Path, results: list[VolumeResult], classes: list[str],
-                 meta: dict[str, Any]) -> dict[str, Any]:
-    """Write the JSON report (summary + per-volume values) and return it."""
-    report = {
-        **meta,
-        "classes": classes[1:],
-        "summary": summarize(results, classes),
-        "volumes": [
-            {**{k: v for k, v in asdict(r).items() if k != "dice"},
-             "dice": dict(zip(classes[1:], r.dice, strict=True))}
-            for r in results
-        ],
+# --------------------------------------------------------------------------------------------------
+# Folders of NIfTI label maps
+
+
+def _nifti_files(folder: Path) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise DataError(f"{folder}: folder not found")
+    files = {p.name: p for p in folder.iterdir() if p.name.endswith((".nii.gz", ".nii"))}
+    if not files:
+        raise DataError(f"{folder}: holds no .nii or .nii.gz files")
+    return files
+
+
+def evaluate_folders(pred_dir: Path, gt_dir: Path, labels: Sequence[int] | None = None,
+                     progress: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
+    """Compare predicted label maps with ground-truth label maps of the same file names.
+
+    Args:
+        pred_dir: Folder of predicted NIfTI label maps.
+        gt_dir: Folder of ground-truth NIfTI label maps (file names match ``pred_dir``'s).
+        labels: Label values to evaluate (default: every non-zero value found in either folder).
+        progress: Optional ``progress(done, total, description)``.
+
+    Returns:
+        ``{"labels": [...], "cases": [{"case", "labels": {"1": {dice, hd95, hd, assd}}}],
+        "mean": {"1": {metric: stats}}}``.
+
+    Raises:
+        DataError: Missing partners, mismatched shapes, unreadable or non-integer label maps.
+    """
+    preds, gts = _nifti_files(pred_dir), _nifti_files(gt_dir)
+    missing_pred = sorted(set(gts) - set(preds))
+    missing_gt = sorted(set(preds) - set(gts))
+    if missing_pred:
+        raise DataError(f"{gt_dir / missing_pred[0]}: no prediction of that name in {pred_dir}"
+                        + (f" (and {len(missing_pred) - 1} more)" if len(missing_pred) > 1 else ""))
+    if missing_gt:
+        raise DataError(f"{pred_dir / missing_gt[0]}: no ground truth of that name in {gt_dir}"
+                        + (f" (and {len(missing_gt) - 1} more)" if len(missing_gt) > 1 else ""))
+    pairs = []
+    for name in sorted(gts):
+        pred, _, _ = read_volume(preds[name], label=True)
+        gt, _, spacing = read_volume(gts[name], label=True)
+        if pred.shape != gt.shape:
+            raise DataError(f"{preds[name]}: shape {pred.shape} differs from the ground truth's "
+                            f"{gt.shape} ({gts[name]})")
+        pairs.append((name, pred, gt, spacing))
+    if labels is None:
+        labels = sorted({int(x) for _, p, g, _ in pairs for x in np.union1d(np.unique(p), np.unique(g))}
+                        - {0})
+    cases: list[dict[str, Any]] = []
+    for i, (name, pred, gt, spacing) in enumerate(pairs):
+        per_label = {str(k): vars(class_metrics(pred == k, gt == k, spacing)) for k in labels}
+        cases.append({"case": name, "labels": per_label})
+        if progress is not None:
+            progress(i + 1, len(pairs), "evaluating")
+    mean = {
+        str(k): {m: _stats([c["labels"][str(k)][m] for c in cases]) for m in METRICS} for k in labels
     }
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=1))
-    tmp.replace(path)
-    return report
+    return {"labels": [str(k) for k in labels], "cases": cases, "mean": mean}
+

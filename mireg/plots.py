@@ -1,11 +1,13 @@
-"""Training curves (``curves.png``) from a run's ``metrics.csv``."""
+"""Figures: training curves (``curves.png``) and label overlays of volumes."""
 
 from __future__ import annotations
 
 import csv
 from pathlib import Path
 
-__all__ = ["plot_curves"]
+import numpy as np
+
+__all__ = ["plot_curves", "save_overlay"]
 
 
 def plot_curves(metrics_csv: Path, out: Path) -> None:
@@ -41,5 +43,61 @@ def plot_curves(metrics_csv: Path, out: Path) -> None:
     fig.tight_layout()
     tmp = out.with_name(f".{out.name}.tmp.png")
     fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    tmp.replace(out)
+
+
+#: Contour colours by label value (1 RV red, 2 MYO green, 3 LV blue, then more).
+_COLOURS = ["#e41a1c", "#4daf4a", "#377eb8", "#ff7f00", "#984ea3", "#ffff33", "#a65628"]
+
+
+def save_overlay(
+    out: Path,
+    image: np.ndarray,
+    prediction: np.ndarray,
+    ground_truth: np.ndarray | None = None,
+    title: str = "",
+    max_slices: int = 12,
+) -> None:
+    """Draw slices of a volume with label contours into a PNG.
+
+    Args:
+        out: PNG file to write.
+        image: ``(Z, H, W)`` intensities.
+        prediction: ``(Z, H, W)`` integer labels (solid contours).
+        ground_truth: Optional ``(Z, H, W)`` labels (dashed contours).
+        title: Figure title.
+        max_slices: At most this many slices, evenly spaced, are drawn.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    z = image.shape[0]
+    picks = np.unique(np.linspace(0, z - 1, min(z, max_slices)).round().astype(int))
+    cols = min(len(picks), 6)
+    rows = (len(picks) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.6 * rows + 0.4), squeeze=False)
+    present = np.unique(prediction) if ground_truth is None else np.union1d(prediction, ground_truth)
+    labels = [int(v) for v in present if v != 0]
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, k in zip(axes.flat, picks, strict=False):
+        ax.imshow(image[k], cmap="gray", interpolation="nearest")
+        for value in labels:
+            colour = _COLOURS[(int(value) - 1) % len(_COLOURS)]
+            if (prediction[k] == value).any():
+                ax.contour(prediction[k] == value, levels=[0.5], colors=[colour], linewidths=1.0)
+            if ground_truth is not None and (ground_truth[k] == value).any():
+                ax.contour(ground_truth[k] == value, levels=[0.5], colors=[colour], linewidths=0.8,
+                           linestyles="dashed")
+        ax.set_title(f"slice {k}", fontsize=8)
+    legend = "solid: prediction" + (", dashed: ground truth" if ground_truth is not None else "")
+    fig.suptitle(f"{title}  ({legend})", fontsize=9)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    fig.savefig(tmp, dpi=80)
     plt.close(fig)
     tmp.replace(out)

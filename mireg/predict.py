@@ -19,6 +19,7 @@ from mireg.data.nifti import read_volume, write_label_map
 from mireg.data.preprocessing import preprocess_volume, restore_labels
 from mireg.errors import DataError
 from mireg.evaluate import segment
+from mireg.plots import save_overlay
 from mireg.runs import TrainedModel
 
 __all__ = ["collect_inputs", "predict_file", "predict_files"]
@@ -53,14 +54,14 @@ def collect_inputs(inputs: Iterable[Path]) -> list[Path]:
     return files
 
 
-def predict_file(trained: TrainedModel, path: Path, batch: int = 32) -> np.ndarray:
-    """Label map ``(X, Y, Z)`` (uint8) of the scan at ``path``."""
+def predict_file(trained: TrainedModel, path: Path, batch: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Label map ``(X, Y, Z)`` (uint8) of the scan at ``path``, and the scan itself."""
     image, _, spacing = read_volume(path)
     slices, _, geometry = preprocess_volume(image, spacing, trained.spacing, trained.canvas)
     device = next(trained.model.parameters()).device
     probs = segment(trained.model, torch.from_numpy(slices).to(device), batch,
                     trained.recipe.train.precision)
-    return restore_labels(probs, geometry)
+    return restore_labels(probs, geometry), image
 
 
 def predict_files(
@@ -69,12 +70,20 @@ def predict_files(
     out_dir: Path,
     batch: int = 32,
     progress: Progress | None = None,
+    overlay: bool = False,
 ) -> list[Path]:
-    """Predict every file into ``out_dir/<input name>``; each output is written atomically."""
+    """Predict every file into ``out_dir/<input name>``; each output is written atomically.
+
+    With ``overlay``, a PNG of slices with the predicted contours goes to ``out_dir/overlays/``.
+    """
     written = []
     for i, path in enumerate(files):
-        labels = predict_file(trained, path, batch)
+        labels, image = predict_file(trained, path, batch)
         out = out_dir / path.name
+        if overlay:
+            stem = path.name.removesuffix(".gz").removesuffix(".nii")
+            save_overlay(out_dir / "overlays" / f"{stem}.png", image.transpose(2, 0, 1),
+                         labels.transpose(2, 0, 1), None, path.name)
         reference = nib.load(str(path))
         assert isinstance(reference, nib.Nifti1Image)  # read_volume checked it
         write_label_map(out, labels, reference)

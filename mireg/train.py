@@ -37,9 +37,10 @@ from mireg.contract import Backbone, Progress, Regularizer, StepContext, Transfo
 from mireg.data.splits import Split, make_split
 from mireg.data.store import VolumeStore
 from mireg.errors import RecipeError, RunError
-from mireg.evaluate import evaluate_volumes, summarize, write_report
+from mireg.evaluate import evaluate_volumes, validation_dice
 from mireg.plots import plot_curves
 from mireg.recipe import Recipe, dump_toml
+from mireg.report import build_report, write_reports
 from mireg.schedule import lr_at_epoch
 
 __all__ = ["Observer", "Trainer", "build_model", "resolve_device"]
@@ -64,13 +65,13 @@ class Observer:
         """The epoch's metrics row (also written to ``metrics.csv``)."""
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; an unavailable CUDA device is an error."""
+def resolve_device(name: str, key: str = "train.device") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; an unavailable CUDA device is an error naming ``key``."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RecipeError(f"train.device: {name!r} requested but CUDA is not available",
+        raise RecipeError(f"{key}: {name!r} requested but CUDA is not available",
                           "use device = \"auto\" or \"cpu\"")
     return device
 
@@ -308,11 +309,9 @@ class Trainer:
     # ----------------------------------------------------------------------------------------- loop
 
     def _validate(self) -> dict[str, float]:
-        results = evaluate_volumes(self.model, self.store, self.images, self.labels,
-                                   self.split.validation, self.recipe.train.eval_batch,
-                                   self.recipe.train.precision)
-        dice = summarize(results, self.store.classes)["dice"]
-        return {f"val_dice/{k}": v["mean"] for k, v in dice.items()}
+        dice = validation_dice(self.model, self.store, self.images, self.labels, self.split.validation,
+                               self.recipe.train.eval_batch, self.recipe.train.precision)
+        return {f"val_dice/{k}": v for k, v in dice.items()}
 
     def _check_finite(self, means: dict[str, float]) -> None:
         bad = [k for k, v in means.items() if not math.isfinite(v) and k != "total"]
@@ -367,7 +366,7 @@ class Trainer:
         return self.test()
 
     def test(self) -> dict[str, Any]:
-        """Evaluate the best checkpoint on the test split; writes ``report.json``."""
+        """Evaluate the best checkpoint on the test split; writes ``report.json|csv|md``."""
         state = load_checkpoint(self.run_dir / "best.pt", self.device)
         self.model.load_state_dict(state["model"])
         results = evaluate_volumes(self.model, self.store, self.images, self.labels,
@@ -375,4 +374,6 @@ class Trainer:
                                    self.recipe.train.precision)
         meta = {"run": self.recipe.name, "split": "test", "checkpoint": "best.pt",
                 "epoch": state["epoch"]}
-        return write_report(self.run_dir / "report.json", results, self.store.classes, meta)
+        report = build_report(results, self.store.classes[1:], meta)
+        write_reports(report, self.run_dir)
+        return report

@@ -28,7 +28,7 @@ def trained_run(cli, write_recipe: Callable[..., Path]) -> Path:  # type: ignore
 
 def test_train_writes_a_complete_run_directory(trained_run: Path) -> None:
     for name in ("recipe.toml", "versions.json", "split.json", "metrics.csv", "last.pt",
-                 "best.pt", "report.json", "curves.png"):
+                 "best.pt", "report.json", "report.csv", "report.md", "curves.png"):
         assert (trained_run / name).is_file(), name
     with open(trained_run / "metrics.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -37,9 +37,19 @@ def test_train_writes_a_complete_run_directory(trained_run: Path) -> None:
                 "val_dice/mean", "val_dice/RV"):
         assert key in rows[0]
     report = json.loads((trained_run / "report.json").read_text())
-    assert report["split"] == "test" and report["classes"] == ["RV", "MYO", "LV"]
+    assert report["split"] == "test" and report["structures"] == ["RV", "MYO", "LV"]
     assert len(report["volumes"]) == 4  # 2 test patients x (ED, ES)
-    assert 0.0 <= report["summary"]["dice"]["mean"]["mean"] <= 1.0
+    summary = report["summary"]
+    assert set(summary["dice"]) == {"ED", "ES", "all"}
+    assert 0.0 <= summary["dice"]["all"]["mean"]["mean"] <= 1.0
+    for structure in ("RV", "MYO", "LV", "mean"):
+        stat = summary["hd95"]["all"][structure]
+        assert stat["n"] + stat["undefined"] == 4  # every volume counted, defined or not
+    with open(trained_run / "report.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 4 * 3 and set(rows[0]) == {"volume", "patient", "phase", "structure", "dice",
+                                                    "hd95", "hd", "assd"}
+    assert "| mean |" in (trained_run / "report.md").read_text()
     versions = json.loads((trained_run / "versions.json").read_text())
     assert versions["plugins"]["regularizer:mutual_information"]["distribution"] == "mireg"
     # The saved recipe reproduces the run on its own.
@@ -54,10 +64,24 @@ def test_eval_reproduces_the_training_report(cli, trained_run: Path) -> None:  #
     assert result.code == 0, result
     after = json.loads((trained_run / "report.json").read_text())
     assert after["summary"] == before["summary"]
-    assert "DSC ED" in result.out and "LV" in result.out
-    result = cli("eval", trained_run, "--split", "validation", "--checkpoint", "last")
+    assert "DSC ED" in result.out and "HD95 all" in result.out and "LV" in result.out
+    result = cli("eval", trained_run, "--split", "validation", "--checkpoint", "last", "--overlays")
     assert result.code == 0, result
-    assert (trained_run / "report_validation_last.json").is_file()
+    for suffix in ("json", "csv", "md"):
+        assert (trained_run / f"report_validation_last.{suffix}").is_file()
+    assert len(list((trained_run / "overlays_validation").glob("*.png"))) == 4
+    result = cli("eval", trained_run, "--split", "train")
+    assert result.code == 2
+
+
+def test_compare_puts_runs_side_by_side(cli, trained_run: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    result = cli("eval", "--compare", trained_run, trained_run, "--out", tmp_path / "cmp.md")
+    assert result.code == 0, result
+    table = (tmp_path / "cmp.md").read_text().splitlines()
+    assert table[0].startswith("| run | RV DSC | MYO DSC | LV DSC | mean DSC | mean HD95 (mm) |")
+    assert len(table) == 4 and table[2].startswith("| tiny |")
+    result = cli("eval", "--compare", trained_run, tmp_path)
+    assert result.code == 1 and "no report.json" in result.err
 
 
 def test_predict_keeps_the_input_geometry(cli, trained_run: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -67,13 +91,17 @@ def test_predict_keeps_the_input_geometry(cli, trained_run: Path, tmp_path: Path
     src = tmp_path / "scans"
     src.mkdir()
     nib.save(nib.Nifti1Image(image, affine), src / "scan.nii.gz")
-    result = cli("predict", trained_run, src, "-o", tmp_path / "masks")
+    result = cli("predict", trained_run / "best.pt", src, "-o", tmp_path / "masks", "--overlay")
     assert result.code == 0, result
     out = nib.load(tmp_path / "masks" / "scan.nii.gz")
     assert out.shape == image.shape
     np.testing.assert_allclose(out.affine, affine)
+    np.testing.assert_allclose(out.header.get_zooms(), nib.load(src / "scan.nii.gz").header.get_zooms())
     labels = np.asarray(out.dataobj)
     assert labels.dtype == np.uint8 and set(np.unique(labels)) <= {0, 1, 2, 3}
+    assert (tmp_path / "masks" / "overlays" / "scan.png").is_file()
+    result = cli("predict", trained_run, tmp_path / "nothing.nii.gz", "-o", tmp_path / "m2")
+    assert result.code == 1 and "no such file" in result.err and not (tmp_path / "m2").exists()
 
 
 def test_an_existing_run_is_never_overwritten(cli, trained_run: Path) -> None:  # type: ignore[no-untyped-def]
