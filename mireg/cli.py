@@ -113,26 +113,46 @@ def plugins() -> None:
 
 @app.command()
 def preprocess(
-    dataset: Annotated[str, typer.Argument(help="Dataset plugin that reads RAW (e.g. acdc).")],
+    dataset: Annotated[str, typer.Argument(help="Dataset plugin that reads RAW (acdc, acdc-png, msd).")],
     raw: Annotated[Path, typer.Argument(help="Folder with the raw data set.")],
     out: Annotated[Path, typer.Argument(help="Store folder to create (must not exist).")],
     spacing: Annotated[float, typer.Option(help="Target in-plane spacing in mm.")] = 1.0,
     canvas: Annotated[int, typer.Option(help="Side of the square slices (multiple of 16).")] = 384,
+    option: Annotated[Optional[list[str]], typer.Option(  # noqa: UP045 (Typer needs Optional)
+        "--option", "-O", help="Dataset option key=value, e.g. -O channel=T2 (repeatable).")] = None,
+    unlabeled: Annotated[Optional[list[Path]], typer.Option(  # noqa: UP045
+        help="A folder of NIfTI scans without labels to add as unlabelled data (repeatable).")] = None,
 ) -> None:
     """Turn a raw data set (e.g. the ACDC download) into a preprocessed store for training."""
+    from mireg.data.nifti import add_unlabeled_folder
+    from mireg.data.preprocessing import StoreBuilder
+
     if spacing <= 0:
         raise typer.BadParameter("must be > 0", param_hint="--spacing")
     if canvas < 16 or canvas % 16:
         raise typer.BadParameter("must be a positive multiple of 16", param_hint="--canvas")
+    options = {}
+    for item in option or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"expected key=value, got {item!r}", param_hint="--option")
+        options[key.strip()] = value.strip()
     config = registry.load("dataset", dataset)
     assert issubclass(config, DatasetConfig)  # the registry checks each kind's base class
     if not config.can_preprocess:
         raise MiregError(f"dataset {dataset!r} has no preprocess step",
                          f"datasets that have one: {', '.join(_preprocessable())}")
+    if out.exists():
+        raise MiregError(f"{out}: already exists; refusing to overwrite it",
+                         "choose another output folder or remove this one")
     started = time.perf_counter()
+    builder = StoreBuilder(dataset, spacing, canvas)
     with _progress() as bar:
-        store = config.preprocess(raw, out, spacing=spacing, canvas=canvas,
-                                  progress=_ProgressReporter(bar))
+        report = _ProgressReporter(bar)
+        config.preprocess(raw, builder, options, report)
+        for folder in unlabeled or []:
+            add_unlabeled_folder(folder, builder, report)
+        store = builder.save(out)
     labeled = sum(v.labeled for v in store.volumes)
     spacings = [v.spacing for v in store.volumes]
     console.print(

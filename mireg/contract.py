@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 if TYPE_CHECKING:
+    from mireg.data.preprocessing import StoreBuilder
     from mireg.data.store import VolumeStore
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "StepContext",
     "Tap",
     "Transform",
+    "reject_options",
 ]
 
 #: Progress callback: ``progress(done, total, description)``. Library code reports through it; the
@@ -237,14 +239,21 @@ class DatasetConfig(PluginConfig):
         raise NotImplementedError
 
     @classmethod
-    def preprocess(
-        cls,
-        raw: Path,
-        out: Path,
-        *,
-        spacing: float,
-        canvas: int,
-        progress: Progress | None = None,
-    ) -> VolumeStore:
-        """Turn raw files under ``raw`` into a preprocessed store at ``out``."""
+    def preprocess(cls, raw: Path, builder: StoreBuilder, options: dict[str, str],
+                   progress: Progress | None = None) -> None:
+        """Read the raw data set under ``raw`` and ``builder.add`` its volumes.
+
+        Set ``builder.classes``; the caller writes the store. ``options`` are the ``-O key=value``
+        pairs of ``mireg preprocess``: validate them and reject unknown keys (:func:`reject_options`).
+        """
         raise NotImplementedError
+
+
+def reject_options(dataset: str, options: dict[str, str], known: set[str]) -> None:
+    """Raise a :class:`~mireg.errors.DataError` naming any preprocessing option not in ``known``."""
+    from mireg.errors import DataError
+
+    unknown = sorted(set(options) - known)
+    if unknown:
+        allowed = ", ".join(sorted(known)) or "none"
+        raise DataError(f"preprocess {dataset}: unknown option {unknown[0]!r} (options: {allowed})")

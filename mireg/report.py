@@ -28,6 +28,7 @@ __all__ = [
 ]
 
 UNITS = {"dice": "%", "hd95": "mm", "hd": "mm", "assd": "mm"}
+NAMES = {"dice": "DSC", "hd95": "HD95", "hd": "HD", "assd": "ASSD"}
 
 
 def write_atomic_text(path: Path, text: str) -> None:
@@ -76,7 +77,7 @@ def markdown_summary(report: dict[str, Any]) -> str:
     lines = [f"# {report.get('run', '')}: {report.get('split', '')} set, "
              f"{report.get('checkpoint', '')} (epoch {report.get('epoch', '?')})", ""]
     for metric in ("dice", "hd95", "assd"):
-        lines.append(f"## {metric.upper()} ({UNITS[metric]})")
+        lines.append(f"## {NAMES[metric]} ({UNITS[metric]})")
         lines.append("")
         lines.append("| structure | " + " | ".join(phases) + " |")
         lines.append("|---|" + "---|" * len(phases))

@@ -1,0 +1,149 @@
+"""ACDC (Automated Cardiac Diagnosis Challenge) in its distributed layout, and the ``acdc`` dataset.
+
+Raw layout (the download, or mireg's synthetic cohort, which mimics it)::
+
+    RAW/training/patient001/Info.cfg                   ED: 1, ES: 12, Group: DCM, ...
+    RAW/training/patient001/patient001_frame01.nii.gz  (+ _gt.nii.gz: 0 bg, 1 RV, 2 MYO, 3 LV)
+    RAW/testing/patient101/...                         (labels optional: unlabelled data)
+
+``RAW`` may also be the folder holding the patient folders directly. The ED and ES frames are read
+(``_4d`` files are ignored), preprocessed by :func:`mireg.data.preprocessing.preprocess_volume` and
+written as a :class:`~mireg.data.store.VolumeStore`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from mireg.contract import DatasetConfig, Progress
+from mireg.contract import reject_options
+from mireg.data.nifti import read_label_for, read_volume
+from mireg.data.preprocessing import StoreBuilder
+from mireg.data.store import VolumeStore
+from mireg.errors import DataError
+
+__all__ = ["ACDC_CLASSES", "ACDCConfig", "add_acdc", "find_patients", "preprocess_acdc", "read_info"]
+
+ACDC_CLASSES = ["background", "RV", "MYO", "LV"]
+
+
+def find_patients(raw: Path) -> list[Path]:
+    """Patient folders (holding ``Info.cfg``) under ``raw``, sorted by name."""
+    if not raw.is_dir():
+        raise DataError(f"{raw}: folder not found")
+    if (raw / "Info.cfg").is_file():
+        return [raw]
+    roots = [raw / sub for sub in ("training", "testing") if (raw / sub).is_dir()] or [raw]
+    patients = sorted(
+        (p for root in roots for p in root.iterdir() if p.is_dir() and (p / "Info.cfg").is_file()),
+        key=lambda p: p.name,
+    )
+    if not patients:
+        raise DataError(
+            f"{raw}: no ACDC patient folders found (expected training/patientNNN/Info.cfg or "
+            "patientNNN/Info.cfg)"
+        )
+    return patients
+
+
+def read_info(path: Path) -> dict[str, str]:
+    """Parse an ACDC ``Info.cfg`` (``Key: value`` lines); ED and ES are required."""
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read ({exc})") from exc
+    info: dict[str, str] = {}
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        key, sep, value = line.partition(":")
+        if not sep:
+            raise DataError(f"{path}:{number}: expected 'Key: value', got {line.strip()!r}")
+        info[key.strip()] = value.strip()
+    for key in ("ED", "ES"):
+        if key not in info:
+            raise DataError(f"{path}: missing key {key!r}")
+        if not info[key].isdigit():
+            raise DataError(f"{path}: {key} must be a frame number, got {info[key]!r}")
+    return info
+
+
+def _frame_files(patient: Path, frame: int) -> tuple[Path, Path]:
+    stem = f"{patient.name}_frame{frame:02d}"
+    for ext in (".nii.gz", ".nii"):
+        image = patient / f"{stem}{ext}"
+        if image.is_file():
+            return image, patient / f"{stem}_gt{ext}"
+    return patient / f"{stem}.nii.gz", patient / f"{stem}_gt.nii.gz"
+
+
+def add_acdc(raw: Path, builder: StoreBuilder, progress: Progress | None = None) -> None:
+    """Add the ED and ES frames (and their label maps, where present) of every patient under ``raw``.
+
+    Raises:
+        DataError: Naming the file at fault (missing frame, unreadable file, shape or affine
+            mismatch between image and label map, label values outside the four ACDC classes).
+    """
+    builder.classes = list(ACDC_CLASSES)
+    patients = find_patients(raw)
+    for index, patient in enumerate(patients):
+        info = read_info(patient / "Info.cfg")
+        for phase in ("ED", "ES"):
+            image_file, label_file = _frame_files(patient, int(info[phase]))
+            image, affine, spacing = read_volume(image_file)
+            label = None
+            if label_file.is_file():
+                label = read_label_for(label_file, image, affine, image_file, len(ACDC_CLASSES))
+            builder.add(id=f"{patient.name}_{phase}", patient=patient.name, image=image, affine=affine,
+                        spacing=spacing, label=label, phase=phase, group=info.get("Group", ""),
+                        source=str(image_file))
+        if progress is not None:
+            progress(index + 1, len(patients), "reading ACDC patients")
+
+
+def preprocess_acdc(
+    raw: Path,
+    out: Path,
+    *,
+    spacing: float = 1.0,
+    canvas: int = 384,
+    progress: Progress | None = None,
+    name: str = "acdc",
+) -> VolumeStore:
+    """Read an ACDC folder (see the module docstring) and write its store at ``out``.
+
+    Args:
+        raw: ACDC folder.
+        out: Store folder to create (must not exist).
+        spacing: Target in-plane spacing in mm.
+        canvas: Side of the square canvas slices are padded or cropped to.
+        progress: Optional ``progress(done, total, description)``.
+        name: Data set name recorded in the store.
+    """
+    builder = StoreBuilder(name, spacing, canvas)
+    add_acdc(raw, builder, progress)
+    return builder.save(out)
+
+
+class ACDCConfig(DatasetConfig):
+    """``[data] name = "acdc"``: a store made by ``mireg preprocess acdc RAW ROOT``."""
+
+    can_preprocess = True
+
+    root: Path = Field(description="preprocessed store folder")
+
+    def load(self, progress: Progress | None = None) -> VolumeStore:
+        if not self.root.exists():
+            raise DataError(
+                f"data.root: {self.root} does not exist",
+                f"preprocess the ACDC download first: mireg preprocess acdc RAW_DIR {self.root}",
+            )
+        return VolumeStore.load(self.root)
+
+    @classmethod
+    def preprocess(cls, raw: Path, builder: StoreBuilder, options: dict[str, str],
+                   progress: Progress | None = None) -> None:
+        reject_options("acdc", options, set())
+        add_acdc(raw, builder, progress)

@@ -1,0 +1,121 @@
+"""Reading and writing NIfTI volumes with errors that name the file."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from mireg.contract import Progress
+from mireg.data.preprocessing import StoreBuilder
+from mireg.errors import DataError
+
+__all__ = [
+    "add_unlabeled_folder",
+    "nifti_stem",
+    "read_label_for",
+    "read_volume",
+    "write_label_map",
+]
+
+
+def read_volume(
+    path: Path, *, label: bool = False
+) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """Read a 3D NIfTI file.
+
+    Args:
+        path: The ``.nii`` or ``.nii.gz`` file.
+        label: Whether it is a label map (values must then be non-negative integers).
+
+    Returns:
+        The array ``(X, Y, Z)`` (float32, or int64 for labels), the affine and the voxel spacing.
+
+    Raises:
+        DataError: Missing, unreadable or truncated file, wrong dimension, non-integer labels.
+    """
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        img = nib.load(str(path))
+        if not isinstance(img, nib.Nifti1Image):  # Nifti2Image is a subclass
+            raise DataError(f"{path}: not a NIfTI image")
+        data = np.asarray(img.dataobj, dtype=np.float32)
+    except DataError:
+        raise
+    except Exception as exc:  # nibabel raises many types for corrupt/truncated files
+        raise DataError(f"{path}: not a readable NIfTI file ({type(exc).__name__}: {exc})") from exc
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim == 2:
+        data = data[..., None]
+    if data.ndim != 3:
+        raise DataError(f"{path}: expected a 3D volume, got shape {data.shape}")
+    if not np.isfinite(data).all():
+        raise DataError(f"{path}: contains NaN or infinite values")
+    zooms = [float(z) for z in img.header.get_zooms()[:3]] + [1.0] * 3
+    spacing = (zooms[0], zooms[1], zooms[2])
+    if any(s <= 0 for s in spacing):
+        raise DataError(f"{path}: invalid voxel spacing {spacing} in the header")
+    if label:
+        if data.min() < 0 or not np.array_equal(data, np.round(data)):
+            raise DataError(f"{path}: label map has non-integer or negative values")
+        return data.astype(np.int64), img.affine, spacing
+    return data, img.affine, spacing
+
+
+def read_label_for(path: Path, image: np.ndarray, affine: np.ndarray, image_path: Path,
+                   num_classes: int) -> np.ndarray:
+    """Read the label map of ``image`` and check that it fits: same shape and affine, known labels."""
+    label, label_affine, _ = read_volume(path, label=True)
+    if label.shape != image.shape:
+        raise DataError(f"{path}: shape {label.shape} differs from the image's {image.shape} "
+                        f"({image_path.name})")
+    if not np.allclose(label_affine, affine, atol=1e-3):
+        raise DataError(f"{path}: affine differs from the image's ({image_path.name})")
+    if label.max() >= num_classes:
+        raise DataError(f"{path}: label value {int(label.max())} outside the classes "
+                        f"0..{num_classes - 1}")
+    return label
+
+
+def write_label_map(path: Path, labels: np.ndarray, reference: nib.Nifti1Image) -> None:
+    """Write ``labels`` with the geometry (affine and header) of ``reference``, atomically."""
+    header = reference.header.copy()
+    header.set_data_dtype(np.uint8)
+    out = nib.Nifti1Image(labels.astype(np.uint8), reference.affine, header)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = ".nii.gz" if path.name.endswith(".gz") else ".nii"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        nib.save(out, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def nifti_stem(path: Path) -> str:
+    """File name without ``.nii`` / ``.nii.gz``."""
+    return path.name.removesuffix(".gz").removesuffix(".nii")
+
+
+def add_unlabeled_folder(folder: Path, builder: StoreBuilder, progress: Progress | None = None) -> None:
+    """Add every NIfTI scan in ``folder`` as an unlabelled volume (its own patient ``folder/stem``)."""
+    if not folder.is_dir():
+        raise DataError(f"{folder}: folder not found")
+    files = sorted(p for p in folder.iterdir()
+                   if p.name.endswith((".nii.gz", ".nii")) and not p.name.startswith("."))
+    if not files:
+        raise DataError(f"{folder}: holds no .nii or .nii.gz files")
+    for i, path in enumerate(files):
+        image, affine, spacing = read_volume(path)
+        patient = f"{folder.name}/{nifti_stem(path)}"
+        builder.add(id=patient, patient=patient, image=image, affine=affine, spacing=spacing,
+                    source=str(path))
+        if progress is not None:
+            progress(i + 1, len(files), f"reading unlabelled scans of {folder.name}")
