@@ -8,7 +8,7 @@ from mireg.errors import PluginError
 
 BUILT_INS = {
     "backbone": {"unet"},
-    "dataset": {"acdc", "phantom"},
+    "dataset": {"acdc", "acdc-png", "msd", "phantom"},
     "regularizer": {"consistency", "mutual_information"},
 }
 

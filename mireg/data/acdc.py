@@ -15,13 +15,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
-
-from mireg.contract import DatasetConfig, Progress
-from mireg.contract import reject_options
+from mireg.contract import Progress, reject_options
 from mireg.data.nifti import read_label_for, read_volume
 from mireg.data.preprocessing import StoreBuilder
-from mireg.data.store import VolumeStore
+from mireg.data.store import StoredDatasetConfig, VolumeStore
 from mireg.errors import DataError
 
 __all__ = ["ACDC_CLASSES", "ACDCConfig", "add_acdc", "find_patients", "preprocess_acdc", "read_info"]
@@ -127,20 +124,8 @@ def preprocess_acdc(
     return builder.save(out)
 
 
-class ACDCConfig(DatasetConfig):
+class ACDCConfig(StoredDatasetConfig):
     """``[data] name = "acdc"``: a store made by ``mireg preprocess acdc RAW ROOT``."""
-
-    can_preprocess = True
-
-    root: Path = Field(description="preprocessed store folder")
-
-    def load(self, progress: Progress | None = None) -> VolumeStore:
-        if not self.root.exists():
-            raise DataError(
-                f"data.root: {self.root} does not exist",
-                f"preprocess the ACDC download first: mireg preprocess acdc RAW_DIR {self.root}",
-            )
-        return VolumeStore.load(self.root)
 
     @classmethod
     def preprocess(cls, raw: Path, builder: StoreBuilder, options: dict[str, str],

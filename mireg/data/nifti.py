@@ -23,13 +23,14 @@ __all__ = [
 
 
 def read_volume(
-    path: Path, *, label: bool = False
+    path: Path, *, label: bool = False, channel: int | None = None
 ) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
     """Read a 3D NIfTI file.
 
     Args:
         path: The ``.nii`` or ``.nii.gz`` file.
         label: Whether it is a label map (values must then be non-negative integers).
+        channel: For a 4D (multi-channel) file, the channel to take.
 
     Returns:
         The array ``(X, Y, Z)`` (float32, or int64 for labels), the affine and the voxel spacing.
@@ -48,6 +49,10 @@ def read_volume(
         raise
     except Exception as exc:  # nibabel raises many types for corrupt/truncated files
         raise DataError(f"{path}: not a readable NIfTI file ({type(exc).__name__}: {exc})") from exc
+    if data.ndim == 4 and channel is not None:
+        if not 0 <= channel < data.shape[3]:
+            raise DataError(f"{path}: has {data.shape[3]} channels, channel {channel} requested")
+        data = data[..., channel]
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim == 2:

@@ -33,7 +33,7 @@ def test_preprocess_reads_ed_and_es_with_their_metadata(raw: Path, tmp_path: Pat
     img = nib.load(raw / "training" / "patient001" / "patient001_frame01.nii.gz")
     assert first.shape == img.shape and first.n_slices == img.shape[2]
     assert np.allclose(first.affine, img.affine)
-    assert 0.0 <= float(store.images.min()) and float(store.images.max()) <= 1.0
+    assert float(store.images.min()) >= 0.0 and float(store.images.max()) <= 1.0
     assert set(np.unique(store.labels)) == {0, 1, 2, 3}
     again = VolumeStore.load(tmp_path / "store")
     assert again.volumes == store.volumes

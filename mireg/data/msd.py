@@ -1,0 +1,152 @@
+"""Medical Segmentation Decathlon and nnU-Net raw layouts, and the ``msd`` dataset.
+
+Both layouts hold ``imagesTr/``, ``labelsTr/`` and ``dataset.json``:
+
+* MSD (e.g. ``Task05_Prostate``): ``imagesTr/CASE.nii.gz`` holds every channel (4D for
+  multi-modal tasks), channels named in ``dataset.json``'s ``modality``; labels as
+  ``{"0": "background", "1": "PZ", ...}``; ``imagesTs/`` holds unlabelled test cases.
+* nnU-Net raw: ``imagesTr/CASE_0000.nii.gz`` one file per channel, channels named in
+  ``channel_names`` (or ``modality``); labels as ``{"background": 0, "PZ": 1}`` (or the MSD form).
+
+Options (``mireg preprocess msd TASK OUT -O key=value``): ``channel`` (index or name, default T2 when
+there is one, else the first), ``keep_labels`` (``false`` by default: every foreground label merges
+into one class, the paper's two-class setting for prostate; ``true`` keeps them apart).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import Field
+
+from mireg.contract import Progress, reject_options
+from mireg.data.nifti import nifti_stem, read_label_for, read_volume
+from mireg.data.preprocessing import StoreBuilder
+from mireg.data.store import StoredDatasetConfig
+from mireg.errors import DataError
+
+__all__ = ["MSDConfig", "add_msd", "read_dataset_json"]
+
+
+def read_dataset_json(task: Path) -> dict[str, Any]:
+    """Parse ``task/dataset.json``; errors name the file."""
+    path = task / "dataset.json"
+    if not task.is_dir():
+        raise DataError(f"{task}: folder not found")
+    if not path.is_file():
+        raise DataError(f"{path}: not found (an MSD or nnU-Net raw task folder has one)")
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: invalid JSON ({exc})") from exc
+    if not isinstance(meta, dict) or not isinstance(meta.get("labels"), dict):
+        raise DataError(f"{path}: missing 'labels' object")
+    return meta
+
+
+def _labels(meta: dict[str, Any], path: Path) -> dict[int, str]:
+    """Label value -> name, from either the MSD form or the nnU-Net v2 form."""
+    out: dict[int, str] = {}
+    for key, value in meta["labels"].items():
+        try:
+            number, name = (int(key), str(value)) if str(key).isdigit() else (int(value), str(key))
+        except (TypeError, ValueError):
+            raise DataError(f"{path}: labels entry {key!r}: {value!r} is not a label value") from None
+        out[number] = name
+    if 0 not in out:
+        raise DataError(f"{path}: labels has no background (0)")
+    return dict(sorted(out.items()))
+
+
+def _channel_index(meta: dict[str, Any], wanted: str | None, path: Path) -> int:
+    names = meta.get("channel_names") or meta.get("modality") or {"0": "image"}
+    channels = {int(k): str(v) for k, v in names.items()}
+    if wanted is None:
+        return next((k for k, v in channels.items() if v.upper() == "T2"), min(channels))
+    if wanted.isdigit() and int(wanted) in channels:
+        return int(wanted)
+    for k, v in channels.items():
+        if v.lower() == wanted.lower():
+            return k
+    raise DataError(f"{path}: no channel {wanted!r}; channels: "
+                    + ", ".join(f"{k} ({v})" for k, v in sorted(channels.items())))
+
+
+def _visible_niftis(folder: Path) -> list[Path]:
+    # MSD archives carry macOS "._" resource files next to the real ones: skip hidden files.
+    return sorted(p for p in folder.iterdir()
+                  if p.name.endswith((".nii.gz", ".nii")) and not p.name.startswith("."))
+
+
+def _cases(task: Path, sub: str, channel: int) -> dict[str, Path]:
+    """Case id -> image file of ``task/sub`` for the chosen channel, in either layout."""
+    folder = task / sub
+    if not folder.is_dir():
+        return {}
+    files = _visible_niftis(folder)
+    channel_files = [p for p in files if nifti_stem(p)[-5:-4] == "_" and nifti_stem(p)[-4:].isdigit()]
+    if channel_files and len(channel_files) == len(files):  # nnU-Net: CASE_0000.nii.gz
+        suffix = f"_{channel:04d}"
+        return {nifti_stem(p)[:-5]: p for p in files if nifti_stem(p).endswith(suffix)}
+    return {nifti_stem(p): p for p in files}
+
+
+def add_msd(task: Path, builder: StoreBuilder, options: dict[str, str],
+            progress: Progress | None = None) -> None:
+    """Add the labelled training cases (and the unlabelled test cases) of an MSD/nnU-Net task."""
+    reject_options("msd", options, {"channel", "keep_labels"})
+    keep = options.get("keep_labels", "false").lower()
+    if keep not in ("true", "false"):
+        raise DataError(f"preprocess msd: keep_labels must be true or false, got {keep!r}")
+    meta = read_dataset_json(task)
+    json_path = task / "dataset.json"
+    labels = _labels(meta, json_path)
+    channel = _channel_index(meta, options.get("channel"), json_path)
+    if keep == "true" or len(labels) == 2:
+        builder.classes = [labels.get(k, f"label{k}") for k in range(max(labels) + 1)]
+    else:
+        builder.classes = ["background", str(meta.get("name", "foreground")).lower()]
+    training = _cases(task, "imagesTr", channel)
+    if not training:
+        raise DataError(f"{task / 'imagesTr'}: no training images found")
+    unlabelled = _cases(task, "imagesTs", channel)
+    total = len(training) + len(unlabelled)
+    for i, (case, image_file) in enumerate([*training.items(), *unlabelled.items()]):
+        image, affine, spacing = read_volume(image_file, channel=channel)
+        label = None
+        if i < len(training):
+            label_file = _label_file(task, case)
+            label = read_label_for(label_file, image, affine, image_file, max(labels) + 1)
+            unknown = sorted(set(np.unique(label).tolist()) - set(labels))
+            if unknown:
+                raise DataError(f"{label_file}: label value {unknown[0]} is not declared in {json_path}")
+            if keep == "false":
+                label = (label > 0).astype(np.int64)
+        builder.add(id=case, patient=case, image=image, affine=affine, spacing=spacing, label=label,
+                    source=str(image_file))
+        if progress is not None:
+            progress(i + 1, total, f"reading {task.name}")
+
+
+def _label_file(task: Path, case: str) -> Path:
+    for ext in (".nii.gz", ".nii"):
+        path = task / "labelsTr" / f"{case}{ext}"
+        if path.is_file():
+            return path
+    raise DataError(f"{task / 'labelsTr' / (case + '.nii.gz')}: missing label map of training case "
+                    f"{case!r}")
+
+
+class MSDConfig(StoredDatasetConfig):
+    """``[data] name = "msd"``: a store made by ``mireg preprocess msd TASK_DIR ROOT``."""
+
+    val_patients: int = Field(4, ge=1)
+    test_patients: int = Field(8, ge=1)
+
+    @classmethod
+    def preprocess(cls, raw: Path, builder: StoreBuilder, options: dict[str, str],
+                   progress: Progress | None = None) -> None:
+        add_msd(raw, builder, options, progress)
