@@ -194,6 +194,13 @@ class Regularizer(nn.Module):
     def after_step(self, model: nn.Module, step: int) -> None:
         """Called after each optimizer step (e.g. an EMA teacher update). Default: nothing."""
 
+    def evaluation_model(self, model: nn.Module) -> nn.Module:
+        """The network to validate, test and checkpoint as "the model" (a mean teacher's teacher).
+
+        Default: the trained ``model`` itself. At most one regulariser of a recipe may replace it.
+        """
+        return model
+
 
 class RegularizerConfig(PluginConfig):
     """Recipe table ``[[regularizers]]``: ``weight`` plus the regulariser's own options."""

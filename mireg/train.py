@@ -225,7 +225,9 @@ class Trainer:
         taps = sorted({t for _, _, reg in self.regs for t in reg.taps})
         for name in taps:
             self.model.tap_module(name).register_forward_hook(self._hook(name))
-        params = list(self.model.parameters()) + [p for _, _, r in self.regs for p in r.parameters()]
+        params = [p for m in (self.model, *(r for _, _, r in self.regs)) for p in m.parameters()
+                  if p.requires_grad]  # a mean teacher's weights are not optimised
+        self.eval_model = self._evaluation_model()
         self.optimizer = torch.optim.Adam(params, lr=recipe.optim.lr,
                                           weight_decay=recipe.optim.weight_decay)
         self.generator = torch.Generator(device=self.device).manual_seed(recipe.seed)
@@ -238,6 +240,15 @@ class Trainer:
             f"unlabelled / {len(self.split.validation)} validation / {len(self.split.test)} test "
             f"patients ({len(self.labeled_idx)} labelled slices) on {self.device}"
         )
+
+    def _evaluation_model(self) -> nn.Module:
+        """The network validated, tested and checkpointed: the model, or a regulariser's substitute."""
+        substitutes = [(name, reg.evaluation_model(self.model)) for name, _, reg in self.regs]
+        substitutes = [(name, m) for name, m in substitutes if m is not self.model]
+        if len(substitutes) > 1:
+            raise RecipeError(f"regularizers {[n for n, _ in substitutes]} each replace the evaluated "
+                              "model; at most one may")
+        return substitutes[0][1] if substitutes else self.model
 
     def _hook(self, name: str) -> Callable[[nn.Module, Any, torch.Tensor], None]:
         def hook(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
@@ -292,8 +303,8 @@ class Trainer:
     # ---------------------------------------------------------------------------------- checkpoints
 
     def _state(self) -> dict[str, Any]:
-        return {
-            "model": self.model.state_dict(),
+        state = {
+            "model": self.eval_model.state_dict(),
             "regularizers": [reg.state_dict() for _, _, reg in self.regs],
             "optimizer": self.optimizer.state_dict(),
             "epoch": self.epoch,
@@ -305,11 +316,14 @@ class Trainer:
             "rng": {"torch": torch.get_rng_state(), "generator": self.generator.get_state()},
             "mireg_version": mireg.__version__,
         }
+        if self.eval_model is not self.model:
+            state["student"] = self.model.state_dict()
+        return state
 
     # ----------------------------------------------------------------------------------------- loop
 
     def _validate(self) -> dict[str, float]:
-        dice = validation_dice(self.model, self.store, self.images, self.labels, self.split.validation,
+        dice = validation_dice(self.eval_model, self.store, self.images, self.labels, self.split.validation,
                                self.recipe.train.eval_batch, self.recipe.train.precision)
         return {f"val_dice/{k}": v for k, v in dice.items()}
 
@@ -368,8 +382,8 @@ class Trainer:
     def test(self) -> dict[str, Any]:
         """Evaluate the best checkpoint on the test split; writes ``report.json|csv|md``."""
         state = load_checkpoint(self.run_dir / "best.pt", self.device)
-        self.model.load_state_dict(state["model"])
-        results = evaluate_volumes(self.model, self.store, self.images, self.labels,
+        self.eval_model.load_state_dict(state["model"])
+        results = evaluate_volumes(self.eval_model, self.store, self.images, self.labels,
                                    self.split.test, self.recipe.train.eval_batch,
                                    self.recipe.train.precision)
         meta = {"run": self.recipe.name, "split": "test", "checkpoint": "best.pt",
