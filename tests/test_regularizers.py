@@ -4,25 +4,16 @@ import pytest
 import torch
 
 from mireg.backbones.unet import UNet
-from mireg.contract import StepContext, Transform
+from mireg.contract import StepContext
 from mireg.losses import consistency_loss, global_mi_loss, local_mi_loss
 from mireg.regularizers.consistency import ConsistencyConfig
 from mireg.regularizers.heads import ClusterHead
 from mireg.regularizers.mutual_information import MutualInformationConfig
+from mireg.testing import step_context
 
 
-def _context(net: UNet, taps: tuple[str, ...], n_l: int = 2, n_u: int = 3) -> StepContext:
-    g = torch.Generator().manual_seed(0)
-    feats: dict[str, torch.Tensor] = {}
-    for name in taps:
-        net.tap_module(name).register_forward_hook(
-            lambda m, i, o, name=name: feats.__setitem__(name, o))
-    x_l, x_u = torch.rand(n_l, 1, 32, 32, generator=g), torch.rand(n_u, 1, 32, 32, generator=g)
-    t = Transform.draw(n_u, g, torch.device("cpu"), 0.8, 0.8)
-    sizes = [n_l, n_u, n_u]
-    out_l, out_u, out_tu = net(torch.cat([x_l, x_u, t(x_u)])).split(sizes)
-    return StepContext(out_l, out_u, out_tu, {k: tuple(v.split(sizes)) for k, v in feats.items()},  # type: ignore[misc]
-                       t, 0, 0, x_u)
+def _context(net: UNet, taps: tuple[str, ...]) -> StepContext:
+    return step_context(net, taps)
 
 
 def test_consistency_compares_predictions_on_t_x_with_t_of_predictions() -> None:

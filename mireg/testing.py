@@ -1,0 +1,168 @@
+"""Contract checks for plugin authors: does a backbone, regulariser or dataset obey mireg's contract?
+
+Use them in a plugin package's own tests::
+
+    from mireg.testing import check_backbone, check_regularizer
+    from my_plugin import MyNetConfig, MyLossConfig
+
+    def test_my_net_obeys_the_contract():
+        check_backbone(MyNetConfig(name="my_net", num_classes=3))
+
+    def test_my_loss_obeys_the_contract():
+        check_regularizer(MyLossConfig(name="my_loss", weight=1.0))
+
+Each check raises :class:`ContractError` (an ``AssertionError``) naming the plugin and what is wrong.
+mireg's own test suite runs them over every registered plugin.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from mireg.contract import (
+    Backbone,
+    BackboneConfig,
+    DatasetConfig,
+    Regularizer,
+    RegularizerConfig,
+    RegularizerOutput,
+    StepContext,
+    Transform,
+)
+from mireg.data.store import VolumeStore
+
+__all__ = ["ContractError", "check_backbone", "check_dataset", "check_regularizer", "step_context"]
+
+
+class ContractError(AssertionError):
+    """A plugin does not obey the contract."""
+
+
+def _expect(condition: bool, plugin: str, message: str) -> None:
+    if not condition:
+        raise ContractError(f"{plugin}: {message}")
+
+
+def step_context(backbone: Backbone, taps: tuple[str, ...] = (), n_labeled: int = 2, n_unlabeled: int = 3,
+                 size: int = 32, seed: int = 0) -> StepContext:
+    """A :class:`StepContext` from one real forward pass of ``backbone`` over random images."""
+    g = torch.Generator().manual_seed(seed)
+    captured: dict[str, torch.Tensor] = {}
+    handles = [backbone.tap_module(name).register_forward_hook(
+        lambda m, i, o, name=name: captured.__setitem__(name, o)) for name in taps]
+    try:
+        c = backbone.in_channels
+        x_l = torch.rand(n_labeled, c, size, size, generator=g)
+        x_u = torch.rand(n_unlabeled, c, size, size, generator=g)
+        t = Transform.draw(n_unlabeled, g, torch.device("cpu"))
+        sizes = [n_labeled, n_unlabeled, n_unlabeled]
+        logits_l, logits_u, logits_tu = backbone(torch.cat([x_l, x_u, t(x_u)])).split(sizes)
+    finally:
+        for handle in handles:
+            handle.remove()
+    features = {}
+    for name, value in captured.items():
+        f_l, f_u, f_tu = value.split(sizes)
+        features[name] = (f_l, f_u, f_tu)
+    return StepContext(logits_l, logits_u, logits_tu, features, t, 0, 0, x_u)
+
+
+def check_backbone(config: BackboneConfig, size: int = 64, batch: int = 2) -> Backbone:
+    """Build the backbone and check shapes, taps, gradients and a state-dict round trip."""
+    plugin = f"backbone {config.name!r}"
+    net = config.build()
+    _expect(isinstance(net, Backbone), plugin, f"build() returned {type(net).__name__}, not a Backbone")
+    _expect(net.in_channels == config.in_channels and net.num_classes == config.num_classes, plugin,
+            "in_channels / num_classes differ from the config")
+    _expect(bool(net.taps), plugin, "declares no feature taps")
+    seen: dict[str, torch.Tensor] = {}
+    for name, tap in net.taps.items():
+        _expect(tap.kind in ("encoder", "decoder") and tap.channels > 0, plugin, f"tap {name}: {tap}")
+        net.tap_module(name).register_forward_hook(lambda m, i, o, name=name: seen.__setitem__(name, o))
+    x = torch.rand(batch, config.in_channels, size, size, generator=torch.Generator().manual_seed(0))
+    out = net(x)
+    _expect(tuple(out.shape) == (batch, config.num_classes, size, size), plugin,
+            f"output shape {tuple(out.shape)}, expected {(batch, config.num_classes, size, size)}")
+    _expect(bool(torch.isfinite(out).all()), plugin, "output is not finite")
+    for name, tap in net.taps.items():
+        f = seen.get(name)
+        _expect(isinstance(f, torch.Tensor), plugin, f"tap {name} did not produce a tensor")
+        assert f is not None
+        _expect(f.dim() == 4 and f.shape[1] == tap.channels, plugin,
+                f"tap {name}: shape {tuple(f.shape)}, declared {tap.channels} channels")
+    out.float().square().mean().backward()
+    grads = [p.grad for p in net.parameters() if p.requires_grad]
+    _expect(any(g is not None and g.abs().sum() > 0 for g in grads), plugin, "no gradient reaches it")
+    _expect(all(g is None or bool(torch.isfinite(g).all()) for g in grads), plugin, "non-finite gradient")
+    twin = config.build()
+    twin.load_state_dict(net.state_dict())
+    net.eval()
+    twin.eval()
+    with torch.no_grad():
+        _expect(torch.allclose(net(x), twin(x), atol=1e-5), plugin, "state dict does not round trip")
+    return net
+
+
+def check_regularizer(config: RegularizerConfig, backbone: BackboneConfig | None = None,
+                      size: int = 32) -> Regularizer:
+    """Build the regulariser on a small backbone; check its loss, gradients, hooks and state dict."""
+    from mireg.backbones.unet import UNetConfig
+
+    plugin = f"regularizer {config.name!r}"
+    backbone = backbone or UNetConfig(name="unet", num_classes=3, base_channels=4)
+    torch.manual_seed(0)
+    net = backbone.build()
+    reg = config.build(net)
+    _expect(isinstance(reg, Regularizer), plugin, f"build() returned {type(reg).__name__}")
+    missing = [t for t in reg.taps if t not in net.taps]
+    _expect(not missing, plugin, f"asks for taps {missing} the backbone does not have")
+    out = reg(step_context(net, reg.taps, size=size))
+    _expect(isinstance(out, RegularizerOutput), plugin, "forward must return a RegularizerOutput")
+    _expect(out.loss.dim() == 0, plugin, f"loss must be a scalar, got shape {tuple(out.loss.shape)}")
+    _expect(math.isfinite(out.loss.item()), plugin, f"loss is not finite: {out.loss.item()}")
+    for key, value in out.logs.items():
+        _expect(value.dim() == 0 and math.isfinite(value.item()), plugin,
+                f"log {key!r} is not a finite scalar")
+    if out.loss.requires_grad:
+        out.loss.backward()
+        params: list[nn.Parameter] = [p for m in (net, reg) for p in m.parameters() if p.requires_grad]
+        grads = [p.grad for p in params]
+        _expect(any(g is not None and g.abs().sum() > 0 for g in grads), plugin,
+                "the loss requires grad but no parameter receives a gradient")
+        _expect(all(g is None or bool(torch.isfinite(g).all()) for g in grads), plugin, "non-finite gradient")
+    reg.after_step(net, 0)
+    _expect(isinstance(reg.evaluation_model(net), nn.Module), plugin, "evaluation_model must be a module")
+    twin = config.build(backbone.build())
+    twin.load_state_dict(reg.state_dict())
+    return reg
+
+
+def check_dataset(config: DatasetConfig) -> VolumeStore:
+    """Load the dataset's store and check its arrays and records; a split must be possible."""
+    from mireg.data.splits import make_split
+
+    plugin = f"dataset {config.name!r}"
+    store = config.load()
+    _expect(isinstance(store, VolumeStore), plugin, f"load() returned {type(store).__name__}")
+    _expect(len(store.classes) >= 2, plugin, f"needs a background and a class, has {store.classes}")
+    s = store.images.shape
+    _expect(len(s) == 3 and s[1] == s[2] == store.canvas and store.canvas % 16 == 0, plugin,
+            f"images have shape {s} for canvas {store.canvas} (square, a multiple of 16)")
+    _expect(store.labels.shape == s, plugin, f"labels shape {store.labels.shape} != images {s}")
+    _expect(int(store.labels.max()) < len(store.classes), plugin, "label values outside the classes")
+    lo, hi = float(store.images.min()), float(store.images.max())
+    _expect(lo >= 0.0 and hi <= 1.0, plugin, f"intensities in [{lo}, {hi}], expected within [0, 1]")
+    position = 0
+    for v in store.volumes:
+        _expect(v.start == position and v.stop > v.start, plugin, f"volume {v.id} is not contiguous")
+        position = v.stop
+    _expect(position == s[0], plugin, f"volumes cover {position} of {s[0]} slices")
+    labelled = {v.patient for v in store.volumes if v.labeled}
+    _expect(len(labelled) >= 3, plugin, "needs at least 3 labelled patients (train, validation, test)")
+    small = config.model_copy(update={"val_patients": 1, "test_patients": 1, "labeled_ratio": None,
+                                      "labeled_patients": 1, "split_file": None})
+    make_split(store, small, seed=0)
+    return store

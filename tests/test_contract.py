@@ -1,0 +1,63 @@
+"""Every registered plugin, built-in or installed, obeys the plugin contract (mireg.testing)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from mireg import registry
+from mireg.data.acdc import preprocess_acdc
+from mireg.data.phantom import generate_cohort
+from mireg.data.store import StoredDatasetConfig
+from mireg.testing import ContractError, check_backbone, check_dataset, check_regularizer
+
+
+@pytest.mark.parametrize("name", registry.available("backbone"))
+def test_backbone_contract(name: str) -> None:
+    config = registry.load("backbone", name)
+    check_backbone(config.model_validate({"name": name, "num_classes": 3}))
+
+
+@pytest.mark.parametrize("name", registry.available("regularizer"))
+def test_regularizer_contract(name: str) -> None:
+    config = registry.load("regularizer", name)
+    check_regularizer(config.model_validate({"name": name, "weight": 1.0}))
+
+
+@pytest.fixture(scope="module")
+def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("contract")
+    generate_cohort(root / "raw", n_patients=5, seed=0)
+    preprocess_acdc(root / "raw", root / "store", spacing=6.0, canvas=32)
+    return root / "store"
+
+
+@pytest.mark.parametrize("name", registry.available("dataset"))
+def test_dataset_contract(name: str, tiny_store: Path) -> None:
+    config = registry.load("dataset", name)
+    if issubclass(config, StoredDatasetConfig):  # any store-backed dataset reads the same store format
+        fields = {"name": name, "root": str(tiny_store)}
+    elif name == "phantom":
+        fields = {"name": name, "patients": 5, "spacing": 6.0, "canvas": 32}
+    else:
+        try:
+            config.model_validate({"name": name})
+        except ValidationError as exc:
+            pytest.skip(f"third-party dataset {name!r} needs configuration to load: {exc.errors()[0]}")
+        fields = {"name": name}
+    check_dataset(config.model_validate(fields))
+
+
+def test_a_broken_plugin_is_reported_with_its_name() -> None:
+    from mireg.backbones.unet import UNetConfig
+
+    class Shapeless(UNetConfig):
+        def build(self):  # type: ignore[no-untyped-def]
+            net = super().build()
+            net.taps = {**net.taps, "Conv1": type(net.taps["Conv1"])("encoder", 999)}
+            return net
+
+    with pytest.raises(ContractError, match=r"backbone 'unet': tap Conv1: shape .* declared 999"):
+        check_backbone(Shapeless(name="unet", num_classes=2, base_channels=2), size=32)
