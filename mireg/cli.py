@@ -13,6 +13,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -106,7 +107,7 @@ def plugins() -> None:
     for column in ("kind", "name", "distribution", "version", "status"):
         table.add_column(column)
     for info, error in registry.plugin_status():
-        status = "[green]ok[/]" if error is None else f"[red]broken:[/] {error}"
+        status = "[green]ok[/]" if error is None else f"[red]broken:[/] {escape(error)}"
         table.add_row(info.kind, info.name, info.distribution, info.version, status)
     console.print(table)
 
@@ -383,9 +384,9 @@ def main() -> None:
     try:
         app()
     except MiregError as exc:
-        err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+        err_console.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False)
         if exc.hint:
-            err_console.print(f"[dim]hint: {exc.hint}[/]", highlight=False)
+            err_console.print(f"[dim]hint: {escape(exc.hint)}[/]", highlight=False)
         sys.exit(1)
     except KeyboardInterrupt:
         err_console.print("[bold red]interrupted[/]; checkpoints already written are intact")

@@ -67,6 +67,7 @@ def discover(kind: str) -> dict[str, list[PluginInfo]]:
         same = found.setdefault(info.name, [])
         if all(i.distribution != info.distribution for i in same):  # the same dist seen twice
             same.append(info)
+            same.sort(key=lambda i: i.distribution)
     return dict(sorted(found.items()))
 
 

@@ -78,7 +78,10 @@ def resolve_device(name: str, key: str = "train.device") -> torch.device:
 
 def build_model(recipe: Recipe) -> tuple[Backbone, list[tuple[str, float, Regularizer]]]:
     """The backbone and the named, weighted regularisers of ``recipe`` (on the CPU)."""
-    backbone = recipe.backbone.build()
+    try:
+        backbone = recipe.backbone.build()
+    except ValueError as exc:
+        raise RecipeError(f"backbone ({recipe.backbone.name}): {exc}") from None
     regs: list[tuple[str, float, Regularizer]] = []
     for i, cfg in enumerate(recipe.regularizers):
         try:

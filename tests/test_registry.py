@@ -7,7 +7,7 @@ from mireg.contract import BackboneConfig, DatasetConfig, RegularizerConfig
 from mireg.errors import PluginError
 
 BUILT_INS = {
-    "backbone": {"unet"},
+    "backbone": {"smp", "unet"},
     "dataset": {"acdc", "acdc-png", "msd", "phantom"},
     "regularizer": {"consistency", "mutual_information"},
 }

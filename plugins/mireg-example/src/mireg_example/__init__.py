@@ -1,0 +1,1 @@
+"""An example mireg plugin package (see its README): ``tiny_unet``, ``smoothness``, ``ellipses``."""
