@@ -6,8 +6,11 @@ to stderr and exits 1; bad usage exits 2 (Typer); anything else is a bug and kee
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -27,7 +30,7 @@ from rich.table import Table
 
 from mireg import __version__, registry
 from mireg.contract import DatasetConfig
-from mireg.errors import MiregError
+from mireg.errors import MiregError, RunInterrupted
 from mireg.train import Observer
 
 app = typer.Typer(
@@ -211,29 +214,68 @@ class _RichObserver(Observer):
         )
 
 
+@contextmanager
+def _stop_on_signals(trainer: Any) -> Iterator[None]:
+    """SIGINT/SIGTERM ask the trainer to checkpoint and stop; a second Ctrl-C stops at once."""
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(signum: int, frame: Any) -> None:
+        err_console.print(f"[yellow]{signal.Signals(signum).name}: saving a checkpoint after this "
+                          "step (Ctrl-C again to stop at once)[/]")
+        trainer.request_stop()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    for sig in previous:
+        signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
 @app.command()
 def train(
-    recipe_path: Annotated[Path, typer.Argument(metavar="RECIPE", help="Recipe TOML file.")],
+    recipe_path: Annotated[Optional[Path], typer.Argument(  # noqa: UP045 (Typer needs Optional)
+        metavar="[RECIPE]", help="Recipe TOML file (not with --resume).")] = None,
     overrides: Annotated[
-        Optional[list[str]],  # noqa: UP045 (Typer needs Optional here)
+        Optional[list[str]],  # noqa: UP045
         typer.Option("--set", "-s", help="Override a recipe value: key.path=value (repeatable)."),
     ] = None,
     fresh: Annotated[bool, typer.Option(
         help="If the run directory exists, start a new numbered one beside it.")] = False,
+    resume: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        metavar="RUN_DIR", help="Continue an interrupted run from its last checkpoint.")] = None,
 ) -> None:
-    """Train a recipe into runs/<name>/ and report the test-set DSC."""
+    """Train a recipe into runs/<name>/ and report the test-set metrics."""
+    from mireg.checkpoint import load_checkpoint
     from mireg.recipe import load_recipe
     from mireg.runs import prepare_run_dir
     from mireg.train import Trainer
 
-    recipe = load_recipe(recipe_path, overrides or [])
-    run_dir = prepare_run_dir(recipe.train.runs_dir, recipe.name, fresh)
-    console.print(f"run directory: {run_dir}")
+    if resume is not None:
+        if recipe_path is not None or overrides or fresh:
+            raise typer.BadParameter("--resume takes the run directory only: its recipe is used as is",
+                                     param_hint="--resume")
+        if not (resume / "recipe.toml").is_file():
+            raise MiregError(f"{resume}: not a run directory (no recipe.toml)")
+        recipe, run_dir = load_recipe(resume / "recipe.toml"), resume
+        state = load_checkpoint(resume / "last.pt")
+        console.print(f"resuming {run_dir} at epoch {state['epoch'] + 1}, step {state['step']}")
+    elif recipe_path is None:
+        raise typer.BadParameter("give a recipe file, or --resume RUN_DIR", param_hint="RECIPE")
+    else:
+        recipe = load_recipe(recipe_path, overrides or [])
+        run_dir, state = prepare_run_dir(recipe.train.runs_dir, recipe.name, fresh), None
+        console.print(f"run directory: {run_dir}")
     started = time.perf_counter()
     with _progress() as bar:
         trainer = Trainer(recipe, run_dir, _RichObserver(bar))
         trainer.setup()
-        report = trainer.fit()
+        if state is not None:
+            trainer.restore(state)
+        with _stop_on_signals(trainer):
+            report = trainer.fit()
     console.print(metrics_table(report, f"{recipe.name}: test set, best checkpoint "
                                         f"(epoch {report['epoch']})"))
     console.print(f"done in {time.perf_counter() - started:.0f} s; report: {run_dir / 'report.json'}")
@@ -383,6 +425,10 @@ def main() -> None:
     """Entry point of the ``mireg`` script: the single error boundary."""
     try:
         app()
+    except RunInterrupted as exc:
+        err_console.print(f"[bold yellow]interrupted:[/] {escape(exc.message)}", highlight=False)
+        err_console.print(f"[dim]{escape(exc.hint or '')}[/]", highlight=False)
+        sys.exit(130)
     except MiregError as exc:
         err_console.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False)
         if exc.hint:

@@ -43,3 +43,7 @@ class CheckpointError(MiregError):
 
 class RunError(MiregError):
     """A training run cannot start or cannot go on (existing run directory, non-finite loss)."""
+
+
+class RunInterrupted(RunError):
+    """Training stopped on request (Ctrl-C, SIGTERM) after saving a checkpoint."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import io
 import json
 import math
 import platform
@@ -36,11 +37,11 @@ from mireg.checkpoint import load_checkpoint, save_checkpoint
 from mireg.contract import Backbone, Progress, Regularizer, StepContext, Transform
 from mireg.data.splits import Split, make_split
 from mireg.data.store import VolumeStore
-from mireg.errors import RecipeError, RunError
+from mireg.errors import RecipeError, RunError, RunInterrupted
 from mireg.evaluate import evaluate_volumes, validation_dice
 from mireg.plots import plot_curves
 from mireg.recipe import Recipe, dump_toml
-from mireg.report import build_report, write_reports
+from mireg.report import build_report, write_atomic_text, write_reports
 from mireg.schedule import lr_at_epoch
 
 __all__ = ["Observer", "Trainer", "build_model", "resolve_device"]
@@ -133,12 +134,33 @@ class _Running:
         return {k: v / self.count for k, v in zip(self.sums, values, strict=True)}
 
 
+def _read_metrics(path: Path, keep_epochs: int) -> tuple[list[str], list[dict[str, str]]]:
+    """Header and the rows of epochs ``<= keep_epochs`` of an existing ``metrics.csv``."""
+    if not path.is_file():
+        return [], []
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        rows = [r for r in reader if int(r["epoch"]) <= keep_epochs]
+        return list(reader.fieldnames or []), rows
+
+
 class _MetricsLog:
     """``metrics.csv`` (always) and TensorBoard event files (when tensorboard is installed)."""
 
-    def __init__(self, run_dir: Path) -> None:
-        self._file = open(run_dir / "metrics.csv", "a", newline="")  # noqa: SIM115 (closed in __exit__)
-        self._csv: csv.DictWriter[str] | None = None
+    def __init__(self, run_dir: Path, keep_epochs: int = 0) -> None:
+        path = run_dir / "metrics.csv"
+        fields, rows = _read_metrics(path, keep_epochs)
+        if rows or path.exists():  # resuming: keep the rows up to the checkpoint's epoch
+            buffer = io.StringIO()
+            if fields:
+                writer = csv.DictWriter(buffer, fieldnames=fields)
+                writer.writeheader()
+                writer.writerows(rows)
+            write_atomic_text(path, buffer.getvalue())
+        self._file = open(path, "a", newline="")  # noqa: SIM115 (closed in __exit__)
+        self._csv: csv.DictWriter[str] | None = (
+            csv.DictWriter(self._file, fieldnames=fields) if fields else None
+        )
         self._board: Any = None
         if importlib.util.find_spec("tensorboard") is not None:
             from torch.utils.tensorboard import SummaryWriter
@@ -235,9 +257,12 @@ class Trainer:
                                           weight_decay=recipe.optim.weight_decay)
         self.generator = torch.Generator(device=self.device).manual_seed(recipe.seed)
         self.epoch, self.step_index, self.best = 0, 0, -1.0
-        (self.run_dir / "recipe.toml").write_text(dump_toml(recipe.to_dict()))
-        (self.run_dir / "versions.json").write_text(json.dumps(_plugin_versions(recipe), indent=1))
-        (self.run_dir / "split.json").write_text(self.split.to_json())
+        self.iteration, self.running = 0, _Running()  # position inside the current epoch
+        self._stop_requested = False
+        if not (self.run_dir / "recipe.toml").exists():  # a resumed run keeps its own files
+            (self.run_dir / "recipe.toml").write_text(dump_toml(recipe.to_dict()))
+            (self.run_dir / "versions.json").write_text(json.dumps(_plugin_versions(recipe), indent=1))
+            (self.run_dir / "split.json").write_text(self.split.to_json())
         self.obs.message(
             f"{recipe.name}: {len(self.split.labeled)} labelled / {len(self.split.unlabeled)} "
             f"unlabelled / {len(self.split.validation)} validation / {len(self.split.test)} test "
@@ -312,6 +337,8 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "epoch": self.epoch,
             "step": self.step_index,
+            "iteration": self.iteration,
+            "running": {"sums": dict(self.running.sums), "count": self.running.count},
             "best": self.best,
             "recipe": self.recipe.to_dict(),
             "data": {"classes": self.store.classes, "spacing": self.store.spacing,
@@ -340,24 +367,49 @@ class Trainer:
                 "lower the learning rate or the regulariser weights",
             )
 
+    def request_stop(self) -> None:
+        """Ask the loop to checkpoint and stop after the current step (signal handlers call this)."""
+        self._stop_requested = True
+
     def _train_epoch(self) -> dict[str, float]:
-        """One epoch of steps; returns the epoch means of the logged values."""
+        """The (rest of the) current epoch's steps; returns the epoch means of the logged values."""
         cfg = self.recipe.train
         self.obs.epoch_start(self.epoch, cfg.epochs, cfg.iterations_per_epoch)
-        running = _Running()
         self.model.train()
-        for it in range(cfg.iterations_per_epoch):
-            running.add(self.train_step())
-            if (it + 1) % cfg.log_every == 0 or it + 1 == cfg.iterations_per_epoch:
-                means = running.means()
+        while self.iteration < cfg.iterations_per_epoch:
+            self.running.add(self.train_step())
+            self.iteration += 1
+            if self.iteration % cfg.log_every == 0 or self.iteration == cfg.iterations_per_epoch:
+                means = self.running.means()
                 self._check_finite(means)
-                self.obs.step(it + 1, means)
-        return running.means()
+                self.obs.step(self.iteration, means)
+            if self._stop_requested:
+                save_checkpoint(self._state(), self.run_dir / "last.pt")
+                raise RunInterrupted(
+                    f"{self.run_dir}: stopped at epoch {self.epoch + 1}, step {self.step_index}; "
+                    f"checkpoint saved to {self.run_dir / 'last.pt'}",
+                    f"continue with: mireg train --resume {self.run_dir}",
+                )
+        means = self.running.means()
+        self.iteration, self.running = 0, _Running()
+        return means
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from a checkpoint written by this loop (weights, optimiser, RNG and position)."""
+        self.model.load_state_dict(state.get("student", state["model"]))
+        for (_, _, reg), reg_state in zip(self.regs, state["regularizers"], strict=True):
+            reg.load_state_dict(reg_state)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch, self.step_index, self.best = state["epoch"], state["step"], state["best"]
+        self.iteration = state["iteration"]
+        self.running = _Running(dict(state["running"]["sums"]), state["running"]["count"])
+        torch.set_rng_state(state["rng"]["torch"].cpu())
+        self.generator.set_state(state["rng"]["generator"].cpu())
 
     def fit(self) -> dict[str, Any]:
         """Run all epochs, then evaluate the best checkpoint on the test split."""
         cfg = self.recipe.train
-        with _MetricsLog(self.run_dir) as log:
+        with _MetricsLog(self.run_dir, keep_epochs=self.epoch) as log:
             while self.epoch < cfg.epochs:
                 lr = lr_at_epoch(self.epoch, cfg.epochs, self.recipe.optim)
                 for group in self.optimizer.param_groups:
@@ -373,11 +425,13 @@ class Trainer:
                     self.best = row["val_dice/mean"]
                 row["best"] = int(improved)
                 self.epoch += 1
+                # The row goes first: a kill before the checkpoint replays this epoch on resume, and
+                # rows past the checkpoint's epoch are dropped then (_MetricsLog).
+                log.write(row)
                 state = self._state()
-                save_checkpoint(state, self.run_dir / "last.pt")
                 if improved:
                     save_checkpoint(state, self.run_dir / "best.pt")
-                log.write(row)
+                save_checkpoint(state, self.run_dir / "last.pt")
                 self.obs.epoch_end(row)
         plot_curves(self.run_dir / "metrics.csv", self.run_dir / "curves.png")
         return self.test()

@@ -1,0 +1,109 @@
+"""A run killed (SIGKILL) or stopped (SIGINT, SIGTERM) mid-epoch resumes to the same result."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mireg.recipe import dump_toml
+
+from .helpers import tiny_recipe
+
+pytestmark = pytest.mark.slow
+
+
+def _recipe(tmp_path: Path, name: str) -> Path:
+    recipe = tiny_recipe(tmp_path / "runs", name=name)
+    recipe["train"].update(epochs=3, iterations_per_epoch=30, log_every=1)
+    path = tmp_path / f"{name}.toml"
+    path.write_text(dump_toml(recipe))
+    return path
+
+
+def _mireg(*args: str | Path) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "mireg", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "200"})
+
+
+def _rows(run: Path) -> list[dict[str, str]]:
+    path = run / "metrics.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _comparable(run: Path) -> tuple[list[dict[str, float]], dict]:
+    rows = [{k: float(v) for k, v in r.items() if k != "seconds"} for r in _rows(run)]
+    return rows, json.loads((run / "report.json").read_text())["summary"]
+
+
+def _interrupt_after_first_epoch(recipe: Path, run: Path, sig: int) -> subprocess.Popen[str]:
+    proc = _mireg("train", recipe)
+    deadline = time.time() + 240
+    while not _rows(run) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.4)  # into the second epoch
+    proc.send_signal(sig)
+    proc.wait(timeout=240)
+    return proc
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict[str, float]], dict]:
+    tmp = tmp_path_factory.mktemp("reference")
+    proc = _mireg("train", _recipe(tmp, "ref"))
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    return _comparable(tmp / "runs" / "ref")
+
+
+def _assert_same(run: Path, reference: tuple[list[dict[str, float]], dict]) -> None:
+    rows, summary = _comparable(run)
+    ref_rows, ref_summary = reference
+    assert [r["epoch"] for r in rows] == [1.0, 2.0, 3.0]
+    for row, ref in zip(rows, ref_rows, strict=True):
+        assert row.keys() == ref.keys()
+        for key in row:
+            assert row[key] == pytest.approx(ref[key], rel=1e-4, abs=1e-6), key
+    assert summary["dice"]["all"]["mean"]["mean"] == pytest.approx(
+        ref_summary["dice"]["all"]["mean"]["mean"], rel=1e-4, abs=1e-6)
+
+
+def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path: Path, reference) -> None:  # type: ignore[no-untyped-def]
+    run = tmp_path / "runs" / "killed"
+    proc = _interrupt_after_first_epoch(_recipe(tmp_path, "killed"), run, signal.SIGKILL)
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert len(_rows(run)) == 1 and (run / "last.pt").is_file() and not (run / "report.json").exists()
+    resumed = _mireg("train", "--resume", run)
+    out, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err
+    assert "resuming" in out
+    _assert_same(run, reference)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_sigint_and_sigterm_checkpoint_and_say_how_to_resume(tmp_path: Path, reference, sig: int) -> None:  # type: ignore[no-untyped-def]
+    run = tmp_path / "runs" / "stopped"
+    proc = _interrupt_after_first_epoch(_recipe(tmp_path, "stopped"), run, sig)
+    err = proc.stderr.read() if proc.stderr else ""
+    assert proc.returncode == 130, err
+    assert f"mireg train --resume {run}" in " ".join(err.split()) and "Traceback" not in err
+    resumed = _mireg("train", "--resume", run)
+    _, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err
+    _assert_same(run, reference)
+
+
+def test_resume_usage_errors(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    assert cli("train", "--resume", tmp_path, _recipe(tmp_path, "x")).code == 2
+    result = cli("train", "--resume", tmp_path)
+    assert result.code == 1 and "not a run directory" in result.err
