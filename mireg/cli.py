@@ -146,9 +146,16 @@ def preprocess(
     if not config.can_preprocess:
         raise MiregError(f"dataset {dataset!r} has no preprocess step",
                          f"datasets that have one: {', '.join(_preprocessable())}")
+    provenance = {"dataset": dataset, "raw": str(raw.resolve()), "spacing": spacing, "canvas": canvas,
+                  "options": options, "unlabeled": [str(p.resolve()) for p in unlabeled or []]}
     if out.exists():
-        raise MiregError(f"{out}: already exists; refusing to overwrite it",
-                         "choose another output folder or remove this one")
+        from mireg.data.store import VolumeStore
+
+        if (out / "store.json").is_file() and VolumeStore.load(out).provenance == provenance:
+            console.print(f"{out} is up to date (made from the same input with the same options)")
+            return
+        raise MiregError(f"{out}: already exists and was not made from this input with these options; "
+                         "refusing to overwrite it", "choose another output folder or remove this one")
     started = time.perf_counter()
     builder = StoreBuilder(dataset, spacing, canvas)
     with _progress() as bar:
@@ -156,7 +163,7 @@ def preprocess(
         config.preprocess(raw, builder, options, report)
         for folder in unlabeled or []:
             add_unlabeled_folder(folder, builder, report)
-        store = builder.save(out)
+        store = builder.save(out, provenance)
     labeled = sum(v.labeled for v in store.volumes)
     spacings = [v.spacing for v in store.volumes]
     console.print(

@@ -83,6 +83,8 @@ class TrainConfig(_Strict):
     eval_batch: int = Field(32, ge=1, description="slices per forward pass at evaluation")
     runs_dir: Path = Path("runs")
     log_every: int = Field(10, ge=1, description="steps between progress updates")
+    skip_nonfinite: bool = Field(
+        False, description="skip steps whose loss is not finite (counted in metrics) instead of stopping")
 
 
 class _RecipeSettings(_Strict):

@@ -121,6 +121,7 @@ class _Running:
 
     sums: dict[str, torch.Tensor] = field(default_factory=dict)
     count: int = 0
+    skipped: int = 0  # steps with a non-finite loss, skipped (train.skip_nonfinite)
 
     def add(self, logs: dict[str, torch.Tensor]) -> None:
         for k, v in logs.items():
@@ -128,7 +129,7 @@ class _Running:
         self.count += 1
 
     def means(self) -> dict[str, float]:
-        if not self.sums:
+        if not self.sums or not self.count:
             return {}
         values = torch.stack(list(self.sums.values())).double().cpu().tolist()  # one host sync
         return {k: v / self.count for k, v in zip(self.sums, values, strict=True)}
@@ -290,8 +291,8 @@ class Trainer:
         pick = torch.randint(len(pool), (n,), generator=self.generator, device=self.device)
         return pool[pick]
 
-    def train_step(self) -> dict[str, torch.Tensor]:
-        """One optimisation step; returns the (device) values to log."""
+    def train_step(self) -> dict[str, torch.Tensor] | None:
+        """One optimisation step; returns the (device) values to log, or None for a skipped step."""
         cfg, aug = self.recipe.train, self.recipe.augment
         il = self._draw(self.labeled_idx, cfg.labeled_batch)
         iu = self._draw(self.unlabeled_idx, cfg.unlabeled_batch)
@@ -321,6 +322,9 @@ class Trainer:
                 logs.update({f"{name}/{k}": v for k, v in out.logs.items()})
         logs = {"total": total.detach(), **logs}
         self.optimizer.zero_grad(set_to_none=True)
+        if cfg.skip_nonfinite and not bool(torch.isfinite(total)):  # a host sync, only when asked
+            self.step_index += 1
+            return None
         total.backward()
         self.optimizer.step()
         for _, _, reg in self.regs:
@@ -338,7 +342,8 @@ class Trainer:
             "epoch": self.epoch,
             "step": self.step_index,
             "iteration": self.iteration,
-            "running": {"sums": dict(self.running.sums), "count": self.running.count},
+            "running": {"sums": dict(self.running.sums), "count": self.running.count,
+                        "skipped": self.running.skipped},
             "best": self.best,
             "recipe": self.recipe.to_dict(),
             "data": {"classes": self.store.classes, "spacing": self.store.spacing,
@@ -364,7 +369,7 @@ class Trainer:
             raise RunError(
                 f"non-finite loss in term {term!r} at epoch {self.epoch + 1}, around step "
                 f"{self.step_index}; the last good checkpoint is {self.run_dir / 'last.pt'}",
-                "lower the learning rate or the regulariser weights",
+                "lower the learning rate or the regulariser weights, or set train.skip_nonfinite = true",
             )
 
     def request_stop(self) -> None:
@@ -377,7 +382,11 @@ class Trainer:
         self.obs.epoch_start(self.epoch, cfg.epochs, cfg.iterations_per_epoch)
         self.model.train()
         while self.iteration < cfg.iterations_per_epoch:
-            self.running.add(self.train_step())
+            logs = self.train_step()
+            if logs is None:
+                self.running.skipped += 1
+            else:
+                self.running.add(logs)
             self.iteration += 1
             if self.iteration % cfg.log_every == 0 or self.iteration == cfg.iterations_per_epoch:
                 means = self.running.means()
@@ -391,6 +400,8 @@ class Trainer:
                     f"continue with: mireg train --resume {self.run_dir}",
                 )
         means = self.running.means()
+        if cfg.skip_nonfinite:
+            means["skipped_steps"] = self.running.skipped
         self.iteration, self.running = 0, _Running()
         return means
 
@@ -402,7 +413,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.step_index, self.best = state["epoch"], state["step"], state["best"]
         self.iteration = state["iteration"]
-        self.running = _Running(dict(state["running"]["sums"]), state["running"]["count"])
+        running = state["running"]
+        self.running = _Running(dict(running["sums"]), running["count"], running["skipped"])
         torch.set_rng_state(state["rng"]["torch"].cpu())
         self.generator.set_state(state["rng"]["generator"].cpu())
 
@@ -416,7 +428,11 @@ class Trainer:
                     group["lr"] = lr
                 started = time.perf_counter()
                 row: dict[str, Any] = {"epoch": self.epoch + 1, "lr": lr}
-                row.update({f"loss/{k}": v for k, v in self._train_epoch().items()})
+                means = self._train_epoch()
+                skipped = means.pop("skipped_steps", None)
+                row.update({f"loss/{k}": v for k, v in means.items()})
+                if skipped is not None:
+                    row["skipped_steps"] = int(skipped)
                 row.update(self._validate())
                 row["step"] = self.step_index
                 row["seconds"] = round(time.perf_counter() - started, 2)

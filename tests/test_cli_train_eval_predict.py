@@ -140,8 +140,11 @@ def test_preprocess_and_train_on_an_acdc_layout(cli, write_recipe, tmp_path: Pat
                  "--canvas", "48")
     assert result.code == 0, result
     assert "8 patients, 16 volumes (16 labelled)" in result.out
+    result = cli("preprocess", "acdc", tmp_path / "raw", tmp_path / "store", "--spacing", "5",
+                 "--canvas", "48")
+    assert result.code == 0 and "is up to date" in result.out  # reruns are idempotent
     result = cli("preprocess", "acdc", tmp_path / "raw", tmp_path / "store")
-    assert result.code == 1 and "already exists" in result.err
+    assert result.code == 1 and "already exists and was not made from this input" in result.err
     data = {"name": "acdc", "root": str(tmp_path / "store"), "labeled_patients": 2,
             "val_patients": 2, "test_patients": 2}
     result = cli("train", write_recipe(data=data))

@@ -190,13 +190,14 @@ class StoreBuilder:
         ))
         self._slices += n
 
-    def save(self, out: Path) -> VolumeStore:
+    def save(self, out: Path, provenance: dict[str, object] | None = None) -> VolumeStore:
         """Write the store to ``out`` (which must not exist) and open it."""
         if not self.volumes:
             raise DataError(f"{out}: no volumes were found to preprocess")
         if not self.classes:
             raise ValueError("the dataset did not set StoreBuilder.classes")
         store = VolumeStore(self.name, list(self.classes), self.spacing, self.canvas,
-                            np.concatenate(self._images), np.concatenate(self._labels), self.volumes)
+                            np.concatenate(self._images), np.concatenate(self._labels), self.volumes,
+                            dict(provenance or {}))
         store.save(out)
         return VolumeStore.load(out)

@@ -90,6 +90,8 @@ class VolumeStore:
     images: np.ndarray
     labels: np.ndarray
     volumes: list[VolumeInfo]
+    #: How the store was made (dataset, raw folder, spacing, canvas, options), for idempotent reruns.
+    provenance: dict[str, object] = field(default_factory=dict)
 
     def volume(self, volume_id: str) -> VolumeInfo:
         for v in self.volumes:
@@ -128,6 +130,7 @@ class VolumeStore:
                 "spacing": self.spacing,
                 "canvas": self.canvas,
                 "volumes": [asdict(v) for v in self.volumes],
+                "provenance": self.provenance,
             }
             (tmp / "store.json").write_text(json.dumps(meta, indent=1))
 
@@ -164,6 +167,7 @@ class VolumeStore:
                 images,
                 labels,
                 volumes,
+                dict(meta.get("provenance", {})),
             )
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise DataError(f"{path}: corrupt store ({exc})", "preprocess the data again") from exc
