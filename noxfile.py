@@ -27,3 +27,13 @@ def typecheck(session: nox.Session) -> None:
     """mypy on the package."""
     session.install("-e", ".[dev]")
     session.run("mypy", "mireg")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """The standard benchmarks: metrics, and partial / udaiic steps at the paper's shapes."""
+    session.install("-e", ".")
+    session.run("python", "benchmarks/metrics.py")
+    for method in ("partial", "udaiic"):
+        session.run("python", "benchmarks/step.py", "--method", method, "--size", "224", "--steps", "3",
+                    *(["--compare-naive"] if method == "udaiic" else []), *session.posargs)

@@ -1,0 +1,141 @@
+"""Time full training steps of a method at a given size, and optionally the local MI kernels.
+
+    python benchmarks/step.py --method udaiic --size 224 --labeled-batch 4 --unlabeled-batch 10 \
+        --steps 5 --device cpu [--compare-naive]
+
+A step is everything `mireg train` does per iteration: drawing slices from the in-memory store,
+batched augmentation, one forward over [x_l, x_u, T(x_u)], every regulariser, backward and the
+optimiser. The method's settings come from `recipes/acdc_<method>.toml`; the data is the synthetic
+cohort at 1 mm (generated and cached on first use). Prints one JSON line per measurement.
+With --compare-naive it also times, on random maps of the decoder layers' shapes, mireg's local MI
+against the direct formulation (one conv2d per sub-head with the whole map as kernel, as in the
+authors' code), forward + backward, and prints both and their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from mireg.losses import local_mi_subheads
+from mireg.recipe import load_recipe
+from mireg.train import Trainer, resolve_device
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def time_steps(args: argparse.Namespace, device: torch.device) -> dict[str, object]:
+    canvas = 16 * math.ceil((args.size + 32) / 16)
+    overrides = [
+        f'data={{name = "phantom", patients = 20, spacing = 1.0, canvas = {canvas}, '
+        'labeled_ratio = 0.5, val_patients = 2, test_patients = 2}',
+        f"augment.crop={args.size}",
+        f"train.labeled_batch={args.labeled_batch}",
+        f"train.unlabeled_batch={args.unlabeled_batch}",
+        f'train.device="{device}"',
+        f'train.precision="{args.precision}"',
+    ]
+    recipe = load_recipe(RECIPES / f"acdc_{args.method}.toml", overrides)
+    with tempfile.TemporaryDirectory() as run_dir:
+        trainer = Trainer(recipe, Path(run_dir))
+        trainer.setup()
+        for _ in range(args.warmup):
+            trainer.train_step()
+        _sync(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            trainer.train_step()
+        _sync(device)
+        seconds = (time.perf_counter() - start) / args.steps
+    images = args.labeled_batch + 2 * args.unlabeled_batch
+    return {"method": args.method, "device": str(device), "size": args.size,
+            "ms_per_step": round(1000 * seconds, 1), "images_per_s": round(images / seconds, 1),
+            "peak_mem_mb": round(_peak_mb(device), 1), "steps": args.steps,
+            "precision": args.precision, "torch_threads": torch.get_num_threads()}
+
+
+def _naive_local_mi(z1: torch.Tensor, z2: torch.Tensor, radius: int) -> torch.Tensor:
+    """The authors' formulation: one conv2d per sub-head with the whole map as the kernel."""
+    losses = []
+    for s in range(z1.shape[1]):
+        a, b = z1[:, s].transpose(0, 1), z2[:, s].transpose(0, 1)  # (K, N, H, W)
+        p = F.conv2d(a, weight=b, padding=radius)  # (K, K, 2r+1, 2r+1)
+        p = p - p.min().detach() + 1e-16
+        p = p / p.sum(dim=(0, 1), keepdim=True)
+        p = (p + p.transpose(0, 1)) / 2
+        pi, pj = p.sum(dim=1, keepdim=True), p.sum(dim=0, keepdim=True)
+        mi = (p * (torch.log(p + 1e-16) - torch.log(pi + 1e-16) - torch.log(pj + 1e-16))).sum((0, 1))
+        losses.append(-mi.mean())
+    return torch.stack(losses)
+
+
+def compare_naive(args: argparse.Namespace, device: torch.device) -> list[dict[str, object]]:
+    out = []
+    for layer, scale, radius in (("Up_conv3", 2, 1), ("Up_conv2", 1, 3)):
+        side = args.size // scale
+        shape = (args.unlabeled_batch, 5, 20, side, side)
+        z1 = torch.randn(shape, device=device).softmax(2).requires_grad_()
+        z2 = torch.randn(shape, device=device).softmax(2).requires_grad_()
+        timings = {}
+        for name, fn in (("mireg", local_mi_subheads), ("naive", _naive_local_mi)):
+            fn(z1, z2, radius).sum().backward()  # warm-up
+            _sync(device)
+            start = time.perf_counter()
+            for _ in range(args.kernel_repeats):
+                fn(z1, z2, radius).sum().backward()
+            _sync(device)
+            timings[name] = (time.perf_counter() - start) / args.kernel_repeats
+        with torch.no_grad():
+            diff = (local_mi_subheads(z1, z2, radius) - _naive_local_mi(z1, z2, radius)).abs().max()
+        out.append({"kernel": "local_mi", "layer": layer, "shape": list(shape), "radius": radius,
+                    "device": str(device), "mireg_ms": round(1000 * timings["mireg"], 1),
+                    "naive_ms": round(1000 * timings["naive"], 1),
+                    "speedup": round(timings["naive"] / timings["mireg"], 2),
+                    "max_abs_diff": float(diff)})
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--method", default="udaiic",
+                        choices=["partial", "full", "uda", "iic", "udaiic", "entmin", "meanteacher", "midl"])
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--labeled-batch", type=int, default=4)
+    parser.add_argument("--unlabeled-batch", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--compare-naive", action="store_true")
+    parser.add_argument("--kernel-repeats", type=int, default=3)
+    args = parser.parse_args()
+    device = resolve_device(args.device, "--device")
+    print(json.dumps(time_steps(args, device)), flush=True)
+    if args.compare_naive:
+        for row in compare_naive(args, device):
+            print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
