@@ -340,7 +340,8 @@ def _eval_run(run_dir: Path, split: str, checkpoint: str, overlays: bool) -> Non
     with _progress() as bar:
         store = trained.recipe.data.load(_ProgressReporter(bar))
         images, labels = store.tensors(device)
-        total = sum(v.labeled and v.patient in set(patients) for v in store.volumes)
+        chosen = set(patients)
+        total = sum(v.labeled and v.patient in chosen for v in store.volumes)
         task = bar.add_task(f"evaluating {split}", total=total, info="")
 
         def on_volume(volume: Any, image: Any, prediction: Any, truth: Any) -> None:

@@ -8,7 +8,7 @@ own grids, with the spacing of their headers.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,7 +63,7 @@ def _labelled_volumes(store: VolumeStore, patients: Sequence[str]) -> list[Volum
 
 
 def _predictions(model: nn.Module, store: VolumeStore, images: torch.Tensor, patients: Sequence[str],
-                 batch: int, precision: str) -> Any:
+                 batch: int, precision: str) -> Iterator[tuple[VolumeInfo, torch.Tensor]]:
     """Yield ``(volume, predicted labels (Z, H, W))`` for the labelled volumes of ``patients``."""
     was_training = model.training
     model.eval()
