@@ -368,7 +368,8 @@ def _eval_folders(pred: Path, gt: Path, out: Path | None) -> None:
     import json
 
     from mireg.evaluate import METRICS, evaluate_folders
-    from mireg.report import format_stat, write_atomic_text
+    from mireg.files import atomic_write_text
+    from mireg.report import format_stat
 
     with _progress() as bar:
         result = evaluate_folders(pred, gt, progress=_ProgressReporter(bar))
@@ -377,19 +378,20 @@ def _eval_folders(pred: Path, gt: Path, out: Path | None) -> None:
     header = ["label", "DSC (%)", "HD95 (mm)", "HD (mm)", "ASSD (mm)"]
     console.print(_plain_table(header, rows, f"{len(result['cases'])} cases: {pred} vs {gt}"))
     if out is not None:
-        write_atomic_text(out, json.dumps(result, indent=1) + "\n")
+        atomic_write_text(out, json.dumps(result, indent=1) + "\n")
         console.print(f"report: {out}")
 
 
 def _compare(runs: list[Path], out: Path) -> None:
-    from mireg.report import comparison_rows, read_run_report, write_atomic_text
+    from mireg.files import atomic_write_text
+    from mireg.report import comparison_rows, read_run_report
 
     reports = [(run.name, read_run_report(run)) for run in runs]
     header, rows = comparison_rows(reports)
     console.print(_plain_table(header, rows, "test set, all phases (mean ± std over volumes)"))
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
-    write_atomic_text(out, "\n".join(lines) + "\n")
+    atomic_write_text(out, "\n".join(lines) + "\n")
     console.print(f"table: {out}")
 
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mireg.files import atomic_write
+
 __all__ = ["plot_curves", "save_overlay"]
 
 
@@ -41,10 +43,8 @@ def plot_curves(metrics_csv: Path, out: Path) -> None:
     axes[2].set(title="validation 3D DSC", xlabel="epoch", ylim=(0, 1))
     axes[2].legend(fontsize=8)
     fig.tight_layout()
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp, dpi=90)
+    atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=90))
     plt.close(fig)
-    tmp.replace(out)
 
 
 #: Contour colours by label value (1 RV red, 2 MYO green, 3 LV blue, then more).
@@ -96,8 +96,5 @@ def save_overlay(
     legend = "solid: prediction" + (", dashed: ground truth" if ground_truth is not None else "")
     fig.suptitle(f"{title}  ({legend})", fontsize=9)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp, dpi=80)
+    atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=80))
     plt.close(fig)
-    tmp.replace(out)

@@ -8,14 +8,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from mireg.errors import RunError
 from mireg.evaluate import METRICS, VolumeResult, summarize
+from mireg.files import atomic_write_text
 
 __all__ = [
     "build_report",
@@ -23,25 +22,11 @@ __all__ = [
     "format_stat",
     "markdown_summary",
     "read_run_report",
-    "write_atomic_text",
     "write_reports",
 ]
 
 UNITS = {"dice": "%", "hd95": "mm", "hd": "mm", "assd": "mm"}
 NAMES = {"dice": "DSC", "hd95": "HD95", "hd": "HD", "assd": "ASSD"}
-
-
-def write_atomic_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def build_report(
@@ -105,9 +90,9 @@ def _csv_text(report: dict[str, Any]) -> str:
 def write_reports(report: dict[str, Any], folder: Path, stem: str = "report") -> list[Path]:
     """Write ``stem.json``, ``stem.csv`` and ``stem.md`` into ``folder``."""
     paths = [folder / f"{stem}.json", folder / f"{stem}.csv", folder / f"{stem}.md"]
-    write_atomic_text(paths[0], json.dumps(report, indent=1) + "\n")
-    write_atomic_text(paths[1], _csv_text(report))
-    write_atomic_text(paths[2], markdown_summary(report))
+    atomic_write_text(paths[0], json.dumps(report, indent=1) + "\n")
+    atomic_write_text(paths[1], _csv_text(report))
+    atomic_write_text(paths[2], markdown_summary(report))
     return paths
 
 

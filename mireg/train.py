@@ -39,9 +39,10 @@ from mireg.data.splits import Split, make_split
 from mireg.data.store import VolumeStore
 from mireg.errors import RecipeError, RunError, RunInterrupted
 from mireg.evaluate import evaluate_volumes, validation_dice
+from mireg.files import atomic_write_text
 from mireg.plots import plot_curves
 from mireg.recipe import Recipe, dump_toml
-from mireg.report import build_report, write_atomic_text, write_reports
+from mireg.report import build_report, write_reports
 from mireg.schedule import lr_at_epoch
 
 __all__ = ["Observer", "Trainer", "build_model", "resolve_device"]
@@ -157,7 +158,7 @@ class _MetricsLog:
                 writer = csv.DictWriter(buffer, fieldnames=fields)
                 writer.writeheader()
                 writer.writerows(rows)
-            write_atomic_text(path, buffer.getvalue())
+            atomic_write_text(path, buffer.getvalue())
         self._file = open(path, "a", newline="")  # noqa: SIM115 (closed in __exit__)
         self._csv: csv.DictWriter[str] | None = (
             csv.DictWriter(self._file, fieldnames=fields) if fields else None

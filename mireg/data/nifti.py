@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import nibabel as nib
@@ -12,6 +10,7 @@ import numpy as np
 from mireg.contract import Progress
 from mireg.data.preprocessing import StoreBuilder
 from mireg.errors import DataError
+from mireg.files import atomic_write
 
 __all__ = [
     "add_unlabeled_folder",
@@ -92,16 +91,7 @@ def write_label_map(path: Path, labels: np.ndarray, reference: nib.Nifti1Image) 
     header = reference.header.copy()
     header.set_data_dtype(np.uint8)
     out = nib.Nifti1Image(labels.astype(np.uint8), reference.affine, header)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = ".nii.gz" if path.name.endswith(".gz") else ".nii"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        nib.save(out, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: nib.save(out, str(tmp)))
 
 
 def nifti_stem(path: Path) -> str:

@@ -31,6 +31,8 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from mireg.files import atomic_write, atomic_write_text
+
 __all__ = ["GROUPS", "PhantomPatient", "generate_cohort", "generate_patient"]
 
 GROUPS = ("DCM", "HCM", "MINF", "NOR", "RV")
@@ -410,23 +412,13 @@ def generate_patient(index: int, seed: int) -> PhantomPatient:
     return patient
 
 
-def _atomic_save(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary sibling file then rename, so readers never see partial files."""
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")  # keeps the .nii.gz suffix for nibabel
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _save_nifti(path: Path, array: np.ndarray, spacing: tuple[float, float, float]) -> None:
     affine = np.diag([*spacing, 1.0])
     img = nib.Nifti1Image(array, affine)
     img.header.set_data_dtype(array.dtype)
     img.header.set_zooms(spacing)
     img.header.set_xyzt_units("mm")
-    _atomic_save(path, lambda tmp: nib.save(img, str(tmp)))
+    atomic_write(path, lambda tmp: nib.save(img, str(tmp)))
 
 
 def generate_cohort(
@@ -459,10 +451,7 @@ def generate_cohort(
             f"ED: {pat.ed_frame}\nES: {pat.es_frame}\nGroup: {pat.group}\n"
             f"Height: {pat.height:.1f}\nNbFrame: {pat.n_frames}\nWeight: {pat.weight:.1f}\n"
         )
-        def write_info(tmp: Path, text: str = info) -> None:
-            tmp.write_text(text)
-
-        _atomic_save(folder / "Info.cfg", write_info)
+        atomic_write_text(folder / "Info.cfg", info)
         for frame, (image, label) in pat.frames.items():
             stem = f"{pat.patient_id}_frame{frame:02d}"
             _save_nifti(folder / f"{stem}.nii.gz", image, pat.spacing)
