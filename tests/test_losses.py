@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mireg.losses import consistency_loss, global_mi_loss, local_mi_loss
+from mireg.losses import consistency_loss, global_mi_loss, local_joints, local_mi_loss
 
 
 def _probs(*shape: int, seed: int = 0, dim: int = 1) -> torch.Tensor:
@@ -88,26 +88,54 @@ def test_global_mi_of_independent_uniform_pairs_is_zero() -> None:
     assert global_mi_loss(z, z).item() == pytest.approx(0.0, abs=1e-8)  # eps-sized
 
 
+METHODS = ["shift", "fft"]
+
+
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize(("r", "hw"), [(0, (4, 5)), (1, (5, 4)), (2, (4, 4)), (3, (3, 5))])
-def test_local_mi_matches_direct_formula(r: int, hw: tuple[int, int]) -> None:
+def test_local_mi_matches_direct_formula(r: int, hw: tuple[int, int], method: str) -> None:
     z1, z2 = _probs(2, 3, *hw, seed=r), _probs(2, 3, *hw, seed=r + 5)
-    assert local_mi_loss(z1, z2, r).item() == pytest.approx(local_direct(z1, z2, r), rel=1e-6)
+    loss = local_mi_loss(z1, z2, r, method=method).item()  # type: ignore[arg-type]
+    assert loss == pytest.approx(local_direct(z1, z2, r), rel=1e-6)
 
 
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("r", [0, 1, 3])
-def test_local_mi_matches_the_authors_conv2d_formulation(r: int) -> None:
+def test_local_mi_matches_the_authors_conv2d_formulation(r: int, method: str) -> None:
     z1, z2 = _probs(4, 6, 12, 10, seed=r), _probs(4, 6, 12, 10, seed=r + 1)
-    assert local_mi_loss(z1, z2, r).item() == pytest.approx(local_authors(z1, z2, r).item(), rel=1e-7)
+    loss = local_mi_loss(z1, z2, r, method=method).item()  # type: ignore[arg-type]
+    assert loss == pytest.approx(local_authors(z1, z2, r).item(), rel=1e-7)
 
 
-def test_local_mi_gradients_match_the_authors_formulation_on_both_sides() -> None:
+@pytest.mark.parametrize("method", METHODS)
+def test_local_mi_gradients_match_the_authors_formulation_on_both_sides(method: str) -> None:
     a = _probs(2, 4, 8, 8, seed=3).requires_grad_()
     b = _probs(2, 4, 8, 8, seed=4).requires_grad_()
-    ga = torch.autograd.grad(local_mi_loss(a, b, 2), (a, b))
+    ga = torch.autograd.grad(local_mi_loss(a, b, 2, method=method), (a, b))  # type: ignore[arg-type]
     gb = torch.autograd.grad(local_authors(a, b, 2), (a, b))
     for x, y in zip(ga, gb, strict=True):
         assert x.abs().sum() > 0
         torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-12)
+
+
+@pytest.mark.parametrize("hw", [(17, 23), (30, 16)])
+def test_fft_and_shift_joints_agree_in_float32_on_odd_sizes(hw: tuple[int, int]) -> None:
+    z1 = _probs(3, 2, 5, *hw, seed=11, dim=2).float().requires_grad_()
+    z2 = _probs(3, 2, 5, *hw, seed=12, dim=2).float().requires_grad_()
+    shift, fft = local_joints(z1, z2, 3, "shift"), local_joints(z1, z2, 3, "fft")
+    assert shift.shape == fft.shape == (49, 2, 5, 5)
+    torch.testing.assert_close(fft, shift, rtol=1e-5, atol=1e-4)
+    weights = torch.randn_like(shift)
+    g_shift = torch.autograd.grad((shift * weights).sum(), (z1, z2))
+    g_fft = torch.autograd.grad((fft * weights).sum(), (z1, z2))
+    for x, y in zip(g_fft, g_shift, strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-4)
+
+
+def test_unknown_joints_method_is_refused() -> None:
+    z = _probs(1, 2, 4, 4)
+    with pytest.raises(ValueError, match="joints method"):
+        local_joints(z, z, 1, "direct")  # type: ignore[arg-type]
 
 
 def test_local_mi_patches_average_the_windows() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from mireg.contract import Backbone, Regularizer, RegularizerConfig, RegularizerOutput, StepContext
+from mireg.distributed import batch_mean
 
 __all__ = ["EntropyMin", "EntropyMinConfig"]
 
@@ -13,7 +14,7 @@ def mean_entropy(logits: torch.Tensor) -> torch.Tensor:
     """Mean over pixels of the entropy (nats) of ``softmax(logits)`` over the class axis (dim 1)."""
     with torch.autocast(device_type=logits.device.type, enabled=False):
         log_p = logits.float().log_softmax(dim=1)
-        return -(log_p.exp() * log_p).sum(dim=1).mean()
+        return batch_mean(-(log_p.exp() * log_p).sum(dim=1))
 
 
 class EntropyMin(Regularizer):

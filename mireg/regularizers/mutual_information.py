@@ -16,7 +16,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from mireg.contract import Backbone, Regularizer, RegularizerConfig, RegularizerOutput, StepContext
-from mireg.losses import global_mi_loss, local_mi_loss
+from mireg.losses import global_mi_loss, local_mi_subheads
 from mireg.regularizers.heads import ClusterHead
 
 __all__ = ["MutualInformation", "MutualInformationConfig"]
@@ -65,10 +65,7 @@ class MutualInformation(Regularizer):
         else:
             # A 1x1 head commutes with T, so head(T(F)) is T(head(F)) and costs no second pass.
             z, z_t = ctx.transform(head(f_u)), head(f_tu)  # (N, S, K, H, W)
-            losses = [
-                local_mi_loss(z[:, s], z_t[:, s], self.radius[name], self.patch)
-                for s in range(z.shape[1])
-            ]
+            return local_mi_subheads(z, z_t, self.radius[name], self.patch).mean()
         return torch.stack(losses).mean()
 
     def forward(self, ctx: StepContext) -> RegularizerOutput:
