@@ -1,7 +1,7 @@
 """Time full training steps of a method at a given size, and optionally the local MI kernels.
 
     python benchmarks/step.py --method udaiic --size 224 --labeled-batch 4 --unlabeled-batch 10 \
-        --steps 5 --device cpu [--compare-naive]
+        --steps 5 --device cpu [--compile] [--compare-naive]
 
 A step is everything `mireg train` does per iteration: drawing slices from the in-memory store,
 batched augmentation, one forward over [x_l, x_u, T(x_u)], every regulariser, backward and the
@@ -53,6 +53,7 @@ def time_steps(args: argparse.Namespace, device: torch.device) -> dict[str, obje
         f"train.unlabeled_batch={args.unlabeled_batch}",
         f'train.device="{device}"',
         f'train.precision="{args.precision}"',
+        f"train.compile={str(args.compile).lower()}",
     ]
     recipe = load_recipe(RECIPES / f"acdc_{args.method}.toml", overrides)
     with tempfile.TemporaryDirectory() as run_dir:
@@ -72,7 +73,8 @@ def time_steps(args: argparse.Namespace, device: torch.device) -> dict[str, obje
     return {"method": args.method, "device": str(device), "size": args.size,
             "ms_per_step": round(1000 * seconds, 1), "images_per_s": round(images / seconds, 1),
             "peak_mem_mb": round(_peak_mb(device), 1), "steps": args.steps,
-            "precision": args.precision, "torch_threads": torch.get_num_threads()}
+            "precision": args.precision, "compile": args.compile,
+            "torch_threads": torch.get_num_threads()}
 
 
 def _naive_local_mi(z1: torch.Tensor, z2: torch.Tensor, radius: int) -> torch.Tensor:
@@ -113,6 +115,9 @@ def compare_naive(args: argparse.Namespace, device: torch.device) -> list[dict[s
                     "naive_ms": round(1000 * timings["naive"], 1),
                     "speedup": round(timings["naive"] / timings["mireg"], 2),
                     "max_abs_diff": float(diff)})
+    mireg_ms, naive_ms = sum(r["mireg_ms"] for r in out), sum(r["naive_ms"] for r in out)
+    out.append({"kernel": "local_mi", "layer": "all", "device": str(device), "mireg_ms": mireg_ms,
+                "naive_ms": naive_ms, "speedup": round(naive_ms / mireg_ms, 2)})
     return out
 
 
@@ -127,6 +132,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--compile", action="store_true", help="torch.compile the network")
     parser.add_argument("--compare-naive", action="store_true")
     parser.add_argument("--kernel-repeats", type=int, default=3)
     args = parser.parse_args()

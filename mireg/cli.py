@@ -28,7 +28,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from mireg import __version__, registry
+from mireg import __version__, distributed, registry
 from mireg.contract import DatasetConfig
 from mireg.errors import MiregError, RunInterrupted
 from mireg.train import Observer
@@ -227,8 +227,9 @@ def _stop_on_signals(trainer: Any) -> Iterator[None]:
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def handler(signum: int, frame: Any) -> None:
-        err_console.print(f"[yellow]{signal.Signals(signum).name}: saving a checkpoint after this "
-                          "step (Ctrl-C again to stop at once)[/]")
+        if distributed.is_main():
+            err_console.print(f"[yellow]{signal.Signals(signum).name}: saving a checkpoint after "
+                              "this step (Ctrl-C again to stop at once)[/]")
         trainer.request_stop()
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
@@ -239,6 +240,13 @@ def _stop_on_signals(trainer: Any) -> Iterator[None]:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+def _join_torchrun_job(device: str) -> None:
+    """In a torchrun job: join the process group; only rank 0 prints from here on."""
+    if distributed.launched_by_torchrun():
+        distributed.init_from_environment(device)
+        console.quiet = not distributed.is_main()
 
 
 @app.command()
@@ -254,7 +262,11 @@ def train(
     resume: Annotated[Optional[Path], typer.Option(  # noqa: UP045
         metavar="RUN_DIR", help="Continue an interrupted run from its last checkpoint.")] = None,
 ) -> None:
-    """Train a recipe into runs/<name>/ and report the test-set metrics."""
+    """Train a recipe into runs/<name>/ and report the test-set metrics.
+
+    Under torchrun (torchrun --nproc-per-node N -m mireg train RECIPE) the N processes train one run
+    with data-parallel DDP; rank 0 writes the run directory and prints.
+    """
     from mireg.checkpoint import load_checkpoint
     from mireg.recipe import load_recipe
     from mireg.runs import prepare_run_dir
@@ -267,13 +279,17 @@ def train(
         if not (resume / "recipe.toml").is_file():
             raise MiregError(f"{resume}: not a run directory (no recipe.toml)")
         recipe, run_dir = load_recipe(resume / "recipe.toml"), resume
+        _join_torchrun_job(recipe.train.device)
         state = load_checkpoint(resume / "last.pt")
         console.print(f"resuming {run_dir} at epoch {state['epoch'] + 1}, step {state['step']}")
     elif recipe_path is None:
         raise typer.BadParameter("give a recipe file, or --resume RUN_DIR", param_hint="RECIPE")
     else:
         recipe = load_recipe(recipe_path, overrides or [])
-        run_dir, state = prepare_run_dir(recipe.train.runs_dir, recipe.name, fresh), None
+        _join_torchrun_job(recipe.train.device)
+        main = distributed.is_main()
+        chosen = prepare_run_dir(recipe.train.runs_dir, recipe.name, fresh) if main else None
+        run_dir, state = Path(str(distributed.broadcast_from_main(chosen))), None
         console.print(f"run directory: {run_dir}")
     started = time.perf_counter()
     with _progress() as bar:
@@ -283,6 +299,8 @@ def train(
             trainer.restore(state)
         with _stop_on_signals(trainer):
             report = trainer.fit()
+    if not distributed.is_main():
+        return
     console.print(metrics_table(report, f"{recipe.name}: test set, best checkpoint "
                                         f"(epoch {report['epoch']})"))
     console.print(f"done in {time.perf_counter() - started:.0f} s; report: {run_dir / 'report.json'}")
@@ -436,11 +454,13 @@ def main() -> None:
     try:
         app()
     except RunInterrupted as exc:
-        err_console.print(f"[bold yellow]interrupted:[/] {escape(exc.message)}", highlight=False)
-        err_console.print(f"[dim]{escape(exc.hint or '')}[/]", highlight=False)
+        if distributed.is_main():
+            err_console.print(f"[bold yellow]interrupted:[/] {escape(exc.message)}", highlight=False)
+            err_console.print(f"[dim]{escape(exc.hint or '')}[/]", highlight=False)
         sys.exit(130)
     except MiregError as exc:
-        err_console.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False)
+        where = "" if distributed.is_main() else f"(rank {distributed.rank()}) "
+        err_console.print(f"[bold red]error:[/] {where}{escape(exc.message)}", highlight=False)
         if exc.hint:
             err_console.print(f"[dim]hint: {escape(exc.hint)}[/]", highlight=False)
         sys.exit(1)

@@ -80,6 +80,9 @@ class TrainConfig(_Strict):
     transform_prob: float = Field(0.8, ge=0, le=1, description="flip probability of T per axis")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     precision: Literal["fp32", "bf16"] = "fp32"
+    memory_format: Literal["auto", "channels_last", "contiguous"] = Field(
+        "auto", description="layout of images and activations; auto: channels_last on CUDA")
+    compile: bool = Field(False, description="torch.compile the network (the first steps compile it)")
     eval_batch: int = Field(32, ge=1, description="slices per forward pass at evaluation")
     runs_dir: Path = Path("runs")
     log_every: int = Field(10, ge=1, description="steps between progress updates")

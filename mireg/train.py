@@ -9,6 +9,9 @@ device and are fetched once every ``log_every`` steps, so the step has no host s
 Per epoch: learning-rate schedule, validation (3D DSC on whole validation volumes), the ``last``
 checkpoint and, when validation improves, ``best``; a row of ``metrics.csv``. At the end the best
 checkpoint is evaluated on the test split into ``report.json``.
+
+Under ``torchrun`` (``mireg.distributed``) every process draws the same global batch and trains on
+its shard through DDP; the losses are those of the global batch; only rank 0 writes the run.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import math
 import platform
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,9 +33,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 import mireg
-from mireg import registry
+from mireg import distributed, registry
 from mireg.augment import augment_batch
 from mireg.checkpoint import load_checkpoint, save_checkpoint
 from mireg.contract import Backbone, Progress, Regularizer, StepContext, Transform
@@ -78,6 +83,12 @@ def resolve_device(name: str, key: str = "train.device") -> torch.device:
     return device
 
 
+def _memory_format(name: str, device: torch.device) -> torch.memory_format:
+    if name == "channels_last" or (name == "auto" and device.type == "cuda"):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 def build_model(recipe: Recipe) -> tuple[Backbone, list[tuple[str, float, Regularizer]]]:
     """The backbone and the named, weighted regularisers of ``recipe`` (on the CPU)."""
     try:
@@ -108,6 +119,19 @@ def _plugin_versions(recipe: Recipe) -> dict[str, Any]:
         "python": platform.python_version(),
         "plugins": plugins,
     }
+
+
+class _Replicated(nn.Module):
+    """What DDP keeps in sync: the backbone, run through ``forward``, and the regularisers, whose
+    parameters (cluster heads) are used outside it but get their gradients averaged all the same."""
+
+    def __init__(self, model: nn.Module, regularizers: list[Regularizer]) -> None:
+        super().__init__()
+        self.model = model
+        self.regularizers = nn.ModuleList(regularizers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
 
 
 def _split3(x: torch.Tensor, sizes: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -203,13 +227,17 @@ class Trainer:
         self.recipe = recipe
         self.run_dir = run_dir
         self.obs = observer or Observer()
-        self.device = resolve_device(recipe.train.device)
+        if distributed.launched_by_torchrun():
+            self.device = distributed.init_from_environment(recipe.train.device)
+        else:
+            self.device = resolve_device(recipe.train.device)
 
     # ---------------------------------------------------------------------------------------- setup
 
     def _load_data(self) -> tuple[VolumeStore, Split]:
         progress: Progress = self.obs.progress
-        store = self.recipe.data.load(progress)
+        with distributed.main_first():  # one process generates or converts what is cached
+            store = self.recipe.data.load(progress)
         split = make_split(store, self.recipe.data, self._split_seed)
         if len(store.classes) != self.recipe.backbone.num_classes:
             raise RecipeError(
@@ -236,6 +264,12 @@ class Trainer:
     def setup(self) -> None:
         """Load data, split, build the model, optimiser and hooks; write the run's metadata."""
         recipe = self.recipe
+        world = distributed.world_size()
+        for key in ("labeled_batch", "unlabeled_batch"):
+            if getattr(recipe.train, key) % world:
+                raise RecipeError(f"train.{key}: {getattr(recipe.train, key)} is not divisible by the "
+                                  f"{world} processes (batch sizes are global; each process trains "
+                                  "on an equal share)")
         torch.manual_seed(recipe.seed)
         self.store, self.split = self._load_data()
         # The store lives on the device once, as float16 images and uint8 labels.
@@ -245,7 +279,14 @@ class Trainer:
         if len(self.unlabeled_idx) == 0:  # full supervision: the unlabelled batch comes from labels
             self.unlabeled_idx = self.labeled_idx
         self.model, self.regs = build_model(recipe)
-        self.model.to(self.device)
+        if distributed.is_distributed():  # batch-norm moments of the global batch
+            distributed.convert_batch_norm(self.model)
+            for _, _, reg in self.regs:
+                distributed.convert_batch_norm(reg)
+        self.memory_format = _memory_format(recipe.train.memory_format, self.device)
+        self.model.to(self.device).to(memory_format=self.memory_format)
+        if recipe.train.compile:
+            self.model.compile()  # in place: state-dict keys and forward hooks stay as they are
         for _, _, reg in self.regs:
             reg.to(self.device)
         self.features: dict[str, torch.Tensor] = {}
@@ -258,10 +299,16 @@ class Trainer:
         self.optimizer = torch.optim.Adam(params, lr=recipe.optim.lr,
                                           weight_decay=recipe.optim.weight_decay)
         self.generator = torch.Generator(device=self.device).manual_seed(recipe.seed)
+        self.network: nn.Module = self.model  # what the step's forward runs through
+        if distributed.is_distributed():
+            self.network = DistributedDataParallel(
+                _Replicated(self.model, [reg for _, _, reg in self.regs]),
+                device_ids=[self.device] if self.device.type == "cuda" else None,
+            )
         self.epoch, self.step_index, self.best = 0, 0, -1.0
         self.iteration, self.running = 0, _Running()  # position inside the current epoch
         self._stop_requested = False
-        if not (self.run_dir / "recipe.toml").exists():  # a resumed run keeps its own files
+        if distributed.is_main() and not (self.run_dir / "recipe.toml").exists():  # kept on resume
             (self.run_dir / "recipe.toml").write_text(dump_toml(recipe.to_dict()))
             (self.run_dir / "versions.json").write_text(json.dumps(_plugin_versions(recipe), indent=1))
             (self.run_dir / "split.json").write_text(self.split.to_json())
@@ -295,6 +342,7 @@ class Trainer:
     def train_step(self) -> dict[str, torch.Tensor] | None:
         """One optimisation step; returns the (device) values to log, or None for a skipped step."""
         cfg, aug = self.recipe.train, self.recipe.augment
+        # The global batch (every process draws the same), then this process's shard of it.
         il = self._draw(self.labeled_idx, cfg.labeled_batch)
         iu = self._draw(self.unlabeled_idx, cfg.unlabeled_batch)
         x_l, y_l = augment_batch(self.images[il, None].float(), self.labels[il], aug, self.generator)
@@ -302,18 +350,21 @@ class Trainer:
         x_u, _ = augment_batch(self.images[iu, None].float(), None, aug, self.generator)
         transform = Transform.draw(len(iu), self.generator, self.device, cfg.transform_prob,
                                    cfg.transform_prob)
-        x = torch.cat([x_l, x_u, transform(x_u)])
-        sizes = [len(il), len(iu), len(iu)]
+        part_l, part_u = distributed.shard(len(il)), distributed.shard(len(iu))
+        x_l, y_l, x_u = x_l[part_l], y_l[part_l], x_u[part_u]
+        transform = Transform(transform.flip_h[part_u], transform.flip_w[part_u])
+        x = torch.cat([x_l, x_u, transform(x_u)]).contiguous(memory_format=self.memory_format)
+        sizes = [len(x_l), len(x_u), len(x_u)]
         self.features.clear()
         with torch.autocast(self.device.type, dtype=torch.bfloat16,
                             enabled=cfg.precision == "bf16"):
-            logits_l, logits_u, logits_tu = self.model(x).float().split(sizes)
+            logits_l, logits_u, logits_tu = self.network(x).float().split(sizes)
             ctx = StepContext(
                 logits_l, logits_u, logits_tu,
                 {k: _split3(v, sizes) for k, v in self.features.items()},
                 transform, self.step_index, self.epoch, x_u,
             )
-            sup = F.cross_entropy(logits_l, y_l)
+            sup = distributed.batch_mean(F.cross_entropy(logits_l, y_l, reduction="none"))
             total = sup
             logs = {"sup": sup.detach()}
             for name, weight, reg in self.regs:
@@ -377,6 +428,12 @@ class Trainer:
         """Ask the loop to checkpoint and stop after the current step (signal handlers call this)."""
         self._stop_requested = True
 
+    def _stop_agreed(self, boundary: bool) -> bool:
+        """Whether to stop after this step. Processes agree at log boundaries only (one exchange)."""
+        if not distributed.is_distributed():
+            return self._stop_requested
+        return boundary and distributed.any_rank(self._stop_requested, self.device)
+
     def _train_epoch(self) -> dict[str, float]:
         """The (rest of the) current epoch's steps; returns the epoch means of the logged values."""
         cfg = self.recipe.train
@@ -393,8 +450,9 @@ class Trainer:
                 means = self.running.means()
                 self._check_finite(means)
                 self.obs.step(self.iteration, means)
-            if self._stop_requested:
-                save_checkpoint(self._state(), self.run_dir / "last.pt")
+            if self._stop_agreed(boundary=self.iteration % cfg.log_every == 0):
+                if distributed.is_main():
+                    save_checkpoint(self._state(), self.run_dir / "last.pt")
                 raise RunInterrupted(
                     f"{self.run_dir}: stopped at epoch {self.epoch + 1}, step {self.step_index}; "
                     f"checkpoint saved to {self.run_dir / 'last.pt'}",
@@ -420,9 +478,12 @@ class Trainer:
         self.generator.set_state(state["rng"]["generator"].cpu())
 
     def fit(self) -> dict[str, Any]:
-        """Run all epochs, then evaluate the best checkpoint on the test split."""
+        """Run all epochs, then evaluate the best checkpoint on the test split (the test report; in a
+        multi-process run, rank 0 tests and the others return ``{}``)."""
         cfg = self.recipe.train
-        with _MetricsLog(self.run_dir, keep_epochs=self.epoch) as log:
+        main = distributed.is_main()
+        log_file = _MetricsLog(self.run_dir, keep_epochs=self.epoch) if main else nullcontext()
+        with log_file as log:
             while self.epoch < cfg.epochs:
                 lr = lr_at_epoch(self.epoch, cfg.epochs, self.recipe.optim)
                 for group in self.optimizer.param_groups:
@@ -444,12 +505,16 @@ class Trainer:
                 self.epoch += 1
                 # The row goes first: a kill before the checkpoint replays this epoch on resume, and
                 # rows past the checkpoint's epoch are dropped then (_MetricsLog).
-                log.write(row)
-                state = self._state()
-                if improved:
-                    save_checkpoint(state, self.run_dir / "best.pt")
-                save_checkpoint(state, self.run_dir / "last.pt")
+                if log is not None:
+                    log.write(row)
+                if main:
+                    state = self._state()
+                    if improved:
+                        save_checkpoint(state, self.run_dir / "best.pt")
+                    save_checkpoint(state, self.run_dir / "last.pt")
                 self.obs.epoch_end(row)
+        if not main:
+            return {}
         plot_curves(self.run_dir / "metrics.csv", self.run_dir / "curves.png")
         return self.test()
 

@@ -1,0 +1,53 @@
+"""Step options that change how, not what, the network computes: memory format and torch.compile."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from mireg.recipe import validate_recipe
+from mireg.train import Trainer
+
+from .helpers import tiny_recipe
+
+
+def _losses(tmp_path: Path, steps: int, **train: object) -> tuple[list[dict[str, float]], Trainer]:
+    raw = tiny_recipe(tmp_path / "runs")
+    raw["train"].update(train)
+    run_dir = tmp_path / "run"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir()
+    trainer = Trainer(validate_recipe(raw, "test"), run_dir)
+    trainer.setup()
+    trainer.model.train()
+    out = []
+    for _ in range(steps):
+        logs = trainer.train_step()
+        assert logs is not None
+        out.append({k: float(v) for k, v in logs.items()})
+    return out, trainer
+
+
+def _assert_same(a: list[dict[str, float]], b: list[dict[str, float]]) -> None:
+    for one, two in zip(a, b, strict=True):
+        assert one.keys() == two.keys()
+        for key, value in one.items():
+            assert two[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+
+
+def test_channels_last_trains_the_same_steps(tmp_path: Path) -> None:
+    reference, _ = _losses(tmp_path, 3, memory_format="contiguous")
+    losses, trainer = _losses(tmp_path, 3, memory_format="channels_last")
+    _assert_same(reference, losses)
+    conv = next(m for m in trainer.model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_compiled_network_trains_the_same_steps_and_keeps_its_checkpoint_keys(tmp_path: Path) -> None:
+    reference, eager = _losses(tmp_path, 2)
+    losses, compiled = _losses(tmp_path, 2, compile=True)
+    _assert_same(reference, losses)
+    assert list(compiled.model.state_dict()) == list(eager.model.state_dict())
