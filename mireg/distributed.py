@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
@@ -34,7 +32,6 @@ __all__ = [
     "is_distributed",
     "is_main",
     "launched_by_torchrun",
-    "main_first",
     "rank",
     "shard",
     "sum_across_ranks",
@@ -97,16 +94,6 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     value = torch.tensor([float(flag)], device=device)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
-
-
-@contextmanager
-def main_first() -> Iterator[None]:
-    """Rank 0 runs the block first (e.g. generating a cache), the others after it is done."""
-    if is_distributed() and not is_main():
-        dist.barrier()
-    yield
-    if is_distributed() and is_main():
-        dist.barrier()
 
 
 def broadcast_from_main(obj: object) -> object:

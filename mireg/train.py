@@ -236,8 +236,7 @@ class Trainer:
 
     def _load_data(self) -> tuple[VolumeStore, Split]:
         progress: Progress = self.obs.progress
-        with distributed.main_first():  # one process generates or converts what is cached
-            store = self.recipe.data.load(progress)
+        store = self.recipe.data.load(progress)
         split = make_split(store, self.recipe.data, self._split_seed)
         if len(store.classes) != self.recipe.backbone.num_classes:
             raise RecipeError(

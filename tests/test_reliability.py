@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
 import pickle
 from pathlib import Path
@@ -182,3 +183,20 @@ def test_truncated_checkpoints_fail_with_a_checkpoint_error(tmp_path: Path, cut:
         load_checkpoint(torn)
     except MiregError as exc:
         assert isinstance(exc, CheckpointError)
+
+
+def _load_cohort(cache: str) -> int:
+    from mireg.data.phantom_dataset import PhantomConfig
+
+    config = PhantomConfig(name="phantom", patients=4, spacing=5.0, canvas=48, cache_dir=Path(cache),
+                           val_patients=1, test_patients=1)
+    return len(config.load().volumes)
+
+
+def test_runs_started_together_generate_the_cohort_once(tmp_path: Path) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(3) as pool:
+        counts = pool.map(_load_cohort, [str(tmp_path)] * 3)
+    assert counts == [8, 8, 8]  # 4 patients x (ED, ES), every process loads the same store
+    stores = [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
+    assert len(stores) == 1 and not list(tmp_path.glob(".*partial"))

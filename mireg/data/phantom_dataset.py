@@ -9,7 +9,14 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
 
 from pydantic import Field
 
@@ -26,6 +33,19 @@ COHORT_VERSION = 1
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("MIREG_CACHE", Path.home() / ".cache" / "mireg"))
+
+
+@contextmanager
+def _exclusive(lock_file: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock_file`` (POSIX ``flock``; no lock where it is missing)."""
+    with open(lock_file, "a") as handle:
+        if fcntl is not None:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class PhantomConfig(DatasetConfig):
@@ -56,20 +76,23 @@ class PhantomConfig(DatasetConfig):
 
     def load(self, progress: Progress | None = None) -> VolumeStore:
         path = self.store_path()
-        if not (path / "store.json").is_file():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=path.parent, prefix=".phantom-raw-") as raw:
-
-                def generated(done: int, total: int) -> None:
-                    if progress is not None:
-                        progress(done, 2 * total, "generating synthetic cohort")
-
-                def preprocessed(done: int, total: int, what: str) -> None:
-                    if progress is not None:
-                        progress(total + done, 2 * total, "preprocessing synthetic cohort")
-
-                generate_cohort(raw, self.patients, self.cohort_seed, progress=generated)
-                if not path.exists():  # another process may have finished it meanwhile
-                    preprocess_acdc(Path(raw), path, spacing=self.spacing, canvas=self.canvas,
-                                    progress=preprocessed, name="phantom")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with _exclusive(path.parent / f".{path.name}.lock"):  # parallel runs wait for one writer
+            if not (path / "store.json").is_file():
+                self._generate(path, progress)
         return VolumeStore.load(path)
+
+    def _generate(self, path: Path, progress: Progress | None) -> None:
+        with tempfile.TemporaryDirectory(dir=path.parent, prefix=".phantom-raw-") as raw:
+
+            def generated(done: int, total: int) -> None:
+                if progress is not None:
+                    progress(done, 2 * total, "generating synthetic cohort")
+
+            def preprocessed(done: int, total: int, what: str) -> None:
+                if progress is not None:
+                    progress(total + done, 2 * total, "preprocessing synthetic cohort")
+
+            generate_cohort(raw, self.patients, self.cohort_seed, progress=generated)
+            preprocess_acdc(Path(raw), path, spacing=self.spacing, canvas=self.canvas,
+                            progress=preprocessed, name="phantom")

@@ -63,8 +63,8 @@ class MutualInformation(Regularizer):
             z, z_t = head(f_u), head(f_tu)  # (N, S, K)
             losses = [global_mi_loss(z[:, s], z_t[:, s]) for s in range(z.shape[1])]
         else:
-            # A 1x1 head commutes with T, so head(T(F)) is T(head(F)) and costs no second pass.
-            z, z_t = ctx.transform(head(f_u)), head(f_tu)  # (N, S, K, H, W)
+            # The head is pointwise, so T(head(F)) = head(T(F)): flipping F moves fewer channels.
+            z, z_t = head(ctx.transform(f_u)), head(f_tu)  # (N, S, K, H, W)
             return local_mi_subheads(z, z_t, self.radius[name], self.patch).mean()
         return torch.stack(losses).mean()
 
