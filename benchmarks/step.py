@@ -115,7 +115,8 @@ def compare_naive(args: argparse.Namespace, device: torch.device) -> list[dict[s
                     "naive_ms": round(1000 * timings["naive"], 1),
                     "speedup": round(timings["naive"] / timings["mireg"], 2),
                     "max_abs_diff": float(diff)})
-    mireg_ms, naive_ms = sum(r["mireg_ms"] for r in out), sum(r["naive_ms"] for r in out)
+    mireg_ms = round(sum(r["mireg_ms"] for r in out), 1)
+    naive_ms = round(sum(r["naive_ms"] for r in out), 1)
     out.append({"kernel": "local_mi", "layer": "all", "device": str(device), "mireg_ms": mireg_ms,
                 "naive_ms": naive_ms, "speedup": round(naive_ms / mireg_ms, 2)})
     return out
