@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import tomllib
@@ -10,13 +12,37 @@ from mireg.recipe import apply_override, dump_toml, load_recipe, validate_recipe
 
 from .helpers import REPO, tiny_recipe
 
-RECIPES = sorted((REPO / "recipes").glob("*.toml"))
+RECIPES = sorted((REPO / "recipes").glob("**/*.toml"))
+
+
+def _ratio_generator() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("generate", REPO / "recipes" / "ratios" / "generate.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_there_are_recipes() -> None:
     names = {p.stem for p in RECIPES}
     for method in ("partial", "full", "uda", "iic", "udaiic"):
         assert f"acdc_{method}" in names and f"phantom_{method}" in names
+
+
+def test_the_papers_labelled_ratio_experiments_are_all_there_as_generated() -> None:
+    expected = _ratio_generator().expected_files()
+    on_disk = {p.name: p.read_text() for p in (REPO / "recipes" / "ratios").glob("*.toml")}
+    assert on_disk == expected  # python recipes/ratios/generate.py rewrites them
+    for method in ("partial", "entmin", "meanteacher", "uda", "iic", "udaiic", "midl"):
+        for pct, ratio in ((2, 0.02), (3, 0.03), (4, 0.04), (5, 0.05), (10, 0.1)):
+            recipe = load_recipe(REPO / "recipes" / "ratios" / f"acdc_{method}_{pct}pct.toml")
+            base = load_recipe(REPO / "recipes" / f"acdc_{method}.toml")
+            assert recipe.data.labeled_ratio == ratio  # type: ignore[attr-defined]
+            assert recipe.model_dump(exclude={"name", "data"}) == base.model_dump(exclude={"name", "data"})
+    for dataset in ("prostate", "spleen"):
+        for method in ("partial", "uda", "iic", "udaiic"):
+            for pct in (5, 10):
+                assert f"{dataset}_{method}_{pct}pct.toml" in on_disk
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
