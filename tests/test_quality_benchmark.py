@@ -1,0 +1,45 @@
+"""The quality study's bookkeeping: grouping over seeds, the gap closed, the table and the plot."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+from .helpers import REPO
+
+
+def _quality() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("quality", REPO / "benchmarks" / "quality.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["quality"] = module  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_table_reports_mean_std_over_seeds_and_the_share_of_the_gap_closed(tmp_path: Path) -> None:
+    q = _quality()
+    runs = [
+        q.Run("full", 1.0, 10, dice=0.90, hd95=10.0, seconds=600),
+        q.Run("full", 1.0, 11, dice=0.88, hd95=12.0, seconds=600),
+        q.Run("partial", 0.05, 10, dice=0.70, hd95=40.0, seconds=540),
+        q.Run("partial", 0.05, 11, dice=0.68, hd95=44.0, seconds=540),
+        q.Run("udaiic", 0.05, 10, dice=0.80, hd95=20.0, seconds=900),
+        q.Run("udaiic", 0.05, 11, dice=0.78, hd95=22.0, seconds=900),
+    ]
+    text = q.table(runs)
+    rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| ")}
+    assert "| 5 % | 2 | 69.0 ± 1.4 | 42.0 ± 2.8 | n/a | 9.0 |" in rows["partial"]
+    assert "| 100 % | 2 | 89.0 ± 1.4 | 11.0 ± 1.4 | n/a | 10.0 |" in rows["full"]
+    assert "| 5 % | 2 | 79.0 ± 1.4 | 21.0 ± 1.4 | 50 % | 15.0 |" in rows["udaiic"]  # (79-69)/(89-69)
+    assert "6 runs, 68 min of training in all" in text
+    q.plot(runs, tmp_path / "quality.png")
+    assert (tmp_path / "quality.png").stat().st_size > 0
+
+
+def test_run_names_keep_method_ratio_and_seed_apart() -> None:
+    q = _quality()
+    assert q.Run("udaiic", 0.05, 11).name == "udaiic_5pct_seed11"
+    assert q.Run("full", 1.0, 10).name == "full_all_seed10"
