@@ -7,7 +7,7 @@ and entropy terms, the batch-norm moments) is summed across processes with a dif
 all-reduce (``sum_across_ranks``), so each process computes the loss of the whole global batch.
 DDP then averages the gradients: the all-reduce's backward sums the N identical upstream gradients,
 the average divides by N, and every parameter gets the gradient one process would compute on the
-concatenated batch. Outside ``torchrun`` (one process) every function here is the identity.
+concatenated batch. In a single process the reductions here are the identity.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from mireg.errors import RecipeError
 __all__ = [
     "CrossRankBatchNorm",
     "any_rank",
-    "broadcast_from_main",
     "batch_mean",
+    "broadcast_from_main",
     "convert_batch_norm",
     "init_from_environment",
     "is_distributed",
