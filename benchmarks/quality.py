@@ -92,12 +92,16 @@ def _train(run: Run, out: Path, threads: int) -> Run:
     return run
 
 
+def _std(values: list[float]) -> float:
+    """Sample standard deviation (0 for a single value)."""
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
 def _stat(values: list[float], scale: float = 1.0) -> str:
     values = [v * scale for v in values if not math.isnan(v)]
     if not values:
         return "n/a"
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.1f} ± {std:.1f}"
+    return f"{statistics.mean(values):.1f} ± {_std(values):.1f}"
 
 
 def _groups(runs: list[Run]) -> dict[tuple[str, float], list[Run]]:
@@ -136,7 +140,7 @@ def plot(runs: list[Run], path: Path) -> None:
     for method in sorted({m for m, _ in groups if m != "full"}):
         ratios = sorted(r for m, r in groups if m == method)
         means = [100 * statistics.mean(x.dice for x in groups[(method, r)]) for r in ratios]
-        stds = [100 * statistics.pstdev([x.dice for x in groups[(method, r)]]) for r in ratios]
+        stds = [100 * _std([x.dice for x in groups[(method, r)]]) for r in ratios]
         ax.errorbar([100 * r for r in ratios], means, yerr=stds, marker="o", capsize=3, label=method)
     if ("full", 1.0) in groups:
         full = [100 * x.dice for x in groups[("full", 1.0)]]
