@@ -287,8 +287,8 @@ def train(
     else:
         recipe = load_recipe(recipe_path, overrides or [])
         _join_torchrun_job(recipe.train.device)
-        main = distributed.is_main()
-        chosen = prepare_run_dir(recipe.train.runs_dir, recipe.name, fresh) if main else None
+        rank0 = distributed.is_main()
+        chosen = prepare_run_dir(recipe.train.runs_dir, recipe.name, fresh) if rank0 else None
         run_dir, state = Path(str(distributed.broadcast_from_main(chosen))), None
         console.print(f"run directory: {run_dir}")
     started = time.perf_counter()
@@ -299,7 +299,9 @@ def train(
             trainer.restore(state)
         with _stop_on_signals(trainer):
             report = trainer.fit()
-    if not distributed.is_main():
+    rank0 = distributed.is_main()
+    distributed.leave()
+    if not rank0:
         return
     console.print(metrics_table(report, f"{recipe.name}: test set, best checkpoint "
                                         f"(epoch {report['epoch']})"))

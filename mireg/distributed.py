@@ -32,6 +32,7 @@ __all__ = [
     "is_distributed",
     "is_main",
     "launched_by_torchrun",
+    "leave",
     "rank",
     "shard",
     "sum_across_ranks",
@@ -85,6 +86,12 @@ def init_from_environment(device_name: str, key: str = "train.device") -> torch.
         dist.init_process_group("nccl" if use_cuda else "gloo",
                                 timeout=datetime.timedelta(minutes=30))
     return device
+
+
+def leave() -> None:
+    """Leave the job's process group at the end of a run (nothing outside a torchrun job)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def any_rank(flag: bool, device: torch.device) -> bool:
