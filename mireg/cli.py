@@ -31,7 +31,7 @@ from rich.table import Table
 from mireg import __version__, distributed, registry
 from mireg.contract import DatasetConfig
 from mireg.errors import MiregError, RunInterrupted
-from mireg.train import Observer
+from mireg.train import Observer, resolve_device
 
 app = typer.Typer(
     name="mireg",
@@ -245,7 +245,7 @@ def _stop_on_signals(trainer: Any) -> Iterator[None]:
 def _join_torchrun_job(device: str) -> None:
     """In a torchrun job: join the process group; only rank 0 prints from here on."""
     if distributed.launched_by_torchrun():
-        distributed.init_from_environment(device)
+        distributed.init_from_environment(resolve_device(device))
         console.quiet = not distributed.is_main()
 
 
@@ -349,7 +349,6 @@ def _eval_run(run_dir: Path, split: str, checkpoint: str, overlays: bool) -> Non
     from mireg.plots import save_overlay
     from mireg.report import build_report, write_reports
     from mireg.runs import load_trained, read_split
-    from mireg.train import resolve_device
 
     if not run_dir.is_dir():
         raise MiregError(f"{run_dir}: no such run directory")
@@ -427,7 +426,6 @@ def predict(
     """Segment NIfTI scans; each label map keeps its input's shape and geometry."""
     from mireg.predict import collect_inputs, predict_files
     from mireg.runs import load_trained
-    from mireg.train import resolve_device
 
     files = collect_inputs(inputs)
     trained = load_trained(run, resolve_device(device, "--device"), checkpoint)

@@ -63,27 +63,22 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def init_from_environment(device_name: str, key: str = "train.device") -> torch.device:
+def init_from_environment(device: torch.device, key: str = "train.device") -> torch.device:
     """Join the ``torchrun`` job (NCCL on CUDA, gloo on CPU); return this process's device.
 
     Args:
-        device_name: The recipe's device: ``auto`` and ``cuda`` mean ``cuda:LOCAL_RANK`` when CUDA is
-            available; a numbered ``cuda:N`` is refused (``torchrun`` assigns the devices).
+        device: The recipe's resolved device (``mireg.train.resolve_device``); CUDA becomes
+            ``cuda:LOCAL_RANK``, and a numbered ``cuda:N`` is refused (``torchrun`` assigns the GPUs).
         key: The recipe key named in errors.
     """
-    if device_name.startswith("cuda:"):
-        raise RecipeError(f"{key}: {device_name!r} under torchrun; use \"cuda\" (each process takes "
-                          "the GPU of its LOCAL_RANK)")
-    if device_name == "cuda" and not torch.cuda.is_available():
-        raise RecipeError(f"{key}: \"cuda\" but CUDA is not available")
-    use_cuda = device_name == "cuda" or (device_name == "auto" and torch.cuda.is_available())
-    if use_cuda:
+    if device.type == "cuda":
+        if device.index is not None:
+            raise RecipeError(f"{key}: \"{device}\" under torchrun; use \"cuda\" (each process takes "
+                              "the GPU of its LOCAL_RANK)")
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo",
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
                                 timeout=datetime.timedelta(minutes=30))
     return device
 

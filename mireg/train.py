@@ -227,10 +227,9 @@ class Trainer:
         self.recipe = recipe
         self.run_dir = run_dir
         self.obs = observer or Observer()
+        self.device = resolve_device(recipe.train.device)
         if distributed.launched_by_torchrun():
-            self.device = distributed.init_from_environment(recipe.train.device)
-        else:
-            self.device = resolve_device(recipe.train.device)
+            self.device = distributed.init_from_environment(self.device)
 
     # ---------------------------------------------------------------------------------------- setup
 

@@ -61,12 +61,10 @@ class MutualInformation(Regularizer):
         head = self.heads[name]
         if self.kinds[name] == "encoder":
             z, z_t = head(f_u), head(f_tu)  # (N, S, K)
-            losses = [global_mi_loss(z[:, s], z_t[:, s]) for s in range(z.shape[1])]
-        else:
-            # The head is pointwise, so T(head(F)) = head(T(F)): flipping F moves fewer channels.
-            z, z_t = head(ctx.transform(f_u)), head(f_tu)  # (N, S, K, H, W)
-            return local_mi_subheads(z, z_t, self.radius[name], self.patch).mean()
-        return torch.stack(losses).mean()
+            return torch.stack([global_mi_loss(z[:, s], z_t[:, s]) for s in range(z.shape[1])]).mean()
+        # The head is pointwise, so T(head(F)) = head(T(F)): flipping F moves fewer channels.
+        z, z_t = head(ctx.transform(f_u)), head(f_tu)  # (N, S, K, H, W)
+        return local_mi_subheads(z, z_t, self.radius[name], self.patch).mean()
 
     def forward(self, ctx: StepContext) -> RegularizerOutput:
         per_layer = {name: self.layer_loss(name, ctx) for name in self.taps}
