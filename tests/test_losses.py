@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -130,6 +131,17 @@ def test_fft_and_shift_joints_agree_in_float32_on_odd_sizes(hw: tuple[int, int])
     g_fft = torch.autograd.grad((fft * weights).sum(), (z1, z2))
     for x, y in zip(g_fft, g_shift, strict=True):
         torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize(("r", "hw"), [(1, (5, 7)), (3, (6, 9)), (2, (2, 3))])  # r >= a side: masked
+def test_joints_backward_passes_gradcheck(method: str, r: int, hw: tuple[int, int]) -> None:
+    z1 = _probs(2, 2, 3, *hw, seed=r, dim=2).requires_grad_()
+    z2 = _probs(2, 2, 3, *hw, seed=r + 7, dim=2).requires_grad_()
+    check = functools.partial(torch.autograd.gradcheck, fast_mode=True)
+    assert check(lambda a, b: local_joints(a, b, r, method), (z1, z2))  # type: ignore[arg-type]
+    # One side only (the other a constant), as when a tap is detached.
+    assert check(lambda a: local_joints(a, z2.detach(), r, method), (z1,))  # type: ignore[arg-type]
 
 
 def test_unknown_joints_method_is_refused() -> None:
