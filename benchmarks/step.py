@@ -6,7 +6,9 @@
 A step is everything `mireg train` does per iteration: drawing slices from the in-memory store,
 batched augmentation, one forward over [x_l, x_u, T(x_u)], every regulariser, backward and the
 optimiser. The method's settings come from `recipes/acdc_<method>.toml`; the data is the synthetic
-cohort at 1 mm (generated and cached on first use). Prints one JSON line per measurement.
+cohort at 1 mm (generated and cached on first use). Like `mireg`, it keeps freed host memory
+mapped (mireg.host_memory); --system-malloc measures with malloc's defaults instead. Prints one JSON
+line per measurement.
 With --compare-naive it also times, on random maps of the decoder layers' shapes, mireg's local MI
 against the direct formulation (one conv2d per sub-head with the whole map as kernel, as in the
 authors' code), forward + backward, and prints both and their ratio.
@@ -25,6 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from mireg.host_memory import keep_freed_memory
 from mireg.losses import local_mi_subheads
 from mireg.recipe import load_recipe
 from mireg.train import Trainer, resolve_device
@@ -43,7 +46,7 @@ def _peak_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def time_steps(args: argparse.Namespace, device: torch.device) -> dict[str, object]:
+def time_steps(args: argparse.Namespace, device: torch.device, kept: bool) -> dict[str, object]:
     canvas = 16 * math.ceil((args.size + 32) / 16)
     overrides = [
         f'data={{name = "phantom", patients = 20, spacing = 1.0, canvas = {canvas}, '
@@ -74,7 +77,7 @@ def time_steps(args: argparse.Namespace, device: torch.device) -> dict[str, obje
             "ms_per_step": round(1000 * seconds, 1), "images_per_s": round(images / seconds, 1),
             "peak_mem_mb": round(_peak_mb(device), 1), "steps": args.steps,
             "precision": args.precision, "compile": args.compile,
-            "torch_threads": torch.get_num_threads()}
+            "torch_threads": torch.get_num_threads(), "keep_freed_memory": kept}
 
 
 def _naive_local_mi(z1: torch.Tensor, z2: torch.Tensor, radius: int) -> torch.Tensor:
@@ -135,10 +138,13 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--compile", action="store_true", help="torch.compile the network")
     parser.add_argument("--compare-naive", action="store_true")
+    parser.add_argument("--system-malloc", action="store_true",
+                        help="do not keep freed host memory mapped (malloc's defaults)")
     parser.add_argument("--kernel-repeats", type=int, default=3)
     args = parser.parse_args()
+    kept = False if args.system_malloc else keep_freed_memory()
     device = resolve_device(args.device, "--device")
-    print(json.dumps(time_steps(args, device)), flush=True)
+    print(json.dumps(time_steps(args, device, kept)), flush=True)
     if args.compare_naive:
         for row in compare_naive(args, device):
             print(json.dumps(row), flush=True)

@@ -28,7 +28,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from mireg import __version__, distributed, registry
+from mireg import __version__, distributed, host_memory, registry
 from mireg.contract import DatasetConfig
 from mireg.errors import MiregError, RunInterrupted
 from mireg.train import Observer, resolve_device
@@ -451,6 +451,7 @@ def _root(
 
 def main() -> None:
     """Entry point of the ``mireg`` script: the single error boundary."""
+    host_memory.keep_freed_memory()  # CPU steps reuse freed pages instead of faulting in new ones
     try:
         app()
     except RunInterrupted as exc:
