@@ -1,12 +1,14 @@
 """The semi-supervised gain on the synthetic cohort: partial, udaiic and full supervision over seeds.
 
     python benchmarks/quality.py [--methods partial udaiic full] [--ratios 0.05 0.1 0.25]
-        [--seeds 10 11 12] [--out runs/quality] [--jobs 2]
+        [--seeds 10 11 12] [--out runs/quality] [--jobs 2] [--set train.epochs=40 ...]
 
 Every (method, labelled ratio, seed) is one `mireg train recipes/phantom_<method>.toml` run with
 `data.labeled_ratio` and `seed` (which also draws the patient split) overridden; full supervision
 does not depend on the ratio and runs once per seed. Runs are CPU-sized (the phantom recipes: 20
-epochs x 80 steps); the table reports the minutes each took.
+epochs x 80 steps; a 10 x 60 schedule left even full supervision at 45 % validation DSC); `--set`
+overrides every run's recipe (e.g. a longer schedule; use a separate `--out` for each setting).
+The table reports the minutes each run took.
 Runs that already have a test report are reused, so an interrupted study continues where it stopped.
 Writes `quality.md` (mean +- std over seeds of the test mean 3D DSC and HD95, and the share of the
 partial-to-full gap each method closes), `quality.json` (every run) and `quality.png` (DSC against
@@ -35,11 +37,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
-#: Extra `--set` overrides for every run (the phantom recipes' own CPU-sized schedule, 20 x 80 steps,
-#: is used as it is: a 10 x 60 schedule left even full supervision at 45 % validation DSC).
-STUDY_OVERRIDES: list[str] = []
-
-
 @dataclass
 class Run:
     method: str
@@ -56,7 +53,16 @@ class Run:
         return f"{self.method}_{ratio}_seed{self.seed}"
 
 
-def _train(run: Run, out: Path, threads: int) -> Run:
+def train_command(run: Run, out: Path, extra: list[str]) -> list[str]:
+    """The `mireg` arguments of a new run: its recipe, name, seed and ratio, then `extra` overrides."""
+    overrides = [f"name={run.name}", f"seed={run.seed}", f"train.runs_dir={out}"]
+    if run.method != "full":
+        overrides.append(f"data.labeled_ratio={run.ratio}")
+    return ["train", str(REPO / "recipes" / f"phantom_{run.method}.toml"),
+            *(x for o in [*overrides, *extra] for x in ("--set", o))]
+
+
+def _train(run: Run, out: Path, threads: int, extra: list[str]) -> Run:
     run_dir = out / run.name
     report = run_dir / "report.json"
     if not report.exists():
@@ -65,12 +71,7 @@ def _train(run: Run, out: Path, threads: int) -> Run:
         elif run_dir.exists():
             raise SystemExit(f"{run_dir} exists without a checkpoint or report; remove it to rerun")
         else:
-            overrides = [f"name={run.name}", f"seed={run.seed}", f"train.runs_dir={out}",
-                         *STUDY_OVERRIDES]
-            if run.method != "full":
-                overrides.append(f"data.labeled_ratio={run.ratio}")
-            command = ["train", str(REPO / "recipes" / f"phantom_{run.method}.toml"),
-                       *(x for o in overrides for x in ("--set", o))]
+            command = train_command(run, out, extra)
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         started = time.perf_counter()
         log = out / f"{run.name}.log"
@@ -162,6 +163,8 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[10, 11, 12])
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "quality")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (threads are shared)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override every run's recipe (repeatable), as `mireg train --set`")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     runs = []  # seed by seed, so the first results already span every method and ratio
@@ -170,7 +173,7 @@ def main() -> None:
         runs += [Run(m, r, seed) for r in args.ratios for m in args.methods if m != "full"]
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     with ThreadPoolExecutor(args.jobs) as pool:
-        runs = list(pool.map(lambda r: _train(r, args.out, threads), runs))
+        runs = list(pool.map(lambda r: _train(r, args.out, threads, args.overrides), runs))
     text = table(runs)
     (args.out / "quality.md").write_text(text)
     (args.out / "quality.json").write_text(json.dumps([asdict(r) for r in runs], indent=1))

@@ -43,3 +43,14 @@ def test_run_names_keep_method_ratio_and_seed_apart() -> None:
     q = _quality()
     assert q.Run("udaiic", 0.05, 11).name == "udaiic_5pct_seed11"
     assert q.Run("full", 1.0, 10).name == "full_all_seed10"
+
+
+def test_each_run_gets_its_own_name_seed_and_ratio_then_the_study_overrides(tmp_path: Path) -> None:
+    q = _quality()
+    command = q.train_command(q.Run("udaiic", 0.05, 11), tmp_path, ["train.epochs=40"])
+    assert command[:2] == ["train", str(REPO / "recipes" / "phantom_udaiic.toml")]
+    assert command[2::2] == ["--set"] * 5
+    assert command[3::2] == ["name=udaiic_5pct_seed11", "seed=11", f"train.runs_dir={tmp_path}",
+                             "data.labeled_ratio=0.05", "train.epochs=40"]
+    full = q.train_command(q.Run("full", 1.0, 10), tmp_path, [])
+    assert not any(o.startswith("data.labeled_ratio") for o in full)  # full uses every label
