@@ -217,16 +217,16 @@ class _FourierJoints(torch.autograd.Function):
         spectrum_1, spectrum_2 = ctx.saved_tensors
         h, w, hp, wp = ctx.shape
         radius = ctx.radius
-        s, _, wf, n, k = spectrum_1.shape
+        s, _, wf, _, k = spectrum_1.shape
         dn = 2 * radius + 1
         device, dtype = grad.device, spectrum_1.dtype
         mask = _overlapping(h, radius, device)[:, None] * _overlapping(w, radius, device)[None, :]
         kernel = grad.reshape(dn, dn, s, k, k) * mask[..., None, None, None].to(grad.dtype)
 
-        def spectrum_of(kernel: torch.Tensor, sign: float) -> torch.Tensor:
-            # sum_d kernel_d exp(sign 2 pi i f d) on the padded grid, along H then W: (S, Hp, Wf, K, K).
+        def spectrum_of(taps: torch.Tensor, sign: float) -> torch.Tensor:
+            # sum_d taps_d exp(sign 2 pi i f d) on the padded grid, along H then W: (S, Hp, Wf, K, K).
             along_h = _displacement_phases(hp, hp, radius, sign, device).to(dtype)  # (Hp, Dy)
-            out = torch.matmul(along_h, kernel.to(dtype).reshape(dn, dn * s * k * k))
+            out = torch.matmul(along_h, taps.to(dtype).reshape(dn, dn * s * k * k))
             out = out.reshape(hp, dn, s, k * k).permute(2, 0, 1, 3)  # (S, Hp, Dx, K * K)
             along_w = _displacement_phases(wp, wf, radius, sign, device).to(dtype)  # (Wf, Dx)
             return torch.matmul(along_w, out).reshape(s, hp, wf, k, k)
