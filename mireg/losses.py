@@ -185,7 +185,7 @@ class _FourierJoints(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, z1: torch.Tensor, z2: torch.Tensor, radius: int) -> torch.Tensor:
-        n, s, k, h, w = z1.shape
+        _, s, k, h, w = z1.shape
         # At least r zeros after each map, and room for all 2r + 1 displacements when a map is <= r.
         hp, wp = _fft_size(max(h, radius + 1) + radius), _fft_size(max(w, radius + 1) + radius)
         wf, dn = wp // 2 + 1, 2 * radius + 1
