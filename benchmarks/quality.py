@@ -1,7 +1,7 @@
 """The semi-supervised gain on the synthetic cohort: partial, udaiic and full supervision over seeds.
 
     python benchmarks/quality.py [--methods partial udaiic full] [--ratios 0.05 0.1 0.25]
-        [--seeds 10 11 12] [--out runs/quality] [--jobs 2] [--set train.epochs=40 ...]
+        [--seeds 10 11 12] [--out runs/quality] [--jobs 2] [--threads 1] [--set train.epochs=40 ...]
 
 Every (method, labelled ratio, seed) is one `mireg train recipes/phantom_<method>.toml` run with
 `data.labeled_ratio` and `seed` (which also draws the patient split) overridden; full supervision
@@ -163,6 +163,9 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[10, 11, 12])
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "quality")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (threads are shared)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads per run (default: the CPU count / --jobs); set it when "
+                             "several studies share the machine")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override every run's recipe (repeatable), as `mireg train --set`")
     args = parser.parse_args()
@@ -171,7 +174,7 @@ def main() -> None:
     for seed in args.seeds:
         runs += [Run("full", 1.0, seed)] if "full" in args.methods else []
         runs += [Run(m, r, seed) for r in args.ratios for m in args.methods if m != "full"]
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     with ThreadPoolExecutor(args.jobs) as pool:
         runs = list(pool.map(lambda r: _train(r, args.out, threads, args.overrides), runs))
     text = table(runs)

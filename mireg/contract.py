@@ -206,6 +206,11 @@ class RegularizerConfig(PluginConfig):
     """Recipe table ``[[regularizers]]``: ``weight`` plus the regulariser's own options."""
 
     weight: float = Field(ge=0.0)
+    rampup_epochs: float = Field(
+        0.0, ge=0.0,
+        description="epochs over which the weight rises from ~0 to `weight` (0: full weight from the "
+                    "first step, the paper's setting)",
+    )
 
     def build(self, backbone: Backbone) -> Regularizer:
         """Construct the regulariser for ``backbone`` (checks that the taps it needs exist)."""

@@ -1,4 +1,5 @@
-"""The per-epoch learning-rate schedule of method.md: linear warm-up, then cosine annealing."""
+"""Schedules: the per-epoch learning rate of method.md (linear warm-up, then cosine annealing), and
+the optional ramp-up of a regulariser's weight."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import math
 
 from mireg.recipe import OptimConfig
 
-__all__ = ["lr_at_epoch"]
+__all__ = ["lr_at_epoch", "rampup"]
 
 
 def lr_at_epoch(epoch: int, epochs: int, cfg: OptimConfig) -> float:
@@ -23,3 +24,16 @@ def lr_at_epoch(epoch: int, epochs: int, cfg: OptimConfig) -> float:
     span = max(1, epochs - warm)
     t = min(epoch - warm, span) / span
     return cfg.min_lr + (peak - cfg.min_lr) * (1 + math.cos(math.pi * t)) / 2
+
+
+def rampup(epochs_done: float, rampup_epochs: float) -> float:
+    """The factor on a regulariser's weight after ``epochs_done`` (fractional) epochs of training.
+
+    ``exp(-5 (1 - t)^2)`` with ``t = min(1, epochs_done / rampup_epochs)``: it rises smoothly from
+    ``exp(-5)`` (about 0.007) at the first step to 1 at ``rampup_epochs``, the sigmoid-shaped ramp-up
+    of Laine & Aila (2017). ``rampup_epochs = 0`` (the default, and the paper's setting) is always 1.
+    """
+    if rampup_epochs <= 0:
+        return 1.0
+    t = min(1.0, epochs_done / rampup_epochs)
+    return math.exp(-5.0 * (1.0 - t) ** 2)

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -48,9 +48,9 @@ from mireg.files import atomic_write_text
 from mireg.plots import plot_curves
 from mireg.recipe import Recipe, dump_toml
 from mireg.report import build_report, write_reports
-from mireg.schedule import lr_at_epoch
+from mireg.schedule import lr_at_epoch, rampup
 
-__all__ = ["Observer", "Trainer", "build_model", "resolve_device"]
+__all__ = ["Observer", "Term", "Trainer", "build_model", "resolve_device"]
 
 
 class Observer:
@@ -89,20 +89,30 @@ def _memory_format(name: str, device: torch.device) -> torch.memory_format:
     return torch.contiguous_format
 
 
-def build_model(recipe: Recipe) -> tuple[Backbone, list[tuple[str, float, Regularizer]]]:
+class Term(NamedTuple):
+    """One regulariser of the total loss: its log name, weight, weight ramp-up and module."""
+
+    name: str
+    weight: float
+    rampup_epochs: float
+    regularizer: Regularizer
+
+
+def build_model(recipe: Recipe) -> tuple[Backbone, list[Term]]:
     """The backbone and the named, weighted regularisers of ``recipe`` (on the CPU)."""
     try:
         backbone = recipe.backbone.build()
     except ValueError as exc:
         raise RecipeError(f"backbone ({recipe.backbone.name}): {exc}") from None
-    regs: list[tuple[str, float, Regularizer]] = []
+    regs: list[Term] = []
     for i, cfg in enumerate(recipe.regularizers):
         try:
             reg = cfg.build(backbone)
         except ValueError as exc:
             raise RecipeError(f"regularizers[{i}] ({cfg.name}): {exc}") from None
         same = sum(c.name == cfg.name for c in recipe.regularizers[:i])
-        regs.append((cfg.name if same == 0 else f"{cfg.name}_{same + 1}", cfg.weight, reg))
+        regs.append(Term(cfg.name if same == 0 else f"{cfg.name}_{same + 1}", cfg.weight,
+                         cfg.rampup_epochs, reg))
     return backbone, regs
 
 
@@ -279,19 +289,19 @@ class Trainer:
         self.model, self.regs = build_model(recipe)
         if distributed.is_distributed():  # batch-norm moments of the global batch
             distributed.convert_batch_norm(self.model)
-            for _, _, reg in self.regs:
+            for reg in self.regularizers:
                 distributed.convert_batch_norm(reg)
         self.memory_format = _memory_format(recipe.train.memory_format, self.device)
         self.model.to(self.device).to(memory_format=self.memory_format)
         if recipe.train.compile:
             self.model.compile()  # in place: state-dict keys and forward hooks stay as they are
-        for _, _, reg in self.regs:
+        for reg in self.regularizers:
             reg.to(self.device)
         self.features: dict[str, torch.Tensor] = {}
-        taps = sorted({t for _, _, reg in self.regs for t in reg.taps})
+        taps = sorted({t for reg in self.regularizers for t in reg.taps})
         for name in taps:
             self.model.tap_module(name).register_forward_hook(self._hook(name))
-        params = [p for m in (self.model, *(r for _, _, r in self.regs)) for p in m.parameters()
+        params = [p for m in (self.model, *(r for r in self.regularizers)) for p in m.parameters()
                   if p.requires_grad]  # a mean teacher's weights are not optimised
         self.eval_model = self._evaluation_model()
         self.optimizer = torch.optim.Adam(params, lr=recipe.optim.lr,
@@ -300,7 +310,7 @@ class Trainer:
         self.network: nn.Module = self.model  # what the step's forward runs through
         if distributed.is_distributed():
             self.network = DistributedDataParallel(
-                _Replicated(self.model, [reg for _, _, reg in self.regs]),
+                _Replicated(self.model, [reg for reg in self.regularizers]),
                 device_ids=[self.device] if self.device.type == "cuda" else None,
             )
         self.epoch, self.step_index, self.best = 0, 0, -1.0
@@ -316,9 +326,14 @@ class Trainer:
             f"patients ({len(self.labeled_idx)} labelled slices) on {self.device}"
         )
 
+    @property
+    def regularizers(self) -> list[Regularizer]:
+        """The regulariser modules of the loss terms, in recipe order."""
+        return [term.regularizer for term in self.regs]
+
     def _evaluation_model(self) -> nn.Module:
         """The network validated, tested and checkpointed: the model, or a regulariser's substitute."""
-        substitutes = [(name, reg.evaluation_model(self.model)) for name, _, reg in self.regs]
+        substitutes = [(name, reg.evaluation_model(self.model)) for name, _, _, reg in self.regs]
         substitutes = [(name, m) for name, m in substitutes if m is not self.model]
         if len(substitutes) > 1:
             raise RecipeError(f"regularizers {[n for n, _ in substitutes]} each replace the evaluated "
@@ -365,9 +380,10 @@ class Trainer:
             sup = distributed.batch_mean(F.cross_entropy(logits_l, y_l, reduction="none"))
             total = sup
             logs = {"sup": sup.detach()}
-            for name, weight, reg in self.regs:
+            epochs_done = self.step_index / cfg.iterations_per_epoch
+            for name, weight, rampup_epochs, reg in self.regs:
                 out = reg(ctx)
-                total = total + weight * out.loss
+                total = total + weight * rampup(epochs_done, rampup_epochs) * out.loss
                 logs[name] = out.loss.detach()
                 logs.update({f"{name}/{k}": v for k, v in out.logs.items()})
         logs = {"total": total.detach(), **logs}
@@ -377,7 +393,7 @@ class Trainer:
             return None
         total.backward()
         self.optimizer.step()
-        for _, _, reg in self.regs:
+        for reg in self.regularizers:
             reg.after_step(self.model, self.step_index)
         self.step_index += 1
         return logs
@@ -387,7 +403,7 @@ class Trainer:
     def _state(self) -> dict[str, Any]:
         state = {
             "model": self.eval_model.state_dict(),
-            "regularizers": [reg.state_dict() for _, _, reg in self.regs],
+            "regularizers": [reg.state_dict() for reg in self.regularizers],
             "optimizer": self.optimizer.state_dict(),
             "epoch": self.epoch,
             "step": self.step_index,
@@ -465,7 +481,7 @@ class Trainer:
     def restore(self, state: dict[str, Any]) -> None:
         """Continue from a checkpoint written by this loop (weights, optimiser, RNG and position)."""
         self.model.load_state_dict(state.get("student", state["model"]))
-        for (_, _, reg), reg_state in zip(self.regs, state["regularizers"], strict=True):
+        for reg, reg_state in zip(self.regularizers, state["regularizers"], strict=True):
             reg.load_state_dict(reg_state)
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.step_index, self.best = state["epoch"], state["step"], state["best"]

@@ -46,7 +46,7 @@ def _steps(raw: dict[str, Any], run_dir: Path) -> list[dict[str, Any]]:
     trainer.setup()
     trainer.model.train()
     params = {f"model.{n}": p for n, p in trainer.model.named_parameters()}
-    for i, (_, _, reg) in enumerate(trainer.regs):
+    for i, reg in enumerate(trainer.regularizers):
         params.update({f"reg{i}.{n}": p for n, p in reg.named_parameters() if p.requires_grad})
     out = []
     for _ in range(STEPS):

@@ -21,7 +21,7 @@ from mireg.data.nifti import read_volume
 from mireg.errors import CheckpointError, DataError, MiregError, RecipeError, RunError
 from mireg.recipe import apply_override, read_toml, validate_recipe
 from mireg.runs import load_trained
-from mireg.train import Trainer
+from mireg.train import Term, Trainer
 
 from .helpers import tiny_recipe
 
@@ -45,7 +45,7 @@ def _trainer(tmp_path: Path, **train: object) -> Trainer:
     run.mkdir(parents=True)
     trainer = Trainer(validate_recipe(raw, "tiny.toml"), run)
     trainer.setup()
-    trainer.regs.append(("exploding", 1.0, _NaNAt(step=4)))
+    trainer.regs.append(Term("exploding", 1.0, 0.0, _NaNAt(step=4)))
     return trainer
 
 

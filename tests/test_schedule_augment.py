@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from mireg.augment import augment_batch
 from mireg.contract import Transform
 from mireg.recipe import AugmentConfig, OptimConfig
-from mireg.schedule import lr_at_epoch
+from mireg.schedule import lr_at_epoch, rampup
 
 
 def test_lr_schedule_warms_up_linearly_then_anneals_to_the_minimum() -> None:
@@ -17,6 +19,15 @@ def test_lr_schedule_warms_up_linearly_then_anneals_to_the_minimum() -> None:
     lrs = [lr_at_epoch(e, 100, cfg) for e in range(10, 100)]
     assert all(a >= b for a, b in zip(lrs, lrs[1:], strict=False))
     assert lr_at_epoch(100, 100, cfg) == pytest.approx(1e-7)
+
+
+def test_rampup_rises_smoothly_to_one_and_is_off_by_default() -> None:
+    assert rampup(0.0, 0.0) == 1.0 and rampup(7.5, 0.0) == 1.0
+    assert rampup(0.0, 10.0) == pytest.approx(math.exp(-5))
+    assert rampup(5.0, 10.0) == pytest.approx(math.exp(-1.25))
+    assert rampup(10.0, 10.0) == 1.0 and rampup(30.0, 10.0) == 1.0
+    values = [rampup(e / 4, 10.0) for e in range(41)]
+    assert all(a < b for a, b in zip(values, values[1:], strict=False))
 
 
 def _identity(**changes: object) -> AugmentConfig:

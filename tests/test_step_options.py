@@ -1,7 +1,9 @@
-"""Step options that change how, not what, the network computes: memory format and torch.compile."""
+"""Step options: memory format and torch.compile (how, not what, the network computes), and the
+ramp-up of regulariser weights."""
 
 from __future__ import annotations
 
+import math
 import shutil
 from pathlib import Path
 
@@ -51,3 +53,20 @@ def test_compiled_network_trains_the_same_steps_and_keeps_its_checkpoint_keys(tm
     losses, compiled = _losses(tmp_path, 2, compile=True)
     _assert_same(reference, losses)
     assert list(compiled.model.state_dict()) == list(eager.model.state_dict())
+
+
+def test_rampup_scales_each_regulariser_weight_by_training_progress(tmp_path: Path) -> None:
+    raw = tiny_recipe(tmp_path / "runs", regularizers=[
+        {"name": "consistency", "weight": 10.0, "rampup_epochs": 2},
+        {"name": "mutual_information", "weight": 0.1, "subheads": 2, "clusters": 5},
+    ])
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    trainer = Trainer(validate_recipe(raw, "test"), run_dir)
+    trainer.setup()
+    per_epoch = raw["train"]["iterations_per_epoch"]
+    for step, factor in ((0, math.exp(-5)), (per_epoch, math.exp(-1.25)), (2 * per_epoch, 1.0)):
+        trainer.step_index = step
+        logs = {k: float(v) for k, v in (trainer.train_step() or {}).items()}
+        expected = logs["sup"] + 10.0 * factor * logs["consistency"] + 0.1 * logs["mutual_information"]
+        assert logs["total"] == pytest.approx(expected, rel=1e-5, abs=1e-7), step
