@@ -301,7 +301,7 @@ class Trainer:
         taps = sorted({t for reg in self.regularizers for t in reg.taps})
         for name in taps:
             self.model.tap_module(name).register_forward_hook(self._hook(name))
-        params = [p for m in (self.model, *(r for r in self.regularizers)) for p in m.parameters()
+        params = [p for m in (self.model, *self.regularizers) for p in m.parameters()
                   if p.requires_grad]  # a mean teacher's weights are not optimised
         self.eval_model = self._evaluation_model()
         self.optimizer = torch.optim.Adam(params, lr=recipe.optim.lr,
@@ -310,7 +310,7 @@ class Trainer:
         self.network: nn.Module = self.model  # what the step's forward runs through
         if distributed.is_distributed():
             self.network = DistributedDataParallel(
-                _Replicated(self.model, [reg for reg in self.regularizers]),
+                _Replicated(self.model, self.regularizers),
                 device_ids=[self.device] if self.device.type == "cuda" else None,
             )
         self.epoch, self.step_index, self.best = 0, 0, -1.0
