@@ -119,11 +119,13 @@ def table(runs: list[Run]) -> str:
              "|---|---|---|---|---|---|---|"]
     for (method, ratio), group in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         partial = [r.dice for r in groups.get(("partial", ratio), [])]
-        gap = "n/a"
-        if method not in ("partial", "full") and partial and full:
-            low, high = statistics.mean(partial), statistics.mean(full)
-            mine = statistics.mean(r.dice for r in group)
-            gap = f"{100 * (mine - low) / (high - low):.0f} %" if high > low else "n/a"
+        gap = ""  # blank for the two baselines, which define the gap
+        if method not in ("partial", "full"):
+            gap = "n/a"  # without both baselines, or with full <= partial, there is no gap
+            low, high = statistics.mean(partial or [math.nan]), statistics.mean(full or [math.nan])
+            if high > low:
+                mine = statistics.mean(r.dice for r in group)
+                gap = f"{100 * (mine - low) / (high - low):.0f} %"
         minutes = statistics.mean(r.seconds for r in group) / 60
         lines.append(f"| {method} | {round(ratio * 100)} % | {len(group)} | "
                      f"{_stat([r.dice for r in group], 100)} | {_stat([r.hd95 for r in group])} | "

@@ -31,12 +31,20 @@ def test_table_reports_mean_std_over_seeds_and_the_share_of_the_gap_closed(tmp_p
     ]
     text = q.table(runs)
     rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| ")}
-    assert "| 5 % | 2 | 69.0 ± 1.4 | 42.0 ± 2.8 | n/a | 9.0 |" in rows["partial"]
-    assert "| 100 % | 2 | 89.0 ± 1.4 | 11.0 ± 1.4 | n/a | 10.0 |" in rows["full"]
+    assert "| 5 % | 2 | 69.0 ± 1.4 | 42.0 ± 2.8 |  | 9.0 |" in rows["partial"]
+    assert "| 100 % | 2 | 89.0 ± 1.4 | 11.0 ± 1.4 |  | 10.0 |" in rows["full"]
     assert "| 5 % | 2 | 79.0 ± 1.4 | 21.0 ± 1.4 | 50 % | 15.0 |" in rows["udaiic"]  # (79-69)/(89-69)
     assert "6 runs, 68 min of training in all" in text
     q.plot(runs, tmp_path / "quality.png")
     assert (tmp_path / "quality.png").stat().st_size > 0
+
+
+def test_the_gap_closed_is_na_without_both_baselines() -> None:
+    q = _quality()
+    runs = [q.Run("full", 1.0, 10, dice=0.90, hd95=10.0, seconds=600),
+            q.Run("udaiic", 0.1, 10, dice=0.80, hd95=20.0, seconds=900)]  # no partial at 10 %
+    [row] = [line for line in q.table(runs).splitlines() if line.startswith("| udaiic")]
+    assert row.endswith("| n/a | 15.0 |")
 
 
 def test_run_names_keep_method_ratio_and_seed_apart() -> None:
