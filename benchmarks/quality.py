@@ -122,8 +122,8 @@ def table(runs: list[Run]) -> str:
         gap = ""  # blank for the two baselines, which define the gap
         if method not in ("partial", "full"):
             gap = "n/a"  # without both baselines, or with full <= partial, there is no gap
-            if partial and full and statistics.mean(full) > statistics.mean(partial):
-                low, high = statistics.mean(partial), statistics.mean(full)
+            low, high = statistics.mean(partial or [0.0]), statistics.mean(full or [0.0])
+            if partial and full and high > low:
                 mine = statistics.mean(r.dice for r in group)
                 gap = f"{100 * (mine - low) / (high - low):.0f} %"
         minutes = statistics.mean(r.seconds for r in group) / 60
