@@ -2,25 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 
-from .helpers import REPO
-
-
-def _quality() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("quality", REPO / "benchmarks" / "quality.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["quality"] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+from .helpers import REPO, load_benchmark
 
 
 def test_table_reports_mean_std_over_seeds_and_the_share_of_the_gap_closed(tmp_path: Path) -> None:
-    q = _quality()
+    q = load_benchmark("quality")
     runs = [
         q.Run("full", 1.0, 10, dice=0.90, hd95=10.0, seconds=600),
         q.Run("full", 1.0, 11, dice=0.88, hd95=12.0, seconds=600),
@@ -40,7 +28,7 @@ def test_table_reports_mean_std_over_seeds_and_the_share_of_the_gap_closed(tmp_p
 
 
 def test_the_gap_closed_is_na_without_both_baselines() -> None:
-    q = _quality()
+    q = load_benchmark("quality")
     runs = [q.Run("full", 1.0, 10, dice=0.90, hd95=10.0, seconds=600),
             q.Run("udaiic", 0.1, 10, dice=0.80, hd95=20.0, seconds=900)]  # no partial at 10 %
     [row] = [line for line in q.table(runs).splitlines() if line.startswith("| udaiic")]
@@ -48,13 +36,13 @@ def test_the_gap_closed_is_na_without_both_baselines() -> None:
 
 
 def test_run_names_keep_method_ratio_and_seed_apart() -> None:
-    q = _quality()
+    q = load_benchmark("quality")
     assert q.Run("udaiic", 0.05, 11).name == "udaiic_5pct_seed11"
     assert q.Run("full", 1.0, 10).name == "full_all_seed10"
 
 
 def test_each_run_gets_its_own_name_seed_and_ratio_then_the_study_overrides(tmp_path: Path) -> None:
-    q = _quality()
+    q = load_benchmark("quality")
     command = q.train_command(q.Run("udaiic", 0.05, 11), tmp_path, ["train.epochs=40"])
     assert command[:2] == ["train", str(REPO / "recipes" / "phantom_udaiic.toml")]
     assert command[2::2] == ["--set"] * 5

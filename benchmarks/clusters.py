@@ -1,0 +1,106 @@
+"""How well a run's MI cluster heads match the labels: the share of the label entropy they explain.
+
+    python benchmarks/clusters.py RUN_DIR [RUN_DIR ...] [--checkpoint best.pt] [--split test]
+
+For each run trained with the `mutual_information` regulariser, segments the labelled slices of one
+split's patients with the checkpoint's network, and prints, for the network's prediction and for
+every sub-head of every decoder (local) head, the uncertainty coefficient over all pixels
+
+    U(label | cluster) = I(cluster; label) / H(label)
+
+(0: the clusters say nothing about the labels; 1: they determine them). Labels are taken at each
+head's resolution (nearest). A head with more clusters than classes can score above the prediction:
+it may split a structure into several clusters without losing information about it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mireg.checkpoint import load_checkpoint
+from mireg.errors import MiregError
+from mireg.recipe import validate_recipe
+from mireg.regularizers.mutual_information import MutualInformation
+from mireg.train import Trainer
+
+
+def uncertainty_coefficient(counts: np.ndarray) -> float:
+    """``I(a; b) / H(b)`` of a ``(A, B)`` contingency table of counts (columns: the labels)."""
+    joint = counts / counts.sum()
+    pa, pb = joint.sum(axis=1), joint.sum(axis=0)
+    nz = joint > 0
+    mi = float((joint[nz] * np.log(joint[nz] / np.outer(pa, pb)[nz])).sum())
+    h = float(-(pb[pb > 0] * np.log(pb[pb > 0])).sum())
+    return mi / h if h > 0 else 0.0
+
+
+def _count(counts: np.ndarray, a: torch.Tensor, b: torch.Tensor) -> None:
+    """Add the pairs of two equally shaped integer maps to a contingency table."""
+    n_b = counts.shape[1]
+    pairs = torch.bincount((a * n_b + b).flatten(), minlength=counts.size)
+    counts += pairs.numpy().reshape(counts.shape)
+
+
+def cluster_scores(run_dir: Path, checkpoint: str = "best.pt", split: str = "test",
+                   batch: int = 32) -> dict[str, list[float]]:
+    """``{"prediction": [U], "<layer>": [U per sub-head], ...}`` of one run (see the module doc)."""
+    state = load_checkpoint(run_dir / checkpoint)
+    raw = {**state["recipe"], "train": {**state["recipe"]["train"], "device": "cpu"}}
+    recipe = validate_recipe(raw, str(run_dir / checkpoint))
+    with tempfile.TemporaryDirectory() as scratch:
+        trainer = Trainer(recipe, Path(scratch))
+        trainer.setup()  # the data, the split, the network and its heads, with the taps hooked
+    heads = [r for r in trainer.regularizers if isinstance(r, MutualInformation)]
+    if not heads:
+        raise SystemExit(f"{run_dir}: the recipe has no mutual_information regulariser")
+    mi = heads[0]
+    trainer.model.load_state_dict(state["model"])
+    for reg, reg_state in zip(trainer.regularizers, state["regularizers"], strict=True):
+        reg.load_state_dict(reg_state)
+    trainer.model.eval()
+    mi.eval()
+    patients = set(getattr(trainer.split, split))
+    index = np.concatenate([np.arange(v.start, v.stop) for v in trainer.store.volumes
+                            if v.patient in patients and v.labeled])
+    classes = len(trainer.store.classes)
+    local = [name for name in mi.taps if mi.kinds[name] == "decoder"]
+    counts = {"prediction": [np.zeros((classes, classes), dtype=np.int64)]}
+    with torch.no_grad():
+        for start in range(0, len(index), batch):
+            pick = torch.from_numpy(index[start : start + batch])
+            x, y = trainer.images[pick, None].float(), trainer.labels[pick].long()
+            trainer.features.clear()
+            _count(counts["prediction"][0], trainer.model(x).argmax(dim=1), y)
+            for name in local:
+                z = mi.heads[name](trainer.features[name])  # (N, S, K, H, W)
+                y_at = F.interpolate(y[:, None].float(), size=z.shape[-2:], mode="nearest")[:, 0].long()
+                tables = counts.setdefault(
+                    name, [np.zeros((z.shape[2], classes), dtype=np.int64) for _ in range(z.shape[1])])
+                for s, table in enumerate(tables):
+                    _count(table, z[:, s].argmax(dim=1), y_at)
+    return {name: [uncertainty_coefficient(t) for t in tables] for name, tables in counts.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--checkpoint", default="best.pt")
+    parser.add_argument("--split", default="test", choices=["validation", "test"])
+    args = parser.parse_args()
+    for run in args.runs:
+        try:
+            scores = cluster_scores(run, args.checkpoint, args.split)
+        except MiregError as exc:
+            raise SystemExit(f"error: {exc}") from None
+        parts = [f"{name} " + " ".join(f"{u:.2f}" for u in values) for name, values in scores.items()]
+        print(f"{run.name}: " + "; ".join(parts), flush=True)
+
+
+if __name__ == "__main__":
+    main()
