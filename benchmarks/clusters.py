@@ -60,7 +60,8 @@ def cluster_scores(run_dir: Path, checkpoint: str = "best.pt", split: str = "tes
     if not heads:
         raise SystemExit(f"{run_dir}: the recipe has no mutual_information regulariser")
     mi = heads[0]
-    trainer.model.load_state_dict(state["model"])
+    # The heads were trained on the features of the optimised network (a mean teacher's student).
+    trainer.model.load_state_dict(state.get("student", state["model"]))
     for reg, reg_state in zip(trainer.regularizers, state["regularizers"], strict=True):
         reg.load_state_dict(reg_state)
     trainer.model.eval()
