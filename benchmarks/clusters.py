@@ -66,15 +66,13 @@ def cluster_scores(run_dir: Path, checkpoint: str = "best.pt", split: str = "tes
         reg.load_state_dict(reg_state)
     trainer.model.eval()
     mi.eval()
-    patients = set(getattr(trainer.split, split))
-    index = np.concatenate([np.arange(v.start, v.stop) for v in trainer.store.volumes
-                            if v.patient in patients and v.labeled])
+    index = trainer._slices(trainer.store, getattr(trainer.split, split), labeled_only=True)
     classes = len(trainer.store.classes)
     local = [name for name in mi.taps if mi.kinds[name] == "decoder"]
     counts = {"prediction": [np.zeros((classes, classes), dtype=np.int64)]}
     with torch.no_grad():
         for start in range(0, len(index), batch):
-            pick = torch.from_numpy(index[start : start + batch])
+            pick = index[start : start + batch]
             x, y = trainer.images[pick, None].float(), trainer.labels[pick].long()
             trainer.features.clear()
             _count(counts["prediction"][0], trainer.model(x).argmax(dim=1), y)
