@@ -31,7 +31,8 @@ from rich.table import Table
 from mireg import __version__, distributed, host_memory, registry
 from mireg.contract import DatasetConfig
 from mireg.errors import MiregError, RunInterrupted
-from mireg.train import Observer, resolve_device
+from mireg.progress import Observer
+from mireg.train import resolve_device
 
 app = typer.Typer(
     name="mireg",

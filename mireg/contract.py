@@ -16,7 +16,6 @@ plugin's recipe options that builds the plugin object. mireg's built-ins follow 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Literal
@@ -24,6 +23,8 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
+
+from mireg.progress import Progress
 
 if TYPE_CHECKING:
     from mireg.data.preprocessing import StoreBuilder
@@ -44,9 +45,6 @@ __all__ = [
     "reject_options",
 ]
 
-#: Progress callback: ``progress(done, total, description)``. Library code reports through it; the
-#: CLI renders it.
-Progress = Callable[[int, int, str], None]
 
 
 class PluginConfig(BaseModel):

@@ -21,6 +21,7 @@ from mireg.data.nifti import read_volume
 from mireg.data.store import VolumeInfo, VolumeStore
 from mireg.errors import DataError
 from mireg.metrics import ClassMetrics, class_metrics, dice_per_class
+from mireg.progress import Progress
 
 __all__ = [
     "METRICS",
@@ -192,7 +193,7 @@ def _nifti_files(folder: Path) -> dict[str, Path]:
 
 
 def evaluate_folders(pred_dir: Path, gt_dir: Path, labels: Sequence[int] | None = None,
-                     progress: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
+                     progress: Progress | None = None) -> dict[str, Any]:
     """Compare predicted label maps with ground-truth label maps of the same file names.
 
     Args:

@@ -39,37 +39,19 @@ import mireg
 from mireg import distributed, registry
 from mireg.augment import augment_batch
 from mireg.checkpoint import load_checkpoint, save_checkpoint
-from mireg.contract import Backbone, Progress, Regularizer, StepContext, Transform
+from mireg.contract import Backbone, Regularizer, StepContext, Transform
 from mireg.data.splits import Split, make_split
 from mireg.data.store import VolumeStore
 from mireg.errors import RecipeError, RunError, RunInterrupted
 from mireg.evaluate import evaluate_volumes, validation_dice
 from mireg.files import atomic_write_text
 from mireg.plots import plot_curves
+from mireg.progress import Observer, Progress
 from mireg.recipe import Recipe, dump_toml
 from mireg.report import build_report, write_reports
 from mireg.schedule import lr_at_epoch, rampup
 
 __all__ = ["Observer", "Term", "Trainer", "build_model", "resolve_device"]
-
-
-class Observer:
-    """Receives progress from the loop; the CLI renders it. Every method defaults to doing nothing."""
-
-    def message(self, text: str) -> None:
-        """A one-line status message."""
-
-    def progress(self, done: int, total: int, description: str) -> None:
-        """Progress of a preparation stage (data generation, preprocessing)."""
-
-    def epoch_start(self, epoch: int, epochs: int, iterations: int) -> None:
-        """An epoch begins (0-based ``epoch``)."""
-
-    def step(self, done: int, logs: dict[str, float]) -> None:
-        """``done`` steps of the epoch are finished; ``logs`` are running means of the epoch."""
-
-    def epoch_end(self, row: dict[str, Any]) -> None:
-        """The epoch's metrics row (also written to ``metrics.csv``)."""
 
 
 def resolve_device(name: str, key: str = "train.device") -> torch.device:
