@@ -16,18 +16,19 @@ it may split a structure into several clusters without losing information about 
 from __future__ import annotations
 
 import argparse
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mireg.checkpoint import load_checkpoint
+from mireg import build
+from mireg.build import build_network, load_data
 from mireg.errors import MiregError
-from mireg.recipe import validate_recipe
 from mireg.regularizers.mutual_information import MutualInformation
-from mireg.train import Trainer
+from mireg.rundir import RunDir
+from mireg.state import Checkpoint, TrainState
+from mireg.step import TappedNetwork
 
 
 def uncertainty_coefficient(counts: np.ndarray) -> float:
@@ -50,34 +51,34 @@ def _count(counts: np.ndarray, a: torch.Tensor, b: torch.Tensor) -> None:
 def cluster_scores(run_dir: Path, checkpoint: str = "best.pt", split: str = "test",
                    batch: int = 32) -> dict[str, list[float]]:
     """``{"prediction": [U], "<layer>": [U per sub-head], ...}`` of one run (see the module doc)."""
-    state = load_checkpoint(run_dir / checkpoint)
-    raw = {**state["recipe"], "train": {**state["recipe"]["train"], "device": "cpu"}}
-    recipe = validate_recipe(raw, str(run_dir / checkpoint))
-    with tempfile.TemporaryDirectory() as scratch:
-        trainer = Trainer(recipe, Path(scratch))
-        trainer.setup()  # the data, the split, the network and its heads, with the taps hooked
-    heads = [r for r in trainer.regularizers if isinstance(r, MutualInformation)]
+    saved = Checkpoint.read(RunDir(run_dir).checkpoint(checkpoint))
+    cpu = torch.device("cpu")
+    on_cpu = saved.recipe.train.model_copy(update={"device": "cpu"})
+    recipe = saved.recipe.model_copy(update={"train": on_cpu})
+    data = load_data(recipe, cpu)
+    model, terms = build_network(recipe)
+    state = TrainState.create(recipe, saved.data, model, terms, cpu)
+    # The heads were trained on the features of the optimised network (a mean teacher's student).
+    state.load_state_dict(saved.state)
+    heads = [r for r in state.regularizers if isinstance(r, MutualInformation)]
     if not heads:
         raise SystemExit(f"{run_dir}: the recipe has no mutual_information regulariser")
     mi = heads[0]
-    # The heads were trained on the features of the optimised network (a mean teacher's student).
-    trainer.model.load_state_dict(state.get("student", state["model"]))
-    for reg, reg_state in zip(trainer.regularizers, state["regularizers"], strict=True):
-        reg.load_state_dict(reg_state)
-    trainer.model.eval()
+    model.eval()
     mi.eval()
-    index = trainer._slices(trainer.store, getattr(trainer.split, split), labeled_only=True)
-    classes = len(trainer.store.classes)
+    tapped = TappedNetwork(model, mi.taps)
+    index = build.slice_index(data.store, getattr(data.split, split), True, cpu)
+    classes = len(data.store.classes)
     local = [name for name in mi.taps if mi.kinds[name] == "decoder"]
     counts = {"prediction": [np.zeros((classes, classes), dtype=np.int64)]}
     with torch.no_grad():
         for start in range(0, len(index), batch):
             pick = index[start : start + batch]
-            x, y = trainer.images[pick, None].float(), trainer.labels[pick].long()
-            trainer.features.clear()
-            _count(counts["prediction"][0], trainer.model(x).argmax(dim=1), y)
+            x, y = data.images[pick, None].float(), data.labels[pick].long()
+            logits, features = tapped(x)
+            _count(counts["prediction"][0], logits.argmax(dim=1), y)
             for name in local:
-                z = mi.heads[name](trainer.features[name])  # (N, S, K, H, W)
+                z = mi.heads[name](features[name])  # (N, S, K, H, W)
                 y_at = F.interpolate(y[:, None].float(), size=z.shape[-2:], mode="nearest")[:, 0].long()
                 tables = counts.setdefault(
                     name, [np.zeros((z.shape[2], classes), dtype=np.int64) for _ in range(z.shape[1])])

@@ -32,7 +32,6 @@ from mireg import __version__, distributed, host_memory, registry
 from mireg.contract import DatasetConfig
 from mireg.errors import MiregError, RunInterrupted
 from mireg.progress import Observer
-from mireg.train import resolve_device
 
 app = typer.Typer(
     name="mireg",
@@ -243,13 +242,6 @@ def _stop_on_signals(trainer: Any) -> Iterator[None]:
             signal.signal(sig, old)
 
 
-def _join_torchrun_job(device: str) -> None:
-    """In a torchrun job: join the process group; only rank 0 prints from here on."""
-    if distributed.launched_by_torchrun():
-        distributed.init_from_environment(resolve_device(device))
-        console.quiet = not distributed.is_main()
-
-
 @app.command()
 def train(
     recipe_path: Annotated[Optional[Path], typer.Argument(  # noqa: UP045 (Typer needs Optional)
@@ -268,45 +260,42 @@ def train(
     Under torchrun (torchrun --nproc-per-node N -m mireg train RECIPE) the N processes train one run
     with data-parallel DDP; rank 0 writes the run directory and prints.
     """
-    from mireg.checkpoint import load_checkpoint
     from mireg.recipe import load_recipe
-    from mireg.runs import prepare_run_dir
-    from mireg.train import Trainer
+    from mireg.runtime import Runtime
+    from mireg.train import Trainer, choose_run, resume_point
 
+    checkpoint = None
     if resume is not None:
         if recipe_path is not None or overrides or fresh:
             raise typer.BadParameter("--resume takes the run directory only: its recipe is used as is",
                                      param_hint="--resume")
-        if not (resume / "recipe.toml").is_file():
-            raise MiregError(f"{resume}: not a run directory (no recipe.toml)")
-        recipe, run_dir = load_recipe(resume / "recipe.toml"), resume
-        _join_torchrun_job(recipe.train.device)
-        state = load_checkpoint(resume / "last.pt")
-        console.print(f"resuming {run_dir} at epoch {state['epoch'] + 1}, step {state['step']}")
+        run, recipe, checkpoint = resume_point(resume)
     elif recipe_path is None:
         raise typer.BadParameter("give a recipe file, or --resume RUN_DIR", param_hint="RECIPE")
     else:
         recipe = load_recipe(recipe_path, overrides or [])
-        _join_torchrun_job(recipe.train.device)
-        rank0 = distributed.is_main()
-        chosen = prepare_run_dir(recipe.train.runs_dir, recipe.name, fresh) if rank0 else None
-        run_dir, state = Path(str(distributed.broadcast_from_main(chosen))), None
-        console.print(f"run directory: {run_dir}")
+    runtime = Runtime.start(recipe.train.device)
+    console.quiet = not runtime.is_main  # in a torchrun job only rank 0 prints
+    if checkpoint is None:
+        run = choose_run(recipe, fresh, runtime)
     started = time.perf_counter()
     with _progress() as bar:
-        trainer = Trainer(recipe, run_dir, _RichObserver(bar))
+        trainer = Trainer(recipe, _RichObserver(bar), runtime)
         trainer.setup()
-        if state is not None:
-            trainer.restore(state)
+        if checkpoint is None:
+            trainer.start(run)
+            console.print(f"run directory: {run}")
+        else:
+            trainer.resume(checkpoint)
+            console.print(f"resuming {run} at epoch {checkpoint.epoch + 1}, step {checkpoint.step}")
         with _stop_on_signals(trainer):
-            report = trainer.fit()
-    rank0 = distributed.is_main()
-    distributed.leave()
-    if not rank0:
+            report = trainer.fit(run)
+    runtime.close()
+    if not runtime.is_main:
         return
     console.print(metrics_table(report, f"{recipe.name}: test set, best checkpoint "
                                         f"(epoch {report['epoch']})"))
-    console.print(f"done in {time.perf_counter() - started:.0f} s; report: {run_dir / 'report.json'}")
+    console.print(f"done in {time.perf_counter() - started:.0f} s; report: {run.file('report.json')}")
 
 
 @app.command("eval")
@@ -346,42 +335,23 @@ def evaluate(
 
 
 def _eval_run(run_dir: Path, split: str, checkpoint: str, overlays: bool) -> None:
-    from mireg.evaluate import evaluate_volumes
     from mireg.plots import save_overlay
-    from mireg.report import build_report, write_reports
-    from mireg.runs import load_trained, read_split
+    from mireg.report import evaluate_run
+    from mireg.rundir import RunDir
 
-    if not run_dir.is_dir():
-        raise MiregError(f"{run_dir}: no such run directory")
-    device = resolve_device("auto")
-    trained = load_trained(run_dir, device, checkpoint)
-    patients = getattr(read_split(run_dir), split)
-    stem = "report" if (split, checkpoint) == ("test", "best") else f"report_{split}_{Path(checkpoint).stem}"
+    run = RunDir.open(run_dir)
     with _progress() as bar:
-        store = trained.recipe.data.load(_ProgressReporter(bar))
-        images, labels = store.tensors(device)
-        chosen = set(patients)
-        total = sum(v.labeled and v.patient in chosen for v in store.volumes)
-        task = bar.add_task(f"evaluating {split}", total=total, info="")
 
         def on_volume(volume: Any, image: Any, prediction: Any, truth: Any) -> None:
-            if overlays:
-                save_overlay(run_dir / f"overlays_{split}" / f"{volume.id}.png", image, prediction,
-                             truth, volume.id)
-            bar.advance(task)
+            save_overlay(run.overlays(split) / f"{volume.id}.png", image, prediction, truth, volume.id)
 
-        results = evaluate_volumes(trained.model, store, images, labels, patients,
-                                   trained.recipe.train.eval_batch, trained.recipe.train.precision,
-                                   on_volume)
-    meta = {"run": trained.recipe.name, "split": split, "checkpoint": trained.checkpoint.name,
-            "epoch": trained.state["epoch"]}
-    report = build_report(results, store.classes[1:], meta)
-    paths = write_reports(report, run_dir, stem)
-    console.print(metrics_table(report, f"{trained.recipe.name}: {split} set, {trained.checkpoint.name}"
-                                        f" (epoch {trained.state['epoch']})"))
+        report, paths = evaluate_run(run, split, checkpoint, progress=_ProgressReporter(bar),
+                                     on_volume=on_volume if overlays else None)
+    console.print(metrics_table(report, f"{report['run']}: {split} set, {report['checkpoint']}"
+                                        f" (epoch {report['epoch']})"))
     console.print(f"reports: {', '.join(str(p) for p in paths)}")
     if overlays:
-        console.print(f"overlays: {run_dir / f'overlays_{split}'}")
+        console.print(f"overlays: {run.overlays(split)}")
 
 
 def _eval_folders(pred: Path, gt: Path, out: Path | None) -> None:
@@ -426,10 +396,12 @@ def predict(
 ) -> None:
     """Segment NIfTI scans; each label map keeps its input's shape and geometry."""
     from mireg.predict import collect_inputs, predict_files
-    from mireg.runs import load_trained
+    from mireg.rundir import checkpoint_file
+    from mireg.runtime import resolve_device
+    from mireg.state import load_trained
 
     files = collect_inputs(inputs)
-    trained = load_trained(run, resolve_device(device, "--device"), checkpoint)
+    trained = load_trained(checkpoint_file(run, checkpoint), resolve_device(device, "--device"))
     with _progress() as bar:
         written = predict_files(trained, files, out_dir, trained.recipe.train.eval_batch,
                                 _ProgressReporter(bar), overlay)

@@ -16,9 +16,10 @@ plugin's recipe options that builds the plugin object. mireg's built-ins follow 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal, NamedTuple
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -34,6 +35,7 @@ __all__ = [
     "Backbone",
     "BackboneConfig",
     "DatasetConfig",
+    "Forward",
     "PluginConfig",
     "Progress",
     "Regularizer",
@@ -83,10 +85,23 @@ class Backbone(nn.Module):
     taps: dict[str, Tap]
     in_channels: int
     num_classes: int
+    #: The config the network was made from (set by :meth:`BackboneConfig.create`).
+    config: BackboneConfig | None = None
 
     def tap_module(self, name: str) -> nn.Module:
         """Return the module whose output is the feature map ``name``."""
         raise NotImplementedError
+
+    def twin(self) -> Backbone:
+        """A new, independently initialised network of the same configuration.
+
+        For regularisers that own a second network (co-training, cross pseudo supervision): keep
+        it as a submodule and its parameters are optimised with the rest and checkpointed.
+        """
+        if self.config is None:
+            raise RuntimeError(f"{type(self).__name__} was not made by BackboneConfig.create(); "
+                               "it cannot make a twin")
+        return self.config.create()
 
 
 class BackboneConfig(PluginConfig):
@@ -98,6 +113,12 @@ class BackboneConfig(PluginConfig):
     def build(self) -> Backbone:
         """Construct the network (randomly initialised, no downloads unless the recipe asks)."""
         raise NotImplementedError
+
+    def create(self) -> Backbone:
+        """:meth:`build` the network and remember this config on it (for :meth:`Backbone.twin`)."""
+        network = self.build()
+        network.config = self
+        return network
 
 
 # --------------------------------------------------------------------------------------------------
@@ -140,12 +161,21 @@ class Transform:
         return torch.where(self.flip_w.view(shape), x.flip(-1), x)
 
 
+class Forward(NamedTuple):
+    """What :meth:`StepContext.forward` returns: logits and the requested tapped feature maps."""
+
+    logits: torch.Tensor
+    features: dict[str, torch.Tensor]
+
+
 @dataclass
 class StepContext:
     """What a regulariser sees of one training step.
 
     The network ran once on ``[x_l, x_u, T(x_u)]``; logits and tapped features are split into those
-    three groups here.
+    three groups here. Regularisers that need the network on other inputs (a strongly augmented
+    view, an image mixed from two others; :mod:`mireg.augment` has the usual ones) call
+    :meth:`forward`, which runs the trained network again, with gradients.
 
     Attributes:
         logits_l: ``(n_l, C, H, W)`` logits of the labelled batch.
@@ -155,7 +185,10 @@ class StepContext:
         transform: The draw of ``T`` used for ``T(x_u)``.
         step: Global step index (0-based).
         epoch: Epoch index (0-based).
-        x_u: The unlabelled images ``(n_u, in_channels, H, W)``, for regularisers that need them.
+        x_u: The (augmented) unlabelled images ``(n_u, in_channels, H, W)``.
+        x_l: The (augmented) labelled images ``(n_l, in_channels, H, W)``.
+        y_l: Their labels ``(n_l, H, W)``, int64.
+        run_network: The function behind :meth:`forward` (set by the step that builds the context).
     """
 
     logits_l: torch.Tensor
@@ -166,6 +199,21 @@ class StepContext:
     step: int
     epoch: int
     x_u: torch.Tensor
+    x_l: torch.Tensor
+    y_l: torch.Tensor
+    run_network: Callable[[torch.Tensor, Sequence[str]], Forward]
+
+    def forward(self, x: torch.Tensor, taps: Sequence[str] = ()) -> Forward:
+        """Run the trained network on ``x`` ``(N, in_channels, H, W)``; gradients flow.
+
+        Args:
+            x: Images the regulariser made, on the training device.
+            taps: Feature maps to return; each must be in the regulariser's ``taps``.
+
+        Returns:
+            ``(N, C, H, W)`` float32 logits and the tapped features by name.
+        """
+        return self.run_network(x, taps)
 
 
 @dataclass

@@ -20,7 +20,7 @@ from mireg.data.preprocessing import preprocess_volume, restore_labels
 from mireg.errors import DataError
 from mireg.evaluate import segment
 from mireg.plots import save_overlay
-from mireg.runs import TrainedModel
+from mireg.state import TrainedModel
 
 __all__ = ["collect_inputs", "predict_file", "predict_files"]
 

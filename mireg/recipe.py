@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, model_validator
 
 from mireg import registry
+from mireg.build import check_recipe
 from mireg.contract import BackboneConfig, DatasetConfig, PluginConfig, RegularizerConfig
 from mireg.errors import PluginError, RecipeError
 
@@ -162,7 +163,12 @@ def _plugin(kind: str, table: Any, loc: tuple[Any, ...], errors: list[str]) -> P
 
 
 def validate_recipe(raw: dict[str, Any], source: str) -> Recipe:
-    """Validate a parsed recipe; every problem is collected into one :class:`RecipeError`."""
+    """Validate a parsed recipe; every problem is collected into one :class:`RecipeError`.
+
+    Once the schema holds, the backbone and every regulariser are built on the meta device
+    (:func:`mireg.build.check_recipe`), so a wrong tap, radius count or plugin option fails here,
+    before any data is read.
+    """
     errors: list[str] = []
     resolved: dict[str, Any] = dict(raw)
     for key, kind in _PLUGIN_TABLES.items():
@@ -186,9 +192,14 @@ def validate_recipe(raw: dict[str, Any], source: str) -> Recipe:
             errors.extend(_messages(exc))
         raise RecipeError(_format(source, errors))
     try:
-        return Recipe.model_validate(resolved)
+        recipe = Recipe.model_validate(resolved)
     except ValidationError as exc:
         raise RecipeError(_format(source, _messages(exc))) from None
+    try:
+        check_recipe(recipe)
+    except RecipeError as exc:
+        raise RecipeError(_format(source, [exc.message]), exc.hint) from None
+    return recipe
 
 
 def _format(source: str, errors: list[str]) -> str:

@@ -8,17 +8,25 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+
+from mireg.data.store import VolumeInfo, VolumeStore
 from mireg.errors import RunError
-from mireg.evaluate import METRICS, VolumeResult, summarize
+from mireg.evaluate import METRICS, VolumeResult, evaluate_volumes, summarize
 from mireg.files import atomic_write_text
+from mireg.progress import Progress
+from mireg.rundir import RunDir
+from mireg.runs import read_split
 
 __all__ = [
     "build_report",
     "comparison_rows",
+    "evaluate_run",
     "format_stat",
     "markdown_summary",
     "read_run_report",
@@ -125,3 +133,61 @@ def comparison_rows(runs: Sequence[tuple[str, dict[str, Any]]]) -> tuple[list[st
         cells.append(format_stat(summary["hd95"]["all"]["mean"], "hd95"))
         rows.append([name, *cells])
     return header, rows
+
+
+def evaluate_run(
+    run: RunDir,
+    split: str = "test",
+    checkpoint: str = "best",
+    device: torch.device | None = None,
+    data: tuple[VolumeStore, torch.Tensor, torch.Tensor] | None = None,
+    progress: Progress | None = None,
+    on_volume: Callable[[VolumeInfo, np.ndarray, np.ndarray, np.ndarray], None] | None = None,
+) -> tuple[dict[str, Any], list[Path]]:
+    """Evaluate a run's checkpoint on one split of its patients and write the report files.
+
+    The one evaluation of a trained run: ``mireg train`` calls it on the test split after the last
+    epoch, ``mireg eval`` on any split and checkpoint.
+
+    Args:
+        run: The run folder.
+        split: ``test`` or ``validation``.
+        checkpoint: ``best``, ``last`` or a ``.pt`` file name of the run.
+        device: Where to evaluate (default: CUDA when available).
+        data: The store and its image and label tensors on ``device``, when already loaded.
+        progress: Progress of loading or generating the store, then of the volumes evaluated.
+        on_volume: Called for each volume (see :func:`~mireg.evaluate.evaluate_volumes`).
+
+    Returns:
+        The report and the paths of the files written (``report*.json|csv|md``).
+    """
+    from mireg.runtime import resolve_device
+    from mireg.state import load_trained
+
+    device = device or resolve_device("auto")
+    trained = load_trained(run.checkpoint(checkpoint), device)
+    if data is None:
+        store = trained.recipe.data.load(progress)
+        images, labels = store.tensors(device)
+    else:
+        store, images, labels = data
+    patients = getattr(read_split(run.path), split)
+    total = sum(v.labeled and v.patient in set(patients) for v in store.volumes)
+    done = 0
+
+    def volume_done(volume: VolumeInfo, image: np.ndarray, pred: np.ndarray, truth: np.ndarray) -> None:
+        nonlocal done
+        if on_volume is not None:
+            on_volume(volume, image, pred, truth)
+        done += 1
+        if progress is not None:
+            progress(done, total, f"evaluating {split}")
+
+    results = evaluate_volumes(trained.model, store, images, labels, patients,
+                               trained.recipe.train.eval_batch, trained.recipe.train.precision,
+                               volume_done if progress is not None or on_volume is not None else None)
+    meta = {"run": trained.recipe.name, "split": split, "checkpoint": trained.checkpoint.path.name,
+            "epoch": trained.checkpoint.epoch}
+    report = build_report(results, store.classes[1:], meta)
+    paths = write_reports(report, run.path, run.report_stem(split, checkpoint))
+    return report, paths

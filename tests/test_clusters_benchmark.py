@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from mireg.build import build_network
 from mireg.checkpoint import load_checkpoint
 from mireg.evaluate import segment
 from mireg.recipe import validate_recipe
-from mireg.train import build_model
 
 from .helpers import load_benchmark
 
@@ -40,7 +40,7 @@ def test_cluster_scores_of_a_trained_run(cli, write_recipe: Callable[..., Path])
     # The prediction's score, recomputed from the network's own segmentation of the test slices.
     state = load_checkpoint(run / "best.pt")
     recipe = validate_recipe(state["recipe"], "best.pt")
-    model, _ = build_model(recipe)
+    model, _ = build_network(recipe)
     model.load_state_dict(state["model"])
     model.eval()
     store = recipe.data.load(lambda done, total, description: None)

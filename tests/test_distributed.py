@@ -40,21 +40,21 @@ def _recipe(runs_dir: Path) -> dict[str, Any]:
     return raw
 
 
-def _steps(raw: dict[str, Any], run_dir: Path) -> list[dict[str, Any]]:
+def _steps(raw: dict[str, Any]) -> list[dict[str, Any]]:
     """Train STEPS steps; after each, the logged losses and every parameter's gradient."""
-    trainer = Trainer(validate_recipe(raw, "test"), run_dir)
+    trainer = Trainer(validate_recipe(raw, "test"))
     trainer.setup()
-    trainer.model.train()
-    params = {f"model.{n}": p for n, p in trainer.model.named_parameters()}
-    for i, reg in enumerate(trainer.regularizers):
+    trainer.state.model.train()
+    params = {f"model.{n}": p for n, p in trainer.state.model.named_parameters()}
+    for i, reg in enumerate(trainer.state.regularizers):
         params.update({f"reg{i}.{n}": p for n, p in reg.named_parameters() if p.requires_grad})
     out = []
     for _ in range(STEPS):
-        logs = trainer.train_step()
+        logs = trainer.step()
         assert logs is not None
         out.append({"logs": {k: float(v) for k, v in logs.items()},
                     "grads": {n: p.grad.clone() for n, p in params.items() if p.grad is not None},
-                    "buffers": {n: b.clone() for n, b in trainer.eval_model.named_buffers()}})
+                    "buffers": {n: b.clone() for n, b in trainer.state.eval_model.named_buffers()}})
     return out
 
 
@@ -63,7 +63,7 @@ def _worker(rank: int, world: int, port: int, raw: dict[str, Any], out_dir: str)
                       RANK=str(rank), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     try:
-        torch.save(_steps(raw, Path(out_dir)), Path(out_dir) / f"rank{rank}.pt")
+        torch.save(_steps(raw), Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -77,7 +77,7 @@ def _free_port() -> int:
 def test_two_processes_compute_the_loss_and_gradients_of_the_whole_batch(tmp_path: Path) -> None:
     raw = _recipe(tmp_path / "runs")
     torch.set_num_threads(1)
-    single = _steps(raw, tmp_path)
+    single = _steps(raw)
     mp.spawn(_worker, args=(2, _free_port(), raw, str(tmp_path)), nprocs=2, join=True)
     for rank in range(2):
         multi = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
@@ -143,7 +143,7 @@ def _setup_error(rank: int, port: int, raw: dict[str, Any], out_dir: str, queue:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2",
                       RANK=str(rank), LOCAL_RANK=str(rank))
     try:
-        Trainer(validate_recipe(raw, "test"), Path(out_dir)).setup()
+        Trainer(validate_recipe(raw, "test")).setup()
         queue.put("no error")
     except Exception as exc:  # noqa: BLE001 (the message is the result)
         queue.put(str(exc))

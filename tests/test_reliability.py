@@ -15,13 +15,15 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from mireg.build import Term
 from mireg.checkpoint import load_checkpoint, save_checkpoint
 from mireg.contract import Regularizer, RegularizerOutput, StepContext
 from mireg.data.nifti import read_volume
 from mireg.errors import CheckpointError, DataError, MiregError, RecipeError, RunError
 from mireg.recipe import apply_override, read_toml, validate_recipe
-from mireg.runs import load_trained
-from mireg.train import Term, Trainer
+from mireg.rundir import RunDir, checkpoint_file
+from mireg.state import load_trained
+from mireg.train import Trainer
 
 from .helpers import tiny_recipe
 
@@ -38,28 +40,28 @@ class _NaNAt(Regularizer):
         return RegularizerOutput(ctx.logits_u.mean() * 0 + bad)
 
 
-def _trainer(tmp_path: Path, **train: object) -> Trainer:
+def _trainer(tmp_path: Path, **train: object) -> tuple[Trainer, RunDir]:
     raw = tiny_recipe(tmp_path / "runs", regularizers=[])
     raw["train"].update(train)
-    run = tmp_path / "runs" / "tiny"
-    run.mkdir(parents=True)
-    trainer = Trainer(validate_recipe(raw, "tiny.toml"), run)
+    run = RunDir(tmp_path / "runs" / "tiny")
+    trainer = Trainer(validate_recipe(raw, "tiny.toml"))
     trainer.setup()
-    trainer.regs.append(Term("exploding", 1.0, 0.0, _NaNAt(step=4)))
-    return trainer
+    trainer.start(run)
+    trainer.state.terms.append(Term("exploding", 1.0, 0.0, _NaNAt(step=4)))
+    return trainer, run
 
 
 def test_a_non_finite_loss_stops_naming_the_term_and_keeps_the_last_checkpoint(tmp_path: Path) -> None:
-    trainer = _trainer(tmp_path, log_every=1)
+    trainer, run = _trainer(tmp_path, log_every=1)
     with pytest.raises(RunError, match=r"non-finite loss in term 'exploding' at epoch 2, around step 5"):
-        trainer.fit()
+        trainer.fit(run)
     state = load_checkpoint(tmp_path / "runs" / "tiny" / "last.pt")
     assert state["epoch"] == 1  # the good end-of-epoch-1 checkpoint is intact
 
 
 def test_skip_nonfinite_skips_and_counts(tmp_path: Path) -> None:
-    trainer = _trainer(tmp_path, skip_nonfinite=True)
-    report = trainer.fit()
+    trainer, run = _trainer(tmp_path, skip_nonfinite=True)
+    report = trainer.fit(run)
     rows = (tmp_path / "runs" / "tiny" / "metrics.csv").read_text().splitlines()
     header = rows[0].split(",")
     skipped = [int(r.split(",")[header.index("skipped_steps")]) for r in rows[1:]]
@@ -83,21 +85,21 @@ def test_a_crafted_pickle_checkpoint_is_refused(tmp_path: Path) -> None:
 
 
 def test_corrupt_and_mismatched_checkpoints_are_explained(tmp_path: Path) -> None:
-    trainer = _trainer(tmp_path)
-    trainer.regs.pop()
-    state = trainer._state()
-    run = tmp_path / "runs" / "tiny"
+    trainer, run_dir = _trainer(tmp_path)
+    trainer.state.terms.pop()
+    state = trainer.state.state_dict()
+    run = run_dir.path
     save_checkpoint(state, run / "best.pt")
-    trained = load_trained(run, torch.device("cpu"))
+    trained = load_trained(checkpoint_file(run), torch.device("cpu"))
     assert trained.classes == ["background", "RV", "MYO", "LV"] and not trained.model.training
     other = dict(state, recipe={**state["recipe"], "backbone": {"name": "unet", "num_classes": 3,
                                                                  "base_channels": 4}})
     save_checkpoint(other, run / "other.pt")
     with pytest.raises(CheckpointError, match=r"other.pt: does not fit its recipe"):
-        load_trained(run / "other.pt", torch.device("cpu"))
+        load_trained(checkpoint_file(run / "other.pt"), torch.device("cpu"))
     (run / "torn.pt").write_bytes((run / "best.pt").read_bytes()[:500])
     with pytest.raises(CheckpointError, match="torn.pt: cannot load checkpoint"):
-        load_trained(run / "torn.pt", torch.device("cpu"))
+        load_trained(checkpoint_file(run / "torn.pt"), torch.device("cpu"))
 
 
 _scalars = st.one_of(st.integers(-5, 500), st.floats(allow_nan=True), st.booleans(), st.text(max_size=8),

@@ -4,7 +4,6 @@ ramp-up of regulariser weights."""
 from __future__ import annotations
 
 import math
-import shutil
 from pathlib import Path
 
 import pytest
@@ -19,15 +18,12 @@ from .helpers import tiny_recipe
 def _losses(tmp_path: Path, steps: int, **train: object) -> tuple[list[dict[str, float]], Trainer]:
     raw = tiny_recipe(tmp_path / "runs")
     raw["train"].update(train)
-    run_dir = tmp_path / "run"
-    shutil.rmtree(run_dir, ignore_errors=True)
-    run_dir.mkdir()
-    trainer = Trainer(validate_recipe(raw, "test"), run_dir)
+    trainer = Trainer(validate_recipe(raw, "test"))
     trainer.setup()
-    trainer.model.train()
+    trainer.state.model.train()
     out = []
     for _ in range(steps):
-        logs = trainer.train_step()
+        logs = trainer.step()
         assert logs is not None
         out.append({k: float(v) for k, v in logs.items()})
     return out, trainer
@@ -44,7 +40,7 @@ def test_channels_last_trains_the_same_steps(tmp_path: Path) -> None:
     reference, _ = _losses(tmp_path, 3, memory_format="contiguous")
     losses, trainer = _losses(tmp_path, 3, memory_format="channels_last")
     _assert_same(reference, losses)
-    conv = next(m for m in trainer.model.modules() if isinstance(m, torch.nn.Conv2d))
+    conv = next(m for m in trainer.state.model.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
 
 
@@ -52,7 +48,7 @@ def test_compiled_network_trains_the_same_steps_and_keeps_its_checkpoint_keys(tm
     reference, eager = _losses(tmp_path, 2)
     losses, compiled = _losses(tmp_path, 2, compile=True)
     _assert_same(reference, losses)
-    assert list(compiled.model.state_dict()) == list(eager.model.state_dict())
+    assert list(compiled.state.model.state_dict()) == list(eager.state.model.state_dict())
 
 
 def test_rampup_scales_each_regulariser_weight_by_training_progress(tmp_path: Path) -> None:
@@ -60,13 +56,11 @@ def test_rampup_scales_each_regulariser_weight_by_training_progress(tmp_path: Pa
         {"name": "consistency", "weight": 10.0, "rampup_epochs": 2},
         {"name": "mutual_information", "weight": 0.1, "subheads": 2, "clusters": 5},
     ])
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    trainer = Trainer(validate_recipe(raw, "test"), run_dir)
+    trainer = Trainer(validate_recipe(raw, "test"))
     trainer.setup()
     per_epoch = raw["train"]["iterations_per_epoch"]
     for step, factor in ((0, math.exp(-5)), (per_epoch, math.exp(-1.25)), (2 * per_epoch, 1.0)):
-        trainer.step_index = step
-        logs = {k: float(v) for k, v in (trainer.train_step() or {}).items()}
+        trainer.state.step = step
+        logs = {k: float(v) for k, v in (trainer.step() or {}).items()}
         expected = logs["sup"] + 10.0 * factor * logs["consistency"] + 0.1 * logs["mutual_information"]
         assert logs["total"] == pytest.approx(expected, rel=1e-5, abs=1e-7), step

@@ -1,0 +1,164 @@
+"""One optimisation step (design.md, "The training core").
+
+1. Labelled and unlabelled slices are drawn from the tensors already on the device and augmented
+   there in one batched warp; ``T`` is drawn once.
+2. One forward pass over ``[x_l, x_u, T(x_u)]`` with the feature taps the regularisers asked for
+   (hooks registered once, :class:`TappedNetwork`); :func:`step_context` splits the result into the
+   :class:`~mireg.contract.StepContext` every regulariser reads.
+3. The loss ``L_sup + sum_i w_i r_i(t) L_i``, backward, the optimiser step, then each regulariser's
+   ``after_step`` (EMA teachers).
+
+Logged values stay on the device; the loop fetches them every ``log_every`` steps, so the step has no
+host syncs. Under ``torchrun`` every process draws the same global batch and trains on its shard.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from mireg.augment import augment_batch
+from mireg.build import RunData
+from mireg.contract import Backbone, Forward, StepContext, Transform
+from mireg.runtime import Runtime
+from mireg.schedule import rampup
+from mireg.state import TrainState
+
+__all__ = ["TappedNetwork", "TrainStep", "step_context"]
+
+
+class TappedNetwork:
+    """A backbone with forward hooks on the feature taps regularisers read, registered once.
+
+    Args:
+        model: The backbone.
+        taps: Tap names to capture.
+        network: What the step's main forward runs through (the model, or its DDP wrapper).
+        memory_format: Layout of the inputs.
+    """
+
+    def __init__(self, model: Backbone, taps: Iterable[str], network: nn.Module | None = None,
+                 memory_format: torch.memory_format = torch.contiguous_format) -> None:
+        self.model = model
+        self.network = model if network is None else network
+        self.memory_format = memory_format
+        self.taps = tuple(sorted(set(taps)))
+        self._captured: dict[str, torch.Tensor] = {}
+        self._handles: list[RemovableHandle] = [
+            model.tap_module(name).register_forward_hook(self._hook(name)) for name in self.taps
+        ]
+
+    def _hook(self, name: str) -> Callable[[nn.Module, Any, torch.Tensor], None]:
+        def hook(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+            self._captured[name] = output
+
+        return hook
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The main forward (through ``network``): raw logits and every tapped feature map."""
+        self._captured = {}
+        logits = self.network(x.contiguous(memory_format=self.memory_format))
+        return logits, self._captured
+
+    def extra(self, x: torch.Tensor, taps: Sequence[str] = ()) -> Forward:
+        """A regulariser's own forward (``StepContext.forward``): float logits and ``taps``.
+
+        It runs the model itself, not a DDP wrapper: DDP allows one forward per backward, and the
+        gradients of this pass reach the same parameters, whose averaged gradients DDP reduces.
+        """
+        unknown = [t for t in taps if t not in self.taps]
+        if unknown:
+            raise ValueError(f"taps {unknown} were not requested; a regulariser lists the taps it "
+                             f"reads in its `taps` (requested: {list(self.taps)})")
+        self._captured = {}
+        logits = self.model(x.contiguous(memory_format=self.memory_format)).float()
+        captured = self._captured
+        return Forward(logits, {name: captured[name] for name in taps})
+
+    def remove(self) -> None:
+        """Remove the hooks."""
+        for handle in self._handles:
+            handle.remove()
+
+
+def step_context(tapped: TappedNetwork, x_l: torch.Tensor, y_l: torch.Tensor, x_u: torch.Tensor,
+                 transform: Transform, step: int, epoch: int) -> StepContext:
+    """Run the network once on ``[x_l, x_u, T(x_u)]`` and split logits and features by group."""
+    sizes = [len(x_l), len(x_u), len(x_u)]
+    logits, features = tapped(torch.cat([x_l, x_u, transform(x_u)]))
+    logits_l, logits_u, logits_tu = logits.float().split(sizes)
+    split: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+    for name, value in features.items():
+        f_l, f_u, f_tu = value.split(sizes)
+        split[name] = (f_l, f_u, f_tu)
+    return StepContext(logits_l, logits_u, logits_tu, split, transform, step, epoch, x_u, x_l, y_l,
+                       tapped.extra)
+
+
+class TrainStep:
+    """The training step of one run, built once; calling it takes one optimisation step.
+
+    Args:
+        state: The training state (network, regularisers, optimiser, generator, position).
+        data: The run's data on the device.
+        runtime: The process set-up (sharding, the DDP wrapper).
+    """
+
+    def __init__(self, state: TrainState, data: RunData, runtime: Runtime,
+                 memory_format: torch.memory_format) -> None:
+        self.state, self.data, self.runtime = state, data, runtime
+        taps = {t for reg in state.regularizers for t in reg.taps}
+        network = runtime.wrap(state.model, list(state.regularizers))
+        self.tapped = TappedNetwork(state.model, taps, network, memory_format)
+
+    def _draw(self, pool: torch.Tensor, n: int) -> torch.Tensor:
+        pick = torch.randint(len(pool), (n,), generator=self.state.generator, device=pool.device)
+        return pool[pick]
+
+    def _autocast(self) -> AbstractContextManager[Any]:
+        device = self.runtime.device
+        return torch.autocast(device.type, dtype=torch.bfloat16,
+                              enabled=self.state.recipe.train.precision == "bf16")
+
+    def __call__(self) -> dict[str, torch.Tensor] | None:
+        """One optimisation step; returns the (device) values to log, or None for a skipped step."""
+        state, data, runtime = self.state, self.data, self.runtime
+        cfg, aug, g = state.recipe.train, state.recipe.augment, state.generator
+        # The global batch (every process draws the same), then this process's shard of it.
+        il = self._draw(data.labeled, cfg.labeled_batch)
+        iu = self._draw(data.unlabeled, cfg.unlabeled_batch)
+        x_l, y_l = augment_batch(data.images[il, None].float(), data.labels[il], aug, g)
+        assert y_l is not None
+        x_u, _ = augment_batch(data.images[iu, None].float(), None, aug, g)
+        transform = Transform.draw(len(iu), g, runtime.device, cfg.transform_prob, cfg.transform_prob)
+        part_l, part_u = runtime.shard(len(il)), runtime.shard(len(iu))
+        x_l, y_l, x_u = x_l[part_l], y_l[part_l], x_u[part_u]
+        transform = Transform(transform.flip_h[part_u], transform.flip_w[part_u])
+        with self._autocast():
+            ctx = step_context(self.tapped, x_l, y_l, x_u, transform, state.step, state.epoch)
+            sup = runtime.batch_mean(F.cross_entropy(ctx.logits_l, y_l, reduction="none"))
+            total = sup
+            logs = {"sup": sup.detach()}
+            epochs_done = state.step / cfg.iterations_per_epoch
+            for name, weight, rampup_epochs, reg in state.terms:
+                out = reg(ctx)
+                total = total + weight * rampup(epochs_done, rampup_epochs) * out.loss
+                logs[name] = out.loss.detach()
+                logs.update({f"{name}/{k}": v for k, v in out.logs.items()})
+        logs = {"total": total.detach(), **logs}
+        state.optimizer.zero_grad(set_to_none=True)
+        if cfg.skip_nonfinite and not bool(torch.isfinite(total)):  # a host sync, only when asked
+            state.step += 1
+            return None
+        total.backward()
+        state.optimizer.step()
+        for reg in state.regularizers:
+            reg.after_step(state.model, state.step)
+        state.step += 1
+        return logs
