@@ -18,7 +18,8 @@ from pathlib import Path
 from mireg.contract import Progress, reject_options
 from mireg.data.nifti import read_label_for, read_volume
 from mireg.data.preprocessing import StoreBuilder
-from mireg.data.store import StoredDatasetConfig, VolumeStore
+from mireg.data.store import VolumeStore
+from mireg.data.stored import StoredDatasetConfig
 from mireg.errors import DataError
 
 __all__ = ["ACDC_CLASSES", "ACDCConfig", "add_acdc", "find_patients", "preprocess_acdc", "read_info"]

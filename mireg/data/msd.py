@@ -25,7 +25,7 @@ from pydantic import Field
 from mireg.contract import Progress, reject_options
 from mireg.data.nifti import nifti_stem, read_label_for, read_volume
 from mireg.data.preprocessing import StoreBuilder
-from mireg.data.store import StoredDatasetConfig
+from mireg.data.stored import StoredDatasetConfig
 from mireg.errors import DataError
 
 __all__ = ["MSDConfig", "add_msd", "read_dataset_json"]

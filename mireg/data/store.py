@@ -24,12 +24,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import Field
 
-from mireg.contract import DatasetConfig, Progress
 from mireg.errors import DataError
 
-__all__ = ["STORE_VERSION", "StoredDatasetConfig", "VolumeInfo", "VolumeStore", "write_atomic_dir"]
+__all__ = ["STORE_VERSION", "VolumeInfo", "VolumeStore", "write_atomic_dir"]
 
 STORE_VERSION = 1
 
@@ -203,16 +201,3 @@ def write_atomic_dir(path: Path, write: Callable[[Path], None]) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
-
-class StoredDatasetConfig(DatasetConfig):
-    """Base of datasets trained from a store that ``mireg preprocess NAME RAW ROOT`` made."""
-
-    can_preprocess = True
-
-    root: Path = Field(description="preprocessed store folder")
-
-    def load(self, progress: Progress | None = None) -> VolumeStore:
-        if not self.root.exists():
-            raise DataError(f"data.root: {self.root} does not exist",
-                            f"preprocess the data first: mireg preprocess {self.name} RAW_DIR {self.root}")
-        return VolumeStore.load(self.root)
