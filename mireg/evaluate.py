@@ -58,18 +58,13 @@ def segment(model: nn.Module, images: torch.Tensor, batch: int, precision: str =
     return torch.cat(out)
 
 
-def _labelled_volumes(store: VolumeStore, patients: Sequence[str]) -> list[VolumeInfo]:
-    chosen = set(patients)
-    return [v for v in store.volumes if v.patient in chosen and v.labeled]
-
-
 def _predictions(model: nn.Module, store: VolumeStore, images: torch.Tensor, patients: Sequence[str],
                  batch: int, precision: str) -> Iterator[tuple[VolumeInfo, torch.Tensor]]:
     """Yield ``(volume, predicted labels (Z, H, W))`` for the labelled volumes of ``patients``."""
     was_training = model.training
     model.eval()
     try:
-        for v in _labelled_volumes(store, patients):
+        for v in store.volumes_of(patients):
             yield v, segment(model, images[v.start : v.stop], batch, precision).argmax(dim=1)
     finally:
         model.train(was_training)
