@@ -10,8 +10,9 @@ plugin's recipe options that builds the plugin object. mireg's built-ins follow 
 * Regulariser: :class:`RegularizerConfig` builds a :class:`Regularizer`, an ``nn.Module`` (its
   parameters, e.g. cluster heads, are trained with the network) that turns a :class:`StepContext`
   into a loss. The training loop adds ``weight * loss``.
-* Dataset: :class:`DatasetConfig` loads a preprocessed :class:`~mireg.data.store.VolumeStore` and may
-  implement ``preprocess`` to build one from raw files (``mireg preprocess NAME RAW OUT``).
+* Dataset: :class:`DatasetConfig` loads a preprocessed :class:`VolumeStore` (one :class:`VolumeInfo`
+  per volume) and may implement ``preprocess`` to fill a :class:`StoreBuilder` from raw files
+  (``mireg preprocess NAME RAW OUT``).
 """
 
 from __future__ import annotations
@@ -19,17 +20,17 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Literal, NamedTuple
+from typing import ClassVar, Literal, NamedTuple
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
+# What a dataset plugin builds and fills, re-exported so that plugins import from here alone. The store
+# modules import nothing from this one, so these imports close no cycle.
+from mireg.data.preprocessing import StoreBuilder
+from mireg.data.store import VolumeInfo, VolumeStore
 from mireg.progress import Progress
-
-if TYPE_CHECKING:
-    from mireg.data.preprocessing import StoreBuilder
-    from mireg.data.store import VolumeStore
 
 __all__ = [
     "Backbone",
@@ -42,11 +43,13 @@ __all__ = [
     "RegularizerConfig",
     "RegularizerOutput",
     "StepContext",
+    "StoreBuilder",
     "Tap",
     "Transform",
+    "VolumeInfo",
+    "VolumeStore",
     "reject_options",
 ]
-
 
 
 class PluginConfig(BaseModel):

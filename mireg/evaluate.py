@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mireg.data.nifti import read_volume
+from mireg.data.nifti import nifti_files, read_volume
 from mireg.data.store import VolumeInfo, VolumeStore
 from mireg.errors import DataError
 from mireg.metrics import ClassMetrics, class_metrics, dice_per_class
@@ -58,18 +58,13 @@ def segment(model: nn.Module, images: torch.Tensor, batch: int, precision: str =
     return torch.cat(out)
 
 
-def _labelled_volumes(store: VolumeStore, patients: Sequence[str]) -> list[VolumeInfo]:
-    chosen = set(patients)
-    return [v for v in store.volumes if v.patient in chosen and v.labeled]
-
-
 def _predictions(model: nn.Module, store: VolumeStore, images: torch.Tensor, patients: Sequence[str],
                  batch: int, precision: str) -> Iterator[tuple[VolumeInfo, torch.Tensor]]:
     """Yield ``(volume, predicted labels (Z, H, W))`` for the labelled volumes of ``patients``."""
     was_training = model.training
     model.eval()
     try:
-        for v in _labelled_volumes(store, patients):
+        for v in store.volumes_of(patients):
             yield v, segment(model, images[v.start : v.stop], batch, precision).argmax(dim=1)
     finally:
         model.train(was_training)
@@ -183,15 +178,6 @@ def summarize(results: list[VolumeResult], structures: Sequence[str]) -> dict[st
 # Folders of NIfTI label maps
 
 
-def _nifti_files(folder: Path) -> dict[str, Path]:
-    if not folder.is_dir():
-        raise DataError(f"{folder}: folder not found")
-    files = {p.name: p for p in folder.iterdir() if p.name.endswith((".nii.gz", ".nii"))}
-    if not files:
-        raise DataError(f"{folder}: holds no .nii or .nii.gz files")
-    return files
-
-
 def evaluate_folders(pred_dir: Path, gt_dir: Path, labels: Sequence[int] | None = None,
                      progress: Progress | None = None) -> dict[str, Any]:
     """Compare predicted label maps with ground-truth label maps of the same file names.
@@ -209,7 +195,8 @@ def evaluate_folders(pred_dir: Path, gt_dir: Path, labels: Sequence[int] | None 
     Raises:
         DataError: Missing partners, mismatched shapes, unreadable or non-integer label maps.
     """
-    preds, gts = _nifti_files(pred_dir), _nifti_files(gt_dir)
+    preds = {p.name: p for p in nifti_files(pred_dir)}
+    gts = {p.name: p for p in nifti_files(gt_dir)}
     missing_pred = sorted(set(gts) - set(preds))
     missing_gt = sorted(set(preds) - set(gts))
     if missing_pred:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from mireg.contract import Progress
-from mireg.data.nifti import read_volume, write_label_map
+from mireg.data.nifti import is_nifti, nifti_files, nifti_stem, read_volume, write_label_map
 from mireg.data.preprocessing import preprocess_volume, restore_labels
 from mireg.errors import DataError
 from mireg.evaluate import segment
@@ -24,24 +24,18 @@ from mireg.state import TrainedModel
 
 __all__ = ["collect_inputs", "predict_file", "predict_files"]
 
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
-
-
-def _is_nifti(path: Path) -> bool:
-    return path.name.endswith(NIFTI_SUFFIXES)
-
-
 def collect_inputs(inputs: Iterable[Path]) -> list[Path]:
-    """NIfTI files named directly or found (non-recursively) in the folders given."""
+    """NIfTI files named directly or found (non-recursively) in the folders given.
+
+    A folder contributes its files as :func:`~mireg.data.nifti.nifti_files` lists them (hidden files
+    skipped); a file named directly is taken as it is, if its name ends in ``.nii`` or ``.nii.gz``.
+    """
     files: list[Path] = []
     for path in inputs:
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and _is_nifti(p))
-            if not found:
-                raise DataError(f"{path}: folder holds no .nii or .nii.gz files")
-            files.extend(found)
+            files.extend(nifti_files(path))
         elif path.is_file():
-            if not _is_nifti(path):
+            if not is_nifti(path):
                 raise DataError(f"{path}: not a NIfTI file (.nii or .nii.gz)")
             files.append(path)
         else:
@@ -81,8 +75,7 @@ def predict_files(
         labels, image = predict_file(trained, path, batch)
         out = out_dir / path.name
         if overlay:
-            stem = path.name.removesuffix(".gz").removesuffix(".nii")
-            save_overlay(out_dir / "overlays" / f"{stem}.png", image.transpose(2, 0, 1),
+            save_overlay(out_dir / "overlays" / f"{nifti_stem(path)}.png", image.transpose(2, 0, 1),
                          labels.transpose(2, 0, 1), None, path.name)
         reference = nib.load(str(path))
         assert isinstance(reference, nib.Nifti1Image)  # read_volume checked it

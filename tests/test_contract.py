@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,7 @@ from pydantic import ValidationError
 from mireg import registry
 from mireg.data.acdc import preprocess_acdc
 from mireg.data.phantom import generate_cohort
-from mireg.data.store import StoredDatasetConfig
+from mireg.data.stored import StoredDatasetConfig
 from mireg.testing import ContractError, check_backbone, check_dataset, check_regularizer
 
 
@@ -61,3 +63,23 @@ def test_a_broken_plugin_is_reported_with_its_name() -> None:
 
     with pytest.raises(ContractError, match=r"backbone 'unet': tap Conv1: shape .* declared 999"):
         check_backbone(Shapeless(name="unet", num_classes=2, base_channels=2), size=32)
+
+
+def test_the_store_imports_nothing_of_the_contract() -> None:
+    # The contract re-exports the store types; the store importing the contract back would be a cycle.
+    code = ("import sys, mireg.data.store, mireg.data.preprocessing; "
+            "assert 'mireg.contract' not in sys.modules, 'mireg.contract was imported'")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+
+
+def test_the_contract_exposes_what_a_dataset_plugin_needs() -> None:
+    import mireg.contract as contract
+    from mireg.data.preprocessing import StoreBuilder
+    from mireg.data.store import VolumeInfo, VolumeStore
+    from mireg.progress import Progress
+
+    expected = {"VolumeStore": VolumeStore, "VolumeInfo": VolumeInfo, "StoreBuilder": StoreBuilder,
+                "Progress": Progress}
+    for name, value in expected.items():
+        assert name in contract.__all__ and getattr(contract, name) is value, name

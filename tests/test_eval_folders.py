@@ -44,6 +44,16 @@ def test_folder_evaluation_writes_the_documented_json(cli, folders, tmp_path: Pa
     assert mean["dice"]["mean"] == 0.5 and mean["hd95"]["undefined"] == 1 and mean["hd95"]["n"] == 1
 
 
+def test_hidden_files_are_not_cases(folders) -> None:  # type: ignore[no-untyped-def]
+    from mireg.evaluate import evaluate_folders
+
+    pred, gt = folders
+    (gt / "._case_a.nii.gz").write_bytes(b"macOS resource fork")  # no partner, not even NIfTI
+    (pred / "._case_c.nii.gz").write_bytes(b"macOS resource fork")
+    report = evaluate_folders(pred, gt)
+    assert [c["case"] for c in report["cases"]] == ["case_a.nii.gz", "case_b.nii.gz"]
+
+
 @pytest.mark.parametrize("problem", ["missing", "shape", "float"])
 def test_folder_problems_name_the_file(cli, folders, problem: str) -> None:  # type: ignore[no-untyped-def]
     pred, gt = folders

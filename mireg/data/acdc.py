@@ -16,9 +16,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from mireg.contract import Progress, reject_options
-from mireg.data.nifti import read_label_for, read_volume
+from mireg.data.nifti import NIFTI_SUFFIXES, read_label_for, read_volume
 from mireg.data.preprocessing import StoreBuilder
-from mireg.data.store import StoredDatasetConfig, VolumeStore
+from mireg.data.store import VolumeStore
+from mireg.data.stored import StoredDatasetConfig
 from mireg.errors import DataError
 
 __all__ = ["ACDC_CLASSES", "ACDCConfig", "add_acdc", "find_patients", "preprocess_acdc", "read_info"]
@@ -69,7 +70,7 @@ def read_info(path: Path) -> dict[str, str]:
 
 def _frame_files(patient: Path, frame: int) -> tuple[Path, Path]:
     stem = f"{patient.name}_frame{frame:02d}"
-    for ext in (".nii.gz", ".nii"):
+    for ext in NIFTI_SUFFIXES:
         image = patient / f"{stem}{ext}"
         if image.is_file():
             return image, patient / f"{stem}_gt{ext}"

@@ -16,7 +16,7 @@ import numpy as np
 from mireg.contract import Progress, reject_options
 from mireg.data.acdc import ACDC_CLASSES
 from mireg.data.preprocessing import StoreBuilder
-from mireg.data.store import StoredDatasetConfig
+from mireg.data.stored import StoredDatasetConfig
 from mireg.errors import DataError
 
 __all__ = ["ACDCPngConfig", "add_acdc_png"]

@@ -23,9 +23,9 @@ import numpy as np
 from pydantic import Field
 
 from mireg.contract import Progress, reject_options
-from mireg.data.nifti import nifti_stem, read_label_for, read_volume
+from mireg.data.nifti import NIFTI_SUFFIXES, nifti_files, nifti_stem, read_label_for, read_volume
 from mireg.data.preprocessing import StoreBuilder
-from mireg.data.store import StoredDatasetConfig
+from mireg.data.stored import StoredDatasetConfig
 from mireg.errors import DataError
 
 __all__ = ["MSDConfig", "add_msd", "read_dataset_json"]
@@ -75,18 +75,10 @@ def _channel_index(meta: dict[str, Any], wanted: str | None, path: Path) -> int:
                     + ", ".join(f"{k} ({v})" for k, v in sorted(channels.items())))
 
 
-def _visible_niftis(folder: Path) -> list[Path]:
-    # MSD archives carry macOS "._" resource files next to the real ones: skip hidden files.
-    return sorted(p for p in folder.iterdir()
-                  if p.name.endswith((".nii.gz", ".nii")) and not p.name.startswith("."))
-
-
 def _cases(task: Path, sub: str, channel: int) -> dict[str, Path]:
     """Case id -> image file of ``task/sub`` for the chosen channel, in either layout."""
-    folder = task / sub
-    if not folder.is_dir():
-        return {}
-    files = _visible_niftis(folder)
+    # imagesTs is optional, and an empty imagesTr gets its own error from the caller.
+    files = nifti_files(task / sub, optional=True)
     channel_files = [p for p in files if nifti_stem(p)[-5:-4] == "_" and nifti_stem(p)[-4:].isdigit()]
     if channel_files and len(channel_files) == len(files):  # nnU-Net: CASE_0000.nii.gz
         suffix = f"_{channel:04d}"
@@ -132,7 +124,7 @@ def add_msd(task: Path, builder: StoreBuilder, options: dict[str, str],
 
 
 def _label_file(task: Path, case: str) -> Path:
-    for ext in (".nii.gz", ".nii"):
+    for ext in NIFTI_SUFFIXES:
         path = task / "labelsTr" / f"{case}{ext}"
         if path.is_file():
             return path

@@ -13,12 +13,18 @@ from mireg.errors import DataError
 from mireg.files import atomic_write
 
 __all__ = [
+    "NIFTI_SUFFIXES",
     "add_unlabeled_folder",
+    "is_nifti",
+    "nifti_files",
     "nifti_stem",
     "read_label_for",
     "read_volume",
     "write_label_map",
 ]
+
+#: File name endings of NIfTI files (longest first, so that stripping one leaves the stem).
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 
 def read_volume(
@@ -94,19 +100,47 @@ def write_label_map(path: Path, labels: np.ndarray, reference: nib.Nifti1Image) 
     atomic_write(path, lambda tmp: nib.save(out, str(tmp)))
 
 
+def is_nifti(path: Path) -> bool:
+    """Whether ``path`` is named like a NIfTI file (``.nii`` or ``.nii.gz``)."""
+    return path.name.endswith(NIFTI_SUFFIXES)
+
+
 def nifti_stem(path: Path) -> str:
-    """File name without ``.nii`` / ``.nii.gz``."""
-    return path.name.removesuffix(".gz").removesuffix(".nii")
+    """File name without ``.nii`` / ``.nii.gz`` (``case.nii.gz`` -> ``case``)."""
+    for suffix in NIFTI_SUFFIXES:
+        if path.name.endswith(suffix):
+            return path.name.removesuffix(suffix)
+    return path.name
+
+
+def nifti_files(folder: Path, *, optional: bool = False) -> list[Path]:
+    """The NIfTI files directly in ``folder`` (not in its subfolders), sorted by name.
+
+    Hidden files are skipped: archives made on macOS carry ``._CASE.nii.gz`` resource forks next to
+    the real scans, named like NIfTI files but holding none.
+
+    Args:
+        folder: The folder to list.
+        optional: Whether a missing folder, or one holding no NIfTI file, gives ``[]``.
+
+    Raises:
+        DataError: ``folder`` does not exist or holds no NIfTI file (unless ``optional``).
+    """
+    if not folder.is_dir():
+        if optional:
+            return []
+        raise DataError(f"{folder}: folder not found")
+    files = sorted((p for p in folder.iterdir()
+                    if is_nifti(p) and not p.name.startswith(".") and p.is_file()),
+                   key=lambda p: p.name)
+    if not files and not optional:
+        raise DataError(f"{folder}: holds no .nii or .nii.gz files")
+    return files
 
 
 def add_unlabeled_folder(folder: Path, builder: StoreBuilder, progress: Progress | None = None) -> None:
     """Add every NIfTI scan in ``folder`` as an unlabelled volume (its own patient ``folder/stem``)."""
-    if not folder.is_dir():
-        raise DataError(f"{folder}: folder not found")
-    files = sorted(p for p in folder.iterdir()
-                   if p.name.endswith((".nii.gz", ".nii")) and not p.name.startswith("."))
-    if not files:
-        raise DataError(f"{folder}: holds no .nii or .nii.gz files")
+    files = nifti_files(folder)
     for i, path in enumerate(files):
         image, affine, spacing = read_volume(path)
         patient = f"{folder.name}/{nifti_stem(path)}"

@@ -8,6 +8,7 @@ from all training data.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from mireg.data.store import VolumeStore
 from mireg.errors import DataError
 
 __all__ = ["Split", "make_split"]
+
+_PARTS = ("labeled", "unlabeled", "validation", "test")
 
 
 @dataclass(frozen=True)
@@ -33,24 +36,45 @@ class Split:
         return json.dumps(asdict(self), indent=1)
 
     @classmethod
-    def from_file(cls, path: Path, patients: list[str]) -> Split:
-        """Read a split file (JSON object with the four lists) and check it against ``patients``."""
+    def read(cls, path: Path, patients: Iterable[str] | None = None) -> Split:
+        """Read and check a split file: a run's ``split.json`` or a recipe's ``data.split_file``.
+
+        The file is a JSON object with the lists ``labeled``, ``unlabeled``, ``validation`` and
+        ``test`` of patient ids. Its structure is always checked: only those four keys (a missing
+        one is an empty list), each a list of patient ids (strings; integers are read as their
+        decimal form), no id in two places, ``labeled`` not empty.
+
+        Args:
+            path: The JSON file.
+            patients: The store's patient ids. When given, every id of the file must be one of them.
+
+        Raises:
+            DataError: The file is unreadable or breaks a check; the message names the file.
+        """
         try:
             raw = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
             raise DataError(f"{path}: cannot read split file ({exc})") from exc
-        parts = ("labeled", "unlabeled", "validation", "test")
-        if not isinstance(raw, dict) or any(not isinstance(raw.get(p, []), list) for p in parts):
-            raise DataError(f"{path}: expected an object with lists {', '.join(parts)}")
-        extra = set(raw) - set(parts)
+        if not isinstance(raw, dict) or any(not isinstance(raw.get(p, []), list) for p in _PARTS):
+            raise DataError(f"{path}: expected an object with lists {', '.join(_PARTS)}")
+        extra = set(raw) - set(_PARTS)
         if extra:
             raise DataError(f"{path}: unknown keys {sorted(extra)}")
-        split = cls(*(list(map(str, raw.get(p, []))) for p in parts))
-        known = set(patients)
+        lists: list[list[str]] = []
+        for part in _PARTS:
+            ids = []
+            for i, item in enumerate(raw.get(part, [])):
+                # bool is an int to Python, but never a patient id.
+                if isinstance(item, bool) or not isinstance(item, (str, int)):
+                    raise DataError(f"{path}: {part}[{i}]: expected a patient id, got {item!r}")
+                ids.append(str(item))
+            lists.append(ids)
+        split = cls(*lists)
+        known = None if patients is None else set(patients)
         seen: set[str] = set()
-        for part in parts:
+        for part in _PARTS:
             for patient in getattr(split, part):
-                if patient not in known:
+                if known is not None and patient not in known:
                     raise DataError(f"{path}: {part}: unknown patient {patient!r}")
                 if patient in seen:
                     raise DataError(f"{path}: {part}: patient {patient!r} appears twice")
@@ -84,7 +108,7 @@ def make_split(store: VolumeStore, config: DatasetConfig, seed: int) -> Split:
     unlabelled.
     """
     if config.split_file is not None:
-        return Split.from_file(config.split_file, store.patients)
+        return Split.read(config.split_file, store.patients)
     labeled_volumes: dict[str, bool] = {}
     groups: dict[str, str] = {}
     for v in store.volumes:

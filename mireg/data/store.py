@@ -18,18 +18,16 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import Field
 
-from mireg.contract import DatasetConfig, Progress
 from mireg.errors import DataError
 
-__all__ = ["STORE_VERSION", "StoredDatasetConfig", "VolumeInfo", "VolumeStore", "write_atomic_dir"]
+__all__ = ["STORE_VERSION", "VolumeInfo", "VolumeStore", "write_atomic_dir"]
 
 STORE_VERSION = 1
 
@@ -103,6 +101,27 @@ class VolumeStore:
     def patients(self) -> list[str]:
         """Patient ids in store order, each once."""
         return list(dict.fromkeys(v.patient for v in self.volumes))
+
+    def volumes_of(self, patients: Iterable[str], *, labeled_only: bool = True) -> list[VolumeInfo]:
+        """The volumes of ``patients``, in store order (not in the order of ``patients``).
+
+        Args:
+            patients: Patient ids; ids the store does not hold select nothing.
+            labeled_only: Keep only volumes with a label map (evaluation, supervised training);
+                ``False`` keeps every volume of those patients (unlabelled training).
+        """
+        chosen = set(patients)
+        return [v for v in self.volumes if v.patient in chosen and (v.labeled or not labeled_only)]
+
+    def slice_indices(self, patients: Iterable[str], *, labeled_only: bool = True) -> np.ndarray:
+        """Indices into ``images``/``labels`` of every slice of :meth:`volumes_of`, in store order.
+
+        Returns:
+            A 1D int64 array (empty when no volume is selected).
+        """
+        ranges = [np.arange(v.start, v.stop, dtype=np.int64)
+                  for v in self.volumes_of(patients, labeled_only=labeled_only)]
+        return np.concatenate(ranges) if ranges else np.zeros(0, dtype=np.int64)
 
     def tensors(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Images (float16) and labels (uint8) as tensors on ``device``.
@@ -203,16 +222,3 @@ def write_atomic_dir(path: Path, write: Callable[[Path], None]) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
-
-class StoredDatasetConfig(DatasetConfig):
-    """Base of datasets trained from a store that ``mireg preprocess NAME RAW ROOT`` made."""
-
-    can_preprocess = True
-
-    root: Path = Field(description="preprocessed store folder")
-
-    def load(self, progress: Progress | None = None) -> VolumeStore:
-        if not self.root.exists():
-            raise DataError(f"data.root: {self.root} does not exist",
-                            f"preprocess the data first: mireg preprocess {self.name} RAW_DIR {self.root}")
-        return VolumeStore.load(self.root)

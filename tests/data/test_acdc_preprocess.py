@@ -111,11 +111,41 @@ def test_split_files_are_checked(raw: Path, tmp_path: Path) -> None:
     good = tmp_path / "split.json"
     good.write_text('{"labeled": ["patient001"], "unlabeled": ["patient002"], '
                     '"validation": ["patient003"], "test": ["patient004"]}')
-    assert Split.from_file(good, patients).test == ["patient004"]
+    assert Split.read(good, patients).test == ["patient004"]
     bad = tmp_path / "bad.json"
     bad.write_text('{"labeled": ["patient001"], "test": ["patient001"]}')
     with pytest.raises(DataError, match="appears twice"):
-        Split.from_file(bad, patients)
+        Split.read(bad, patients)
     bad.write_text('{"labeled": ["patient999"]}')
     with pytest.raises(DataError, match="unknown patient 'patient999'"):
-        Split.from_file(bad, patients)
+        Split.read(bad, patients)
+
+
+def test_a_run_split_reads_back_without_the_store(tmp_path: Path) -> None:
+    split = Split(["b", "a"], ["c"], ["d"], [])
+    path = tmp_path / "split.json"
+    path.write_text(split.to_json())
+    assert Split.read(path) == split  # any ids: no store to check them against
+    path.write_text('{"labeled": ["7", 8]}')  # integer ids read as their decimal form
+    assert Split.read(path, ["7", "8"]).labeled == ["7", "8"]
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    (None, "split.json: cannot read split file"),
+    ("{not json", "split.json: cannot read split file"),
+    ('["a"]', "split.json: expected an object with lists labeled, unlabeled, validation, test"),
+    ('{"labeled": "a"}', "split.json: expected an object with lists"),
+    ('{"labeled": ["a"], "train": ["b"]}', "split.json: unknown keys ['train']"),
+    ('{"labeled": ["a", null]}', "split.json: labeled[1]: expected a patient id, got None"),
+    ('{"labeled": ["a"], "test": [true]}', "split.json: test[0]: expected a patient id, got True"),
+    ('{"labeled": ["a"], "unlabeled": ["a"]}', "split.json: unlabeled: patient 'a' appears twice"),
+    ('{"labeled": [], "test": ["a"]}', "split.json: labeled is empty"),
+])
+def test_split_structure_is_checked_without_patients(tmp_path: Path, text: str | None,
+                                                     expected: str) -> None:
+    path = tmp_path / "split.json"
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(DataError) as info:
+        Split.read(path)
+    assert expected in str(info.value) and str(path) in str(info.value)

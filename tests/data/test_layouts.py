@@ -147,6 +147,7 @@ def test_acdc_testing_folder_and_extra_unlabelled_scans(cli, tmp_path: Path) -> 
     extra = tmp_path / "extra"
     image, _ = generate_patient(9, seed=2).frames[1]
     _save(extra / "scan_a.nii.gz", image, (1.5, 1.5, 8.0))
+    (extra / "._scan_a.nii.gz").write_bytes(b"macOS resource fork")
     result = cli("preprocess", "acdc", raw, tmp_path / "store", "--spacing", "5", "--canvas", "48",
                  "--unlabeled", extra)
     assert result.code == 0, result

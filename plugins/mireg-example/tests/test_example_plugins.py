@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
+import mireg_example
 from mireg_example.backbone import TinyUNetConfig
 from mireg_example.dataset import EllipsesConfig
 from mireg_example.regularizer import SmoothnessConfig
@@ -29,3 +33,13 @@ def test_the_entry_points_are_installed() -> None:
     assert registry.discover("backbone")["tiny_unet"][0].distribution == "mireg-example"
     assert registry.load("regularizer", "smoothness") is SmoothnessConfig
     assert registry.load("dataset", "ellipses") is EllipsesConfig
+
+
+def test_the_plugins_import_nothing_of_mireg_but_the_contract() -> None:
+    package = Path(mireg_example.__file__).parent
+    for source in sorted(package.glob("*.py")):
+        for node in ast.walk(ast.parse(source.read_text(), str(source))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for name in names:
+                assert name.split(".")[0] != "mireg" or name == "mireg.contract", f"{source.name}: {name}"

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
-from mireg.contract import DatasetConfig, Progress
-from mireg.data.store import VolumeInfo, VolumeStore
+from mireg.contract import DatasetConfig, Progress, VolumeInfo, VolumeStore
 
 
 class EllipsesConfig(DatasetConfig):

@@ -1,0 +1,37 @@
+"""What `mireg predict` takes as its inputs (no model needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mireg.errors import DataError
+from mireg.predict import collect_inputs
+
+
+def test_folders_give_their_nifti_files_without_resource_forks(tmp_path: Path) -> None:
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for name in ("b.nii", "a.nii.gz", "._a.nii.gz", "readme.txt"):
+        (scans / name).write_bytes(b"x")
+    single = tmp_path / "c.nii.gz"
+    single.write_bytes(b"x")
+    assert collect_inputs([scans, single]) == [scans / "a.nii.gz", scans / "b.nii", single]
+
+
+def test_bad_inputs_are_errors_naming_them(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "._a.nii.gz").write_bytes(b"macOS resource fork")
+    with pytest.raises(DataError, match="empty: holds no .nii or .nii.gz files"):
+        collect_inputs([tmp_path / "empty"])
+    (tmp_path / "scan.txt").write_bytes(b"x")
+    with pytest.raises(DataError, match=r"scan.txt: not a NIfTI file"):
+        collect_inputs([tmp_path / "scan.txt"])
+    with pytest.raises(DataError, match="nothing.nii: no such file or folder"):
+        collect_inputs([tmp_path / "nothing.nii"])
+    for sub in ("x", "y"):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "same.nii").write_bytes(b"x")
+    with pytest.raises(DataError, match="two inputs share the output name 'same.nii'"):
+        collect_inputs([tmp_path / "x", tmp_path / "y"])
