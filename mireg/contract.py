@@ -24,6 +24,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
+from mireg.losses import SINGLE_PROCESS, Reduction
 from mireg.progress import Progress
 
 if TYPE_CHECKING:
@@ -147,6 +148,12 @@ class StepContext:
     The network ran once on ``[x_l, x_u, T(x_u)]``; logits and tapped features are split into those
     three groups here.
 
+    Under multi-process training every process sees its shard of the global batch. A regulariser
+    whose loss reduces over the batch (a mean over samples or pixels, a joint summed over samples)
+    should reduce with ``reduction``, e.g. ``ctx.reduction.mean(per_pixel)`` instead of
+    ``per_pixel.mean()``: then every process computes the loss of the global batch, exactly as one
+    process would (and bit for bit the same as the plain mean in a single process).
+
     Attributes:
         logits_l: ``(n_l, C, H, W)`` logits of the labelled batch.
         logits_u: ``(n_u, C, H, W)`` logits of the unlabelled batch.
@@ -156,6 +163,8 @@ class StepContext:
         step: Global step index (0-based).
         epoch: Epoch index (0-based).
         x_u: The unlabelled images ``(n_u, in_channels, H, W)``, for regularisers that need them.
+        reduction: How to reduce a batch statistic over the processes of the run (``sum`` and
+            ``mean``, see :class:`~mireg.losses.Reduction`); a single process's by default.
     """
 
     logits_l: torch.Tensor
@@ -166,6 +175,7 @@ class StepContext:
     step: int
     epoch: int
     x_u: torch.Tensor
+    reduction: Reduction = SINGLE_PROCESS
 
 
 @dataclass

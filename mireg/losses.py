@@ -6,23 +6,26 @@ Information Clustering") and the transform-consistency loss. All functions retur
 information, so minimising them maximises it. Joints and logarithms are computed in float32 even
 under autocast: the joints are sums of up to millions of products and the MI values are small.
 
-In a multi-process run (``mireg.distributed``) the batch sums the losses are built from (joints and
-batch means) are summed across processes, so every process computes the loss of the global batch;
-in one process those sums are the identity.
+The losses that reduce over the batch take a :class:`Reduction`: how a batch statistic (a joint, a
+batch mean) is reduced over the processes of a run. The default, :data:`SINGLE_PROCESS`, reduces over
+this process's batch only; a multi-process run passes the one of its process group
+(``mireg.distributed.reduction()``), so every process computes the loss of the global batch.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from mireg.distributed import batch_mean, sum_across_ranks
-
 __all__ = [
+    "SINGLE_PROCESS",
+    "Reduction",
     "consistency_loss",
     "global_mi_loss",
     "local_joints",
@@ -38,6 +41,33 @@ LOCAL_EPS = 1e-16
 FFT_MIN_RADIUS = 1
 
 JointsMethod = Literal["auto", "shift", "fft"]
+
+
+@dataclass(frozen=True)
+class Reduction:
+    """How a loss reduces a batch statistic over the processes that each hold a shard of the batch.
+
+    Attributes:
+        sum: ``sum(t)``: ``t`` (a sum over this process's samples) summed over all processes,
+            differentiably; the identity in a single process.
+        mean: ``mean(values)``: the mean of ``values`` (one entry per sample, pixel, ...) over the
+            global batch; exactly ``values.mean()`` in a single process.
+    """
+
+    sum: Callable[[torch.Tensor], torch.Tensor]
+    mean: Callable[[torch.Tensor], torch.Tensor]
+
+
+def _identity(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
+def _mean(values: torch.Tensor) -> torch.Tensor:
+    return values.mean()
+
+
+#: The reduction of a single process: the batch is the whole batch.
+SINGLE_PROCESS = Reduction(sum=_identity, mean=_mean)
 
 
 def _at_least_float32(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -60,12 +90,15 @@ def mi_from_joint(p: torch.Tensor, eps: float) -> torch.Tensor:
     return -(p * (torch.log(p + eps) - torch.log(pi + eps) - torch.log(pj + eps))).sum(dim=(-2, -1))
 
 
-def global_mi_loss(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+def global_mi_loss(
+    z1: torch.Tensor, z2: torch.Tensor, *, reduction: Reduction = SINGLE_PROCESS
+) -> torch.Tensor:
     """Minus the mutual information between two batches of categorical distributions.
 
     Args:
         z1: ``(N, K)`` probabilities (rows sum to one), e.g. a global head on ``F(x)``.
         z2: ``(N, K)`` probabilities of the paired samples, e.g. the head on ``F(T(x))``.
+        reduction: How the joint is summed over processes.
 
     Returns:
         Scalar ``L_global(z1, z2)`` of method.md: the joint ``sum_n z1_n z2_n^T`` is symmetrised and
@@ -76,7 +109,7 @@ def global_mi_loss(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
                          f"{tuple(z2.shape)}")
     with torch.autocast(device_type=z1.device.type, enabled=False):
         z1, z2 = _at_least_float32(z1, z2)
-        p = sum_across_ranks(z1.t() @ z2)
+        p = reduction.sum(z1.t() @ z2)
         p = (p + p.t()) / 2
         p = p / p.sum()
         return mi_from_joint(p, GLOBAL_EPS)
@@ -280,10 +313,10 @@ def local_joints(
 
 
 def _local_mi_whole(
-    z1: torch.Tensor, z2: torch.Tensor, radius: int, method: JointsMethod
+    z1: torch.Tensor, z2: torch.Tensor, radius: int, method: JointsMethod, reduction: Reduction
 ) -> torch.Tensor:
     """Per sub-head ``L_local`` of ``(N, S, K, H, W)`` maps: ``(S,)``."""
-    p = sum_across_ranks(local_joints(z1, z2, radius, method))  # (D, S, K, K)
+    p = reduction.sum(local_joints(z1, z2, radius, method))  # (D, S, K, K)
     # The authors shift all joints by their (detached) minimum before normalising; kept for parity.
     p = p - p.amin(dim=(0, 2, 3), keepdim=True).detach() + 1e-16
     p = p / p.sum(dim=(-2, -1), keepdim=True)
@@ -297,6 +330,8 @@ def local_mi_subheads(
     radius: int,
     patch: int | None = None,
     method: JointsMethod = "auto",
+    *,
+    reduction: Reduction = SINGLE_PROCESS,
 ) -> torch.Tensor:
     """``L_local`` of each sub-head, computed together.
 
@@ -306,6 +341,7 @@ def local_mi_subheads(
         radius: Displacement radius.
         patch: Window size (see :func:`local_mi_loss`).
         method: How the joints are computed (see :func:`local_joints`).
+        reduction: How the joints are summed over processes.
 
     Returns:
         ``(S,)`` losses.
@@ -319,12 +355,12 @@ def local_mi_subheads(
         z1, z2 = _at_least_float32(z1, z2)
         h, w = z1.shape[-2:]
         if patch is None or (patch >= h and patch >= w):
-            return _local_mi_whole(z1, z2, radius, method)
+            return _local_mi_whole(z1, z2, radius, method, reduction)
         ph, pw = min(patch, h), min(patch, w)
         stride = max(1, patch // 2)
         losses = [
             _local_mi_whole(z1[..., i : i + ph, j : j + pw], z2[..., i : i + ph, j : j + pw], radius,
-                            method)
+                            method, reduction)
             for i in range(0, h - ph + 1, stride)
             for j in range(0, w - pw + 1, stride)
         ]
@@ -337,6 +373,8 @@ def local_mi_loss(
     radius: int,
     patch: int | None = None,
     method: JointsMethod = "auto",
+    *,
+    reduction: Reduction = SINGLE_PROCESS,
 ) -> torch.Tensor:
     """Minus the local (displacement-averaged) mutual information between two cluster maps.
 
@@ -348,6 +386,7 @@ def local_mi_loss(
             with stride ``patch // 2`` and the loss is averaged over windows; otherwise the whole map
             is one window (the authors' default, 1024, exceeds every map).
         method: How the joints are computed (see :func:`local_joints`).
+        reduction: How the joints are summed over processes.
 
     Returns:
         Scalar ``L_local(z1, z2; r)`` of method.md.
@@ -355,11 +394,16 @@ def local_mi_loss(
     if z1.shape != z2.shape or z1.dim() != 4:
         raise ValueError(f"expected two (N, K, H, W) tensors of one shape, got {tuple(z1.shape)} "
                          f"and {tuple(z2.shape)}")
-    return local_mi_subheads(z1.unsqueeze(1), z2.unsqueeze(1), radius, patch, method)[0]
+    return local_mi_subheads(z1.unsqueeze(1), z2.unsqueeze(1), radius, patch, method,
+                             reduction=reduction)[0]
 
 
 def consistency_loss(
-    p_transformed: torch.Tensor, target: torch.Tensor, kind: Literal["mse", "kl"] = "mse"
+    p_transformed: torch.Tensor,
+    target: torch.Tensor,
+    kind: Literal["mse", "kl"] = "mse",
+    *,
+    reduction: Reduction = SINGLE_PROCESS,
 ) -> torch.Tensor:
     """Transform consistency between predictions on ``T(x)`` and the transformed predictions on ``x``.
 
@@ -368,6 +412,7 @@ def consistency_loss(
         target: ``(N, C, H, W)`` probabilities ``T(p(x))``; detached here (stop-gradient).
         kind: ``"mse"``, the mean over all ``N*C*H*W`` entries (default), or ``"kl"``,
             ``KL(target || p_transformed)`` summed over classes and averaged over pixels.
+        reduction: How the mean is taken over the batch of all processes.
 
     Returns:
         Scalar loss.
@@ -375,8 +420,8 @@ def consistency_loss(
     with torch.autocast(device_type=p_transformed.device.type, enabled=False):
         p, t = _at_least_float32(p_transformed, target.detach())
         if kind == "mse":
-            return batch_mean((p - t).square())
+            return reduction.mean((p - t).square())
         if kind == "kl":
             kl = t * (torch.log(t + LOCAL_EPS) - torch.log(p + LOCAL_EPS))
-            return batch_mean(kl.sum(dim=1))
+            return reduction.mean(kl.sum(dim=1))
         raise ValueError(f"unknown consistency kind {kind!r}")

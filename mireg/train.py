@@ -357,7 +357,7 @@ class Trainer:
             ctx = StepContext(
                 logits_l, logits_u, logits_tu,
                 {k: _split3(v, sizes) for k, v in self.features.items()},
-                transform, self.step_index, self.epoch, x_u,
+                transform, self.step_index, self.epoch, x_u, reduction=distributed.reduction(),
             )
             sup = distributed.batch_mean(F.cross_entropy(logits_l, y_l, reduction="none"))
             total = sup

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import ast
 import functools
 import math
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from mireg.losses import consistency_loss, global_mi_loss, local_joints, local_mi_loss
+import mireg.losses
+from mireg.losses import (
+    SINGLE_PROCESS,
+    Reduction,
+    consistency_loss,
+    global_mi_loss,
+    local_joints,
+    local_mi_loss,
+)
 
 
 def _probs(*shape: int, seed: int = 0, dim: int = 1) -> torch.Tensor:
@@ -190,3 +200,47 @@ def test_shape_errors_are_reported() -> None:
         global_mi_loss(torch.rand(3, 4), torch.rand(3, 5))
     with pytest.raises(ValueError, match="radius"):
         local_mi_loss(torch.rand(1, 2, 3, 3), torch.rand(1, 2, 3, 3), -1)
+
+
+def recording_reduction() -> tuple[Reduction, list[str]]:
+    """A single-process reduction that records which of its two reductions each call used."""
+    calls: list[str] = []
+
+    def total(t: torch.Tensor) -> torch.Tensor:
+        calls.append("sum")
+        return SINGLE_PROCESS.sum(t)
+
+    def mean(values: torch.Tensor) -> torch.Tensor:
+        calls.append("mean")
+        return SINGLE_PROCESS.mean(values)
+
+    return Reduction(sum=total, mean=mean), calls
+
+
+def test_the_single_process_reduction_is_the_identity_and_the_plain_mean() -> None:
+    t = _probs(3, 4, 5, seed=9)
+    assert SINGLE_PROCESS.sum(t) is t
+    assert torch.equal(SINGLE_PROCESS.mean(t), t.mean())
+
+
+def test_losses_reduce_over_the_batch_through_the_reduction_they_are_given() -> None:
+    z1, z2 = _probs(2, 3, 8, 8, seed=1), _probs(2, 3, 8, 8, seed=2)
+    cases = [
+        (lambda **kw: global_mi_loss(z1[..., 0, 0], z2[..., 0, 0], **kw), ["sum"]),
+        (lambda **kw: local_mi_loss(z1, z2, 1, **kw), ["sum"]),
+        (lambda **kw: local_mi_loss(z1, z2, 1, patch=4, **kw), ["sum"] * 9),  # one joint per window
+        (lambda **kw: consistency_loss(z1, z2, "mse", **kw), ["mean"]),
+        (lambda **kw: consistency_loss(z1, z2, "kl", **kw), ["mean"]),
+    ]
+    for loss, expected in cases:
+        reduction, calls = recording_reduction()
+        assert torch.equal(loss(reduction=reduction), loss())
+        assert calls == expected
+
+
+def test_the_loss_math_imports_nothing_from_mireg() -> None:
+    tree = ast.parse(Path(mireg.losses.__file__).read_text())
+    imported = [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+    imported += [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                 for alias in node.names]
+    assert not [name for name in imported if name.split(".")[0] == "mireg"]
