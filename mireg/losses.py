@@ -30,7 +30,6 @@ __all__ = [
     "global_mi_loss",
     "local_joints",
     "local_mi_loss",
-    "local_mi_subheads",
     "mi_from_joint",
 ]
 
@@ -324,49 +323,6 @@ def _local_mi_whole(
     return mi_from_joint(p, LOCAL_EPS).mean(dim=0)
 
 
-def local_mi_subheads(
-    z1: torch.Tensor,
-    z2: torch.Tensor,
-    radius: int,
-    patch: int | None = None,
-    method: JointsMethod = "auto",
-    *,
-    reduction: Reduction = SINGLE_PROCESS,
-) -> torch.Tensor:
-    """``L_local`` of each sub-head, computed together.
-
-    Args:
-        z1: ``(N, S, K, H, W)`` probabilities (softmax over K) of ``S`` sub-heads.
-        z2: Same shape.
-        radius: Displacement radius.
-        patch: Window size (see :func:`local_mi_loss`).
-        method: How the joints are computed (see :func:`local_joints`).
-        reduction: How the joints are summed over processes.
-
-    Returns:
-        ``(S,)`` losses.
-    """
-    if z1.shape != z2.shape or z1.dim() != 5:
-        raise ValueError(f"expected two (N, S, K, H, W) tensors of one shape, got "
-                         f"{tuple(z1.shape)} and {tuple(z2.shape)}")
-    if radius < 0:
-        raise ValueError(f"radius must be >= 0, got {radius}")
-    with torch.autocast(device_type=z1.device.type, enabled=False):
-        z1, z2 = _at_least_float32(z1, z2)
-        h, w = z1.shape[-2:]
-        if patch is None or (patch >= h and patch >= w):
-            return _local_mi_whole(z1, z2, radius, method, reduction)
-        ph, pw = min(patch, h), min(patch, w)
-        stride = max(1, patch // 2)
-        losses = [
-            _local_mi_whole(z1[..., i : i + ph, j : j + pw], z2[..., i : i + ph, j : j + pw], radius,
-                            method, reduction)
-            for i in range(0, h - ph + 1, stride)
-            for j in range(0, w - pw + 1, stride)
-        ]
-        return torch.stack(losses).mean(dim=0)
-
-
 def local_mi_loss(
     z1: torch.Tensor,
     z2: torch.Tensor,
@@ -378,9 +334,13 @@ def local_mi_loss(
 ) -> torch.Tensor:
     """Minus the local (displacement-averaged) mutual information between two cluster maps.
 
+    Maps of ``S`` sub-heads are given together, ``(N, S, K, H, W)``: their losses are computed at once
+    and returned one per sub-head.
+
     Args:
-        z1: ``(N, K, H, W)`` probabilities (softmax over K), e.g. ``head(T(F(x)))``.
-        z2: ``(N, K, H, W)`` probabilities, e.g. ``head(F(T(x)))``.
+        z1: ``(N, K, H, W)`` or ``(N, S, K, H, W)`` probabilities (softmax over K), e.g.
+            ``head(T(F(x)))``.
+        z2: Same shape, e.g. ``head(F(T(x)))``.
         radius: Displacement radius ``r``; the loss averages over ``(2r+1)^2`` displacements.
         patch: If given and smaller than the map, the maps are cut into ``patch x patch`` windows
             with stride ``patch // 2`` and the loss is averaged over windows; otherwise the whole map
@@ -389,13 +349,33 @@ def local_mi_loss(
         reduction: How the joints are summed over processes.
 
     Returns:
-        Scalar ``L_local(z1, z2; r)`` of method.md.
+        Scalar ``L_local(z1, z2; r)`` of method.md for ``(N, K, H, W)`` maps; ``(S,)`` losses, one per
+        sub-head, for ``(N, S, K, H, W)`` maps.
     """
-    if z1.shape != z2.shape or z1.dim() != 4:
-        raise ValueError(f"expected two (N, K, H, W) tensors of one shape, got {tuple(z1.shape)} "
-                         f"and {tuple(z2.shape)}")
-    return local_mi_subheads(z1.unsqueeze(1), z2.unsqueeze(1), radius, patch, method,
-                             reduction=reduction)[0]
+    if z1.shape != z2.shape or z1.dim() not in (4, 5):
+        raise ValueError(f"expected two (N, K, H, W) or (N, S, K, H, W) tensors of one shape, got "
+                         f"{tuple(z1.shape)} and {tuple(z2.shape)}")
+    if radius < 0:
+        raise ValueError(f"radius must be >= 0, got {radius}")
+    single = z1.dim() == 4
+    if single:
+        z1, z2 = z1.unsqueeze(1), z2.unsqueeze(1)
+    with torch.autocast(device_type=z1.device.type, enabled=False):
+        z1, z2 = _at_least_float32(z1, z2)
+        h, w = z1.shape[-2:]
+        if patch is None or (patch >= h and patch >= w):
+            losses = _local_mi_whole(z1, z2, radius, method, reduction)
+        else:
+            ph, pw = min(patch, h), min(patch, w)
+            stride = max(1, patch // 2)
+            windows = [
+                _local_mi_whole(z1[..., i : i + ph, j : j + pw], z2[..., i : i + ph, j : j + pw],
+                                radius, method, reduction)
+                for i in range(0, h - ph + 1, stride)
+                for j in range(0, w - pw + 1, stride)
+            ]
+            losses = torch.stack(windows).mean(dim=0)
+    return losses[0] if single else losses
 
 
 def consistency_loss(

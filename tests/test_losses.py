@@ -171,6 +171,15 @@ def test_local_mi_patches_average_the_windows() -> None:
     assert local_mi_loss(z1, z2, 1, patch=1024).item() == local_mi_loss(z1, z2, 1).item()
 
 
+@pytest.mark.parametrize(("r", "patch"), [(0, None), (1, None), (3, None), (1, 4)])
+def test_local_mi_of_subheads_is_each_subheads_local_mi(r: int, patch: int | None) -> None:
+    z1, z2 = _probs(2, 3, 4, 8, 7, seed=r, dim=2), _probs(2, 3, 4, 8, 7, seed=r + 1, dim=2)
+    losses = local_mi_loss(z1, z2, r, patch)
+    assert losses.shape == (3,)
+    separately = torch.stack([local_mi_loss(z1[:, s], z2[:, s], r, patch) for s in range(3)])
+    torch.testing.assert_close(losses, separately, rtol=1e-12, atol=0.0)
+
+
 def test_losses_accumulate_in_float32_under_autocast() -> None:
     z1, z2 = _probs(2, 3, 16, 16, seed=1).float(), _probs(2, 3, 16, 16, seed=2).float()
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -200,6 +209,8 @@ def test_shape_errors_are_reported() -> None:
         global_mi_loss(torch.rand(3, 4), torch.rand(3, 5))
     with pytest.raises(ValueError, match="radius"):
         local_mi_loss(torch.rand(1, 2, 3, 3), torch.rand(1, 2, 3, 3), -1)
+    with pytest.raises(ValueError, match="tensors of one shape"):
+        local_mi_loss(torch.rand(2, 3, 3), torch.rand(2, 3, 3), 1)
 
 
 def recording_reduction() -> tuple[Reduction, list[str]]:
