@@ -277,6 +277,24 @@ class _FourierJoints(torch.autograd.Function):
         return grad_1, grad_2, None
 
 
+def _fourier_joints(z1: torch.Tensor, z2: torch.Tensor, radius: int) -> torch.Tensor:
+    """:func:`local_joints` of ``(N, S, K, H, W)`` maps through the Fourier domain."""
+    return _FourierJoints.apply(z1, z2, radius)
+
+
+#: The two ways to compute the joints of ``(N, S, K, H, W)`` maps, ``((2r+1)^2, S, K, K)``, by name.
+#: ``local_joints(method="auto")`` chooses between them by the radius:
+#:
+#: * ``"shift"``: one batched matrix product per displacement, exact in the input's precision; its cost
+#:   grows with ``(2r+1)^2``. Used below ``FFT_MIN_RADIUS``, i.e. at ``r = 0``.
+#: * ``"fft"``: through the Fourier domain; its cost is independent of ``r``; equal to ``"shift"`` up to
+#:   float rounding (relative ``1e-6`` in float32). Used from ``r = FFT_MIN_RADIUS`` on.
+JOINT_METHODS: dict[str, Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]] = {
+    "shift": _shifted_joints,
+    "fft": _fourier_joints,
+}
+
+
 def local_joints(
     z1: torch.Tensor, z2: torch.Tensor, radius: int, method: JointsMethod = "auto"
 ) -> torch.Tensor:
@@ -289,10 +307,8 @@ def local_joints(
         z1: ``(N, S, K, H, W)`` probabilities of ``S`` sub-heads (or ``(N, K, H, W)`` for one).
         z2: Same shape as ``z1``.
         radius: Displacement radius ``r >= 0``.
-        method: ``"shift"``: one batched matrix product per displacement, exact in the input's
-            precision, ``O((2r+1)^2)``; ``"fft"``: through the Fourier domain, independent of ``r``,
-            equal up to float rounding (relative ``1e-6`` in float32); ``"auto"``: ``"fft"`` from
-            ``r = FFT_MIN_RADIUS`` on, where it is the faster one.
+        method: A name in :data:`JOINT_METHODS` (``"shift"`` or ``"fft"``), or ``"auto"``: ``"fft"``
+            from ``r = FFT_MIN_RADIUS`` on, ``"shift"`` below.
 
     Returns:
         ``((2r+1)^2, S, K, K)`` joints (``((2r+1)^2, K, K)`` for 4D inputs).
@@ -302,20 +318,18 @@ def local_joints(
         z1, z2 = z1.unsqueeze(1), z2.unsqueeze(1)
     if method == "auto":
         method = "fft" if radius >= FFT_MIN_RADIUS else "shift"
-    if method == "fft":
-        joints = _FourierJoints.apply(z1, z2, radius)
-    elif method == "shift":
-        joints = _shifted_joints(z1, z2, radius)
-    else:
-        raise ValueError(f"unknown joints method {method!r}; expected 'auto', 'shift' or 'fft'")
+    if method not in JOINT_METHODS:
+        names = ", ".join(repr(name) for name in ["auto", *JOINT_METHODS])
+        raise ValueError(f"unknown joints method {method!r}; expected one of {names}")
+    joints = JOINT_METHODS[method](z1, z2, radius)
     return joints[:, 0] if single else joints
 
 
 def _local_mi_whole(
-    z1: torch.Tensor, z2: torch.Tensor, radius: int, method: JointsMethod, reduction: Reduction
+    z1: torch.Tensor, z2: torch.Tensor, radius: int, reduction: Reduction
 ) -> torch.Tensor:
     """Per sub-head ``L_local`` of ``(N, S, K, H, W)`` maps: ``(S,)``."""
-    p = reduction.sum(local_joints(z1, z2, radius, method))  # (D, S, K, K)
+    p = reduction.sum(local_joints(z1, z2, radius))  # (D, S, K, K)
     # The authors shift all joints by their (detached) minimum before normalising; kept for parity.
     p = p - p.amin(dim=(0, 2, 3), keepdim=True).detach() + 1e-16
     p = p / p.sum(dim=(-2, -1), keepdim=True)
@@ -328,7 +342,6 @@ def local_mi_loss(
     z2: torch.Tensor,
     radius: int,
     patch: int | None = None,
-    method: JointsMethod = "auto",
     *,
     reduction: Reduction = SINGLE_PROCESS,
 ) -> torch.Tensor:
@@ -345,7 +358,6 @@ def local_mi_loss(
         patch: If given and smaller than the map, the maps are cut into ``patch x patch`` windows
             with stride ``patch // 2`` and the loss is averaged over windows; otherwise the whole map
             is one window (the authors' default, 1024, exceeds every map).
-        method: How the joints are computed (see :func:`local_joints`).
         reduction: How the joints are summed over processes.
 
     Returns:
@@ -364,13 +376,13 @@ def local_mi_loss(
         z1, z2 = _at_least_float32(z1, z2)
         h, w = z1.shape[-2:]
         if patch is None or (patch >= h and patch >= w):
-            losses = _local_mi_whole(z1, z2, radius, method, reduction)
+            losses = _local_mi_whole(z1, z2, radius, reduction)
         else:
             ph, pw = min(patch, h), min(patch, w)
             stride = max(1, patch // 2)
             windows = [
                 _local_mi_whole(z1[..., i : i + ph, j : j + pw], z2[..., i : i + ph, j : j + pw],
-                                radius, method, reduction)
+                                radius, reduction)
                 for i in range(0, h - ph + 1, stride)
                 for j in range(0, w - pw + 1, stride)
             ]

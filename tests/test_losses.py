@@ -5,6 +5,8 @@ from __future__ import annotations
 import ast
 import functools
 import math
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,8 @@ import torch.nn.functional as F
 
 import mireg.losses
 from mireg.losses import (
+    FFT_MIN_RADIUS,
+    JOINT_METHODS,
     SINGLE_PROCESS,
     Reduction,
     consistency_loss,
@@ -99,30 +103,34 @@ def test_global_mi_of_independent_uniform_pairs_is_zero() -> None:
     assert global_mi_loss(z, z).item() == pytest.approx(0.0, abs=1e-8)  # eps-sized
 
 
-METHODS = ["shift", "fft"]
+METHODS = list(JOINT_METHODS)
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.fixture(params=METHODS)
+def joints_method(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Makes ``local_joints(method="auto")``, and so the MI losses, use one method at every radius."""
+    monkeypatch.setattr(mireg.losses, "FFT_MIN_RADIUS", 0 if request.param == "fft" else sys.maxsize)
+    return str(request.param)
+
+
 @pytest.mark.parametrize(("r", "hw"), [(0, (4, 5)), (1, (5, 4)), (2, (4, 4)), (3, (3, 5))])
-def test_local_mi_matches_direct_formula(r: int, hw: tuple[int, int], method: str) -> None:
+def test_local_mi_matches_direct_formula(r: int, hw: tuple[int, int], joints_method: str) -> None:
     z1, z2 = _probs(2, 3, *hw, seed=r), _probs(2, 3, *hw, seed=r + 5)
-    loss = local_mi_loss(z1, z2, r, method=method).item()  # type: ignore[arg-type]
+    loss = local_mi_loss(z1, z2, r).item()
     assert loss == pytest.approx(local_direct(z1, z2, r), rel=1e-6)
 
 
-@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("r", [0, 1, 3])
-def test_local_mi_matches_the_authors_conv2d_formulation(r: int, method: str) -> None:
+def test_local_mi_matches_the_authors_conv2d_formulation(r: int, joints_method: str) -> None:
     z1, z2 = _probs(4, 6, 12, 10, seed=r), _probs(4, 6, 12, 10, seed=r + 1)
-    loss = local_mi_loss(z1, z2, r, method=method).item()  # type: ignore[arg-type]
+    loss = local_mi_loss(z1, z2, r).item()
     assert loss == pytest.approx(local_authors(z1, z2, r).item(), rel=1e-7)
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_local_mi_gradients_match_the_authors_formulation_on_both_sides(method: str) -> None:
+def test_local_mi_gradients_match_the_authors_formulation_on_both_sides(joints_method: str) -> None:
     a = _probs(2, 4, 8, 8, seed=3).requires_grad_()
     b = _probs(2, 4, 8, 8, seed=4).requires_grad_()
-    ga = torch.autograd.grad(local_mi_loss(a, b, 2, method=method), (a, b))  # type: ignore[arg-type]
+    ga = torch.autograd.grad(local_mi_loss(a, b, 2), (a, b))
     gb = torch.autograd.grad(local_authors(a, b, 2), (a, b))
     for x, y in zip(ga, gb, strict=True):
         assert x.abs().sum() > 0
@@ -152,6 +160,23 @@ def test_joints_backward_passes_gradcheck(method: str, r: int, hw: tuple[int, in
     assert check(lambda a, b: local_joints(a, b, r, method), (z1, z2))  # type: ignore[arg-type]
     # One side only (the other a constant), as when a tap is detached.
     assert check(lambda a: local_joints(a, z2.detach(), r, method), (z1,))  # type: ignore[arg-type]
+
+
+def test_auto_joints_use_shifts_below_fft_min_radius_and_the_fft_from_it_on(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    used: list[str] = []
+    for name, joints in list(JOINT_METHODS.items()):
+        def recorded(*args: object, name: str = name, joints: Callable[..., torch.Tensor] = joints
+                     ) -> torch.Tensor:
+            used.append(name)
+            return joints(*args)
+        monkeypatch.setitem(JOINT_METHODS, name, recorded)
+    z = _probs(1, 2, 4, 4)
+    for r in (0, FFT_MIN_RADIUS, FFT_MIN_RADIUS + 2):
+        local_joints(z, z, r)
+    local_mi_loss(z, z, 0)
+    local_mi_loss(z, z, FFT_MIN_RADIUS)
+    assert FFT_MIN_RADIUS == 1 and used == ["shift", "fft", "fft", "shift", "fft"]
 
 
 def test_unknown_joints_method_is_refused() -> None:
