@@ -35,8 +35,9 @@ __all__ = [
 
 GLOBAL_EPS = 1e-10
 LOCAL_EPS = 1e-16
-#: The smallest radius whose joints ``local_joints(method="auto")`` computes by FFT (measured on a
-#: 2-core CPU, fwd+bwd of 10 x 5 x 20 maps of 112 x 112 at r = 1: 0.45 s by FFT, 0.70 s by shifts).
+#: The smallest radius whose joints ``local_joints(method="auto")`` computes by FFT (see
+#: ``JOINT_METHODS``): at ``r = 0`` the single product is the cheaper one, from ``r = 1`` on the FFT,
+#: whose cost does not grow with the radius.
 FFT_MIN_RADIUS = 1
 
 JointsMethod = Literal["auto", "shift", "fft"]
