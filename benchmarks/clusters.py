@@ -22,7 +22,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mireg import build
 from mireg.build import build_network, load_data
 from mireg.errors import MiregError
 from mireg.regularizers.mutual_information import MutualInformation
@@ -67,7 +66,7 @@ def cluster_scores(run_dir: Path, checkpoint: str = "best.pt", split: str = "tes
     model.eval()
     mi.eval()
     tapped = TappedNetwork(model, mi.taps)
-    index = build.slice_index(data.store, getattr(data.split, split), True, cpu)
+    index = torch.from_numpy(data.store.slice_indices(getattr(data.split, split)))
     classes = len(data.store.classes)
     local = [name for name in mi.taps if mi.kinds[name] == "decoder"]
     counts = {"prediction": [np.zeros((classes, classes), dtype=np.int64)]}

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from mireg.host_memory import keep_freed_memory
-from mireg.losses import local_mi_subheads
+from mireg.losses import local_mi_loss
 from mireg.recipe import load_recipe
 from mireg.train import Trainer, resolve_device
 
@@ -103,7 +103,7 @@ def compare_naive(args: argparse.Namespace, device: torch.device) -> list[dict[s
         z1 = torch.randn(shape, device=device).softmax(2).requires_grad_()
         z2 = torch.randn(shape, device=device).softmax(2).requires_grad_()
         timings = {}
-        for name, fn in (("mireg", local_mi_subheads), ("naive", _naive_local_mi)):
+        for name, fn in (("mireg", local_mi_loss), ("naive", _naive_local_mi)):
             fn(z1, z2, radius).sum().backward()  # warm-up
             _sync(device)
             start = time.perf_counter()
@@ -112,7 +112,7 @@ def compare_naive(args: argparse.Namespace, device: torch.device) -> list[dict[s
             _sync(device)
             timings[name] = (time.perf_counter() - start) / args.kernel_repeats
         with torch.no_grad():
-            diff = (local_mi_subheads(z1, z2, radius) - _naive_local_mi(z1, z2, radius)).abs().max()
+            diff = (local_mi_loss(z1, z2, radius) - _naive_local_mi(z1, z2, radius)).abs().max()
         out.append({"kernel": "local_mi", "layer": layer, "shape": list(shape), "radius": radius,
                     "device": str(device), "mireg_ms": round(1000 * timings["mireg"], 1),
                     "naive_ms": round(1000 * timings["naive"], 1),

@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -31,7 +30,6 @@ __all__ = [
     "check_recipe",
     "evaluation_model",
     "load_data",
-    "slice_index",
 ]
 
 
@@ -110,16 +108,6 @@ class RunData:
     unlabeled: torch.Tensor
 
 
-def slice_index(store: VolumeStore, patients: list[str], labeled_only: bool,
-            device: torch.device) -> torch.Tensor:
-    """Indices (on ``device``) of the slices of the (labelled) volumes of ``patients``."""
-    chosen = set(patients)
-    ranges = [np.arange(v.start, v.stop) for v in store.volumes
-              if v.patient in chosen and (v.labeled or not labeled_only)]
-    index = np.concatenate(ranges) if ranges else np.zeros(0, dtype=np.int64)
-    return torch.from_numpy(index).to(device)
-
-
 def load_data(recipe: Recipe, device: torch.device, progress: Progress | None = None) -> RunData:
     """Open (or generate) the recipe's store, split it, and check it fits the recipe.
 
@@ -139,8 +127,8 @@ def load_data(recipe: Recipe, device: torch.device, progress: Progress | None = 
         raise RecipeError(f"augment.crop: {recipe.augment.crop} exceeds the data canvas {store.canvas}")
     # The store lives on the device once, as float16 images and uint8 labels.
     images, labels = store.tensors(device)
-    labeled = slice_index(store, split.labeled, True, device)
-    unlabeled = slice_index(store, split.unlabeled, False, device)
+    labeled = torch.from_numpy(store.slice_indices(split.labeled)).to(device)
+    unlabeled = torch.from_numpy(store.slice_indices(split.unlabeled, labeled_only=False)).to(device)
     if len(unlabeled) == 0:  # full supervision: the unlabelled batch comes from labels
         unlabeled = labeled
     return RunData(store, split, images, labels, labeled, unlabeled)

@@ -30,6 +30,7 @@ from torch import nn
 # modules import nothing from this one, so these imports close no cycle.
 from mireg.data.preprocessing import StoreBuilder
 from mireg.data.store import VolumeInfo, VolumeStore
+from mireg.losses import SINGLE_PROCESS, Reduction
 from mireg.progress import Progress
 
 __all__ = [
@@ -180,6 +181,12 @@ class StepContext:
     view, an image mixed from two others; :mod:`mireg.augment` has the usual ones) call
     :meth:`forward`, which runs the trained network again, with gradients.
 
+    Under multi-process training every process sees its shard of the global batch. A regulariser
+    whose loss reduces over the batch (a mean over samples or pixels, a joint summed over samples)
+    should reduce with ``reduction``, e.g. ``ctx.reduction.mean(per_pixel)`` instead of
+    ``per_pixel.mean()``: then every process computes the loss of the global batch, exactly as one
+    process would (and bit for bit the same as the plain mean in a single process).
+
     Attributes:
         logits_l: ``(n_l, C, H, W)`` logits of the labelled batch.
         logits_u: ``(n_u, C, H, W)`` logits of the unlabelled batch.
@@ -192,6 +199,8 @@ class StepContext:
         x_l: The (augmented) labelled images ``(n_l, in_channels, H, W)``.
         y_l: Their labels ``(n_l, H, W)``, int64.
         run_network: The function behind :meth:`forward` (set by the step that builds the context).
+        reduction: How to reduce a batch statistic over the processes of the run (``sum`` and
+            ``mean``, see :class:`~mireg.losses.Reduction`); a single process's by default.
     """
 
     logits_l: torch.Tensor
@@ -205,6 +214,7 @@ class StepContext:
     x_l: torch.Tensor
     y_l: torch.Tensor
     run_network: Callable[[torch.Tensor, Sequence[str]], Forward]
+    reduction: Reduction = SINGLE_PROCESS
 
     def forward(self, x: torch.Tensor, taps: Sequence[str] = ()) -> Forward:
         """Run the trained network on ``x`` ``(N, in_channels, H, W)``; gradients flow.

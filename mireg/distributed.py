@@ -4,7 +4,8 @@
 same global batch (same seed, same generator) and trains on its shard of it (``shard``). Every batch
 statistic the losses are built from (the MI joints, the batch means of the supervised, consistency
 and entropy terms, the batch-norm moments) is summed across processes with a differentiable
-all-reduce (``sum_across_ranks``), so each process computes the loss of the whole global batch.
+all-reduce (``sum_across_ranks``; the losses get it through ``reduction()``), so each process
+computes the loss of the whole global batch.
 DDP then averages the gradients: the all-reduce's backward sums the N identical upstream gradients,
 the average divides by N, and every parameter gets the gradient one process would compute on the
 concatenated batch. In a single process the reductions here are the identity.
@@ -21,6 +22,7 @@ import torch.distributed.nn.functional as dist_nn
 from torch import nn
 
 from mireg.errors import RecipeError
+from mireg.losses import SINGLE_PROCESS, Reduction
 
 __all__ = [
     "CrossRankBatchNorm",
@@ -34,6 +36,7 @@ __all__ = [
     "launched_by_torchrun",
     "leave",
     "rank",
+    "reduction",
     "shard",
     "sum_across_ranks",
     "world_size",
@@ -128,6 +131,17 @@ def batch_mean(values: torch.Tensor) -> torch.Tensor:
     if not is_distributed():
         return values.mean()
     return sum_across_ranks(values.sum()) / (values.numel() * world_size())
+
+
+def reduction() -> Reduction:
+    """The losses' :class:`~mireg.losses.Reduction` for the current process group.
+
+    ``sum`` is :func:`sum_across_ranks` and ``mean`` is :func:`batch_mean`; outside a multi-process
+    job it is :data:`~mireg.losses.SINGLE_PROCESS`.
+    """
+    if not is_distributed():
+        return SINGLE_PROCESS
+    return Reduction(sum=sum_across_ranks, mean=batch_mean)
 
 
 class CrossRankBatchNorm(nn.modules.batchnorm._BatchNorm):

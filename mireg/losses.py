@@ -6,38 +6,68 @@ Information Clustering") and the transform-consistency loss. All functions retur
 information, so minimising them maximises it. Joints and logarithms are computed in float32 even
 under autocast: the joints are sums of up to millions of products and the MI values are small.
 
-In a multi-process run (``mireg.distributed``) the batch sums the losses are built from (joints and
-batch means) are summed across processes, so every process computes the loss of the global batch;
-in one process those sums are the identity.
+The losses that reduce over the batch take a :class:`Reduction`: how a batch statistic (a joint, a
+batch mean) is reduced over the processes of a run. The default, :data:`SINGLE_PROCESS`, reduces over
+this process's batch only; a multi-process run passes the one of its process group
+(``mireg.distributed.reduction()``), so every process computes the loss of the global batch.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from mireg.distributed import batch_mean, sum_across_ranks
-
 __all__ = [
+    "SINGLE_PROCESS",
+    "Reduction",
     "consistency_loss",
     "global_mi_loss",
     "local_joints",
     "local_mi_loss",
-    "local_mi_subheads",
     "mi_from_joint",
 ]
 
 GLOBAL_EPS = 1e-10
 LOCAL_EPS = 1e-16
-#: The smallest radius whose joints ``local_joints(method="auto")`` computes by FFT (measured on a
-#: 2-core CPU, fwd+bwd of 10 x 5 x 20 maps of 112 x 112 at r = 1: 0.45 s by FFT, 0.70 s by shifts).
+#: The smallest radius whose joints ``local_joints(method="auto")`` computes by FFT (see
+#: ``JOINT_METHODS``): at ``r = 0`` the single product is the cheaper one, from ``r = 1`` on the FFT,
+#: whose cost does not grow with the radius.
 FFT_MIN_RADIUS = 1
 
 JointsMethod = Literal["auto", "shift", "fft"]
+
+
+@dataclass(frozen=True)
+class Reduction:
+    """How a loss reduces a batch statistic over the processes that each hold a shard of the batch.
+
+    Attributes:
+        sum: ``sum(t)``: ``t`` (a sum over this process's samples) summed over all processes,
+            differentiably; the identity in a single process.
+        mean: ``mean(values)``: the mean of ``values`` (one entry per sample, pixel, ...) over the
+            global batch; exactly ``values.mean()`` in a single process.
+    """
+
+    sum: Callable[[torch.Tensor], torch.Tensor]
+    mean: Callable[[torch.Tensor], torch.Tensor]
+
+
+def _identity(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
+def _mean(values: torch.Tensor) -> torch.Tensor:
+    return values.mean()
+
+
+#: The reduction of a single process: the batch is the whole batch.
+SINGLE_PROCESS = Reduction(sum=_identity, mean=_mean)
 
 
 def _at_least_float32(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -60,12 +90,15 @@ def mi_from_joint(p: torch.Tensor, eps: float) -> torch.Tensor:
     return -(p * (torch.log(p + eps) - torch.log(pi + eps) - torch.log(pj + eps))).sum(dim=(-2, -1))
 
 
-def global_mi_loss(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+def global_mi_loss(
+    z1: torch.Tensor, z2: torch.Tensor, *, reduction: Reduction = SINGLE_PROCESS
+) -> torch.Tensor:
     """Minus the mutual information between two batches of categorical distributions.
 
     Args:
         z1: ``(N, K)`` probabilities (rows sum to one), e.g. a global head on ``F(x)``.
         z2: ``(N, K)`` probabilities of the paired samples, e.g. the head on ``F(T(x))``.
+        reduction: How the joint is summed over processes.
 
     Returns:
         Scalar ``L_global(z1, z2)`` of method.md: the joint ``sum_n z1_n z2_n^T`` is symmetrised and
@@ -76,7 +109,7 @@ def global_mi_loss(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
                          f"{tuple(z2.shape)}")
     with torch.autocast(device_type=z1.device.type, enabled=False):
         z1, z2 = _at_least_float32(z1, z2)
-        p = sum_across_ranks(z1.t() @ z2)
+        p = reduction.sum(z1.t() @ z2)
         p = (p + p.t()) / 2
         p = p / p.sum()
         return mi_from_joint(p, GLOBAL_EPS)
@@ -245,6 +278,24 @@ class _FourierJoints(torch.autograd.Function):
         return grad_1, grad_2, None
 
 
+def _fourier_joints(z1: torch.Tensor, z2: torch.Tensor, radius: int) -> torch.Tensor:
+    """:func:`local_joints` of ``(N, S, K, H, W)`` maps through the Fourier domain."""
+    return _FourierJoints.apply(z1, z2, radius)
+
+
+#: The two ways to compute the joints of ``(N, S, K, H, W)`` maps, ``((2r+1)^2, S, K, K)``, by name.
+#: ``local_joints(method="auto")`` chooses between them by the radius:
+#:
+#: * ``"shift"``: one batched matrix product per displacement, exact in the input's precision; its cost
+#:   grows with ``(2r+1)^2``. Used below ``FFT_MIN_RADIUS``, i.e. at ``r = 0``.
+#: * ``"fft"``: through the Fourier domain; its cost is independent of ``r``; equal to ``"shift"`` up to
+#:   float rounding (relative ``1e-6`` in float32). Used from ``r = FFT_MIN_RADIUS`` on.
+JOINT_METHODS: dict[str, Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]] = {
+    "shift": _shifted_joints,
+    "fft": _fourier_joints,
+}
+
+
 def local_joints(
     z1: torch.Tensor, z2: torch.Tensor, radius: int, method: JointsMethod = "auto"
 ) -> torch.Tensor:
@@ -257,10 +308,8 @@ def local_joints(
         z1: ``(N, S, K, H, W)`` probabilities of ``S`` sub-heads (or ``(N, K, H, W)`` for one).
         z2: Same shape as ``z1``.
         radius: Displacement radius ``r >= 0``.
-        method: ``"shift"``: one batched matrix product per displacement, exact in the input's
-            precision, ``O((2r+1)^2)``; ``"fft"``: through the Fourier domain, independent of ``r``,
-            equal up to float rounding (relative ``1e-6`` in float32); ``"auto"``: ``"fft"`` from
-            ``r = FFT_MIN_RADIUS`` on, where it is the faster one.
+        method: A name in :data:`JOINT_METHODS` (``"shift"`` or ``"fft"``), or ``"auto"``: ``"fft"``
+            from ``r = FFT_MIN_RADIUS`` on, ``"shift"`` below.
 
     Returns:
         ``((2r+1)^2, S, K, K)`` joints (``((2r+1)^2, K, K)`` for 4D inputs).
@@ -270,20 +319,18 @@ def local_joints(
         z1, z2 = z1.unsqueeze(1), z2.unsqueeze(1)
     if method == "auto":
         method = "fft" if radius >= FFT_MIN_RADIUS else "shift"
-    if method == "fft":
-        joints = _FourierJoints.apply(z1, z2, radius)
-    elif method == "shift":
-        joints = _shifted_joints(z1, z2, radius)
-    else:
-        raise ValueError(f"unknown joints method {method!r}; expected 'auto', 'shift' or 'fft'")
+    if method not in JOINT_METHODS:
+        names = ", ".join(repr(name) for name in ["auto", *JOINT_METHODS])
+        raise ValueError(f"unknown joints method {method!r}; expected one of {names}")
+    joints = JOINT_METHODS[method](z1, z2, radius)
     return joints[:, 0] if single else joints
 
 
 def _local_mi_whole(
-    z1: torch.Tensor, z2: torch.Tensor, radius: int, method: JointsMethod
+    z1: torch.Tensor, z2: torch.Tensor, radius: int, reduction: Reduction
 ) -> torch.Tensor:
     """Per sub-head ``L_local`` of ``(N, S, K, H, W)`` maps: ``(S,)``."""
-    p = sum_across_ranks(local_joints(z1, z2, radius, method))  # (D, S, K, K)
+    p = reduction.sum(local_joints(z1, z2, radius))  # (D, S, K, K)
     # The authors shift all joints by their (detached) minimum before normalising; kept for parity.
     p = p - p.amin(dim=(0, 2, 3), keepdim=True).detach() + 1e-16
     p = p / p.sum(dim=(-2, -1), keepdim=True)
@@ -291,75 +338,65 @@ def _local_mi_whole(
     return mi_from_joint(p, LOCAL_EPS).mean(dim=0)
 
 
-def local_mi_subheads(
-    z1: torch.Tensor,
-    z2: torch.Tensor,
-    radius: int,
-    patch: int | None = None,
-    method: JointsMethod = "auto",
-) -> torch.Tensor:
-    """``L_local`` of each sub-head, computed together.
-
-    Args:
-        z1: ``(N, S, K, H, W)`` probabilities (softmax over K) of ``S`` sub-heads.
-        z2: Same shape.
-        radius: Displacement radius.
-        patch: Window size (see :func:`local_mi_loss`).
-        method: How the joints are computed (see :func:`local_joints`).
-
-    Returns:
-        ``(S,)`` losses.
-    """
-    if z1.shape != z2.shape or z1.dim() != 5:
-        raise ValueError(f"expected two (N, S, K, H, W) tensors of one shape, got "
-                         f"{tuple(z1.shape)} and {tuple(z2.shape)}")
-    if radius < 0:
-        raise ValueError(f"radius must be >= 0, got {radius}")
-    with torch.autocast(device_type=z1.device.type, enabled=False):
-        z1, z2 = _at_least_float32(z1, z2)
-        h, w = z1.shape[-2:]
-        if patch is None or (patch >= h and patch >= w):
-            return _local_mi_whole(z1, z2, radius, method)
-        ph, pw = min(patch, h), min(patch, w)
-        stride = max(1, patch // 2)
-        losses = [
-            _local_mi_whole(z1[..., i : i + ph, j : j + pw], z2[..., i : i + ph, j : j + pw], radius,
-                            method)
-            for i in range(0, h - ph + 1, stride)
-            for j in range(0, w - pw + 1, stride)
-        ]
-        return torch.stack(losses).mean(dim=0)
-
-
 def local_mi_loss(
     z1: torch.Tensor,
     z2: torch.Tensor,
     radius: int,
     patch: int | None = None,
-    method: JointsMethod = "auto",
+    *,
+    reduction: Reduction = SINGLE_PROCESS,
 ) -> torch.Tensor:
     """Minus the local (displacement-averaged) mutual information between two cluster maps.
 
+    Maps of ``S`` sub-heads are given together, ``(N, S, K, H, W)``: their losses are computed at once
+    and returned one per sub-head.
+
     Args:
-        z1: ``(N, K, H, W)`` probabilities (softmax over K), e.g. ``head(T(F(x)))``.
-        z2: ``(N, K, H, W)`` probabilities, e.g. ``head(F(T(x)))``.
+        z1: ``(N, K, H, W)`` or ``(N, S, K, H, W)`` probabilities (softmax over K), e.g.
+            ``head(T(F(x)))``.
+        z2: Same shape, e.g. ``head(F(T(x)))``.
         radius: Displacement radius ``r``; the loss averages over ``(2r+1)^2`` displacements.
         patch: If given and smaller than the map, the maps are cut into ``patch x patch`` windows
             with stride ``patch // 2`` and the loss is averaged over windows; otherwise the whole map
             is one window (the authors' default, 1024, exceeds every map).
-        method: How the joints are computed (see :func:`local_joints`).
+        reduction: How the joints are summed over processes.
 
     Returns:
-        Scalar ``L_local(z1, z2; r)`` of method.md.
+        Scalar ``L_local(z1, z2; r)`` of method.md for ``(N, K, H, W)`` maps; ``(S,)`` losses, one per
+        sub-head, for ``(N, S, K, H, W)`` maps.
     """
-    if z1.shape != z2.shape or z1.dim() != 4:
-        raise ValueError(f"expected two (N, K, H, W) tensors of one shape, got {tuple(z1.shape)} "
-                         f"and {tuple(z2.shape)}")
-    return local_mi_subheads(z1.unsqueeze(1), z2.unsqueeze(1), radius, patch, method)[0]
+    if z1.shape != z2.shape or z1.dim() not in (4, 5):
+        raise ValueError(f"expected two (N, K, H, W) or (N, S, K, H, W) tensors of one shape, got "
+                         f"{tuple(z1.shape)} and {tuple(z2.shape)}")
+    if radius < 0:
+        raise ValueError(f"radius must be >= 0, got {radius}")
+    single = z1.dim() == 4
+    if single:
+        z1, z2 = z1.unsqueeze(1), z2.unsqueeze(1)
+    with torch.autocast(device_type=z1.device.type, enabled=False):
+        z1, z2 = _at_least_float32(z1, z2)
+        h, w = z1.shape[-2:]
+        if patch is None or (patch >= h and patch >= w):
+            losses = _local_mi_whole(z1, z2, radius, reduction)
+        else:
+            ph, pw = min(patch, h), min(patch, w)
+            stride = max(1, patch // 2)
+            windows = [
+                _local_mi_whole(z1[..., i : i + ph, j : j + pw], z2[..., i : i + ph, j : j + pw],
+                                radius, reduction)
+                for i in range(0, h - ph + 1, stride)
+                for j in range(0, w - pw + 1, stride)
+            ]
+            losses = torch.stack(windows).mean(dim=0)
+    return losses[0] if single else losses
 
 
 def consistency_loss(
-    p_transformed: torch.Tensor, target: torch.Tensor, kind: Literal["mse", "kl"] = "mse"
+    p_transformed: torch.Tensor,
+    target: torch.Tensor,
+    kind: Literal["mse", "kl"] = "mse",
+    *,
+    reduction: Reduction = SINGLE_PROCESS,
 ) -> torch.Tensor:
     """Transform consistency between predictions on ``T(x)`` and the transformed predictions on ``x``.
 
@@ -368,6 +405,7 @@ def consistency_loss(
         target: ``(N, C, H, W)`` probabilities ``T(p(x))``; detached here (stop-gradient).
         kind: ``"mse"``, the mean over all ``N*C*H*W`` entries (default), or ``"kl"``,
             ``KL(target || p_transformed)`` summed over classes and averaged over pixels.
+        reduction: How the mean is taken over the batch of all processes.
 
     Returns:
         Scalar loss.
@@ -375,8 +413,8 @@ def consistency_loss(
     with torch.autocast(device_type=p_transformed.device.type, enabled=False):
         p, t = _at_least_float32(p_transformed, target.detach())
         if kind == "mse":
-            return batch_mean((p - t).square())
+            return reduction.mean((p - t).square())
         if kind == "kl":
             kl = t * (torch.log(t + LOCAL_EPS) - torch.log(p + LOCAL_EPS))
-            return batch_mean(kl.sum(dim=1))
+            return reduction.mean(kl.sum(dim=1))
         raise ValueError(f"unknown consistency kind {kind!r}")

@@ -21,7 +21,6 @@ from mireg.evaluate import METRICS, VolumeResult, evaluate_volumes, summarize
 from mireg.files import atomic_write_text
 from mireg.progress import Progress
 from mireg.rundir import RunDir
-from mireg.runs import read_split
 
 __all__ = [
     "build_report",
@@ -171,8 +170,8 @@ def evaluate_run(
         images, labels = store.tensors(device)
     else:
         store, images, labels = data
-    patients = getattr(read_split(run.path), split)
-    total = sum(v.labeled and v.patient in set(patients) for v in store.volumes)
+    patients = getattr(run.split(), split)
+    total = len(store.volumes_of(patients))
     done = 0
 
     def volume_done(volume: VolumeInfo, image: np.ndarray, pred: np.ndarray, truth: np.ndarray) -> None:

@@ -28,12 +28,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mireg import registry
+from mireg.data.splits import Split
 from mireg.errors import CheckpointError, MiregError, RunError
 from mireg.files import atomic_write_text
 from mireg.recipe import dump_toml
 
 if TYPE_CHECKING:
-    from mireg.data.splits import Split
     from mireg.recipe import Recipe
 
 __all__ = ["MetricsLog", "RunDir", "checkpoint_file", "versions"]
@@ -125,6 +125,10 @@ class RunDir:
             raise CheckpointError(f"{self.path}: no checkpoint {path.name} in this run directory",
                                   "train first, or pass --checkpoint last")
         return path
+
+    def split(self) -> Split:
+        """The patients of each part the run was trained with (``split.json``)."""
+        return Split.read(self.file(self.SPLIT))
 
     def report_stem(self, split: str, checkpoint: str) -> str:
         """``report`` for the test split of ``best``, else ``report_<split>_<checkpoint>``."""

@@ -16,6 +16,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from mireg import distributed
 from mireg.errors import RecipeError
+from mireg.losses import Reduction
 
 __all__ = ["Runtime", "resolve_device"]
 
@@ -87,9 +88,9 @@ class Runtime:
         """This process's part of a global batch of ``n``."""
         return distributed.shard(n)
 
-    def batch_mean(self, values: torch.Tensor) -> torch.Tensor:
-        """Mean over every entry of the global batch."""
-        return distributed.batch_mean(values)
+    def reduction(self) -> Reduction:
+        """How the losses reduce batch statistics: over the global batch (identity in one process)."""
+        return distributed.reduction()
 
     def convert_batch_norm(self, modules: list[nn.Module]) -> None:
         """In a job, batch norm takes the global batch's moments (in place; before the optimiser is

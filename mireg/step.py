@@ -26,6 +26,7 @@ from torch.utils.hooks import RemovableHandle
 from mireg.augment import augment_batch
 from mireg.build import RunData
 from mireg.contract import Backbone, Forward, StepContext, Transform
+from mireg.losses import SINGLE_PROCESS, Reduction
 from mireg.runtime import Runtime
 from mireg.schedule import rampup
 from mireg.state import TrainState
@@ -88,7 +89,8 @@ class TappedNetwork:
 
 
 def step_context(tapped: TappedNetwork, x_l: torch.Tensor, y_l: torch.Tensor, x_u: torch.Tensor,
-                 transform: Transform, step: int, epoch: int) -> StepContext:
+                 transform: Transform, step: int, epoch: int,
+                 reduction: Reduction = SINGLE_PROCESS) -> StepContext:
     """Run the network once on ``[x_l, x_u, T(x_u)]`` and split logits and features by group."""
     sizes = [len(x_l), len(x_u), len(x_u)]
     logits, features = tapped(torch.cat([x_l, x_u, transform(x_u)]))
@@ -98,7 +100,7 @@ def step_context(tapped: TappedNetwork, x_l: torch.Tensor, y_l: torch.Tensor, x_
         f_l, f_u, f_tu = value.split(sizes)
         split[name] = (f_l, f_u, f_tu)
     return StepContext(logits_l, logits_u, logits_tu, split, transform, step, epoch, x_u, x_l, y_l,
-                       tapped.extra)
+                       tapped.extra, reduction)
 
 
 class TrainStep:
@@ -116,6 +118,7 @@ class TrainStep:
         taps = {t for reg in state.regularizers for t in reg.taps}
         network = runtime.wrap(state.model, list(state.regularizers))
         self.tapped = TappedNetwork(state.model, taps, network, memory_format)
+        self.reduction = runtime.reduction()
 
     def _draw(self, pool: torch.Tensor, n: int) -> torch.Tensor:
         pick = torch.randint(len(pool), (n,), generator=self.state.generator, device=pool.device)
@@ -141,8 +144,9 @@ class TrainStep:
         x_l, y_l, x_u = x_l[part_l], y_l[part_l], x_u[part_u]
         transform = Transform(transform.flip_h[part_u], transform.flip_w[part_u])
         with self._autocast():
-            ctx = step_context(self.tapped, x_l, y_l, x_u, transform, state.step, state.epoch)
-            sup = runtime.batch_mean(F.cross_entropy(ctx.logits_l, y_l, reduction="none"))
+            ctx = step_context(self.tapped, x_l, y_l, x_u, transform, state.step, state.epoch,
+                               self.reduction)
+            sup = self.reduction.mean(F.cross_entropy(ctx.logits_l, y_l, reduction="none"))
             total = sup
             logs = {"sup": sup.detach()}
             epochs_done = state.step / cfg.iterations_per_epoch

@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import ast
 import functools
 import math
+import sys
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from mireg.losses import consistency_loss, global_mi_loss, local_joints, local_mi_loss
+import mireg.losses
+from mireg.losses import (
+    FFT_MIN_RADIUS,
+    JOINT_METHODS,
+    SINGLE_PROCESS,
+    Reduction,
+    consistency_loss,
+    global_mi_loss,
+    local_joints,
+    local_mi_loss,
+)
 
 
 def _probs(*shape: int, seed: int = 0, dim: int = 1) -> torch.Tensor:
@@ -89,30 +103,34 @@ def test_global_mi_of_independent_uniform_pairs_is_zero() -> None:
     assert global_mi_loss(z, z).item() == pytest.approx(0.0, abs=1e-8)  # eps-sized
 
 
-METHODS = ["shift", "fft"]
+METHODS = list(JOINT_METHODS)
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.fixture(params=METHODS)
+def joints_method(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Makes ``local_joints(method="auto")``, and so the MI losses, use one method at every radius."""
+    monkeypatch.setattr(mireg.losses, "FFT_MIN_RADIUS", 0 if request.param == "fft" else sys.maxsize)
+    return str(request.param)
+
+
 @pytest.mark.parametrize(("r", "hw"), [(0, (4, 5)), (1, (5, 4)), (2, (4, 4)), (3, (3, 5))])
-def test_local_mi_matches_direct_formula(r: int, hw: tuple[int, int], method: str) -> None:
+def test_local_mi_matches_direct_formula(r: int, hw: tuple[int, int], joints_method: str) -> None:
     z1, z2 = _probs(2, 3, *hw, seed=r), _probs(2, 3, *hw, seed=r + 5)
-    loss = local_mi_loss(z1, z2, r, method=method).item()  # type: ignore[arg-type]
+    loss = local_mi_loss(z1, z2, r).item()
     assert loss == pytest.approx(local_direct(z1, z2, r), rel=1e-6)
 
 
-@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("r", [0, 1, 3])
-def test_local_mi_matches_the_authors_conv2d_formulation(r: int, method: str) -> None:
+def test_local_mi_matches_the_authors_conv2d_formulation(r: int, joints_method: str) -> None:
     z1, z2 = _probs(4, 6, 12, 10, seed=r), _probs(4, 6, 12, 10, seed=r + 1)
-    loss = local_mi_loss(z1, z2, r, method=method).item()  # type: ignore[arg-type]
+    loss = local_mi_loss(z1, z2, r).item()
     assert loss == pytest.approx(local_authors(z1, z2, r).item(), rel=1e-7)
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_local_mi_gradients_match_the_authors_formulation_on_both_sides(method: str) -> None:
+def test_local_mi_gradients_match_the_authors_formulation_on_both_sides(joints_method: str) -> None:
     a = _probs(2, 4, 8, 8, seed=3).requires_grad_()
     b = _probs(2, 4, 8, 8, seed=4).requires_grad_()
-    ga = torch.autograd.grad(local_mi_loss(a, b, 2, method=method), (a, b))  # type: ignore[arg-type]
+    ga = torch.autograd.grad(local_mi_loss(a, b, 2), (a, b))
     gb = torch.autograd.grad(local_authors(a, b, 2), (a, b))
     for x, y in zip(ga, gb, strict=True):
         assert x.abs().sum() > 0
@@ -144,6 +162,23 @@ def test_joints_backward_passes_gradcheck(method: str, r: int, hw: tuple[int, in
     assert check(lambda a: local_joints(a, z2.detach(), r, method), (z1,))  # type: ignore[arg-type]
 
 
+def test_auto_joints_use_shifts_below_fft_min_radius_and_the_fft_from_it_on(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    used: list[str] = []
+    for name, joints in list(JOINT_METHODS.items()):
+        def recorded(*args: object, name: str = name, joints: Callable[..., torch.Tensor] = joints
+                     ) -> torch.Tensor:
+            used.append(name)
+            return joints(*args)
+        monkeypatch.setitem(JOINT_METHODS, name, recorded)
+    z = _probs(1, 2, 4, 4)
+    for r in (0, FFT_MIN_RADIUS, FFT_MIN_RADIUS + 2):
+        local_joints(z, z, r)
+    local_mi_loss(z, z, 0)
+    local_mi_loss(z, z, FFT_MIN_RADIUS)
+    assert FFT_MIN_RADIUS == 1 and used == ["shift", "fft", "fft", "shift", "fft"]
+
+
 def test_unknown_joints_method_is_refused() -> None:
     z = _probs(1, 2, 4, 4)
     with pytest.raises(ValueError, match="joints method"):
@@ -159,6 +194,15 @@ def test_local_mi_patches_average_the_windows() -> None:
     ) / len(windows)
     assert local_mi_loss(z1, z2, 1, patch=4).item() == pytest.approx(expected, rel=1e-9)
     assert local_mi_loss(z1, z2, 1, patch=1024).item() == local_mi_loss(z1, z2, 1).item()
+
+
+@pytest.mark.parametrize(("r", "patch"), [(0, None), (1, None), (3, None), (1, 4)])
+def test_local_mi_of_subheads_is_each_subheads_local_mi(r: int, patch: int | None) -> None:
+    z1, z2 = _probs(2, 3, 4, 8, 7, seed=r, dim=2), _probs(2, 3, 4, 8, 7, seed=r + 1, dim=2)
+    losses = local_mi_loss(z1, z2, r, patch)
+    assert losses.shape == (3,)
+    separately = torch.stack([local_mi_loss(z1[:, s], z2[:, s], r, patch) for s in range(3)])
+    torch.testing.assert_close(losses, separately, rtol=1e-12, atol=0.0)
 
 
 def test_losses_accumulate_in_float32_under_autocast() -> None:
@@ -190,3 +234,49 @@ def test_shape_errors_are_reported() -> None:
         global_mi_loss(torch.rand(3, 4), torch.rand(3, 5))
     with pytest.raises(ValueError, match="radius"):
         local_mi_loss(torch.rand(1, 2, 3, 3), torch.rand(1, 2, 3, 3), -1)
+    with pytest.raises(ValueError, match="tensors of one shape"):
+        local_mi_loss(torch.rand(2, 3, 3), torch.rand(2, 3, 3), 1)
+
+
+def recording_reduction() -> tuple[Reduction, list[str]]:
+    """A single-process reduction that records which of its two reductions each call used."""
+    calls: list[str] = []
+
+    def total(t: torch.Tensor) -> torch.Tensor:
+        calls.append("sum")
+        return SINGLE_PROCESS.sum(t)
+
+    def mean(values: torch.Tensor) -> torch.Tensor:
+        calls.append("mean")
+        return SINGLE_PROCESS.mean(values)
+
+    return Reduction(sum=total, mean=mean), calls
+
+
+def test_the_single_process_reduction_is_the_identity_and_the_plain_mean() -> None:
+    t = _probs(3, 4, 5, seed=9)
+    assert SINGLE_PROCESS.sum(t) is t
+    assert torch.equal(SINGLE_PROCESS.mean(t), t.mean())
+
+
+def test_losses_reduce_over_the_batch_through_the_reduction_they_are_given() -> None:
+    z1, z2 = _probs(2, 3, 8, 8, seed=1), _probs(2, 3, 8, 8, seed=2)
+    cases = [
+        (lambda **kw: global_mi_loss(z1[..., 0, 0], z2[..., 0, 0], **kw), ["sum"]),
+        (lambda **kw: local_mi_loss(z1, z2, 1, **kw), ["sum"]),
+        (lambda **kw: local_mi_loss(z1, z2, 1, patch=4, **kw), ["sum"] * 9),  # one joint per window
+        (lambda **kw: consistency_loss(z1, z2, "mse", **kw), ["mean"]),
+        (lambda **kw: consistency_loss(z1, z2, "kl", **kw), ["mean"]),
+    ]
+    for loss, expected in cases:
+        reduction, calls = recording_reduction()
+        assert torch.equal(loss(reduction=reduction), loss())
+        assert calls == expected
+
+
+def test_the_loss_math_imports_nothing_from_mireg() -> None:
+    tree = ast.parse(Path(mireg.losses.__file__).read_text())
+    imported = [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+    imported += [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                 for alias in node.names]
+    assert not [name for name in imported if name.split(".")[0] == "mireg"]

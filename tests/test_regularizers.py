@@ -1,15 +1,22 @@
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from mireg.backbones.unet import UNet
-from mireg.contract import StepContext
+from mireg.contract import RegularizerConfig, StepContext
 from mireg.losses import consistency_loss, global_mi_loss, local_mi_loss
 from mireg.regularizers.consistency import ConsistencyConfig
+from mireg.regularizers.entropy import EntropyMinConfig
 from mireg.regularizers.heads import ClusterHead
+from mireg.regularizers.mean_teacher import MeanTeacherConfig
+from mireg.regularizers.midl import OutputMIConfig
 from mireg.regularizers.mutual_information import MutualInformationConfig
 from mireg.testing import step_context
+
+from .test_losses import recording_reduction
 
 
 def _context(net: UNet, taps: tuple[str, ...]) -> StepContext:
@@ -79,3 +86,24 @@ def test_cluster_heads_give_independent_distributions(kind: str) -> None:
     assert z.shape == (2, 3, 6, 5, 7) and g.shape == (2, 3, 6)
     torch.testing.assert_close(z.sum(2), torch.ones(2, 3, 5, 7))
     torch.testing.assert_close(g.sum(2), torch.ones(2, 3))
+
+
+@pytest.mark.parametrize(("config", "expected"), [
+    (ConsistencyConfig(name="consistency", weight=1.0), ["mean"]),
+    (EntropyMinConfig(name="entropy_min", weight=1.0), ["mean"]),
+    (MeanTeacherConfig(name="mean_teacher", weight=1.0), ["mean"]),
+    (OutputMIConfig(name="midl", weight=1.0), ["sum"]),
+    # Two global sub-heads, one joint per sub-head; the two local layers, all sub-heads at once.
+    (MutualInformationConfig(name="mutual_information", weight=1.0, subheads=2, clusters=5),
+     ["sum"] * 4),
+])
+def test_built_in_regularizers_reduce_over_the_batch_with_the_contexts_reduction(
+        config: RegularizerConfig, expected: list[str]) -> None:
+    torch.manual_seed(0)
+    net = UNet(1, 3, 4)
+    reg = config.build(net)
+    ctx = _context(net, reg.taps)
+    reduction, calls = recording_reduction()
+    loss = reg(dataclasses.replace(ctx, reduction=reduction)).loss
+    assert calls == expected
+    assert torch.equal(loss, reg(ctx).loss)

@@ -19,7 +19,8 @@ class Consistency(Regularizer):
 
     def forward(self, ctx: StepContext) -> RegularizerOutput:
         target = ctx.transform(ctx.logits_u.softmax(dim=1))
-        return RegularizerOutput(consistency_loss(ctx.logits_tu.softmax(dim=1), target, self.kind))
+        loss = consistency_loss(ctx.logits_tu.softmax(dim=1), target, self.kind, reduction=ctx.reduction)
+        return RegularizerOutput(loss)
 
 
 class ConsistencyConfig(RegularizerConfig):

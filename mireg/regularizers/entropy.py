@@ -5,23 +5,26 @@ from __future__ import annotations
 import torch
 
 from mireg.contract import Backbone, Regularizer, RegularizerConfig, RegularizerOutput, StepContext
-from mireg.distributed import batch_mean
+from mireg.losses import SINGLE_PROCESS, Reduction
 
 __all__ = ["EntropyMin", "EntropyMinConfig"]
 
 
-def mean_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Mean over pixels of the entropy (nats) of ``softmax(logits)`` over the class axis (dim 1)."""
+def mean_entropy(logits: torch.Tensor, *, reduction: Reduction = SINGLE_PROCESS) -> torch.Tensor:
+    """Mean over pixels of the entropy (nats) of ``softmax(logits)`` over the class axis (dim 1).
+
+    ``reduction`` takes the mean over the batch of all processes.
+    """
     with torch.autocast(device_type=logits.device.type, enabled=False):
         log_p = logits.float().log_softmax(dim=1)
-        return batch_mean(-(log_p.exp() * log_p).sum(dim=1))
+        return reduction.mean(-(log_p.exp() * log_p).sum(dim=1))
 
 
 class EntropyMin(Regularizer):
     """Confident predictions on the (transformed) unlabelled images."""
 
     def forward(self, ctx: StepContext) -> RegularizerOutput:
-        return RegularizerOutput(mean_entropy(ctx.logits_tu))
+        return RegularizerOutput(mean_entropy(ctx.logits_tu, reduction=ctx.reduction))
 
 
 class EntropyMinConfig(RegularizerConfig):

@@ -34,7 +34,8 @@ class MeanTeacher(Regularizer):
         self.teacher.train()
         with torch.no_grad():
             target = ctx.transform(self.teacher(ctx.x_u).float().softmax(dim=1))
-        return RegularizerOutput(consistency_loss(ctx.logits_tu.softmax(dim=1), target, "mse"))
+        loss = consistency_loss(ctx.logits_tu.softmax(dim=1), target, "mse", reduction=ctx.reduction)
+        return RegularizerOutput(loss)
 
     @torch.no_grad()
     def after_step(self, model: nn.Module, step: int) -> None:

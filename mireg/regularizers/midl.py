@@ -24,7 +24,8 @@ class OutputMI(Regularizer):
     def forward(self, ctx: StepContext) -> RegularizerOutput:
         p_u = ctx.transform(ctx.logits_u.float().softmax(dim=1))
         p_tu = ctx.logits_tu.float().softmax(dim=1)
-        return RegularizerOutput(local_mi_loss(p_u, p_tu, self.radius, self.patch))
+        loss = local_mi_loss(p_u, p_tu, self.radius, self.patch, reduction=ctx.reduction)
+        return RegularizerOutput(loss)
 
 
 class OutputMIConfig(RegularizerConfig):

@@ -16,7 +16,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from mireg.contract import Backbone, Regularizer, RegularizerConfig, RegularizerOutput, StepContext
-from mireg.losses import global_mi_loss, local_mi_subheads
+from mireg.losses import global_mi_loss, local_mi_loss
 from mireg.regularizers.heads import ClusterHead
 
 __all__ = ["MutualInformation", "MutualInformationConfig"]
@@ -61,10 +61,12 @@ class MutualInformation(Regularizer):
         head = self.heads[name]
         if self.kinds[name] == "encoder":
             z, z_t = head(f_u), head(f_tu)  # (N, S, K)
-            return torch.stack([global_mi_loss(z[:, s], z_t[:, s]) for s in range(z.shape[1])]).mean()
+            per_subhead = [global_mi_loss(z[:, s], z_t[:, s], reduction=ctx.reduction)
+                           for s in range(z.shape[1])]
+            return torch.stack(per_subhead).mean()
         # The head is pointwise, so T(head(F)) = head(T(F)): flipping F moves fewer channels.
         z, z_t = head(ctx.transform(f_u)), head(f_tu)  # (N, S, K, H, W)
-        return local_mi_subheads(z, z_t, self.radius[name], self.patch).mean()
+        return local_mi_loss(z, z_t, self.radius[name], self.patch, reduction=ctx.reduction).mean()
 
     def forward(self, ctx: StepContext) -> RegularizerOutput:
         per_layer = {name: self.layer_loss(name, ctx) for name in self.taps}

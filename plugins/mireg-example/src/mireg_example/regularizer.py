@@ -17,8 +17,9 @@ class Smoothness(Regularizer):
     def forward(self, ctx: StepContext) -> RegularizerOutput:
         logits = ctx.logits_u if self.on == "unlabeled" else ctx.logits_tu
         p = logits.float().softmax(dim=1)
-        dy = (p[..., 1:, :] - p[..., :-1, :]).abs().mean()
-        dx = (p[..., :, 1:] - p[..., :, :-1]).abs().mean()
+        # Means over the batch go through ctx.reduction: exact under multi-process training too.
+        dy = ctx.reduction.mean((p[..., 1:, :] - p[..., :-1, :]).abs())
+        dx = ctx.reduction.mean((p[..., :, 1:] - p[..., :, :-1]).abs())
         # Extra values to log go in `logs` (scalars, kept on the device).
         return RegularizerOutput(dx + dy, {"dx": dx.detach(), "dy": dy.detach()})
 
