@@ -33,6 +33,8 @@ from mireg.contract import (
     Transform,
 )
 from mireg.data.store import VolumeStore
+from mireg.step import TappedNetwork
+from mireg.step import step_context as build_step_context
 
 __all__ = ["ContractError", "check_backbone", "check_dataset", "check_regularizer", "step_context"]
 
@@ -48,32 +50,24 @@ def _expect(condition: bool, plugin: str, message: str) -> None:
 
 def step_context(backbone: Backbone, taps: tuple[str, ...] = (), n_labeled: int = 2, n_unlabeled: int = 3,
                  size: int = 32, seed: int = 0) -> StepContext:
-    """A :class:`StepContext` from one real forward pass of ``backbone`` over random images."""
+    """A :class:`StepContext` from one real forward pass of ``backbone`` over random images.
+
+    It is built by the training step's own builder (:func:`mireg.step.step_context`), so
+    ``ctx.forward`` works as in training; the backbone keeps the forward hooks on ``taps``.
+    """
     g = torch.Generator().manual_seed(seed)
-    captured: dict[str, torch.Tensor] = {}
-    handles = [backbone.tap_module(name).register_forward_hook(
-        lambda m, i, o, name=name: captured.__setitem__(name, o)) for name in taps]
-    try:
-        c = backbone.in_channels
-        x_l = torch.rand(n_labeled, c, size, size, generator=g)
-        x_u = torch.rand(n_unlabeled, c, size, size, generator=g)
-        t = Transform.draw(n_unlabeled, g, torch.device("cpu"))
-        sizes = [n_labeled, n_unlabeled, n_unlabeled]
-        logits_l, logits_u, logits_tu = backbone(torch.cat([x_l, x_u, t(x_u)])).split(sizes)
-    finally:
-        for handle in handles:
-            handle.remove()
-    features = {}
-    for name, value in captured.items():
-        f_l, f_u, f_tu = value.split(sizes)
-        features[name] = (f_l, f_u, f_tu)
-    return StepContext(logits_l, logits_u, logits_tu, features, t, 0, 0, x_u)
+    c = backbone.in_channels
+    x_l = torch.rand(n_labeled, c, size, size, generator=g)
+    x_u = torch.rand(n_unlabeled, c, size, size, generator=g)
+    t = Transform.draw(n_unlabeled, g, torch.device("cpu"))
+    y_l = torch.randint(backbone.num_classes, (n_labeled, size, size), generator=g)
+    return build_step_context(TappedNetwork(backbone, taps), x_l, y_l, x_u, t, step=0, epoch=0)
 
 
 def check_backbone(config: BackboneConfig, size: int = 64, batch: int = 2) -> Backbone:
     """Build the backbone and check shapes, taps, gradients and a state-dict round trip."""
     plugin = f"backbone {config.name!r}"
-    net = config.build()
+    net = config.create()
     _expect(isinstance(net, Backbone), plugin, f"build() returned {type(net).__name__}, not a Backbone")
     _expect(net.in_channels == config.in_channels and net.num_classes == config.num_classes, plugin,
             "in_channels / num_classes differ from the config")
@@ -97,7 +91,8 @@ def check_backbone(config: BackboneConfig, size: int = 64, batch: int = 2) -> Ba
     grads = [p.grad for p in net.parameters() if p.requires_grad]
     _expect(any(g is not None and g.abs().sum() > 0 for g in grads), plugin, "no gradient reaches it")
     _expect(all(g is None or bool(torch.isfinite(g).all()) for g in grads), plugin, "non-finite gradient")
-    twin = config.build()
+    twin = net.twin()
+    _expect(type(twin) is type(net) and twin is not net, plugin, "twin() must make a new network")
     twin.load_state_dict(net.state_dict())
     net.eval()
     twin.eval()
@@ -114,7 +109,7 @@ def check_regularizer(config: RegularizerConfig, backbone: BackboneConfig | None
     plugin = f"regularizer {config.name!r}"
     backbone = backbone or UNetConfig(name="unet", num_classes=3, base_channels=4)
     torch.manual_seed(0)
-    net = backbone.build()
+    net = backbone.create()
     reg = config.build(net)
     _expect(isinstance(reg, Regularizer), plugin, f"build() returned {type(reg).__name__}")
     missing = [t for t in reg.taps if t not in net.taps]
@@ -135,7 +130,7 @@ def check_regularizer(config: RegularizerConfig, backbone: BackboneConfig | None
         _expect(all(g is None or bool(torch.isfinite(g).all()) for g in grads), plugin, "non-finite gradient")
     reg.after_step(net, 0)
     _expect(isinstance(reg.evaluation_model(net), nn.Module), plugin, "evaluation_model must be a module")
-    twin = config.build(backbone.build())
+    twin = config.build(backbone.create())
     twin.load_state_dict(reg.state_dict())
     return reg
 
