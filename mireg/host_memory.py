@@ -1,12 +1,11 @@
 """Reuse of freed host memory, for training and inference on the CPU.
 
-A CPU training step allocates and frees gigabytes of large tensors (at 224 x 224 the udaiic step
-peaks near 6 GB). glibc's malloc serves every block above its mmap threshold (32 MB at most) with a
-fresh ``mmap`` and unmaps it on ``free``, so each step faults in brand-new pages that the kernel must
-zero first. Measured on a 2-core CPU: 12.8 million minor page faults in three udaiic steps, and more
-than half of the step's time. Serving large blocks from malloc's heap and never trimming it keeps
-those pages mapped from one step to the next; the price is that the process holds on to its peak
-memory until it exits, which is what GPU frameworks' caching allocators do too.
+A CPU training step allocates and frees gigabytes of large tensors. glibc's malloc serves every
+block above its mmap threshold (32 MB at most) with a fresh ``mmap`` and unmaps it on ``free``, so
+each step faults in brand-new pages that the kernel must zero first (the README's "Speed" section
+has the measured cost). Serving large blocks from malloc's heap and never trimming it keeps those
+pages mapped from one step to the next; the price is that the process holds on to its peak memory
+until it exits, which is what GPU frameworks' caching allocators do too.
 
 ``mireg``'s command line turns this on at start; ``MIREG_KEEP_FREED_MEMORY=0`` turns it off. It is a
 process-wide malloc setting, so the library never changes it behind an embedding program's back.
