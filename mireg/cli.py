@@ -28,11 +28,13 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from mireg import __version__, distributed, host_memory, registry
-from mireg.contract import DatasetConfig
+from mireg import __version__, host_memory, registry
 from mireg.errors import MiregError, RunInterrupted
 from mireg.progress import Observer
-from mireg.train import resolve_device
+
+# Help, --version and `plugins` import nothing heavy: whatever pulls in torch (mireg.contract,
+# mireg.train, mireg.distributed, mireg.evaluate, the data modules) is imported by the command that
+# uses it.
 
 app = typer.Typer(
     name="mireg",
@@ -129,6 +131,7 @@ def preprocess(
         help="A folder of NIfTI scans without labels to add as unlabelled data (repeatable).")] = None,
 ) -> None:
     """Turn a raw data set (e.g. the ACDC download) into a preprocessed store for training."""
+    from mireg.contract import DatasetConfig
     from mireg.data.nifti import add_unlabeled_folder
     from mireg.data.preprocessing import StoreBuilder
 
@@ -178,6 +181,8 @@ def preprocess(
 
 
 def _preprocessable() -> list[str]:
+    from mireg.contract import DatasetConfig
+
     names = []
     for name in registry.available("dataset"):
         try:
@@ -225,6 +230,8 @@ class _RichObserver(Observer):
 @contextmanager
 def _stop_on_signals(trainer: Any) -> Iterator[None]:
     """SIGINT/SIGTERM ask the trainer to checkpoint and stop; a second Ctrl-C stops at once."""
+    from mireg import distributed
+
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def handler(signum: int, frame: Any) -> None:
@@ -245,6 +252,9 @@ def _stop_on_signals(trainer: Any) -> Iterator[None]:
 
 def _join_torchrun_job(device: str) -> None:
     """In a torchrun job: join the process group; only rank 0 prints from here on."""
+    from mireg import distributed
+    from mireg.train import resolve_device
+
     if distributed.launched_by_torchrun():
         distributed.init_from_environment(resolve_device(device))
         console.quiet = not distributed.is_main()
@@ -268,6 +278,7 @@ def train(
     Under torchrun (torchrun --nproc-per-node N -m mireg train RECIPE) the N processes train one run
     with data-parallel DDP; rank 0 writes the run directory and prints.
     """
+    from mireg import distributed
     from mireg.checkpoint import load_checkpoint
     from mireg.recipe import load_recipe
     from mireg.runs import prepare_run_dir
@@ -350,6 +361,7 @@ def _eval_run(run_dir: Path, split: str, checkpoint: str, overlays: bool) -> Non
     from mireg.plots import save_overlay
     from mireg.report import build_report, write_reports
     from mireg.runs import load_trained, read_split
+    from mireg.train import resolve_device
 
     if not run_dir.is_dir():
         raise MiregError(f"{run_dir}: no such run directory")
@@ -427,6 +439,7 @@ def predict(
     """Segment NIfTI scans; each label map keeps its input's shape and geometry."""
     from mireg.predict import collect_inputs, predict_files
     from mireg.runs import load_trained
+    from mireg.train import resolve_device
 
     files = collect_inputs(inputs)
     trained = load_trained(run, resolve_device(device, "--device"), checkpoint)
@@ -450,18 +463,29 @@ def _root(
     """mireg: train segmentation networks from a few labelled and many unlabelled scans."""
 
 
+def _rank() -> int:
+    """This process's rank in a torchrun job, 0 outside one.
+
+    Only a command that imported :mod:`mireg.distributed` can have joined a job; importing it here
+    would load torch for commands that never need it.
+    """
+    distributed = sys.modules.get("mireg.distributed")
+    return 0 if distributed is None else int(distributed.rank())
+
+
 def main() -> None:
     """Entry point of the ``mireg`` script: the single error boundary."""
     host_memory.keep_freed_memory()  # CPU steps reuse freed pages instead of faulting in new ones
     try:
         app()
     except RunInterrupted as exc:
-        if distributed.is_main():
+        if _rank() == 0:
             err_console.print(f"[bold yellow]interrupted:[/] {escape(exc.message)}", highlight=False)
             err_console.print(f"[dim]{escape(exc.hint or '')}[/]", highlight=False)
         sys.exit(130)
     except MiregError as exc:
-        where = "" if distributed.is_main() else f"(rank {distributed.rank()}) "
+        rank = _rank()
+        where = "" if rank == 0 else f"(rank {rank}) "
         err_console.print(f"[bold red]error:[/] {where}{escape(exc.message)}", highlight=False)
         if exc.hint:
             err_console.print(f"[dim]hint: {escape(exc.hint)}[/]", highlight=False)
