@@ -107,14 +107,27 @@ def _plain_table(header: list[str], rows: list[list[str]], title: str) -> Table:
 
 
 @app.command()
-def plugins() -> None:
-    """List installed backbones, datasets and regularisers, with their distribution and version."""
+def plugins(
+    check: Annotated[bool, typer.Option(
+        "--check", help="Import every plugin and show whether it loads (slower: imports torch).")] = False,
+) -> None:
+    """List installed backbones, datasets and regularisers: distribution, version, entry point.
+
+    Listing imports no plugin; --check imports each one and adds its status (ok, or why it is broken).
+    """
     table = Table(title="mireg plugins")
-    for column in ("kind", "name", "distribution", "version", "status"):
-        table.add_column(column)
+    for column in ("kind", "name", "distribution", "version"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("target", overflow="fold")  # what wraps in a narrow terminal
+    if not check:
+        for info in registry.installed():
+            table.add_row(info.kind, info.name, info.distribution, info.version, escape(info.value))
+        console.print(table)
+        return
+    table.add_column("status")
     for info, error in registry.plugin_status():
         status = "[green]ok[/]" if error is None else f"[red]broken:[/] {escape(error)}"
-        table.add_row(info.kind, info.name, info.distribution, info.version, status)
+        table.add_row(info.kind, info.name, info.distribution, info.version, escape(info.value), status)
     console.print(table)
 
 

@@ -1,4 +1,4 @@
-"""The command line starts fast: help, --version and `plugins` never import torch."""
+"""The command line starts fast: help, --version and `plugins` (without --check) never import torch."""
 
 from __future__ import annotations
 
@@ -40,8 +40,9 @@ def _run_fresh(*args: str) -> dict[str, object]:
     return result
 
 
-@pytest.mark.parametrize("args", [["--help"], ["--version"], ["train", "--help"], ["eval", "--help"]])
-def test_help_and_version_do_not_import_torch(args: list[str]) -> None:
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["plugins"], ["train", "--help"],
+                                  ["eval", "--help"]])
+def test_help_version_and_plugins_do_not_import_torch(args: list[str]) -> None:
     result = _run_fresh(*args)
     assert result["code"] == 0
     assert "torch" not in result["heavy"], result  # type: ignore[operator]
