@@ -1,6 +1,7 @@
 """Evaluation reports: one JSON, one CSV row per volume and structure, one Markdown summary.
 
-Every file is written to a temporary sibling and renamed, so a report is never half-written.
+Every file is written to a temporary sibling and renamed, so a report is never half-written. Reading
+and tabulating reports imports neither torch nor numpy.
 """
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mireg.errors import RunError
-from mireg.evaluate import METRICS, VolumeResult, summarize
 from mireg.files import atomic_write_text
+
+if TYPE_CHECKING:
+    from mireg.evaluate import VolumeResult
 
 __all__ = [
     "build_report",
@@ -33,6 +36,8 @@ def build_report(
     results: list[VolumeResult], structures: Sequence[str], meta: dict[str, Any]
 ) -> dict[str, Any]:
     """The report as plain data: ``meta`` + structures + summary + per-volume metrics."""
+    from mireg.evaluate import summarize
+
     return {
         **meta,
         "structures": list(structures),
@@ -77,6 +82,8 @@ def markdown_summary(report: dict[str, Any]) -> str:
 
 
 def _csv_text(report: dict[str, Any]) -> str:
+    from mireg.evaluate import METRICS
+
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(["volume", "patient", "phase", "structure", *METRICS])
