@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.console import Console
+from rich import box
+from rich.console import Console, Group
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
@@ -27,6 +28,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from mireg import __version__, host_memory, registry
 from mireg.errors import MiregError, RunInterrupted
@@ -76,30 +78,30 @@ class _ProgressReporter:
 # --------------------------------------------------------------------------------------- tables
 
 
-def metrics_table(report: dict[str, Any], title: str) -> Table:
-    """Per structure x (ED, ES, all): mean ± std of the 3D DSC (%) and HD95 (mm)."""
-    from mireg.report import format_stat
-
-    summary = report["summary"]
-    phases = list(summary["dice"])
-    table = Table(title=title)
-    table.add_column("structure")
-    for label in ("DSC", "HD95"):
-        for phase in phases:
-            table.add_column(f"{label} {phase}", justify="right")
-    for structure in [*report["structures"], "mean"]:
-        cells = [format_stat(summary[m][p][structure], m) for m in ("dice", "hd95") for p in phases]
-        table.add_row(structure, *cells, style="bold" if structure == "mean" else None)
-    table.caption = f"{len(report['volumes'])} volumes; DSC in %, HD95 in mm"
-    return table
+# The tables' content comes from mireg.report (cells with a line break before "(n undef.)"); these
+# only draw it, compactly enough for an 80-column terminal: no vertical rules, and a value never
+# wraps (only the first column, the row names, may).
 
 
-def _plain_table(header: list[str], rows: list[list[str]], title: str) -> Table:
-    table = Table(title=title)
-    for i, column in enumerate(header):
-        table.add_column(column, justify="left" if i == 0 else "right")
-    for row in rows:
-        table.add_row(*row)
+def metrics_tables(report: dict[str, Any], title: str) -> Group:
+    """``title``, then a report's DSC and HD95 tables (structure x phase, mean ± std), then its note."""
+    from mireg.report import summary_note, summary_tables
+
+    parts: list[Table | Text] = [Text(title, style="bold")]
+    for table in summary_tables(report, ("dice", "hd95"), sep="\n"):
+        parts += [Text(), _plain_table(table.header, table.rows, table.title, bold_last=True)]
+    return Group(*parts, Text(), Text(summary_note(report), style="dim"))
+
+
+def _plain_table(header: list[str], rows: list[list[str]], title: str, bold_last: bool = False) -> Table:
+    """Text cells drawn with rich; ``bold_last`` sets off a closing summary row (the mean)."""
+    table = Table(title=escape(title), box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
+                  padding=(0, 0, 0, 1))
+    table.add_column(escape(header[0]), overflow="fold")
+    for column in header[1:]:
+        table.add_column(escape(column), justify="right", no_wrap=True)
+    for i, row in enumerate(rows):
+        table.add_row(*map(escape, row), style="bold" if bold_last and i == len(rows) - 1 else None)
     return table
 
 
@@ -328,8 +330,8 @@ def train(
     distributed.leave()
     if not rank0:
         return
-    console.print(metrics_table(report, f"{recipe.name}: test set, best checkpoint "
-                                        f"(epoch {report['epoch']})"))
+    console.print(metrics_tables(report, f"{recipe.name}: test set, best checkpoint "
+                                         f"(epoch {report['epoch']})"))
     console.print(f"done in {time.perf_counter() - started:.0f} s; report: {run_dir / 'report.json'}")
 
 
@@ -402,8 +404,8 @@ def _eval_run(run_dir: Path, split: str, checkpoint: str, overlays: bool) -> Non
             "epoch": trained.state["epoch"]}
     report = build_report(results, store.classes[1:], meta)
     paths = write_reports(report, run_dir, stem)
-    console.print(metrics_table(report, f"{trained.recipe.name}: {split} set, {trained.checkpoint.name}"
-                                        f" (epoch {trained.state['epoch']})"))
+    console.print(metrics_tables(report, f"{trained.recipe.name}: {split} set, {trained.checkpoint.name}"
+                                         f" (epoch {trained.state['epoch']})"))
     console.print(f"reports: {', '.join(str(p) for p in paths)}")
     if overlays:
         console.print(f"overlays: {run_dir / f'overlays_{split}'}")
@@ -412,15 +414,13 @@ def _eval_run(run_dir: Path, split: str, checkpoint: str, overlays: bool) -> Non
 def _eval_folders(pred: Path, gt: Path, out: Path | None) -> None:
     import json
 
-    from mireg.evaluate import METRICS, evaluate_folders
+    from mireg.evaluate import evaluate_folders
     from mireg.files import atomic_write_text
-    from mireg.report import format_stat
+    from mireg.report import folder_rows
 
     with _progress() as bar:
         result = evaluate_folders(pred, gt, progress=_ProgressReporter(bar))
-    rows = [[label, *(format_stat(result["mean"][label][m], m) for m in METRICS)]
-            for label in result["labels"]]
-    header = ["label", "DSC (%)", "HD95 (mm)", "HD (mm)", "ASSD (mm)"]
+    header, rows = folder_rows(result, sep="\n")
     console.print(_plain_table(header, rows, f"{len(result['cases'])} cases: {pred} vs {gt}"))
     if out is not None:
         atomic_write_text(out, json.dumps(result, indent=1) + "\n")
@@ -429,14 +429,12 @@ def _eval_folders(pred: Path, gt: Path, out: Path | None) -> None:
 
 def _compare(runs: list[Path], out: Path) -> None:
     from mireg.files import atomic_write_text
-    from mireg.report import comparison_rows, read_run_report
+    from mireg.report import comparison_rows, markdown_table, read_run_report
 
     reports = [(run.name, read_run_report(run)) for run in runs]
-    header, rows = comparison_rows(reports)
+    header, rows = comparison_rows(reports, sep="\n")
     console.print(_plain_table(header, rows, "test set, all phases (mean ± std over volumes)"))
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    atomic_write_text(out, "\n".join(lines) + "\n")
+    atomic_write_text(out, markdown_table(header, rows))
     console.print(f"table: {out}")
 
 
@@ -508,4 +506,4 @@ def main() -> None:
         sys.exit(130)
 
 
-__all__ = ["app", "main", "metrics_table"]
+__all__ = ["app", "main", "metrics_tables"]

@@ -1,7 +1,9 @@
 """Evaluation reports: one JSON, one CSV row per volume and structure, one Markdown summary.
 
-Every file is written to a temporary sibling and renamed, so a report is never half-written. Reading
-and tabulating reports imports neither torch nor numpy.
+Every file is written to a temporary sibling and renamed, so a report is never half-written. The
+tables of a report (and of a comparison of runs, or of a folder evaluation) are built here as plain
+text cells; the CLI renders them with rich and :func:`markdown_table` as Markdown. Reading and
+tabulating reports imports neither torch nor numpy.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from mireg.errors import RunError
 from mireg.files import atomic_write_text
@@ -20,16 +22,29 @@ if TYPE_CHECKING:
     from mireg.evaluate import VolumeResult
 
 __all__ = [
+    "TextTable",
     "build_report",
     "comparison_rows",
+    "folder_rows",
     "format_stat",
     "markdown_summary",
+    "markdown_table",
     "read_run_report",
+    "summary_note",
+    "summary_tables",
     "write_reports",
 ]
 
 UNITS = {"dice": "%", "hd95": "mm", "hd": "mm", "assd": "mm"}
 NAMES = {"dice": "DSC", "hd95": "HD95", "hd": "HD", "assd": "ASSD"}
+
+
+class TextTable(NamedTuple):
+    """A table as text: its title, column names and rows of cells (the first cell names the row)."""
+
+    title: str
+    header: list[str]
+    rows: list[list[str]]
 
 
 def build_report(
@@ -50,35 +65,64 @@ def build_report(
     }
 
 
-def format_stat(stat: dict[str, Any], metric: str) -> str:
-    """``mean ± std`` (DSC in %), with the number of undefined cases when there are any."""
+def format_stat(stat: dict[str, Any], metric: str, sep: str = " ") -> str:
+    """``mean ± std`` (DSC in %), with the number of undefined cases when there are any.
+
+    Args:
+        sep: What goes between the value and ``(n undef.)``: a line break keeps narrow tables narrow.
+    """
     if stat["mean"] is None:
         text = "n/a"
     else:
         scale = 100.0 if metric == "dice" else 1.0
         text = f"{scale * stat['mean']:.1f} ± {scale * stat['std']:.1f}"
-    return f"{text} ({stat['undefined']} undef.)" if stat["undefined"] else text
+    return f"{text}{sep}({stat['undefined']} undef.)" if stat["undefined"] else text
+
+
+def summary_tables(report: dict[str, Any], metrics: Sequence[str] = ("dice", "hd95"),
+                   sep: str = " ") -> list[TextTable]:
+    """One table per metric: structures (then their ``mean``) x phases, cells ``mean ± std``.
+
+    Args:
+        report: A report (:func:`build_report`).
+        metrics: Which metrics, in this order.
+        sep: Passed to :func:`format_stat`.
+    """
+    summary = report["summary"]
+    phases = list(summary["dice"])
+    tables = []
+    for metric in metrics:
+        rows = [[structure, *(format_stat(summary[metric][p][structure], metric, sep) for p in phases)]
+                for structure in [*report["structures"], "mean"]]
+        tables.append(TextTable(f"{NAMES[metric]} ({UNITS[metric]})",
+                                ["structure", *(f"{NAMES[metric]} {p}" for p in phases)], rows))
+    return tables
+
+
+def summary_note(report: dict[str, Any]) -> str:
+    """What a report's tables summarise, and what 'undef.' counts."""
+    return (f"{len(report['volumes'])} volumes; mean ± std over volumes; distances in mm on the "
+            "evaluation grid; 'undef.' counts volumes where a structure is present in only one of "
+            "prediction and ground truth.")
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A Markdown table (``|`` in cells escaped, line breaks made spaces), ending in a newline."""
+
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |"
+
+    return "\n".join([line(header), "|" + "---|" * len(header), *map(line, rows)]) + "\n"
 
 
 def markdown_summary(report: dict[str, Any]) -> str:
-    """Per structure x phase tables of DSC and HD95 (mean ± std), as Markdown."""
-    summary = report["summary"]
-    phases = list(summary["dice"])
-    lines = [f"# {report.get('run', '')}: {report.get('split', '')} set, "
-             f"{report.get('checkpoint', '')} (epoch {report.get('epoch', '?')})", ""]
-    for metric in ("dice", "hd95", "assd"):
-        lines.append(f"## {NAMES[metric]} ({UNITS[metric]})")
-        lines.append("")
-        lines.append("| structure | " + " | ".join(phases) + " |")
-        lines.append("|---|" + "---|" * len(phases))
-        for structure in [*report["structures"], "mean"]:
-            cells = [format_stat(summary[metric][p][structure], metric) for p in phases]
-            lines.append(f"| {structure} | " + " | ".join(cells) + " |")
-        lines.append("")
-    lines.append(f"{len(report['volumes'])} volumes; distances in mm on the evaluation grid; "
-                 "'undef.' counts volumes where a structure is present in only one of prediction "
-                 "and ground truth.")
-    return "\n".join(lines) + "\n"
+    """Per structure x phase tables of DSC, HD95 and ASSD (mean ± std), as Markdown."""
+    parts = [f"# {report.get('run', '')}: {report.get('split', '')} set, "
+             f"{report.get('checkpoint', '')} (epoch {report.get('epoch', '?')})\n"]
+    for table in summary_tables(report, ("dice", "hd95", "assd")):
+        parts.append(f"## {table.title}\n\n{markdown_table(table.header, table.rows)}")
+    parts.append(summary_note(report) + "\n")
+    return "\n".join(parts)
 
 
 def _csv_text(report: dict[str, Any]) -> str:
@@ -117,8 +161,13 @@ def read_run_report(run_dir: Path) -> dict[str, Any]:
     return report
 
 
-def comparison_rows(runs: Sequence[tuple[str, dict[str, Any]]]) -> tuple[list[str], list[list[str]]]:
-    """One row per run: DSC per structure, mean DSC, mean HD95 (test set, all phases)."""
+def comparison_rows(runs: Sequence[tuple[str, dict[str, Any]]],
+                    sep: str = " ") -> tuple[list[str], list[list[str]]]:
+    """One row per run: DSC per structure, mean DSC, mean HD95 (test set, all phases).
+
+    Returns:
+        The header and the rows; ``sep`` is passed to :func:`format_stat`.
+    """
     structures: list[str] = list(runs[0][1]["structures"])
     header = ["run", *(f"{s} DSC" for s in structures), "mean DSC", "mean HD95 (mm)"]
     rows = []
@@ -127,8 +176,22 @@ def comparison_rows(runs: Sequence[tuple[str, dict[str, Any]]]) -> tuple[list[st
         if list(report["structures"]) != structures:
             raise RunError(f"{name}: its structures {report['structures']} differ from "
                            f"{structures}; only runs on one data set can be compared")
-        cells = [format_stat(summary["dice"]["all"][s], "dice") for s in structures]
-        cells.append(format_stat(summary["dice"]["all"]["mean"], "dice"))
-        cells.append(format_stat(summary["hd95"]["all"]["mean"], "hd95"))
+        cells = [format_stat(summary["dice"]["all"][s], "dice", sep) for s in structures]
+        cells.append(format_stat(summary["dice"]["all"]["mean"], "dice", sep))
+        cells.append(format_stat(summary["hd95"]["all"]["mean"], "hd95", sep))
         rows.append([name, *cells])
+    return header, rows
+
+
+def folder_rows(result: dict[str, Any], sep: str = " ") -> tuple[list[str], list[list[str]]]:
+    """One row per label of a folder evaluation (``mireg.evaluate.evaluate_folders``): every metric.
+
+    Returns:
+        The header and the rows; ``sep`` is passed to :func:`format_stat`.
+    """
+    from mireg.evaluate import METRICS
+
+    header = ["label", *(f"{NAMES[m]} ({UNITS[m]})" for m in METRICS)]
+    rows = [[label, *(format_stat(result["mean"][label][m], m, sep) for m in METRICS)]
+            for label in result["labels"]]
     return header, rows
