@@ -6,16 +6,18 @@ to stderr and exits 1; bad usage exits 2 (Typer); anything else is a bug and kee
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
-from rich.console import Console
+from rich import box
+from rich.console import Console, Group
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
@@ -27,11 +29,18 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
-from mireg import __version__, distributed, host_memory, registry
-from mireg.contract import DatasetConfig
+from mireg import __version__, host_memory, registry
 from mireg.errors import MiregError, RunInterrupted
 from mireg.progress import Observer
+
+if TYPE_CHECKING:
+    from mireg.train import Trainer
+
+# Help, --version and `plugins` import nothing heavy: whatever pulls in torch (mireg.contract,
+# mireg.train, mireg.distributed, mireg.evaluate, the data modules) is imported by the command that
+# uses it.
 
 app = typer.Typer(
     name="mireg",
@@ -73,30 +82,30 @@ class _ProgressReporter:
 # --------------------------------------------------------------------------------------- tables
 
 
-def metrics_table(report: dict[str, Any], title: str) -> Table:
-    """Per structure x (ED, ES, all): mean ± std of the 3D DSC (%) and HD95 (mm)."""
-    from mireg.report import format_stat
-
-    summary = report["summary"]
-    phases = list(summary["dice"])
-    table = Table(title=title)
-    table.add_column("structure")
-    for label in ("DSC", "HD95"):
-        for phase in phases:
-            table.add_column(f"{label} {phase}", justify="right")
-    for structure in [*report["structures"], "mean"]:
-        cells = [format_stat(summary[m][p][structure], m) for m in ("dice", "hd95") for p in phases]
-        table.add_row(structure, *cells, style="bold" if structure == "mean" else None)
-    table.caption = f"{len(report['volumes'])} volumes; DSC in %, HD95 in mm"
-    return table
+# The tables' content comes from mireg.report (cells with a line break before "(n undef.)"); these
+# only draw it, compactly enough for an 80-column terminal: no vertical rules, and a value never
+# wraps (only the first column, the row names, may).
 
 
-def _plain_table(header: list[str], rows: list[list[str]], title: str) -> Table:
-    table = Table(title=title)
-    for i, column in enumerate(header):
-        table.add_column(column, justify="left" if i == 0 else "right")
-    for row in rows:
-        table.add_row(*row)
+def metrics_tables(report: dict[str, Any], title: str) -> Group:
+    """``title``, then a report's DSC and HD95 tables (structure x phase, mean ± std), then its note."""
+    from mireg.report import summary_note, summary_tables
+
+    parts: list[Table | Text] = [Text(title, style="bold")]
+    for table in summary_tables(report, ("dice", "hd95"), sep="\n"):
+        parts += [Text(), _plain_table(table.header, table.rows, table.title, bold_last=True)]
+    return Group(*parts, Text(), Text(summary_note(report), style="dim"))
+
+
+def _plain_table(header: list[str], rows: list[list[str]], title: str, bold_last: bool = False) -> Table:
+    """Text cells drawn with rich; ``bold_last`` sets off a closing summary row (the mean)."""
+    table = Table(title=escape(title), box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
+                  padding=(0, 0, 0, 1))
+    table.add_column(escape(header[0]), overflow="fold")
+    for column in header[1:]:
+        table.add_column(escape(column), justify="right", no_wrap=True)
+    for i, row in enumerate(rows):
+        table.add_row(*map(escape, row), style="bold" if bold_last and i == len(rows) - 1 else None)
     return table
 
 
@@ -104,14 +113,27 @@ def _plain_table(header: list[str], rows: list[list[str]], title: str) -> Table:
 
 
 @app.command()
-def plugins() -> None:
-    """List installed backbones, datasets and regularisers, with their distribution and version."""
+def plugins(
+    check: Annotated[bool, typer.Option(
+        "--check", help="Import every plugin and show whether it loads (slower: imports torch).")] = False,
+) -> None:
+    """List installed backbones, datasets and regularisers: distribution, version, entry point.
+
+    Listing imports no plugin; --check imports each one and adds its status (ok, or why it is broken).
+    """
     table = Table(title="mireg plugins")
-    for column in ("kind", "name", "distribution", "version", "status"):
-        table.add_column(column)
+    for column in ("kind", "name", "distribution", "version"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("target", overflow="fold")  # what wraps in a narrow terminal
+    if not check:
+        for info in registry.installed():
+            table.add_row(info.kind, info.name, info.distribution, info.version, escape(info.value))
+        console.print(table)
+        return
+    table.add_column("status")
     for info, error in registry.plugin_status():
         status = "[green]ok[/]" if error is None else f"[red]broken:[/] {escape(error)}"
-        table.add_row(info.kind, info.name, info.distribution, info.version, status)
+        table.add_row(info.kind, info.name, info.distribution, info.version, escape(info.value), status)
     console.print(table)
 
 
@@ -128,6 +150,7 @@ def preprocess(
         help="A folder of NIfTI scans without labels to add as unlabelled data (repeatable).")] = None,
 ) -> None:
     """Turn a raw data set (e.g. the ACDC download) into a preprocessed store for training."""
+    from mireg.contract import DatasetConfig
     from mireg.data.nifti import add_unlabeled_folder
     from mireg.data.preprocessing import StoreBuilder
 
@@ -177,6 +200,8 @@ def preprocess(
 
 
 def _preprocessable() -> list[str]:
+    from mireg.contract import DatasetConfig
+
     names = []
     for name in registry.available("dataset"):
         try:
@@ -222,12 +247,12 @@ class _RichObserver(Observer):
 
 
 @contextmanager
-def _stop_on_signals(trainer: Any) -> Iterator[None]:
+def _stop_on_signals(trainer: Trainer) -> Iterator[None]:
     """SIGINT/SIGTERM ask the trainer to checkpoint and stop; a second Ctrl-C stops at once."""
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def handler(signum: int, frame: Any) -> None:
-        if distributed.is_main():
+        if trainer.runtime.is_main:
             err_console.print(f"[yellow]{signal.Signals(signum).name}: saving a checkpoint after "
                               "this step (Ctrl-C again to stop at once)[/]")
         trainer.request_stop()
@@ -293,8 +318,8 @@ def train(
     runtime.close()
     if not runtime.is_main:
         return
-    console.print(metrics_table(report, f"{recipe.name}: test set, best checkpoint "
-                                        f"(epoch {report['epoch']})"))
+    console.print(metrics_tables(report, f"{recipe.name}: test set, best checkpoint "
+                                         f"(epoch {report['epoch']})"))
     console.print(f"done in {time.perf_counter() - started:.0f} s; report: {run.file('report.json')}")
 
 
@@ -335,8 +360,8 @@ def evaluate(
 
 
 def _eval_run(run_dir: Path, split: str, checkpoint: str, overlays: bool) -> None:
+    from mireg.evaluate import evaluate_run
     from mireg.plots import save_overlay
-    from mireg.report import evaluate_run
     from mireg.rundir import RunDir
 
     run = RunDir.open(run_dir)
@@ -347,8 +372,8 @@ def _eval_run(run_dir: Path, split: str, checkpoint: str, overlays: bool) -> Non
 
         report, paths = evaluate_run(run, split, checkpoint, progress=_ProgressReporter(bar),
                                      on_volume=on_volume if overlays else None)
-    console.print(metrics_table(report, f"{report['run']}: {split} set, {report['checkpoint']}"
-                                        f" (epoch {report['epoch']})"))
+    console.print(metrics_tables(report, f"{report['run']}: {split} set, {report['checkpoint']}"
+                                         f" (epoch {report['epoch']})"))
     console.print(f"reports: {', '.join(str(p) for p in paths)}")
     if overlays:
         console.print(f"overlays: {run.overlays(split)}")
@@ -357,15 +382,13 @@ def _eval_run(run_dir: Path, split: str, checkpoint: str, overlays: bool) -> Non
 def _eval_folders(pred: Path, gt: Path, out: Path | None) -> None:
     import json
 
-    from mireg.evaluate import METRICS, evaluate_folders
+    from mireg.evaluate import evaluate_folders
     from mireg.files import atomic_write_text
-    from mireg.report import format_stat
+    from mireg.report import folder_rows
 
     with _progress() as bar:
         result = evaluate_folders(pred, gt, progress=_ProgressReporter(bar))
-    rows = [[label, *(format_stat(result["mean"][label][m], m) for m in METRICS)]
-            for label in result["labels"]]
-    header = ["label", "DSC (%)", "HD95 (mm)", "HD (mm)", "ASSD (mm)"]
+    header, rows = folder_rows(result, sep="\n")
     console.print(_plain_table(header, rows, f"{len(result['cases'])} cases: {pred} vs {gt}"))
     if out is not None:
         atomic_write_text(out, json.dumps(result, indent=1) + "\n")
@@ -374,14 +397,12 @@ def _eval_folders(pred: Path, gt: Path, out: Path | None) -> None:
 
 def _compare(runs: list[Path], out: Path) -> None:
     from mireg.files import atomic_write_text
-    from mireg.report import comparison_rows, read_run_report
+    from mireg.report import comparison_rows, markdown_table, read_run_report
 
     reports = [(run.name, read_run_report(run)) for run in runs]
-    header, rows = comparison_rows(reports)
+    header, rows = comparison_rows(reports, sep="\n")
     console.print(_plain_table(header, rows, "test set, all phases (mean ± std over volumes)"))
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    atomic_write_text(out, "\n".join(lines) + "\n")
+    atomic_write_text(out, markdown_table(header, rows))
     console.print(f"table: {out}")
 
 
@@ -422,18 +443,24 @@ def _root(
     """mireg: train segmentation networks from a few labelled and many unlabelled scans."""
 
 
+def _rank() -> int:
+    """This process's rank in a torchrun job (its ``RANK`` variable), 0 outside one."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def main() -> None:
     """Entry point of the ``mireg`` script: the single error boundary."""
     host_memory.keep_freed_memory()  # CPU steps reuse freed pages instead of faulting in new ones
     try:
         app()
     except RunInterrupted as exc:
-        if distributed.is_main():
+        if _rank() == 0:
             err_console.print(f"[bold yellow]interrupted:[/] {escape(exc.message)}", highlight=False)
             err_console.print(f"[dim]{escape(exc.hint or '')}[/]", highlight=False)
         sys.exit(130)
     except MiregError as exc:
-        where = "" if distributed.is_main() else f"(rank {distributed.rank()}) "
+        rank = _rank()
+        where = "" if rank == 0 else f"(rank {rank}) "
         err_console.print(f"[bold red]error:[/] {where}{escape(exc.message)}", highlight=False)
         if exc.hint:
             err_console.print(f"[dim]hint: {escape(exc.hint)}[/]", highlight=False)
@@ -443,4 +470,4 @@ def main() -> None:
         sys.exit(130)
 
 
-__all__ = ["app", "main", "metrics_table"]
+__all__ = ["app", "main", "metrics_tables"]

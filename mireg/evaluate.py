@@ -22,10 +22,15 @@ from mireg.data.store import VolumeInfo, VolumeStore
 from mireg.errors import DataError
 from mireg.metrics import ClassMetrics, class_metrics, dice_per_class
 from mireg.progress import Progress
+from mireg.report import METRICS, write_reports
+from mireg.rundir import RunDir
+from mireg.runtime import resolve_device
+from mireg.state import load_trained
 
 __all__ = [
-    "METRICS",
     "VolumeResult",
+    "build_report",
+    "evaluate_run",
     "evaluate_folders",
     "evaluate_volumes",
     "segment",
@@ -33,7 +38,6 @@ __all__ = [
     "validation_dice",
 ]
 
-METRICS = ("dice", "hd95", "hd", "assd")
 
 
 @torch.no_grad()
@@ -172,6 +176,77 @@ def summarize(results: list[VolumeResult], structures: Sequence[str]) -> dict[st
             for phase, rows in groups.items()
         }
     return out
+
+
+def build_report(
+    results: list[VolumeResult], structures: Sequence[str], meta: dict[str, Any]
+) -> dict[str, Any]:
+    """The report as plain data: ``meta`` + structures + summary + per-volume metrics."""
+    return {
+        **meta,
+        "structures": list(structures),
+        "summary": summarize(results, structures),
+        "volumes": [
+            {"id": r.id, "patient": r.patient, "phase": r.phase,
+             "metrics": {s: vars(m) for s, m in r.metrics.items()}}
+            for r in results
+        ],
+    }
+
+
+def evaluate_run(
+    run: RunDir,
+    split: str = "test",
+    checkpoint: str = "best",
+    device: torch.device | None = None,
+    data: tuple[VolumeStore, torch.Tensor, torch.Tensor] | None = None,
+    progress: Progress | None = None,
+    on_volume: Callable[[VolumeInfo, np.ndarray, np.ndarray, np.ndarray], None] | None = None,
+) -> tuple[dict[str, Any], list[Path]]:
+    """Evaluate a run's checkpoint on one split of its patients and write the report files.
+
+    The one evaluation of a trained run: ``mireg train`` calls it on the test split after the last
+    epoch, ``mireg eval`` on any split and checkpoint.
+
+    Args:
+        run: The run folder.
+        split: ``test`` or ``validation``.
+        checkpoint: ``best``, ``last`` or a ``.pt`` file name of the run.
+        device: Where to evaluate (default: CUDA when available).
+        data: The store and its image and label tensors on ``device``, when already loaded.
+        progress: Progress of loading or generating the store, then of the volumes evaluated.
+        on_volume: Called for each volume (see :func:`~mireg.evaluate.evaluate_volumes`).
+
+    Returns:
+        The report and the paths of the files written (``report*.json|csv|md``).
+    """
+    device = device or resolve_device("auto")
+    trained = load_trained(run.checkpoint(checkpoint), device)
+    if data is None:
+        store = trained.recipe.data.load(progress)
+        images, labels = store.tensors(device)
+    else:
+        store, images, labels = data
+    patients = getattr(run.split(), split)
+    total = len(store.volumes_of(patients))
+    done = 0
+
+    def volume_done(volume: VolumeInfo, image: np.ndarray, pred: np.ndarray, truth: np.ndarray) -> None:
+        nonlocal done
+        if on_volume is not None:
+            on_volume(volume, image, pred, truth)
+        done += 1
+        if progress is not None:
+            progress(done, total, f"evaluating {split}")
+
+    results = evaluate_volumes(trained.model, store, images, labels, patients,
+                               trained.recipe.train.eval_batch, trained.recipe.train.precision,
+                               volume_done if progress is not None or on_volume is not None else None)
+    meta = {"run": trained.recipe.name, "split": split, "checkpoint": trained.checkpoint.path.name,
+            "epoch": trained.checkpoint.epoch}
+    report = build_report(results, store.classes[1:], meta)
+    paths = write_reports(report, run.path, run.report_stem(split, checkpoint))
+    return report, paths
 
 
 # --------------------------------------------------------------------------------------------------

@@ -15,20 +15,23 @@ import os
 from dataclasses import dataclass
 from functools import cache
 from importlib.metadata import EntryPoint, entry_points
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from mireg.contract import BackboneConfig, DatasetConfig, PluginConfig, RegularizerConfig
 from mireg.errors import PluginError
 
-__all__ = ["KINDS", "PluginInfo", "available", "discover", "load", "plugin_status"]
+if TYPE_CHECKING:
+    from mireg.contract import PluginConfig
+
+__all__ = ["KINDS", "PluginInfo", "available", "discover", "installed", "load", "plugin_status"]
 
 Kind = Literal["backbone", "dataset", "regularizer"]
 
-#: kind -> (entry-point group, base config class)
-KINDS: dict[str, tuple[str, type[PluginConfig]]] = {
-    "backbone": ("mireg.backbones", BackboneConfig),
-    "dataset": ("mireg.datasets", DatasetConfig),
-    "regularizer": ("mireg.regularizers", RegularizerConfig),
+#: kind -> (entry-point group, name of its base config class in :mod:`mireg.contract`). The class is
+#: looked up only when a plugin is loaded, so that discovery imports neither the contract nor torch.
+KINDS: dict[str, tuple[str, str]] = {
+    "backbone": ("mireg.backbones", "BackboneConfig"),
+    "dataset": ("mireg.datasets", "DatasetConfig"),
+    "regularizer": ("mireg.regularizers", "RegularizerConfig"),
 }
 DISABLE_ENV = "MIREG_DISABLE_PLUGIN_AUTOLOAD"
 
@@ -75,6 +78,11 @@ def available(kind: str) -> list[str]:
     return list(discover(kind))
 
 
+def installed() -> list[PluginInfo]:
+    """Every discovered plugin of every kind, by kind and name (nothing imported)."""
+    return [info for kind in KINDS for infos in discover(kind).values() for info in infos]
+
+
 def _single(kind: str, name: str) -> PluginInfo:
     found = discover(kind).get(name)
     if not found:
@@ -96,10 +104,13 @@ def load(kind: str, name: str) -> type[PluginConfig]:
         PluginError: Unknown name, duplicate registration, import failure or a class that does not
             subclass the contract's config class for ``kind``.
     """
+    from mireg import contract
+
     info = _single(kind, name)
-    _, base = KINDS[kind]
+    group, base_name = KINDS[kind]
+    base: type[PluginConfig] = getattr(contract, base_name)
     try:
-        obj = EntryPoint(info.name, info.value, KINDS[kind][0]).load()
+        obj = EntryPoint(info.name, info.value, group).load()
     except Exception as exc:  # any import-time failure of a plugin is the plugin's
         raise PluginError(f"{kind} plugin {info.label} failed to import: "
                           f"{type(exc).__name__}: {exc}") from exc
@@ -112,13 +123,11 @@ def load(kind: str, name: str) -> type[PluginConfig]:
 def plugin_status() -> list[tuple[PluginInfo, str | None]]:
     """Every discovered plugin with ``None`` if it loads, else the reason it does not."""
     rows: list[tuple[PluginInfo, str | None]] = []
-    for kind in KINDS:
-        for name, infos in discover(kind).items():
-            for info in infos:
-                try:
-                    load(kind, name)
-                    error = None
-                except PluginError as exc:
-                    error = exc.message
-                rows.append((info, error))
+    for info in installed():
+        try:
+            load(info.kind, info.name)
+            error = None
+        except PluginError as exc:
+            error = exc.message
+        rows.append((info, error))
     return rows

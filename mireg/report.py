@@ -1,6 +1,9 @@
 """Evaluation reports: one JSON, one CSV row per volume and structure, one Markdown summary.
 
-Every file is written to a temporary sibling and renamed, so a report is never half-written.
+Every file is written to a temporary sibling and renamed, so a report is never half-written. The
+tables of a report (and of a comparison of runs, or of a folder evaluation) are built here as plain
+text cells; the CLI renders them with rich and :func:`markdown_table` as Markdown. Reading and
+tabulating reports imports neither torch nor numpy.
 """
 
 from __future__ import annotations
@@ -8,79 +11,99 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-import numpy as np
-import torch
-
-from mireg.data.store import VolumeInfo, VolumeStore
 from mireg.errors import RunError
-from mireg.evaluate import METRICS, VolumeResult, evaluate_volumes, summarize
 from mireg.files import atomic_write_text
-from mireg.progress import Progress
-from mireg.rundir import RunDir
 
 __all__ = [
-    "build_report",
+    "METRICS",
+    "TextTable",
     "comparison_rows",
-    "evaluate_run",
+    "folder_rows",
     "format_stat",
     "markdown_summary",
+    "markdown_table",
     "read_run_report",
+    "summary_note",
+    "summary_tables",
     "write_reports",
 ]
 
+#: The metrics of every evaluation (:mod:`mireg.metrics`), their units and display names.
+METRICS = ("dice", "hd95", "hd", "assd")
 UNITS = {"dice": "%", "hd95": "mm", "hd": "mm", "assd": "mm"}
 NAMES = {"dice": "DSC", "hd95": "HD95", "hd": "HD", "assd": "ASSD"}
 
 
-def build_report(
-    results: list[VolumeResult], structures: Sequence[str], meta: dict[str, Any]
-) -> dict[str, Any]:
-    """The report as plain data: ``meta`` + structures + summary + per-volume metrics."""
-    return {
-        **meta,
-        "structures": list(structures),
-        "summary": summarize(results, structures),
-        "volumes": [
-            {"id": r.id, "patient": r.patient, "phase": r.phase,
-             "metrics": {s: vars(m) for s, m in r.metrics.items()}}
-            for r in results
-        ],
-    }
+class TextTable(NamedTuple):
+    """A table as text: its title, column names and rows of cells (the first cell names the row)."""
+
+    title: str
+    header: list[str]
+    rows: list[list[str]]
 
 
-def format_stat(stat: dict[str, Any], metric: str) -> str:
-    """``mean ± std`` (DSC in %), with the number of undefined cases when there are any."""
+def format_stat(stat: dict[str, Any], metric: str, sep: str = " ") -> str:
+    """``mean ± std`` (DSC in %), with the number of undefined cases when there are any.
+
+    Args:
+        sep: What goes between the value and ``(n undef.)``: a line break keeps narrow tables narrow.
+    """
     if stat["mean"] is None:
         text = "n/a"
     else:
         scale = 100.0 if metric == "dice" else 1.0
         text = f"{scale * stat['mean']:.1f} ± {scale * stat['std']:.1f}"
-    return f"{text} ({stat['undefined']} undef.)" if stat["undefined"] else text
+    return f"{text}{sep}({stat['undefined']} undef.)" if stat["undefined"] else text
+
+
+def summary_tables(report: dict[str, Any], metrics: Sequence[str] = ("dice", "hd95"),
+                   sep: str = " ") -> list[TextTable]:
+    """One table per metric: structures (then their ``mean``) x phases, cells ``mean ± std``.
+
+    Args:
+        report: A report (:func:`build_report`).
+        metrics: Which metrics, in this order.
+        sep: Passed to :func:`format_stat`.
+    """
+    summary = report["summary"]
+    phases = list(summary["dice"])
+    tables = []
+    for metric in metrics:
+        rows = [[structure, *(format_stat(summary[metric][p][structure], metric, sep) for p in phases)]
+                for structure in [*report["structures"], "mean"]]
+        tables.append(TextTable(f"{NAMES[metric]} ({UNITS[metric]})",
+                                ["structure", *(f"{NAMES[metric]} {p}" for p in phases)], rows))
+    return tables
+
+
+def summary_note(report: dict[str, Any]) -> str:
+    """What a report's tables summarise, and what 'undef.' counts."""
+    return (f"{len(report['volumes'])} volumes; mean ± std over volumes; distances in mm on the "
+            "evaluation grid; 'undef.' counts volumes where a structure is present in only one of "
+            "prediction and ground truth.")
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A Markdown table (``|`` in cells escaped, line breaks made spaces), ending in a newline."""
+
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |"
+
+    return "\n".join([line(header), "|" + "---|" * len(header), *map(line, rows)]) + "\n"
 
 
 def markdown_summary(report: dict[str, Any]) -> str:
-    """Per structure x phase tables of DSC and HD95 (mean ± std), as Markdown."""
-    summary = report["summary"]
-    phases = list(summary["dice"])
-    lines = [f"# {report.get('run', '')}: {report.get('split', '')} set, "
-             f"{report.get('checkpoint', '')} (epoch {report.get('epoch', '?')})", ""]
-    for metric in ("dice", "hd95", "assd"):
-        lines.append(f"## {NAMES[metric]} ({UNITS[metric]})")
-        lines.append("")
-        lines.append("| structure | " + " | ".join(phases) + " |")
-        lines.append("|---|" + "---|" * len(phases))
-        for structure in [*report["structures"], "mean"]:
-            cells = [format_stat(summary[metric][p][structure], metric) for p in phases]
-            lines.append(f"| {structure} | " + " | ".join(cells) + " |")
-        lines.append("")
-    lines.append(f"{len(report['volumes'])} volumes; distances in mm on the evaluation grid; "
-                 "'undef.' counts volumes where a structure is present in only one of prediction "
-                 "and ground truth.")
-    return "\n".join(lines) + "\n"
+    """Per structure x phase tables of DSC, HD95 and ASSD (mean ± std), as Markdown."""
+    parts = [f"# {report.get('run', '')}: {report.get('split', '')} set, "
+             f"{report.get('checkpoint', '')} (epoch {report.get('epoch', '?')})\n"]
+    for table in summary_tables(report, ("dice", "hd95", "assd")):
+        parts.append(f"## {table.title}\n\n{markdown_table(table.header, table.rows)}")
+    parts.append(summary_note(report) + "\n")
+    return "\n".join(parts)
 
 
 def _csv_text(report: dict[str, Any]) -> str:
@@ -117,8 +140,13 @@ def read_run_report(run_dir: Path) -> dict[str, Any]:
     return report
 
 
-def comparison_rows(runs: Sequence[tuple[str, dict[str, Any]]]) -> tuple[list[str], list[list[str]]]:
-    """One row per run: DSC per structure, mean DSC, mean HD95 (test set, all phases)."""
+def comparison_rows(runs: Sequence[tuple[str, dict[str, Any]]],
+                    sep: str = " ") -> tuple[list[str], list[list[str]]]:
+    """One row per run: DSC per structure, mean DSC, mean HD95 (test set, all phases).
+
+    Returns:
+        The header and the rows; ``sep`` is passed to :func:`format_stat`.
+    """
     structures: list[str] = list(runs[0][1]["structures"])
     header = ["run", *(f"{s} DSC" for s in structures), "mean DSC", "mean HD95 (mm)"]
     rows = []
@@ -127,66 +155,20 @@ def comparison_rows(runs: Sequence[tuple[str, dict[str, Any]]]) -> tuple[list[st
         if list(report["structures"]) != structures:
             raise RunError(f"{name}: its structures {report['structures']} differ from "
                            f"{structures}; only runs on one data set can be compared")
-        cells = [format_stat(summary["dice"]["all"][s], "dice") for s in structures]
-        cells.append(format_stat(summary["dice"]["all"]["mean"], "dice"))
-        cells.append(format_stat(summary["hd95"]["all"]["mean"], "hd95"))
+        cells = [format_stat(summary["dice"]["all"][s], "dice", sep) for s in structures]
+        cells.append(format_stat(summary["dice"]["all"]["mean"], "dice", sep))
+        cells.append(format_stat(summary["hd95"]["all"]["mean"], "hd95", sep))
         rows.append([name, *cells])
     return header, rows
 
 
-def evaluate_run(
-    run: RunDir,
-    split: str = "test",
-    checkpoint: str = "best",
-    device: torch.device | None = None,
-    data: tuple[VolumeStore, torch.Tensor, torch.Tensor] | None = None,
-    progress: Progress | None = None,
-    on_volume: Callable[[VolumeInfo, np.ndarray, np.ndarray, np.ndarray], None] | None = None,
-) -> tuple[dict[str, Any], list[Path]]:
-    """Evaluate a run's checkpoint on one split of its patients and write the report files.
-
-    The one evaluation of a trained run: ``mireg train`` calls it on the test split after the last
-    epoch, ``mireg eval`` on any split and checkpoint.
-
-    Args:
-        run: The run folder.
-        split: ``test`` or ``validation``.
-        checkpoint: ``best``, ``last`` or a ``.pt`` file name of the run.
-        device: Where to evaluate (default: CUDA when available).
-        data: The store and its image and label tensors on ``device``, when already loaded.
-        progress: Progress of loading or generating the store, then of the volumes evaluated.
-        on_volume: Called for each volume (see :func:`~mireg.evaluate.evaluate_volumes`).
+def folder_rows(result: dict[str, Any], sep: str = " ") -> tuple[list[str], list[list[str]]]:
+    """One row per label of a folder evaluation (``mireg.evaluate.evaluate_folders``): every metric.
 
     Returns:
-        The report and the paths of the files written (``report*.json|csv|md``).
+        The header and the rows; ``sep`` is passed to :func:`format_stat`.
     """
-    from mireg.runtime import resolve_device
-    from mireg.state import load_trained
-
-    device = device or resolve_device("auto")
-    trained = load_trained(run.checkpoint(checkpoint), device)
-    if data is None:
-        store = trained.recipe.data.load(progress)
-        images, labels = store.tensors(device)
-    else:
-        store, images, labels = data
-    patients = getattr(run.split(), split)
-    total = len(store.volumes_of(patients))
-    done = 0
-
-    def volume_done(volume: VolumeInfo, image: np.ndarray, pred: np.ndarray, truth: np.ndarray) -> None:
-        nonlocal done
-        if on_volume is not None:
-            on_volume(volume, image, pred, truth)
-        done += 1
-        if progress is not None:
-            progress(done, total, f"evaluating {split}")
-
-    results = evaluate_volumes(trained.model, store, images, labels, patients,
-                               trained.recipe.train.eval_batch, trained.recipe.train.precision,
-                               volume_done if progress is not None or on_volume is not None else None)
-    meta = {"run": trained.recipe.name, "split": split, "checkpoint": trained.checkpoint.path.name,
-            "epoch": trained.checkpoint.epoch}
-    report = build_report(results, store.classes[1:], meta)
-    paths = write_reports(report, run.path, run.report_stem(split, checkpoint))
-    return report, paths
+    header = ["label", *(f"{NAMES[m]} ({UNITS[m]})" for m in METRICS)]
+    rows = [[label, *(format_stat(result["mean"][label][m], m, sep) for m in METRICS)]
+            for label in result["labels"]]
+    return header, rows

@@ -29,11 +29,10 @@ import torch
 from mireg.build import RunData, build_network, load_data
 from mireg.checkpoint import save_checkpoint
 from mireg.errors import RunError, RunInterrupted
-from mireg.evaluate import validation_dice
+from mireg.evaluate import evaluate_run, validation_dice
 from mireg.plots import plot_curves
 from mireg.progress import Observer
 from mireg.recipe import Recipe, load_recipe
-from mireg.report import evaluate_run
 from mireg.rundir import RunDir
 from mireg.runtime import Runtime
 from mireg.schedule import lr_at_epoch

@@ -58,7 +58,7 @@ def test_each_kind_of_breakage_has_its_reason(broken_site: Path) -> None:
 def test_plugins_command_lists_broken_plugins_and_recipes_naming_them_fail(
     cli, broken_site: Path, write_recipe  # type: ignore[no-untyped-def]
 ) -> None:
-    result = cli("plugins")
+    result = cli("plugins", "--check")
     assert result.code == 0, result
     assert "boom at import" in result.out and "mireg-broken" in result.out
     assert "consistency" in result.out
@@ -66,6 +66,15 @@ def test_plugins_command_lists_broken_plugins_and_recipes_naming_them_fail(
     result = cli("train", recipe)
     assert result.code == 1 and "mireg-broken[explodes] failed to import" in result.err
     assert "Traceback" not in result.err
+
+
+def test_listing_plugins_imports_none_of_them(cli, broken_site: Path) -> None:  # type: ignore[no-untyped-def]
+    result = cli("plugins")
+    assert result.code == 0, result
+    for text in ("explodes", "not_a_config", "mireg-broken", "broken_mod:Config", "plain_mod:NotAConfig"):
+        assert text in result.out
+    assert "boom" not in result.out and "status" not in result.out
+    assert "broken_mod" not in sys.modules and "plain_mod" not in sys.modules
 
 
 def test_autoloading_third_party_plugins_can_be_switched_off(

@@ -40,6 +40,12 @@ def test_plugins_command_lists_every_built_in(cli) -> None:  # type: ignore[no-u
     for names in BUILT_INS.values():
         for name in names:
             assert name in result.out
+    assert "mireg.regularizers.consistency:ConsistencyConfig" in result.out
+    result = cli("plugins", "--check")
+    assert result.code == 0, result
+    for names in BUILT_INS.values():
+        for name in names:
+            assert name in result.out
     assert "broken" not in result.out
 
 

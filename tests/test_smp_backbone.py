@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from mireg.backbones.smp import SMPBackbone, SMPConfig
-from mireg.contract import StepContext, Transform
+from mireg.contract import StepContext
 from mireg.regularizers.mutual_information import MutualInformationConfig
+from mireg.testing import step_context
 
 
 @pytest.fixture(autouse=True)
@@ -150,17 +151,7 @@ def test_unknown_tap_raises_key_error() -> None:
 
 def _context(net: SMPBackbone, taps: tuple[str, ...], n_l: int = 2, n_u: int = 3) -> StepContext:
     """One training step's context, as the trainer builds it (see tests/test_regularizers.py)."""
-    g = torch.Generator().manual_seed(0)
-    feats: dict[str, torch.Tensor] = {}
-    for name in taps:
-        net.tap_module(name).register_forward_hook(
-            lambda m, i, o, name=name: feats.__setitem__(name, o))
-    x_l, x_u = torch.rand(n_l, 1, 64, 64, generator=g), torch.rand(n_u, 1, 64, 64, generator=g)
-    t = Transform.draw(n_u, g, torch.device("cpu"), 0.8, 0.8)
-    sizes = [n_l, n_u, n_u]
-    out_l, out_u, out_tu = net(torch.cat([x_l, x_u, t(x_u)])).split(sizes)
-    features = {k: (f[0], f[1], f[2]) for k, v in feats.items() for f in [v.split(sizes)]}
-    return StepContext(out_l, out_u, out_tu, features, t, 0, 0, x_u)
+    return step_context(net, taps, n_labeled=n_l, n_unlabeled=n_u, size=64)
 
 
 def test_mutual_information_regulariser_attaches_and_trains_the_backbone() -> None:

@@ -1,0 +1,48 @@
+"""The command line starts fast: help, --version and `plugins` (without --check) never import torch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import mireg
+
+# Runs `mireg ARGS` through the real entry point in a fresh interpreter, then reports its exit code
+# and which heavy modules the command imported.
+_SCRIPT = """
+import json, sys
+args = sys.argv[1:]
+sys.argv = ["mireg", *args]
+from mireg.cli import main
+try:
+    main()
+    code = 0
+except SystemExit as exc:
+    code = exc.code
+heavy = [m for m in ("torch", "numpy", "mireg.contract") if m in sys.modules]
+print("\\nRESULT " + json.dumps({"code": code, "heavy": heavy}))
+"""
+
+
+def _run_fresh(*args: str) -> dict[str, object]:
+    root = str(Path(mireg.__file__).resolve().parent.parent)  # the mireg these tests import
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", _SCRIPT, *args], capture_output=True, text=True,
+                          env=env, timeout=120, check=False)
+    last = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
+    assert last.startswith("RESULT "), (done.stdout[-2000:], done.stderr[-2000:])
+    result: dict[str, object] = json.loads(last.removeprefix("RESULT "))
+    return result
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["plugins"], ["train", "--help"],
+                                  ["eval", "--help"]])
+def test_help_version_and_plugins_do_not_import_torch(args: list[str]) -> None:
+    result = _run_fresh(*args)
+    assert result["code"] == 0
+    assert "torch" not in result["heavy"], result  # type: ignore[operator]
