@@ -1,11 +1,14 @@
-"""Developer sessions: ``nox -s tests``, ``nox -s lint``, ``nox -s typecheck``."""
+"""Developer sessions: ``nox -s tests``, ``nox -s lint``, ``nox -s typecheck``, ``nox -s plugins``."""
 
 from __future__ import annotations
 
 import nox
 
-nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.sessions = ["lint", "typecheck", "tests", "plugins"]
 nox.options.reuse_existing_virtualenvs = True
+
+#: What ruff lints and formats.
+SOURCES = ("mireg", "tests", "benchmarks", "recipes", "plugins", "noxfile.py")
 
 
 @nox.session
@@ -17,16 +20,29 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff on the package, tests, benchmarks and this file."""
+    """ruff: lint and formatting of the package, tests, benchmarks, recipes, plugins and this file."""
     session.install("ruff>=0.5")
-    session.run("ruff", "check", "mireg", "tests", "benchmarks", "recipes", "noxfile.py")
+    session.run("ruff", "check", *SOURCES)
+    session.run("ruff", "format", "--check", *SOURCES)
 
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    """mypy on the package."""
+    """mypy, strict, on the package (pyproject.toml: checked for the oldest supported Python)."""
     session.install("-e", ".[dev]")
     session.run("mypy", "mireg")
+
+
+@nox.session
+def plugins(session: nox.Session) -> None:
+    """The example plugin package: its tests, a training with its plugins, mireg's contract tests."""
+    session.install("-e", ".[dev]")
+    session.install("-e", "plugins/mireg-example")
+    session.run("pytest", "plugins/mireg-example/tests")
+    runs = session.create_tmp()
+    session.run("mireg", "train", "plugins/mireg-example/recipes/example.toml",
+                "--set", f"train.runs_dir={runs}/runs")
+    session.run("pytest", "tests/test_contract.py", "tests/test_registry.py")
 
 
 @nox.session
