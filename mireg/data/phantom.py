@@ -425,7 +425,7 @@ def _save_nifti(path: Path, array: np.ndarray, spacing: tuple[float, float, floa
 
 
 def generate_cohort(
-    root: str | os.PathLike,
+    root: str | os.PathLike[str],
     n_patients: int = 60,
     seed: int = 0,
     *,
