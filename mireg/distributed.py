@@ -120,7 +120,8 @@ def sum_across_ranks(t: torch.Tensor) -> torch.Tensor:
     """``t`` summed over all processes, differentiably (the identity in a single process)."""
     if not is_distributed():
         return t
-    return dist_nn.all_reduce(t)
+    total: torch.Tensor = dist_nn.all_reduce(t)
+    return total
 
 
 def batch_mean(values: torch.Tensor) -> torch.Tensor:

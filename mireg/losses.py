@@ -168,7 +168,8 @@ def _shifted_joints(z1: torch.Tensor, z2: torch.Tensor, radius: int) -> torch.Te
     start = radius * wp + radius
     length = (n - 1) * hp * wp + (h - 1) * wp + w
     shifts = [dy * wp + dx for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1)]
-    return _ShiftedJoints.apply(flat(z1), flat(z2), shifts, start, length)
+    joints: torch.Tensor = _ShiftedJoints.apply(flat(z1), flat(z2), shifts, start, length)
+    return joints
 
 
 def _fft_size(n: int) -> int:
@@ -266,7 +267,7 @@ class _FourierJoints(torch.autograd.Function):
 
         def to_maps(spectrum: torch.Tensor) -> torch.Tensor:
             # (S, Hp, Wf, N, K) -> the real (N, S, K, H, W) map, cropped from the padded grid.
-            maps = torch.fft.irfft2(spectrum.permute(3, 0, 4, 1, 2), s=(hp, wp))
+            maps: torch.Tensor = torch.fft.irfft2(spectrum.permute(3, 0, 4, 1, 2), s=(hp, wp))
             return maps[..., :h, :w]
 
         # dA = B conj(G)^T and dB = A G, per frequency; conj(G)^T is the + transform of G^T.
@@ -280,7 +281,8 @@ class _FourierJoints(torch.autograd.Function):
 
 def _fourier_joints(z1: torch.Tensor, z2: torch.Tensor, radius: int) -> torch.Tensor:
     """:func:`local_joints` of ``(N, S, K, H, W)`` maps through the Fourier domain."""
-    return _FourierJoints.apply(z1, z2, radius)
+    joints: torch.Tensor = _FourierJoints.apply(z1, z2, radius)
+    return joints
 
 
 #: The two ways to compute the joints of ``(N, S, K, H, W)`` maps, ``((2r+1)^2, S, K, K)``, by name.

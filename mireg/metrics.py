@@ -87,7 +87,8 @@ def _check_spacing(spacing: Sequence[float], ndim: int) -> np.ndarray:
 def _surface(mask: np.ndarray) -> np.ndarray:
     """Voxels of ``mask`` with a face-connected neighbour outside it (array border counts as outside)."""
     structure = ndimage.generate_binary_structure(mask.ndim, 1)
-    return mask & ~ndimage.binary_erosion(mask, structure=structure, border_value=0)
+    surface: np.ndarray = mask & ~ndimage.binary_erosion(mask, structure=structure, border_value=0)
+    return surface
 
 
 def _crop(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

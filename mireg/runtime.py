@@ -43,7 +43,8 @@ class _Replicated(nn.Module):
         self.regularizers = nn.ModuleList(regularizers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+        out: torch.Tensor = self.model(x)
+        return out
 
 
 @dataclass(frozen=True)

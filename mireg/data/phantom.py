@@ -88,7 +88,8 @@ def _disc(
     p: np.ndarray, q: np.ndarray, cp: float, cq: float, ra: float | np.ndarray, rb: float | np.ndarray
 ) -> np.ndarray:
     """Boolean mask of the axis-aligned ellipse centred at (cp, cq) with semi-axes (ra, rb)."""
-    return ((p - cp) / ra) ** 2 + ((q - cq) / rb) ** 2 < 1.0
+    inside: np.ndarray = ((p - cp) / ra) ** 2 + ((q - cq) / rb) ** 2 < 1.0
+    return inside
 
 
 @dataclass(frozen=True)
@@ -167,7 +168,8 @@ def _heart_masks(
 
     def cos_to(angle: float) -> np.ndarray:
         """Cosine of the polar angle's distance to ``angle`` (cheaper than arctan2)."""
-        return (u * np.cos(angle) + v * np.sin(angle)) / r
+        cosine: np.ndarray = (u * np.cos(angle) + v * np.sin(angle)) / r
+        return cosine
 
     bump: np.ndarray | float = 0.0  # 1 inside the MINF segment, fading to 0 at its edges
     inf_wall = 0.0
@@ -332,7 +334,8 @@ def _acquire(
     sigma = ref / acq.snr
     # Magnitude of a complex signal with gaussian noise on both channels: Rician statistics.
     img = np.hypot(img + rng.normal(0, sigma, img.shape), rng.normal(0, sigma, img.shape))
-    return np.clip(np.rint(img * acq.target / ref), 0, 32767).astype(np.int16)
+    stored: np.ndarray = np.clip(np.rint(img * acq.target / ref), 0, 32767).astype(np.int16)
+    return stored
 
 
 def generate_patient(index: int, seed: int) -> PhantomPatient:
@@ -422,7 +425,7 @@ def _save_nifti(path: Path, array: np.ndarray, spacing: tuple[float, float, floa
 
 
 def generate_cohort(
-    root: str | os.PathLike,
+    root: str | os.PathLike[str],
     n_patients: int = 60,
     seed: int = 0,
     *,

@@ -84,7 +84,8 @@ def normalize_intensity(volume: np.ndarray, low: float = 1.0, high: float = 99.0
     lo, hi = np.percentile(volume, [low, high])
     if hi <= lo:
         return np.zeros_like(volume)
-    return (np.clip(volume, lo, hi) - lo) / (hi - lo)
+    scaled: np.ndarray = (np.clip(volume, lo, hi) - lo) / (hi - lo)
+    return scaled
 
 
 def _resample(slices: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:

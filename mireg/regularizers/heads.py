@@ -50,7 +50,7 @@ class ClusterHead(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         if self.pooled:
             features = features.mean(dim=(-2, -1), keepdim=True)
-        logits = self.net(features)
+        logits: torch.Tensor = self.net(features)
         n, _, h, w = logits.shape
         probs = logits.view(n, self.subheads, self.clusters, h, w).softmax(dim=2)
         return probs[..., 0, 0] if self.pooled else probs
