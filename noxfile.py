@@ -40,8 +40,9 @@ def plugins(session: nox.Session) -> None:
     session.install("-e", "plugins/mireg-example")
     session.run("pytest", "plugins/mireg-example/tests")
     runs = session.create_tmp()
-    session.run("mireg", "train", "plugins/mireg-example/recipes/example.toml",
-                "--set", f"train.runs_dir={runs}/runs")
+    session.run(
+        "mireg", "train", "plugins/mireg-example/recipes/example.toml", "--set", f"train.runs_dir={runs}/runs"
+    )
     session.run("pytest", "tests/test_contract.py", "tests/test_registry.py")
 
 
@@ -51,8 +52,18 @@ def bench(session: nox.Session) -> None:
     session.install("-e", ".")
     session.run("python", "benchmarks/metrics.py")
     for method in ("partial", "udaiic"):
-        session.run("python", "benchmarks/step.py", "--method", method, "--size", "224", "--steps", "3",
-                    *(["--compare-naive"] if method == "udaiic" else []), *session.posargs)
+        session.run(
+            "python",
+            "benchmarks/step.py",
+            "--method",
+            method,
+            "--size",
+            "224",
+            "--steps",
+            "3",
+            *(["--compare-naive"] if method == "udaiic" else []),
+            *session.posargs,
+        )
 
 
 @nox.session

@@ -47,8 +47,9 @@ def _count(counts: np.ndarray, a: torch.Tensor, b: torch.Tensor) -> None:
     counts += pairs.numpy().reshape(counts.shape)
 
 
-def cluster_scores(run_dir: Path, checkpoint: str = "best.pt", split: str = "test",
-                   batch: int = 32) -> dict[str, list[float]]:
+def cluster_scores(
+    run_dir: Path, checkpoint: str = "best.pt", split: str = "test", batch: int = 32
+) -> dict[str, list[float]]:
     """``{"prediction": [U], "<layer>": [U per sub-head], ...}`` of one run (see the module doc)."""
     saved = Checkpoint.read(RunDir(run_dir).checkpoint(checkpoint))
     cpu = torch.device("cpu")
@@ -80,7 +81,8 @@ def cluster_scores(run_dir: Path, checkpoint: str = "best.pt", split: str = "tes
                 z = mi.heads[name](features[name])  # (N, S, K, H, W)
                 y_at = F.interpolate(y[:, None].float(), size=z.shape[-2:], mode="nearest")[:, 0].long()
                 tables = counts.setdefault(
-                    name, [np.zeros((z.shape[2], classes), dtype=np.int64) for _ in range(z.shape[1])])
+                    name, [np.zeros((z.shape[2], classes), dtype=np.int64) for _ in range(z.shape[1])]
+                )
                 for s, table in enumerate(tables):
                     _count(table, z[:, s].argmax(dim=1), y_at)
     return {name: [uncertainty_coefficient(t) for t in tables] for name, tables in counts.items()}

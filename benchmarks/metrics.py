@@ -36,8 +36,17 @@ def main() -> None:
         start = time.perf_counter()
         volume_metrics(pred, gt, [1, 2, 3], (10.0, 1.5, 1.5))
         times.append(time.perf_counter() - start)
-    print(json.dumps({"benchmark": "metrics", "shape": list(pred.shape), "classes": 3,
-                      "median_s": round(statistics.median(times), 4), "min_s": round(min(times), 4)}))
+    print(
+        json.dumps(
+            {
+                "benchmark": "metrics",
+                "shape": list(pred.shape),
+                "classes": 3,
+                "median_s": round(statistics.median(times), 4),
+                "min_s": round(min(times), 4),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

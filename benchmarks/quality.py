@@ -37,6 +37,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
+
 @dataclass
 class Run:
     method: str
@@ -58,8 +59,11 @@ def train_command(run: Run, out: Path, extra: list[str]) -> list[str]:
     overrides = [f"name={run.name}", f"seed={run.seed}", f"train.runs_dir={out}"]
     if run.method != "full":
         overrides.append(f"data.labeled_ratio={run.ratio}")
-    return ["train", str(REPO / "recipes" / f"phantom_{run.method}.toml"),
-            *(x for o in [*overrides, *extra] for x in ("--set", o))]
+    return [
+        "train",
+        str(REPO / "recipes" / f"phantom_{run.method}.toml"),
+        *(x for o in [*overrides, *extra] for x in ("--set", o)),
+    ]
 
 
 def _train(run: Run, out: Path, threads: int, extra: list[str]) -> Run:
@@ -76,8 +80,13 @@ def _train(run: Run, out: Path, threads: int, extra: list[str]) -> Run:
         started = time.perf_counter()
         log = out / f"{run.name}.log"
         with log.open("w") as f:
-            done = subprocess.run([sys.executable, "-m", "mireg", *command], env=env, stdout=f,
-                                  stderr=subprocess.STDOUT, cwd=REPO)
+            done = subprocess.run(
+                [sys.executable, "-m", "mireg", *command],
+                env=env,
+                stdout=f,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+            )
         if done.returncode != 0:
             raise SystemExit(f"{run.name} failed (exit {done.returncode}); see {log}")
         (run_dir / "study_seconds.txt").write_text(f"{time.perf_counter() - started:.1f}\n")
@@ -88,8 +97,11 @@ def _train(run: Run, out: Path, threads: int, extra: list[str]) -> Run:
     run.seconds = float(seconds.read_text()) if seconds.exists() else math.nan
     with (run_dir / "metrics.csv").open(newline="") as f:
         run.val_dice = max(float(row["val_dice/mean"]) for row in csv.DictReader(f))
-    print(f"{run.name}: test DSC {100 * run.dice:.1f}, HD95 {run.hd95:.1f} mm "
-          f"(best validation DSC {100 * run.val_dice:.1f})", flush=True)
+    print(
+        f"{run.name}: test DSC {100 * run.dice:.1f}, HD95 {run.hd95:.1f} mm "
+        f"(best validation DSC {100 * run.val_dice:.1f})",
+        flush=True,
+    )
     return run
 
 
@@ -115,8 +127,10 @@ def _groups(runs: list[Run]) -> dict[tuple[str, float], list[Run]]:
 def table(runs: list[Run]) -> str:
     groups = _groups(runs)
     full = [r.dice for r in groups.get(("full", 1.0), [])]
-    lines = ["| method | labelled | seeds | test DSC (%) | test HD95 (mm) | gap closed | minutes per run |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| method | labelled | seeds | test DSC (%) | test HD95 (mm) | gap closed | minutes per run |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for (method, ratio), group in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         partial = [r.dice for r in groups.get(("partial", ratio), [])]
         gap = ""  # blank for the two baselines, which define the gap
@@ -127,13 +141,17 @@ def table(runs: list[Run]) -> str:
                 mine = statistics.mean(r.dice for r in group)
                 gap = f"{100 * (mine - low) / (high - low):.0f} %"
         minutes = statistics.mean(r.seconds for r in group) / 60
-        lines.append(f"| {method} | {round(ratio * 100)} % | {len(group)} | "
-                     f"{_stat([r.dice for r in group], 100)} | {_stat([r.hd95 for r in group])} | "
-                     f"{gap} | {minutes:.1f} |")
+        lines.append(
+            f"| {method} | {round(ratio * 100)} % | {len(group)} | "
+            f"{_stat([r.dice for r in group], 100)} | {_stat([r.hd95 for r in group])} | "
+            f"{gap} | {minutes:.1f} |"
+        )
     lines.append("")
     total = sum(r.seconds for r in runs if not math.isnan(r.seconds))
-    lines.append(f"Mean ± sample std over seeds (each seed also draws the patient split); "
-                 f"{len(runs)} runs, {total / 60:.0f} min of training in all (sum of run times).")
+    lines.append(
+        f"Mean ± sample std over seeds (each seed also draws the patient split); "
+        f"{len(runs)} runs, {total / 60:.0f} min of training in all (sum of run times)."
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -165,11 +183,21 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[10, 11, 12])
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "quality")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (threads are shared)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="threads per run (default: the CPU count / --jobs); set it when "
-                             "several studies share the machine")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override every run's recipe (repeatable), as `mireg train --set`")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="threads per run (default: the CPU count / --jobs); set it when "
+        "several studies share the machine",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override every run's recipe (repeatable), as `mireg train --set`",
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     runs = []  # seed by seed, so the first results already span every method and ratio

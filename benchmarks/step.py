@@ -50,7 +50,7 @@ def time_steps(args: argparse.Namespace, device: torch.device, kept: bool) -> di
     canvas = 16 * math.ceil((args.size + 32) / 16)
     overrides = [
         f'data={{name = "phantom", patients = 20, spacing = 1.0, canvas = {canvas}, '
-        'labeled_ratio = 0.5, val_patients = 2, test_patients = 2}',
+        "labeled_ratio = 0.5, val_patients = 2, test_patients = 2}",
         f"augment.crop={args.size}",
         f"train.labeled_batch={args.labeled_batch}",
         f"train.unlabeled_batch={args.unlabeled_batch}",
@@ -73,11 +73,19 @@ def time_steps(args: argparse.Namespace, device: torch.device, kept: bool) -> di
         _sync(device)
         seconds = (time.perf_counter() - start) / args.steps
     images = args.labeled_batch + 2 * args.unlabeled_batch
-    return {"method": args.method, "device": str(device), "size": args.size,
-            "ms_per_step": round(1000 * seconds, 1), "images_per_s": round(images / seconds, 1),
-            "peak_mem_mb": round(_peak_mb(device), 1), "steps": args.steps,
-            "precision": args.precision, "compile": args.compile,
-            "torch_threads": torch.get_num_threads(), "keep_freed_memory": kept}
+    return {
+        "method": args.method,
+        "device": str(device),
+        "size": args.size,
+        "ms_per_step": round(1000 * seconds, 1),
+        "images_per_s": round(images / seconds, 1),
+        "peak_mem_mb": round(_peak_mb(device), 1),
+        "steps": args.steps,
+        "precision": args.precision,
+        "compile": args.compile,
+        "torch_threads": torch.get_num_threads(),
+        "keep_freed_memory": kept,
+    }
 
 
 def _naive_local_mi(z1: torch.Tensor, z2: torch.Tensor, radius: int) -> torch.Tensor:
@@ -113,22 +121,41 @@ def compare_naive(args: argparse.Namespace, device: torch.device) -> list[dict[s
             timings[name] = (time.perf_counter() - start) / args.kernel_repeats
         with torch.no_grad():
             diff = (local_mi_loss(z1, z2, radius) - _naive_local_mi(z1, z2, radius)).abs().max()
-        out.append({"kernel": "local_mi", "layer": layer, "shape": list(shape), "radius": radius,
-                    "device": str(device), "mireg_ms": round(1000 * timings["mireg"], 1),
-                    "naive_ms": round(1000 * timings["naive"], 1),
-                    "speedup": round(timings["naive"] / timings["mireg"], 2),
-                    "max_abs_diff": float(diff)})
+        out.append(
+            {
+                "kernel": "local_mi",
+                "layer": layer,
+                "shape": list(shape),
+                "radius": radius,
+                "device": str(device),
+                "mireg_ms": round(1000 * timings["mireg"], 1),
+                "naive_ms": round(1000 * timings["naive"], 1),
+                "speedup": round(timings["naive"] / timings["mireg"], 2),
+                "max_abs_diff": float(diff),
+            }
+        )
     mireg_ms = round(sum(r["mireg_ms"] for r in out), 1)
     naive_ms = round(sum(r["naive_ms"] for r in out), 1)
-    out.append({"kernel": "local_mi", "layer": "all", "device": str(device), "mireg_ms": mireg_ms,
-                "naive_ms": naive_ms, "speedup": round(naive_ms / mireg_ms, 2)})
+    out.append(
+        {
+            "kernel": "local_mi",
+            "layer": "all",
+            "device": str(device),
+            "mireg_ms": mireg_ms,
+            "naive_ms": naive_ms,
+            "speedup": round(naive_ms / mireg_ms, 2),
+        }
+    )
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--method", default="udaiic",
-                        choices=["partial", "full", "uda", "iic", "udaiic", "entmin", "meanteacher", "midl"])
+    parser.add_argument(
+        "--method",
+        default="udaiic",
+        choices=["partial", "full", "uda", "iic", "udaiic", "entmin", "meanteacher", "midl"],
+    )
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--labeled-batch", type=int, default=4)
     parser.add_argument("--unlabeled-batch", type=int, default=10)
@@ -138,8 +165,11 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--compile", action="store_true", help="torch.compile the network")
     parser.add_argument("--compare-naive", action="store_true")
-    parser.add_argument("--system-malloc", action="store_true",
-                        help="do not keep freed host memory mapped (malloc's defaults)")
+    parser.add_argument(
+        "--system-malloc",
+        action="store_true",
+        help="do not keep freed host memory mapped (malloc's defaults)",
+    )
     parser.add_argument("--kernel-repeats", type=int, default=3)
     args = parser.parse_args()
     kept = False if args.system_malloc else keep_freed_memory()

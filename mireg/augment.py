@@ -29,8 +29,9 @@ __all__ = [
 ]
 
 
-def _affine(n: int, canvas: int, cfg: AugmentConfig, g: torch.Generator,
-            device: torch.device) -> torch.Tensor:
+def _affine(
+    n: int, canvas: int, cfg: AugmentConfig, g: torch.Generator, device: torch.device
+) -> torch.Tensor:
     """Random ``(n, 2, 3)`` affines from crop-normalised to canvas-normalised coordinates."""
     u = torch.rand(n, 5, generator=g, device=device)
     angle = (2 * u[:, 0] - 1) * math.radians(cfg.rotation)
@@ -80,8 +81,9 @@ def augment_batch(
     out = _jitter(out, cfg, generator)
     if labels is None:
         return out, None
-    warped = F.grid_sample(labels[:, None].float(), grid, mode="nearest", padding_mode="zeros",
-                           align_corners=False)
+    warped = F.grid_sample(
+        labels[:, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False
+    )
     return out, warped[:, 0].long()
 
 

@@ -70,8 +70,9 @@ def evaluation_model(model: Backbone, terms: list[Term]) -> nn.Module:
     substitutes = [(t.name, t.regularizer.evaluation_model(model)) for t in terms]
     substitutes = [(name, m) for name, m in substitutes if m is not model]
     if len(substitutes) > 1:
-        raise RecipeError(f"regularizers {[n for n, _ in substitutes]} each replace the evaluated "
-                          "model; at most one may")
+        raise RecipeError(
+            f"regularizers {[n for n, _ in substitutes]} each replace the evaluated model; at most one may"
+        )
     return substitutes[0][1] if substitutes else model
 
 

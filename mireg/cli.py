@@ -99,8 +99,9 @@ def metrics_tables(report: dict[str, Any], title: str) -> Group:
 
 def _plain_table(header: list[str], rows: list[list[str]], title: str, bold_last: bool = False) -> Table:
     """Text cells drawn with rich; ``bold_last`` sets off a closing summary row (the mean)."""
-    table = Table(title=escape(title), box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
-                  padding=(0, 0, 0, 1))
+    table = Table(
+        title=escape(title), box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 0, 0, 1)
+    )
     table.add_column(escape(header[0]), overflow="fold")
     for column in header[1:]:
         table.add_column(escape(column), justify="right", no_wrap=True)
@@ -114,8 +115,12 @@ def _plain_table(header: list[str], rows: list[list[str]], title: str, bold_last
 
 @app.command()
 def plugins(
-    check: Annotated[bool, typer.Option(
-        "--check", help="Import every plugin and show whether it loads (slower: imports torch).")] = False,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check", help="Import every plugin and show whether it loads (slower: imports torch)."
+        ),
+    ] = False,
 ) -> None:
     """List installed backbones, datasets and regularisers: distribution, version, entry point.
 
@@ -144,10 +149,14 @@ def preprocess(
     out: Annotated[Path, typer.Argument(help="Store folder to create (must not exist).")],
     spacing: Annotated[float, typer.Option(help="Target in-plane spacing in mm.")] = 1.0,
     canvas: Annotated[int, typer.Option(help="Side of the square slices (multiple of 16).")] = 384,
-    option: Annotated[Optional[list[str]], typer.Option(  # noqa: UP045 (Typer needs Optional)
-        "--option", "-O", help="Dataset option key=value, e.g. -O channel=T2 (repeatable).")] = None,
-    unlabeled: Annotated[Optional[list[Path]], typer.Option(  # noqa: UP045
-        help="A folder of NIfTI scans without labels to add as unlabelled data (repeatable).")] = None,
+    option: Annotated[
+        Optional[list[str]],
+        typer.Option("--option", "-O", help="Dataset option key=value, e.g. -O channel=T2 (repeatable)."),
+    ] = None,
+    unlabeled: Annotated[
+        Optional[list[Path]],
+        typer.Option(help="A folder of NIfTI scans without labels to add as unlabelled data (repeatable)."),
+    ] = None,
 ) -> None:
     """Turn a raw data set (e.g. the ACDC download) into a preprocessed store for training."""
     from mireg.contract import DatasetConfig
@@ -167,18 +176,29 @@ def preprocess(
     config = registry.load("dataset", dataset)
     assert issubclass(config, DatasetConfig)  # the registry checks each kind's base class
     if not config.can_preprocess:
-        raise MiregError(f"dataset {dataset!r} has no preprocess step",
-                         f"datasets that have one: {', '.join(_preprocessable())}")
-    provenance = {"dataset": dataset, "raw": str(raw.resolve()), "spacing": spacing, "canvas": canvas,
-                  "options": options, "unlabeled": [str(p.resolve()) for p in unlabeled or []]}
+        raise MiregError(
+            f"dataset {dataset!r} has no preprocess step",
+            f"datasets that have one: {', '.join(_preprocessable())}",
+        )
+    provenance = {
+        "dataset": dataset,
+        "raw": str(raw.resolve()),
+        "spacing": spacing,
+        "canvas": canvas,
+        "options": options,
+        "unlabeled": [str(p.resolve()) for p in unlabeled or []],
+    }
     if out.exists():
         from mireg.data.store import VolumeStore
 
         if (out / "store.json").is_file() and VolumeStore.load(out).provenance == provenance:
             console.print(f"{out} is up to date (made from the same input with the same options)")
             return
-        raise MiregError(f"{out}: already exists and was not made from this input with these options; "
-                         "refusing to overwrite it", "choose another output folder or remove this one")
+        raise MiregError(
+            f"{out}: already exists and was not made from this input with these options; "
+            "refusing to overwrite it",
+            "choose another output folder or remove this one",
+        )
     started = time.perf_counter()
     builder = StoreBuilder(dataset, spacing, canvas)
     with _progress() as bar:
@@ -253,8 +273,10 @@ def _stop_on_signals(trainer: Trainer) -> Iterator[None]:
 
     def handler(signum: int, frame: Any) -> None:
         if trainer.runtime.is_main:
-            err_console.print(f"[yellow]{signal.Signals(signum).name}: saving a checkpoint after "
-                              "this step (Ctrl-C again to stop at once)[/]")
+            err_console.print(
+                f"[yellow]{signal.Signals(signum).name}: saving a checkpoint after "
+                "this step (Ctrl-C again to stop at once)[/]"
+            )
         trainer.request_stop()
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
@@ -269,16 +291,21 @@ def _stop_on_signals(trainer: Trainer) -> Iterator[None]:
 
 @app.command()
 def train(
-    recipe_path: Annotated[Optional[Path], typer.Argument(  # noqa: UP045 (Typer needs Optional)
-        metavar="[RECIPE]", help="Recipe TOML file (not with --resume).")] = None,
+    recipe_path: Annotated[
+        Optional[Path],
+        typer.Argument(metavar="[RECIPE]", help="Recipe TOML file (not with --resume)."),
+    ] = None,
     overrides: Annotated[
-        Optional[list[str]],  # noqa: UP045
+        Optional[list[str]],
         typer.Option("--set", "-s", help="Override a recipe value: key.path=value (repeatable)."),
     ] = None,
-    fresh: Annotated[bool, typer.Option(
-        help="If the run directory exists, start a new numbered one beside it.")] = False,
-    resume: Annotated[Optional[Path], typer.Option(  # noqa: UP045
-        metavar="RUN_DIR", help="Continue an interrupted run from its last checkpoint.")] = None,
+    fresh: Annotated[
+        bool, typer.Option(help="If the run directory exists, start a new numbered one beside it.")
+    ] = False,
+    resume: Annotated[
+        Optional[Path],
+        typer.Option(metavar="RUN_DIR", help="Continue an interrupted run from its last checkpoint."),
+    ] = None,
 ) -> None:
     """Train a recipe into runs/<name>/ and report the test-set metrics.
 
@@ -292,8 +319,9 @@ def train(
     checkpoint = None
     if resume is not None:
         if recipe_path is not None or overrides or fresh:
-            raise typer.BadParameter("--resume takes the run directory only: its recipe is used as is",
-                                     param_hint="--resume")
+            raise typer.BadParameter(
+                "--resume takes the run directory only: its recipe is used as is", param_hint="--resume"
+            )
         run, recipe, checkpoint = resume_point(resume)
     elif recipe_path is None:
         raise typer.BadParameter("give a recipe file, or --resume RUN_DIR", param_hint="RECIPE")
@@ -318,26 +346,36 @@ def train(
     runtime.close()
     if not runtime.is_main:
         return
-    console.print(metrics_tables(report, f"{recipe.name}: test set, best checkpoint "
-                                         f"(epoch {report['epoch']})"))
+    console.print(
+        metrics_tables(report, f"{recipe.name}: test set, best checkpoint (epoch {report['epoch']})")
+    )
     console.print(f"done in {time.perf_counter() - started:.0f} s; report: {run.file('report.json')}")
 
 
 @app.command("eval")
 def evaluate(
-    runs: Annotated[Optional[list[Path]], typer.Argument(  # noqa: UP045 (Typer needs Optional)
-        metavar="[RUN_DIR]...", help="Run directory (or several, with --compare).")] = None,
+    runs: Annotated[
+        Optional[list[Path]],
+        typer.Argument(metavar="[RUN_DIR]...", help="Run directory (or several, with --compare)."),
+    ] = None,
     split: Annotated[str, typer.Option(help="test or validation.")] = "test",
     checkpoint: Annotated[str, typer.Option(help="best, last, or a .pt file name in the run.")] = "best",
     overlays: Annotated[bool, typer.Option(help="Also write a PNG overlay per volume.")] = False,
-    pred: Annotated[Optional[Path], typer.Option(  # noqa: UP045
-        help="Folder of predicted NIfTI label maps (with --gt).")] = None,
-    gt: Annotated[Optional[Path], typer.Option(  # noqa: UP045
-        help="Folder of ground-truth NIfTI label maps with the same file names.")] = None,
-    out: Annotated[Optional[Path], typer.Option(  # noqa: UP045
-        help="Output file: JSON for --pred/--gt, Markdown for --compare.")] = None,
-    compare: Annotated[bool, typer.Option(
-        help="Side-by-side table of the test reports of the runs given, in that order.")] = False,
+    pred: Annotated[
+        Optional[Path],
+        typer.Option(help="Folder of predicted NIfTI label maps (with --gt)."),
+    ] = None,
+    gt: Annotated[
+        Optional[Path],
+        typer.Option(help="Folder of ground-truth NIfTI label maps with the same file names."),
+    ] = None,
+    out: Annotated[
+        Optional[Path],
+        typer.Option(help="Output file: JSON for --pred/--gt, Markdown for --compare."),
+    ] = None,
+    compare: Annotated[
+        bool, typer.Option(help="Side-by-side table of the test reports of the runs given, in that order.")
+    ] = False,
 ) -> None:
     """Evaluate a run (3D DSC, HD95, HD, ASSD), a folder of predictions, or compare runs."""
     if (pred is None) != (gt is None):
@@ -352,8 +390,9 @@ def evaluate(
         _compare(runs, out or Path("comparison.md"))
     else:
         if not runs or len(runs) != 1:
-            raise typer.BadParameter("give one run directory (or --compare, or --pred/--gt)",
-                                     param_hint="RUN_DIR")
+            raise typer.BadParameter(
+                "give one run directory (or --compare, or --pred/--gt)", param_hint="RUN_DIR"
+            )
         if split not in ("test", "validation"):
             raise typer.BadParameter("must be test or validation", param_hint="--split")
         _eval_run(runs[0], split, checkpoint, overlays)
@@ -370,10 +409,14 @@ def _eval_run(run_dir: Path, split: str, checkpoint: str, overlays: bool) -> Non
         def on_volume(volume: Any, image: Any, prediction: Any, truth: Any) -> None:
             save_overlay(run.overlays(split) / f"{volume.id}.png", image, prediction, truth, volume.id)
 
-        report, paths = evaluate_run(run, split, checkpoint, progress=_ProgressReporter(bar),
-                                     on_volume=on_volume if overlays else None)
-    console.print(metrics_tables(report, f"{report['run']}: {split} set, {report['checkpoint']}"
-                                         f" (epoch {report['epoch']})"))
+        report, paths = evaluate_run(
+            run, split, checkpoint, progress=_ProgressReporter(bar), on_volume=on_volume if overlays else None
+        )
+    console.print(
+        metrics_tables(
+            report, f"{report['run']}: {split} set, {report['checkpoint']} (epoch {report['epoch']})"
+        )
+    )
     console.print(f"reports: {', '.join(str(p) for p in paths)}")
     if overlays:
         console.print(f"overlays: {run.overlays(split)}")
@@ -424,8 +467,9 @@ def predict(
     files = collect_inputs(inputs)
     trained = load_trained(checkpoint_file(run, checkpoint), resolve_device(device, "--device"))
     with _progress() as bar:
-        written = predict_files(trained, files, out_dir, trained.recipe.train.eval_batch,
-                                _ProgressReporter(bar), overlay)
+        written = predict_files(
+            trained, files, out_dir, trained.recipe.train.eval_batch, _ProgressReporter(bar), overlay
+        )
     console.print(f"[green]wrote[/] {len(written)} label maps to {out_dir}")
 
 
@@ -437,8 +481,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                          help="Show the version and exit.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+    ] = False,
 ) -> None:
     """mireg: train segmentation networks from a few labelled and many unlabelled scans."""
 

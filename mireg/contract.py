@@ -103,8 +103,9 @@ class Backbone(nn.Module):
         it as a submodule and its parameters are optimised with the rest and checkpointed.
         """
         if self.config is None:
-            raise RuntimeError(f"{type(self).__name__} was not made by BackboneConfig.create(); "
-                               "it cannot make a twin")
+            raise RuntimeError(
+                f"{type(self).__name__} was not made by BackboneConfig.create(); it cannot make a twin"
+            )
         return self.config.create()
 
 
@@ -266,9 +267,10 @@ class RegularizerConfig(PluginConfig):
 
     weight: float = Field(ge=0.0)
     rampup_epochs: float = Field(
-        0.0, ge=0.0,
+        0.0,
+        ge=0.0,
         description="epochs over which the weight rises from ~0 to `weight` (0: full weight from the "
-                    "first step, the paper's setting)",
+        "first step, the paper's setting)",
     )
 
     def build(self, backbone: Backbone) -> Regularizer:
@@ -310,8 +312,9 @@ class DatasetConfig(PluginConfig):
         raise NotImplementedError
 
     @classmethod
-    def preprocess(cls, raw: Path, builder: StoreBuilder, options: dict[str, str],
-                   progress: Progress | None = None) -> None:
+    def preprocess(
+        cls, raw: Path, builder: StoreBuilder, options: dict[str, str], progress: Progress | None = None
+    ) -> None:
         """Read the raw data set under ``raw`` and ``builder.add`` its volumes.
 
         Set ``builder.classes``; the caller writes the store. ``options`` are the ``-O key=value``

@@ -76,13 +76,15 @@ def init_from_environment(device: torch.device, key: str = "train.device") -> to
     """
     if device.type == "cuda":
         if device.index is not None:
-            raise RecipeError(f"{key}: \"{device}\" under torchrun; use \"cuda\" (each process takes "
-                              "the GPU of its LOCAL_RANK)")
+            raise RecipeError(
+                f'{key}: "{device}" under torchrun; use "cuda" (each process takes the GPU of its LOCAL_RANK)'
+            )
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                timeout=datetime.timedelta(minutes=30))
+        dist.init_process_group(
+            "nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(minutes=30)
+        )
     return device
 
 
@@ -176,8 +178,7 @@ class CrossRankBatchNorm(nn.modules.batchnorm._BatchNorm):
         assert self.running_mean is not None and self.running_var is not None
         assert self.num_batches_tracked is not None
         self.num_batches_tracked.add_(1)
-        momentum = (1.0 / float(self.num_batches_tracked) if self.momentum is None
-                    else self.momentum)
+        momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
         unbiased = var * count / max(count - 1, 1)
         self.running_mean.lerp_(mean.to(self.running_mean.dtype), momentum)
         self.running_var.lerp_(unbiased.to(self.running_var.dtype), momentum)
@@ -194,9 +195,11 @@ def convert_batch_norm(module: nn.Module) -> nn.Module:
     replacement, when ``module`` is itself a batch norm).
     """
     if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(
-            module, (CrossRankBatchNorm, nn.SyncBatchNorm)):
-        replacement = CrossRankBatchNorm(module.num_features, module.eps, module.momentum,
-                                         module.affine, module.track_running_stats)
+        module, (CrossRankBatchNorm, nn.SyncBatchNorm)
+    ):
+        replacement = CrossRankBatchNorm(
+            module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats
+        )
         replacement.load_state_dict(module.state_dict())
         first = next(iter(module.state_dict().values()), None)
         if first is not None:

@@ -39,7 +39,6 @@ __all__ = [
 ]
 
 
-
 @torch.no_grad()
 def segment(model: nn.Module, images: torch.Tensor, batch: int, precision: str = "fp32") -> torch.Tensor:
     """Class probabilities of ``(S, H, W)`` slices, ``batch`` slices per forward pass.
@@ -62,8 +61,14 @@ def segment(model: nn.Module, images: torch.Tensor, batch: int, precision: str =
     return torch.cat(out)
 
 
-def _predictions(model: nn.Module, store: VolumeStore, images: torch.Tensor, patients: Sequence[str],
-                 batch: int, precision: str) -> Iterator[tuple[VolumeInfo, torch.Tensor]]:
+def _predictions(
+    model: nn.Module,
+    store: VolumeStore,
+    images: torch.Tensor,
+    patients: Sequence[str],
+    batch: int,
+    precision: str,
+) -> Iterator[tuple[VolumeInfo, torch.Tensor]]:
     """Yield ``(volume, predicted labels (Z, H, W))`` for the labelled volumes of ``patients``."""
     was_training = model.training
     model.eval()
@@ -74,8 +79,15 @@ def _predictions(model: nn.Module, store: VolumeStore, images: torch.Tensor, pat
         model.train(was_training)
 
 
-def validation_dice(model: nn.Module, store: VolumeStore, images: torch.Tensor, labels: torch.Tensor,
-                    patients: Sequence[str], batch: int, precision: str = "fp32") -> dict[str, float]:
+def validation_dice(
+    model: nn.Module,
+    store: VolumeStore,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    patients: Sequence[str],
+    batch: int,
+    precision: str = "fp32",
+) -> dict[str, float]:
     """Mean 3D DSC per structure, and their mean, over the volumes of ``patients`` (on the device)."""
     rows = [
         dice_per_class(pred, labels[v.start : v.stop].long(), len(store.classes))
@@ -129,7 +141,8 @@ def evaluate_volumes(
         spacing = (v.spacing[2], store.spacing, store.spacing)  # (Z, H, W) of the canvas grid
         metrics = {
             name: class_metrics(pred_np == k, gt_np == k, spacing)
-            for k, name in enumerate(store.classes) if k > 0
+            for k, name in enumerate(store.classes)
+            if k > 0
         }
         results.append(VolumeResult(v.id, v.patient, v.phase, metrics))
         if on_volume is not None:
@@ -187,8 +200,12 @@ def build_report(
         "structures": list(structures),
         "summary": summarize(results, structures),
         "volumes": [
-            {"id": r.id, "patient": r.patient, "phase": r.phase,
-             "metrics": {s: vars(m) for s, m in r.metrics.items()}}
+            {
+                "id": r.id,
+                "patient": r.patient,
+                "phase": r.phase,
+                "metrics": {s: vars(m) for s, m in r.metrics.items()},
+            }
             for r in results
         ],
     }
@@ -239,11 +256,22 @@ def evaluate_run(
         if progress is not None:
             progress(done, total, f"evaluating {split}")
 
-    results = evaluate_volumes(trained.model, store, images, labels, patients,
-                               trained.recipe.train.eval_batch, trained.recipe.train.precision,
-                               volume_done if progress is not None or on_volume is not None else None)
-    meta = {"run": trained.recipe.name, "split": split, "checkpoint": trained.checkpoint.path.name,
-            "epoch": trained.checkpoint.epoch}
+    results = evaluate_volumes(
+        trained.model,
+        store,
+        images,
+        labels,
+        patients,
+        trained.recipe.train.eval_batch,
+        trained.recipe.train.precision,
+        volume_done if progress is not None or on_volume is not None else None,
+    )
+    meta = {
+        "run": trained.recipe.name,
+        "split": split,
+        "checkpoint": trained.checkpoint.path.name,
+        "epoch": trained.checkpoint.epoch,
+    }
     report = build_report(results, store.classes[1:], meta)
     paths = write_reports(report, run.path, run.report_stem(split, checkpoint))
     return report, paths
@@ -253,8 +281,9 @@ def evaluate_run(
 # Folders of NIfTI label maps
 
 
-def evaluate_folders(pred_dir: Path, gt_dir: Path, labels: Sequence[int] | None = None,
-                     progress: Progress | None = None) -> dict[str, Any]:
+def evaluate_folders(
+    pred_dir: Path, gt_dir: Path, labels: Sequence[int] | None = None, progress: Progress | None = None
+) -> dict[str, Any]:
     """Compare predicted label maps with ground-truth label maps of the same file names.
 
     Args:
@@ -275,30 +304,33 @@ def evaluate_folders(pred_dir: Path, gt_dir: Path, labels: Sequence[int] | None 
     missing_pred = sorted(set(gts) - set(preds))
     missing_gt = sorted(set(preds) - set(gts))
     if missing_pred:
-        raise DataError(f"{gt_dir / missing_pred[0]}: no prediction of that name in {pred_dir}"
-                        + (f" (and {len(missing_pred) - 1} more)" if len(missing_pred) > 1 else ""))
+        raise DataError(
+            f"{gt_dir / missing_pred[0]}: no prediction of that name in {pred_dir}"
+            + (f" (and {len(missing_pred) - 1} more)" if len(missing_pred) > 1 else "")
+        )
     if missing_gt:
-        raise DataError(f"{pred_dir / missing_gt[0]}: no ground truth of that name in {gt_dir}"
-                        + (f" (and {len(missing_gt) - 1} more)" if len(missing_gt) > 1 else ""))
+        raise DataError(
+            f"{pred_dir / missing_gt[0]}: no ground truth of that name in {gt_dir}"
+            + (f" (and {len(missing_gt) - 1} more)" if len(missing_gt) > 1 else "")
+        )
     pairs = []
     for name in sorted(gts):
         pred, _, _ = read_volume(preds[name], label=True)
         gt, _, spacing = read_volume(gts[name], label=True)
         if pred.shape != gt.shape:
-            raise DataError(f"{preds[name]}: shape {pred.shape} differs from the ground truth's "
-                            f"{gt.shape} ({gts[name]})")
+            raise DataError(
+                f"{preds[name]}: shape {pred.shape} differs from the ground truth's {gt.shape} ({gts[name]})"
+            )
         pairs.append((name, pred, gt, spacing))
     if labels is None:
-        labels = sorted({int(x) for _, p, g, _ in pairs for x in np.union1d(np.unique(p), np.unique(g))}
-                        - {0})
+        labels = sorted(
+            {int(x) for _, p, g, _ in pairs for x in np.union1d(np.unique(p), np.unique(g))} - {0}
+        )
     cases: list[dict[str, Any]] = []
     for i, (name, pred, gt, spacing) in enumerate(pairs):
         per_label = {str(k): vars(class_metrics(pred == k, gt == k, spacing)) for k in labels}
         cases.append({"case": name, "labels": per_label})
         if progress is not None:
             progress(i + 1, len(pairs), "evaluating")
-    mean = {
-        str(k): {m: _stats([c["labels"][str(k)][m] for c in cases]) for m in METRICS} for k in labels
-    }
+    mean = {str(k): {m: _stats([c["labels"][str(k)][m] for c in cases]) for m in METRICS} for k in labels}
     return {"labels": [str(k) for k in labels], "cases": cases, "mean": mean}
-

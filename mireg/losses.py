@@ -105,8 +105,9 @@ def global_mi_loss(
         normalised, and ``-I`` is computed with ``e = 1e-10``.
     """
     if z1.shape != z2.shape or z1.dim() != 2:
-        raise ValueError(f"expected two (N, K) tensors of one shape, got {tuple(z1.shape)} and "
-                         f"{tuple(z2.shape)}")
+        raise ValueError(
+            f"expected two (N, K) tensors of one shape, got {tuple(z1.shape)} and {tuple(z2.shape)}"
+        )
     with torch.autocast(device_type=z1.device.type, enabled=False):
         z1, z2 = _at_least_float32(z1, z2)
         p = reduction.sum(z1.t() @ z2)
@@ -125,8 +126,9 @@ class _ShiftedJoints(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, a: torch.Tensor, b: torch.Tensor, shifts: list[int], start: int,
-                length: int) -> torch.Tensor:
+    def forward(
+        ctx: Any, a: torch.Tensor, b: torch.Tensor, shifts: list[int], start: int, length: int
+    ) -> torch.Tensor:
         s, k, _ = a.shape
         out = a.new_empty(len(shifts), s, k, k)
         window = a[..., start : start + length]
@@ -184,8 +186,9 @@ def _fft_size(n: int) -> int:
         n += 1
 
 
-def _displacement_phases(size: int, frequencies: int, radius: int, sign: float,
-                         device: torch.device) -> torch.Tensor:
+def _displacement_phases(
+    size: int, frequencies: int, radius: int, sign: float, device: torch.device
+) -> torch.Tensor:
     """``exp(sign 2 pi i f d / size)`` for frequencies ``f < frequencies`` and ``d`` in ``-r..r``.
 
     ``(frequencies, 2r+1)``, complex128.
@@ -328,9 +331,7 @@ def local_joints(
     return joints[:, 0] if single else joints
 
 
-def _local_mi_whole(
-    z1: torch.Tensor, z2: torch.Tensor, radius: int, reduction: Reduction
-) -> torch.Tensor:
+def _local_mi_whole(z1: torch.Tensor, z2: torch.Tensor, radius: int, reduction: Reduction) -> torch.Tensor:
     """Per sub-head ``L_local`` of ``(N, S, K, H, W)`` maps: ``(S,)``."""
     p = reduction.sum(local_joints(z1, z2, radius))  # (D, S, K, K)
     # The authors shift all joints by their (detached) minimum before normalising; kept for parity.
@@ -368,8 +369,10 @@ def local_mi_loss(
         sub-head, for ``(N, S, K, H, W)`` maps.
     """
     if z1.shape != z2.shape or z1.dim() not in (4, 5):
-        raise ValueError(f"expected two (N, K, H, W) or (N, S, K, H, W) tensors of one shape, got "
-                         f"{tuple(z1.shape)} and {tuple(z2.shape)}")
+        raise ValueError(
+            f"expected two (N, K, H, W) or (N, S, K, H, W) tensors of one shape, got "
+            f"{tuple(z1.shape)} and {tuple(z2.shape)}"
+        )
     if radius < 0:
         raise ValueError(f"radius must be >= 0, got {radius}")
     single = z1.dim() == 4
@@ -384,8 +387,9 @@ def local_mi_loss(
             ph, pw = min(patch, h), min(patch, w)
             stride = max(1, patch // 2)
             windows = [
-                _local_mi_whole(z1[..., i : i + ph, j : j + pw], z2[..., i : i + ph, j : j + pw],
-                                radius, reduction)
+                _local_mi_whole(
+                    z1[..., i : i + ph, j : j + pw], z2[..., i : i + ph, j : j + pw], radius, reduction
+                )
                 for i in range(0, h - ph + 1, stride)
                 for j in range(0, w - pw + 1, stride)
             ]

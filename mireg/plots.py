@@ -38,8 +38,12 @@ def plot_curves(metrics_csv: Path, out: Path) -> None:
     axes[1].plot(epochs, column("lr"))
     axes[1].set(title="learning rate", xlabel="epoch", yscale="log")
     for key in val:
-        axes[2].plot(epochs, column(key), label=key.removeprefix("val_dice/"),
-                     linewidth=2.5 if key.endswith("/mean") else 1)
+        axes[2].plot(
+            epochs,
+            column(key),
+            label=key.removeprefix("val_dice/"),
+            linewidth=2.5 if key.endswith("/mean") else 1,
+        )
     axes[2].set(title="validation 3D DSC", xlabel="epoch", ylim=(0, 1))
     axes[2].legend(fontsize=8)
     fig.tight_layout()
@@ -90,8 +94,13 @@ def save_overlay(
             if (prediction[k] == value).any():
                 ax.contour(prediction[k] == value, levels=[0.5], colors=[colour], linewidths=1.0)
             if ground_truth is not None and (ground_truth[k] == value).any():
-                ax.contour(ground_truth[k] == value, levels=[0.5], colors=[colour], linewidths=0.8,
-                           linestyles="dashed")
+                ax.contour(
+                    ground_truth[k] == value,
+                    levels=[0.5],
+                    colors=[colour],
+                    linewidths=0.8,
+                    linestyles="dashed",
+                )
         ax.set_title(f"slice {k}", fontsize=8)
     legend = "solid: prediction" + (", dashed: ground truth" if ground_truth is not None else "")
     fig.suptitle(f"{title}  ({legend})", fontsize=9)

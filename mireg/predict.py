@@ -24,6 +24,7 @@ from mireg.state import TrainedModel
 
 __all__ = ["collect_inputs", "predict_file", "predict_files"]
 
+
 def collect_inputs(inputs: Iterable[Path]) -> list[Path]:
     """NIfTI files named directly or found (non-recursively) in the folders given.
 
@@ -43,8 +44,10 @@ def collect_inputs(inputs: Iterable[Path]) -> list[Path]:
     names = [f.name for f in files]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise DataError(f"two inputs share the output name {duplicates[0]!r}",
-                        "predict them into different output folders")
+        raise DataError(
+            f"two inputs share the output name {duplicates[0]!r}",
+            "predict them into different output folders",
+        )
     return files
 
 
@@ -53,8 +56,7 @@ def predict_file(trained: TrainedModel, path: Path, batch: int = 32) -> tuple[np
     image, _, spacing = read_volume(path)
     slices, _, geometry = preprocess_volume(image, spacing, trained.spacing, trained.canvas)
     device = next(trained.model.parameters()).device
-    probs = segment(trained.model, torch.from_numpy(slices).to(device), batch,
-                    trained.recipe.train.precision)
+    probs = segment(trained.model, torch.from_numpy(slices).to(device), batch, trained.recipe.train.precision)
     return restore_labels(probs, geometry), image
 
 
@@ -75,8 +77,13 @@ def predict_files(
         labels, image = predict_file(trained, path, batch)
         out = out_dir / path.name
         if overlay:
-            save_overlay(out_dir / "overlays" / f"{nifti_stem(path)}.png", image.transpose(2, 0, 1),
-                         labels.transpose(2, 0, 1), None, path.name)
+            save_overlay(
+                out_dir / "overlays" / f"{nifti_stem(path)}.png",
+                image.transpose(2, 0, 1),
+                labels.transpose(2, 0, 1),
+                None,
+                path.name,
+            )
         reference = nib.load(str(path))
         assert isinstance(reference, nib.Nifti1Image)  # read_volume checked it
         write_label_map(out, labels, reference)

@@ -82,13 +82,15 @@ class TrainConfig(_Strict):
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     precision: Literal["fp32", "bf16"] = "fp32"
     memory_format: Literal["auto", "channels_last", "contiguous"] = Field(
-        "auto", description="layout of images and activations; auto: channels_last on CUDA")
+        "auto", description="layout of images and activations; auto: channels_last on CUDA"
+    )
     compile: bool = Field(False, description="torch.compile the network (the first steps compile it)")
     eval_batch: int = Field(32, ge=1, description="slices per forward pass at evaluation")
     runs_dir: Path = Path("runs")
     log_every: int = Field(10, ge=1, description="steps between progress updates")
     skip_nonfinite: bool = Field(
-        False, description="skip steps whose loss is not finite (counted in metrics) instead of stopping")
+        False, description="skip steps whose loss is not finite (counted in metrics) instead of stopping"
+    )
 
 
 class _RecipeSettings(_Strict):
@@ -257,15 +259,19 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
         where = _loc(parts[: i + 1])
         if isinstance(node, list):
             if isinstance(part, str):  # a list of plugin tables addressed by plugin name
-                named = [j for j, item in enumerate(node)
-                         if isinstance(item, dict) and item.get("name") == part]
+                named = [
+                    j for j, item in enumerate(node) if isinstance(item, dict) and item.get("name") == part
+                ]
                 if len(named) != 1:
-                    raise RecipeError(f"--set {assignment!r}: {where}: "
-                                      f"{'no' if not named else 'more than one'} entry named {part!r}")
+                    raise RecipeError(
+                        f"--set {assignment!r}: {where}: "
+                        f"{'no' if not named else 'more than one'} entry named {part!r}"
+                    )
                 part = named[0]
             if not 0 <= part < len(node):
-                raise RecipeError(f"--set {assignment!r}: {where}: index out of range "
-                                  f"(the list has {len(node)} entries)")
+                raise RecipeError(
+                    f"--set {assignment!r}: {where}: index out of range (the list has {len(node)} entries)"
+                )
         elif isinstance(node, dict):
             if isinstance(part, int):
                 part = str(part)

@@ -53,8 +53,7 @@ class PluginInfo:
 
 def _info(kind: str, ep: EntryPoint) -> PluginInfo:
     dist = ep.dist
-    return PluginInfo(kind, ep.name, ep.value, dist.name if dist else "?",
-                      dist.version if dist else "?")
+    return PluginInfo(kind, ep.name, ep.value, dist.name if dist else "?", dist.version if dist else "?")
 
 
 @cache
@@ -87,12 +86,14 @@ def _single(kind: str, name: str) -> PluginInfo:
     found = discover(kind).get(name)
     if not found:
         names = ", ".join(available(kind)) or "none"
-        raise PluginError(f"unknown {kind} {name!r}; installed: {names}",
-                          "`mireg plugins` lists what is installed")
+        raise PluginError(
+            f"unknown {kind} {name!r}; installed: {names}", "`mireg plugins` lists what is installed"
+        )
     if len(found) > 1:
         both = " and ".join(i.label for i in found)
-        raise PluginError(f"{kind} {name!r} is registered by two distributions: {both}",
-                          "uninstall one of them")
+        raise PluginError(
+            f"{kind} {name!r} is registered by two distributions: {both}", "uninstall one of them"
+        )
     return found[0]
 
 
@@ -112,11 +113,13 @@ def load(kind: str, name: str) -> type[PluginConfig]:
     try:
         obj = EntryPoint(info.name, info.value, group).load()
     except Exception as exc:  # any import-time failure of a plugin is the plugin's
-        raise PluginError(f"{kind} plugin {info.label} failed to import: "
-                          f"{type(exc).__name__}: {exc}") from exc
+        raise PluginError(
+            f"{kind} plugin {info.label} failed to import: {type(exc).__name__}: {exc}"
+        ) from exc
     if not (isinstance(obj, type) and issubclass(obj, base)):
-        raise PluginError(f"{kind} plugin {info.label}: {info.value} is not a subclass of "
-                          f"mireg.contract.{base.__name__}")
+        raise PluginError(
+            f"{kind} plugin {info.label}: {info.value} is not a subclass of mireg.contract.{base.__name__}"
+        )
     return obj
 
 

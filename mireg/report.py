@@ -60,8 +60,9 @@ def format_stat(stat: dict[str, Any], metric: str, sep: str = " ") -> str:
     return f"{text}{sep}({stat['undefined']} undef.)" if stat["undefined"] else text
 
 
-def summary_tables(report: dict[str, Any], metrics: Sequence[str] = ("dice", "hd95"),
-                   sep: str = " ") -> list[TextTable]:
+def summary_tables(
+    report: dict[str, Any], metrics: Sequence[str] = ("dice", "hd95"), sep: str = " "
+) -> list[TextTable]:
     """One table per metric: structures (then their ``mean``) x phases, cells ``mean ± std``.
 
     Args:
@@ -73,18 +74,27 @@ def summary_tables(report: dict[str, Any], metrics: Sequence[str] = ("dice", "hd
     phases = list(summary["dice"])
     tables = []
     for metric in metrics:
-        rows = [[structure, *(format_stat(summary[metric][p][structure], metric, sep) for p in phases)]
-                for structure in [*report["structures"], "mean"]]
-        tables.append(TextTable(f"{NAMES[metric]} ({UNITS[metric]})",
-                                ["structure", *(f"{NAMES[metric]} {p}" for p in phases)], rows))
+        rows = [
+            [structure, *(format_stat(summary[metric][p][structure], metric, sep) for p in phases)]
+            for structure in [*report["structures"], "mean"]
+        ]
+        tables.append(
+            TextTable(
+                f"{NAMES[metric]} ({UNITS[metric]})",
+                ["structure", *(f"{NAMES[metric]} {p}" for p in phases)],
+                rows,
+            )
+        )
     return tables
 
 
 def summary_note(report: dict[str, Any]) -> str:
     """What a report's tables summarise, and what 'undef.' counts."""
-    return (f"{len(report['volumes'])} volumes; mean ± std over volumes; distances in mm on the "
-            "evaluation grid; 'undef.' counts volumes where a structure is present in only one of "
-            "prediction and ground truth.")
+    return (
+        f"{len(report['volumes'])} volumes; mean ± std over volumes; distances in mm on the "
+        "evaluation grid; 'undef.' counts volumes where a structure is present in only one of "
+        "prediction and ground truth."
+    )
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -98,8 +108,10 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 def markdown_summary(report: dict[str, Any]) -> str:
     """Per structure x phase tables of DSC, HD95 and ASSD (mean ± std), as Markdown."""
-    parts = [f"# {report.get('run', '')}: {report.get('split', '')} set, "
-             f"{report.get('checkpoint', '')} (epoch {report.get('epoch', '?')})\n"]
+    parts = [
+        f"# {report.get('run', '')}: {report.get('split', '')} set, "
+        f"{report.get('checkpoint', '')} (epoch {report.get('epoch', '?')})\n"
+    ]
     for table in summary_tables(report, ("dice", "hd95", "assd")):
         parts.append(f"## {table.title}\n\n{markdown_table(table.header, table.rows)}")
     parts.append(summary_note(report) + "\n")
@@ -112,8 +124,15 @@ def _csv_text(report: dict[str, Any]) -> str:
     writer.writerow(["volume", "patient", "phase", "structure", *METRICS])
     for v in report["volumes"]:
         for structure, m in v["metrics"].items():
-            writer.writerow([v["id"], v["patient"], v["phase"], structure,
-                             *("" if m[k] is None else m[k] for k in METRICS)])
+            writer.writerow(
+                [
+                    v["id"],
+                    v["patient"],
+                    v["phase"],
+                    structure,
+                    *("" if m[k] is None else m[k] for k in METRICS),
+                ]
+            )
     return out.getvalue()
 
 
@@ -130,8 +149,9 @@ def read_run_report(run_dir: Path) -> dict[str, Any]:
     """The test report a run wrote (``report.json``)."""
     path = run_dir / "report.json"
     if not path.is_file():
-        raise RunError(f"{run_dir}: no report.json in this run directory",
-                       f"evaluate it first: mireg eval {run_dir}")
+        raise RunError(
+            f"{run_dir}: no report.json in this run directory", f"evaluate it first: mireg eval {run_dir}"
+        )
     try:
         report: dict[str, Any] = json.loads(path.read_text())
         report["summary"]["dice"]["all"]
@@ -140,8 +160,9 @@ def read_run_report(run_dir: Path) -> dict[str, Any]:
     return report
 
 
-def comparison_rows(runs: Sequence[tuple[str, dict[str, Any]]],
-                    sep: str = " ") -> tuple[list[str], list[list[str]]]:
+def comparison_rows(
+    runs: Sequence[tuple[str, dict[str, Any]]], sep: str = " "
+) -> tuple[list[str], list[list[str]]]:
     """One row per run: DSC per structure, mean DSC, mean HD95 (test set, all phases).
 
     Returns:
@@ -153,8 +174,10 @@ def comparison_rows(runs: Sequence[tuple[str, dict[str, Any]]],
     for name, report in runs:
         summary = report["summary"]
         if list(report["structures"]) != structures:
-            raise RunError(f"{name}: its structures {report['structures']} differ from "
-                           f"{structures}; only runs on one data set can be compared")
+            raise RunError(
+                f"{name}: its structures {report['structures']} differ from "
+                f"{structures}; only runs on one data set can be compared"
+            )
         cells = [format_stat(summary["dice"]["all"][s], "dice", sep) for s in structures]
         cells.append(format_stat(summary["dice"]["all"]["mean"], "dice", sep))
         cells.append(format_stat(summary["hd95"]["all"]["mean"], "hd95", sep))
@@ -169,6 +192,8 @@ def folder_rows(result: dict[str, Any], sep: str = " ") -> tuple[list[str], list
         The header and the rows; ``sep`` is passed to :func:`format_stat`.
     """
     header = ["label", *(f"{NAMES[m]} ({UNITS[m]})" for m in METRICS)]
-    rows = [[label, *(format_stat(result["mean"][label][m], m, sep) for m in METRICS)]
-            for label in result["labels"]]
+    rows = [
+        [label, *(format_stat(result["mean"][label][m], m, sep) for m in METRICS)]
+        for label in result["labels"]
+    ]
     return header, rows

@@ -72,8 +72,10 @@ class RunDir:
         path = runs_dir / name
         if _holds_files(path):
             if not fresh:
-                raise RunError(f"{path}: a run already exists there; refusing to overwrite it",
-                               "pass --fresh to start a new numbered run directory beside it")
+                raise RunError(
+                    f"{path}: a run already exists there; refusing to overwrite it",
+                    "pass --fresh to start a new numbered run directory beside it",
+                )
             k = 2
             while (runs_dir / f"{name}-{k}").exists():
                 k += 1
@@ -101,8 +103,10 @@ class RunDir:
             RunError: Another run took the folder since it was chosen.
         """
         if _holds_files(self.path):
-            raise RunError(f"{self.path}: a run already exists there; refusing to overwrite it",
-                           "pass --fresh to start a new numbered run directory beside it")
+            raise RunError(
+                f"{self.path}: a run already exists there; refusing to overwrite it",
+                "pass --fresh to start a new numbered run directory beside it",
+            )
         self.path.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.file(self.RECIPE), dump_toml(recipe.to_dict()))
         atomic_write_text(self.file(self.VERSIONS), json.dumps(versions(recipe), indent=1))
@@ -122,8 +126,10 @@ class RunDir:
         """
         path = self.file(which if which.endswith(".pt") else f"{which}.pt")
         if not path.is_file():
-            raise CheckpointError(f"{self.path}: no checkpoint {path.name} in this run directory",
-                                  "train first, or pass --checkpoint last")
+            raise CheckpointError(
+                f"{self.path}: no checkpoint {path.name} in this run directory",
+                "train first, or pass --checkpoint last",
+            )
         return path
 
     def split(self) -> Split:

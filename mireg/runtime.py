@@ -27,8 +27,9 @@ def resolve_device(name: str, key: str = "train.device") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RecipeError(f"{key}: {name!r} requested but CUDA is not available",
-                          "use device = \"auto\" or \"cpu\"")
+        raise RecipeError(
+            f"{key}: {name!r} requested but CUDA is not available", 'use device = "auto" or "cpu"'
+        )
     return device
 
 
@@ -82,8 +83,10 @@ class Runtime:
         """Global batch sizes must split evenly over the processes."""
         for key, size in (("labeled_batch", labeled), ("unlabeled_batch", unlabeled)):
             if size % self.world:
-                raise RecipeError(f"train.{key}: {size} is not divisible by the {self.world} processes "
-                                  "(batch sizes are global; each process trains on an equal share)")
+                raise RecipeError(
+                    f"train.{key}: {size} is not divisible by the {self.world} processes "
+                    "(batch sizes are global; each process trains on an equal share)"
+                )
 
     def shard(self, n: int) -> slice:
         """This process's part of a global batch of ``n``."""

@@ -98,11 +98,13 @@ class TrainState:
     best: float = -1.0
 
     @classmethod
-    def create(cls, recipe: Recipe, data: DataInfo, model: Backbone, terms: list[Term],
-               device: torch.device) -> TrainState:
+    def create(
+        cls, recipe: Recipe, data: DataInfo, model: Backbone, terms: list[Term], device: torch.device
+    ) -> TrainState:
         """A fresh state: Adam over every trainable parameter, the generator seeded by the recipe."""
-        params = [p for m in (model, *(t.regularizer for t in terms)) for p in m.parameters()
-                  if p.requires_grad]  # a mean teacher's weights are not optimised
+        params = [
+            p for m in (model, *(t.regularizer for t in terms)) for p in m.parameters() if p.requires_grad
+        ]  # a mean teacher's weights are not optimised
         optimizer = torch.optim.Adam(params, lr=recipe.optim.lr, weight_decay=recipe.optim.weight_decay)
         generator = torch.Generator(device=device).manual_seed(recipe.seed)
         return cls(recipe, data, model, terms, optimizer, generator)
@@ -177,8 +179,9 @@ class Checkpoint:
             info = DataInfo(list(data["classes"]), float(data["spacing"]), int(data["canvas"]))
             return cls(path, recipe, info, int(state["epoch"]), int(state["step"]), state)
         except (KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"{path}: not a complete mireg checkpoint ({type(exc).__name__}: "
-                                  f"{exc})") from exc
+            raise CheckpointError(
+                f"{path}: not a complete mireg checkpoint ({type(exc).__name__}: {exc})"
+            ) from exc
 
 
 @dataclass
@@ -218,7 +221,8 @@ def load_trained(path: Path, device: torch.device) -> TrainedModel:
     except MiregError:
         raise
     except (KeyError, RuntimeError, TypeError) as exc:
-        raise CheckpointError(f"{path}: does not fit its recipe ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0]})") from exc
+        raise CheckpointError(
+            f"{path}: does not fit its recipe ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+        ) from exc
     model.to(device).eval()
     return TrainedModel(checkpoint, model)

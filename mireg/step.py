@@ -44,8 +44,13 @@ class TappedNetwork:
         memory_format: Layout of the inputs.
     """
 
-    def __init__(self, model: Backbone, taps: Iterable[str], network: nn.Module | None = None,
-                 memory_format: torch.memory_format = torch.contiguous_format) -> None:
+    def __init__(
+        self,
+        model: Backbone,
+        taps: Iterable[str],
+        network: nn.Module | None = None,
+        memory_format: torch.memory_format = torch.contiguous_format,
+    ) -> None:
         self.model = model
         self.network = model if network is None else network
         self.memory_format = memory_format
@@ -75,8 +80,10 @@ class TappedNetwork:
         """
         unknown = [t for t in taps if t not in self.taps]
         if unknown:
-            raise ValueError(f"taps {unknown} were not requested; a regulariser lists the taps it "
-                             f"reads in its `taps` (requested: {list(self.taps)})")
+            raise ValueError(
+                f"taps {unknown} were not requested; a regulariser lists the taps it "
+                f"reads in its `taps` (requested: {list(self.taps)})"
+            )
         self._captured = {}
         logits = self.model(x.contiguous(memory_format=self.memory_format)).float()
         captured = self._captured
@@ -88,9 +95,16 @@ class TappedNetwork:
             handle.remove()
 
 
-def step_context(tapped: TappedNetwork, x_l: torch.Tensor, y_l: torch.Tensor, x_u: torch.Tensor,
-                 transform: Transform, step: int, epoch: int,
-                 reduction: Reduction = SINGLE_PROCESS) -> StepContext:
+def step_context(
+    tapped: TappedNetwork,
+    x_l: torch.Tensor,
+    y_l: torch.Tensor,
+    x_u: torch.Tensor,
+    transform: Transform,
+    step: int,
+    epoch: int,
+    reduction: Reduction = SINGLE_PROCESS,
+) -> StepContext:
     """Run the network once on ``[x_l, x_u, T(x_u)]`` and split logits and features by group."""
     sizes = [len(x_l), len(x_u), len(x_u)]
     logits, features = tapped(torch.cat([x_l, x_u, transform(x_u)]))
@@ -99,8 +113,9 @@ def step_context(tapped: TappedNetwork, x_l: torch.Tensor, y_l: torch.Tensor, x_
     for name, value in features.items():
         f_l, f_u, f_tu = value.split(sizes)
         split[name] = (f_l, f_u, f_tu)
-    return StepContext(logits_l, logits_u, logits_tu, split, transform, step, epoch, x_u, x_l, y_l,
-                       tapped.extra, reduction)
+    return StepContext(
+        logits_l, logits_u, logits_tu, split, transform, step, epoch, x_u, x_l, y_l, tapped.extra, reduction
+    )
 
 
 class TrainStep:
@@ -112,8 +127,9 @@ class TrainStep:
         runtime: The process set-up (sharding, the DDP wrapper).
     """
 
-    def __init__(self, state: TrainState, data: RunData, runtime: Runtime,
-                 memory_format: torch.memory_format) -> None:
+    def __init__(
+        self, state: TrainState, data: RunData, runtime: Runtime, memory_format: torch.memory_format
+    ) -> None:
         self.state, self.data, self.runtime = state, data, runtime
         taps = {t for reg in state.regularizers for t in reg.taps}
         network = runtime.wrap(state.model, list(state.regularizers))
@@ -126,8 +142,9 @@ class TrainStep:
 
     def _autocast(self) -> AbstractContextManager[Any]:
         device = self.runtime.device
-        return torch.autocast(device.type, dtype=torch.bfloat16,
-                              enabled=self.state.recipe.train.precision == "bf16")
+        return torch.autocast(
+            device.type, dtype=torch.bfloat16, enabled=self.state.recipe.train.precision == "bf16"
+        )
 
     def __call__(self) -> dict[str, torch.Tensor] | None:
         """One optimisation step; returns the (device) values to log, or None for a skipped step."""
@@ -144,8 +161,7 @@ class TrainStep:
         x_l, y_l, x_u = x_l[part_l], y_l[part_l], x_u[part_u]
         transform = Transform(transform.flip_h[part_u], transform.flip_w[part_u])
         with self._autocast():
-            ctx = step_context(self.tapped, x_l, y_l, x_u, transform, state.step, state.epoch,
-                               self.reduction)
+            ctx = step_context(self.tapped, x_l, y_l, x_u, transform, state.step, state.epoch, self.reduction)
             sup = self.reduction.mean(F.cross_entropy(ctx.logits_l, y_l, reduction="none"))
             total = sup
             logs = {"sup": sup.detach()}

@@ -48,8 +48,14 @@ def _expect(condition: bool, plugin: str, message: str) -> None:
         raise ContractError(f"{plugin}: {message}")
 
 
-def step_context(backbone: Backbone, taps: tuple[str, ...] = (), n_labeled: int = 2, n_unlabeled: int = 3,
-                 size: int = 32, seed: int = 0) -> StepContext:
+def step_context(
+    backbone: Backbone,
+    taps: tuple[str, ...] = (),
+    n_labeled: int = 2,
+    n_unlabeled: int = 3,
+    size: int = 32,
+    seed: int = 0,
+) -> StepContext:
     """A :class:`StepContext` from one real forward pass of ``backbone`` over random images.
 
     It is built by the training step's own builder (:func:`mireg.step.step_context`), so
@@ -69,8 +75,11 @@ def check_backbone(config: BackboneConfig, size: int = 64, batch: int = 2) -> Ba
     plugin = f"backbone {config.name!r}"
     net = config.create()
     _expect(isinstance(net, Backbone), plugin, f"build() returned {type(net).__name__}, not a Backbone")
-    _expect(net.in_channels == config.in_channels and net.num_classes == config.num_classes, plugin,
-            "in_channels / num_classes differ from the config")
+    _expect(
+        net.in_channels == config.in_channels and net.num_classes == config.num_classes,
+        plugin,
+        "in_channels / num_classes differ from the config",
+    )
     _expect(bool(net.taps), plugin, "declares no feature taps")
     seen: dict[str, torch.Tensor] = {}
     for name, tap in net.taps.items():
@@ -78,15 +87,21 @@ def check_backbone(config: BackboneConfig, size: int = 64, batch: int = 2) -> Ba
         net.tap_module(name).register_forward_hook(lambda m, i, o, name=name: seen.__setitem__(name, o))
     x = torch.rand(batch, config.in_channels, size, size, generator=torch.Generator().manual_seed(0))
     out = net(x)
-    _expect(tuple(out.shape) == (batch, config.num_classes, size, size), plugin,
-            f"output shape {tuple(out.shape)}, expected {(batch, config.num_classes, size, size)}")
+    _expect(
+        tuple(out.shape) == (batch, config.num_classes, size, size),
+        plugin,
+        f"output shape {tuple(out.shape)}, expected {(batch, config.num_classes, size, size)}",
+    )
     _expect(bool(torch.isfinite(out).all()), plugin, "output is not finite")
     for name, tap in net.taps.items():
         f = seen.get(name)
         _expect(isinstance(f, torch.Tensor), plugin, f"tap {name} did not produce a tensor")
         assert f is not None
-        _expect(f.dim() == 4 and f.shape[1] == tap.channels, plugin,
-                f"tap {name}: shape {tuple(f.shape)}, declared {tap.channels} channels")
+        _expect(
+            f.dim() == 4 and f.shape[1] == tap.channels,
+            plugin,
+            f"tap {name}: shape {tuple(f.shape)}, declared {tap.channels} channels",
+        )
     out.float().square().mean().backward()
     grads = [p.grad for p in net.parameters() if p.requires_grad]
     _expect(any(g is not None and g.abs().sum() > 0 for g in grads), plugin, "no gradient reaches it")
@@ -101,8 +116,9 @@ def check_backbone(config: BackboneConfig, size: int = 64, batch: int = 2) -> Ba
     return net
 
 
-def check_regularizer(config: RegularizerConfig, backbone: BackboneConfig | None = None,
-                      size: int = 32) -> Regularizer:
+def check_regularizer(
+    config: RegularizerConfig, backbone: BackboneConfig | None = None, size: int = 32
+) -> Regularizer:
     """Build the regulariser on a small backbone; check its loss, gradients, hooks and state dict."""
     from mireg.backbones.unet import UNetConfig
 
@@ -119,14 +135,18 @@ def check_regularizer(config: RegularizerConfig, backbone: BackboneConfig | None
     _expect(out.loss.dim() == 0, plugin, f"loss must be a scalar, got shape {tuple(out.loss.shape)}")
     _expect(math.isfinite(out.loss.item()), plugin, f"loss is not finite: {out.loss.item()}")
     for key, value in out.logs.items():
-        _expect(value.dim() == 0 and math.isfinite(value.item()), plugin,
-                f"log {key!r} is not a finite scalar")
+        _expect(
+            value.dim() == 0 and math.isfinite(value.item()), plugin, f"log {key!r} is not a finite scalar"
+        )
     if out.loss.requires_grad:
         out.loss.backward()
         params: list[nn.Parameter] = [p for m in (net, reg) for p in m.parameters() if p.requires_grad]
         grads = [p.grad for p in params]
-        _expect(any(g is not None and g.abs().sum() > 0 for g in grads), plugin,
-                "the loss requires grad but no parameter receives a gradient")
+        _expect(
+            any(g is not None and g.abs().sum() > 0 for g in grads),
+            plugin,
+            "the loss requires grad but no parameter receives a gradient",
+        )
         _expect(all(g is None or bool(torch.isfinite(g).all()) for g in grads), plugin, "non-finite gradient")
     reg.after_step(net, 0)
     _expect(isinstance(reg.evaluation_model(net), nn.Module), plugin, "evaluation_model must be a module")
@@ -144,8 +164,11 @@ def check_dataset(config: DatasetConfig) -> VolumeStore:
     _expect(isinstance(store, VolumeStore), plugin, f"load() returned {type(store).__name__}")
     _expect(len(store.classes) >= 2, plugin, f"needs a background and a class, has {store.classes}")
     s = store.images.shape
-    _expect(len(s) == 3 and s[1] == s[2] == store.canvas and store.canvas % 16 == 0, plugin,
-            f"images have shape {s} for canvas {store.canvas} (square, a multiple of 16)")
+    _expect(
+        len(s) == 3 and s[1] == s[2] == store.canvas and store.canvas % 16 == 0,
+        plugin,
+        f"images have shape {s} for canvas {store.canvas} (square, a multiple of 16)",
+    )
     _expect(store.labels.shape == s, plugin, f"labels shape {store.labels.shape} != images {s}")
     _expect(int(store.labels.max()) < len(store.classes), plugin, "label values outside the classes")
     lo, hi = float(store.images.min()), float(store.images.max())
@@ -157,7 +180,14 @@ def check_dataset(config: DatasetConfig) -> VolumeStore:
     _expect(position == s[0], plugin, f"volumes cover {position} of {s[0]} slices")
     labelled = {v.patient for v in store.volumes if v.labeled}
     _expect(len(labelled) >= 3, plugin, "needs at least 3 labelled patients (train, validation, test)")
-    small = config.model_copy(update={"val_patients": 1, "test_patients": 1, "labeled_ratio": None,
-                                      "labeled_patients": 1, "split_file": None})
+    small = config.model_copy(
+        update={
+            "val_patients": 1,
+            "test_patients": 1,
+            "labeled_ratio": None,
+            "labeled_patients": 1,
+            "split_file": None,
+        }
+    )
     make_split(store, small, seed=0)
     return store

@@ -60,8 +60,9 @@ class Trainer:
         runtime: The process set-up (default: from ``recipe.train.device`` and the environment).
     """
 
-    def __init__(self, recipe: Recipe, observer: Observer | None = None,
-                 runtime: Runtime | None = None) -> None:
+    def __init__(
+        self, recipe: Recipe, observer: Observer | None = None, runtime: Runtime | None = None
+    ) -> None:
         self.recipe = recipe
         self.obs = observer or Observer()
         self.runtime = runtime or Runtime.start(recipe.train.device)
@@ -156,8 +157,15 @@ class Trainer:
 
     def _validate(self) -> dict[str, float]:
         data, cfg = self.data, self.recipe.train
-        dice = validation_dice(self.state.eval_model, data.store, data.images, data.labels,
-                               data.split.validation, cfg.eval_batch, cfg.precision)
+        dice = validation_dice(
+            self.state.eval_model,
+            data.store,
+            data.images,
+            data.labels,
+            data.split.validation,
+            cfg.eval_batch,
+            cfg.precision,
+        )
         return {f"val_dice/{k}": v for k, v in dice.items()}
 
     def fit(self, run: RunDir) -> dict[str, Any]:
@@ -201,8 +209,9 @@ class Trainer:
             return {}
         plot_curves(run.file(RunDir.METRICS), run.file(RunDir.CURVES))
         data = self.data
-        report, _ = evaluate_run(run, "test", "best", self.runtime.device,
-                                 (data.store, data.images, data.labels))
+        report, _ = evaluate_run(
+            run, "test", "best", self.runtime.device, (data.store, data.images, data.labels)
+        )
         return report
 
 

@@ -26,8 +26,15 @@ def tiny_recipe(runs_dir: Path, **changes: Any) -> dict[str, Any]:
     recipe: dict[str, Any] = {
         "name": "tiny",
         "seed": 3,
-        "data": {"name": "phantom", "patients": 12, "spacing": 5.0, "canvas": 48,
-                 "labeled_ratio": 0.5, "val_patients": 2, "test_patients": 2},
+        "data": {
+            "name": "phantom",
+            "patients": 12,
+            "spacing": 5.0,
+            "canvas": 48,
+            "labeled_ratio": 0.5,
+            "val_patients": 2,
+            "test_patients": 2,
+        },
         "backbone": {"name": "unet", "num_classes": 4, "base_channels": 4},
         "regularizers": [
             {"name": "consistency", "weight": 10.0},
@@ -35,9 +42,16 @@ def tiny_recipe(runs_dir: Path, **changes: Any) -> dict[str, Any]:
         ],
         "optim": {"lr": 1e-5, "warmup_epochs": 1, "multiplier": 100, "min_lr": 1e-5},
         "augment": {"crop": 32},
-        "train": {"epochs": 2, "iterations_per_epoch": 3, "labeled_batch": 2,
-                  "unlabeled_batch": 3, "device": "cpu", "eval_batch": 16, "log_every": 2,
-                  "runs_dir": str(runs_dir)},
+        "train": {
+            "epochs": 2,
+            "iterations_per_epoch": 3,
+            "labeled_batch": 2,
+            "unlabeled_batch": 3,
+            "device": "cpu",
+            "eval_batch": 16,
+            "log_every": 2,
+            "runs_dir": str(runs_dir),
+        },
     }
     for key, value in changes.items():
         recipe[key] = value

@@ -77,11 +77,16 @@ def test_mean_teacher_ema_keeps_its_own_batch_norm_statistics() -> None:
 
 @pytest.mark.slow
 def test_mean_teacher_composes_with_mutual_information_and_is_what_gets_evaluated(
-    cli, write_recipe, tmp_path: Path  # type: ignore[no-untyped-def]
+    cli,
+    write_recipe,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
 ) -> None:
-    regs = [{"name": "mean_teacher", "weight": 10.0},
-            {"name": "mutual_information", "weight": 0.1, "subheads": 2, "clusters": 5},
-            {"name": "entropy_min", "weight": 1e-4}, {"name": "midl", "weight": 0.1}]
+    regs = [
+        {"name": "mean_teacher", "weight": 10.0},
+        {"name": "mutual_information", "weight": 0.1, "subheads": 2, "clusters": 5},
+        {"name": "entropy_min", "weight": 1e-4},
+        {"name": "midl", "weight": 0.1},
+    ]
     result = cli("train", write_recipe(regularizers=regs))
     assert result.code == 0, result
     run = tmp_path / "runs" / "tiny"

@@ -24,14 +24,17 @@ def _install_fake_distribution(site: Path, name: str, entry_points: str, modules
 @pytest.fixture
 def broken_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     _install_fake_distribution(
-        tmp_path, "mireg-broken",
+        tmp_path,
+        "mireg-broken",
         "[mireg.regularizers]\n"
         "explodes = broken_mod:Config\n"
         "not_a_config = plain_mod:NotAConfig\n"
         "[mireg.backbones]\n"
         "unet = plain_mod:NotAConfig\n",
-        {"broken_mod": "raise RuntimeError('boom at import')\n",
-         "plain_mod": "class NotAConfig:\n    pass\n"},
+        {
+            "broken_mod": "raise RuntimeError('boom at import')\n",
+            "plain_mod": "class NotAConfig:\n    pass\n",
+        },
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     registry.discover.cache_clear()
@@ -46,17 +49,25 @@ def broken_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pat
 def test_each_kind_of_breakage_has_its_reason(broken_site: Path) -> None:
     with pytest.raises(PluginError, match=r"mireg-broken\[explodes\] failed to import: RuntimeError: boom"):
         registry.load("regularizer", "explodes")
-    with pytest.raises(PluginError, match=r"mireg-broken\[not_a_config\].*not a subclass of "
-                                          r"mireg.contract.RegularizerConfig"):
+    with pytest.raises(
+        PluginError,
+        match=r"mireg-broken\[not_a_config\].*not a subclass of "
+        r"mireg.contract.RegularizerConfig",
+    ):
         registry.load("regularizer", "not_a_config")
-    with pytest.raises(PluginError, match=r"backbone 'unet' is registered by two distributions: "
-                                          r"mireg\[unet\] and mireg-broken\[unet\]"):
+    with pytest.raises(
+        PluginError,
+        match=r"backbone 'unet' is registered by two distributions: "
+        r"mireg\[unet\] and mireg-broken\[unet\]",
+    ):
         registry.load("backbone", "unet")
     assert registry.load("regularizer", "consistency")  # everything else still loads
 
 
 def test_plugins_command_lists_broken_plugins_and_recipes_naming_them_fail(
-    cli, broken_site: Path, write_recipe  # type: ignore[no-untyped-def]
+    cli,
+    broken_site: Path,
+    write_recipe,  # type: ignore[no-untyped-def]
 ) -> None:
     result = cli("plugins", "--check")
     assert result.code == 0, result

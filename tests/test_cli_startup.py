@@ -32,16 +32,23 @@ print("\\nRESULT " + json.dumps({"code": code, "heavy": heavy}))
 def _run_fresh(*args: str) -> dict[str, object]:
     root = str(Path(mireg.__file__).resolve().parent.parent)  # the mireg these tests import
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-c", _SCRIPT, *args], capture_output=True, text=True,
-                          env=env, timeout=120, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", _SCRIPT, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
     last = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
     assert last.startswith("RESULT "), (done.stdout[-2000:], done.stderr[-2000:])
     result: dict[str, object] = json.loads(last.removeprefix("RESULT "))
     return result
 
 
-@pytest.mark.parametrize("args", [["--help"], ["--version"], ["plugins"], ["train", "--help"],
-                                  ["eval", "--help"]])
+@pytest.mark.parametrize(
+    "args", [["--help"], ["--version"], ["plugins"], ["train", "--help"], ["eval", "--help"]]
+)
 def test_help_version_and_plugins_do_not_import_torch(args: list[str]) -> None:
     result = _run_fresh(*args)
     assert result["code"] == 0

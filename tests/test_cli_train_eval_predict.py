@@ -27,14 +27,31 @@ def trained_run(cli, write_recipe: Callable[..., Path]) -> Path:  # type: ignore
 
 
 def test_train_writes_a_complete_run_directory(trained_run: Path) -> None:
-    for name in ("recipe.toml", "versions.json", "split.json", "metrics.csv", "last.pt",
-                 "best.pt", "report.json", "report.csv", "report.md", "curves.png"):
+    for name in (
+        "recipe.toml",
+        "versions.json",
+        "split.json",
+        "metrics.csv",
+        "last.pt",
+        "best.pt",
+        "report.json",
+        "report.csv",
+        "report.md",
+        "curves.png",
+    ):
         assert (trained_run / name).is_file(), name
     with open(trained_run / "metrics.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [int(r["epoch"]) for r in rows] == [1, 2]
-    for key in ("lr", "loss/total", "loss/sup", "loss/consistency", "loss/mutual_information",
-                "val_dice/mean", "val_dice/RV"):
+    for key in (
+        "lr",
+        "loss/total",
+        "loss/sup",
+        "loss/consistency",
+        "loss/mutual_information",
+        "val_dice/mean",
+        "val_dice/RV",
+    ):
         assert key in rows[0]
     report = json.loads((trained_run / "report.json").read_text())
     assert report["split"] == "test" and report["structures"] == ["RV", "MYO", "LV"]
@@ -47,8 +64,16 @@ def test_train_writes_a_complete_run_directory(trained_run: Path) -> None:
         assert stat["n"] + stat["undefined"] == 4  # every volume counted, defined or not
     with open(trained_run / "report.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert len(rows) == 4 * 3 and set(rows[0]) == {"volume", "patient", "phase", "structure", "dice",
-                                                    "hd95", "hd", "assd"}
+    assert len(rows) == 4 * 3 and set(rows[0]) == {
+        "volume",
+        "patient",
+        "phase",
+        "structure",
+        "dice",
+        "hd95",
+        "hd",
+        "assd",
+    }
     assert "| mean |" in (trained_run / "report.md").read_text()
     versions = json.loads((trained_run / "versions.json").read_text())
     assert versions["plugins"]["regularizer:mutual_information"]["distribution"] == "mireg"
@@ -122,8 +147,14 @@ def test_overrides_and_bad_recipes_on_the_command_line(cli, write_recipe, tmp_pa
     assert result.code == 1
     assert "tiny.toml: regularizers[0].wieght: unknown key" in result.err
     assert "Traceback" not in result.err
-    result = cli("train", recipe, "--set", "regularizers.mutual_information.layers=[\"Conv7\"]",
-                 "--set", "regularizers.mutual_information.importance=[1.0]")
+    result = cli(
+        "train",
+        recipe,
+        "--set",
+        'regularizers.mutual_information.layers=["Conv7"]',
+        "--set",
+        "regularizers.mutual_information.importance=[1.0]",
+    )
     assert result.code == 1 and "Conv7" in result.err and "taps" in result.err
     assert not (tmp_path / "runs" / "tiny" / "best.pt").exists()
     result = cli("train", tmp_path / "nope.toml")
@@ -136,17 +167,24 @@ def test_preprocess_and_train_on_an_acdc_layout(cli, write_recipe, tmp_path: Pat
     from mireg.data.phantom import generate_cohort
 
     generate_cohort(tmp_path / "raw", n_patients=8, seed=4)
-    result = cli("preprocess", "acdc", tmp_path / "raw", tmp_path / "store", "--spacing", "5",
-                 "--canvas", "48")
+    result = cli(
+        "preprocess", "acdc", tmp_path / "raw", tmp_path / "store", "--spacing", "5", "--canvas", "48"
+    )
     assert result.code == 0, result
     assert "8 patients, 16 volumes (16 labelled)" in result.out
-    result = cli("preprocess", "acdc", tmp_path / "raw", tmp_path / "store", "--spacing", "5",
-                 "--canvas", "48")
+    result = cli(
+        "preprocess", "acdc", tmp_path / "raw", tmp_path / "store", "--spacing", "5", "--canvas", "48"
+    )
     assert result.code == 0 and "is up to date" in result.out  # reruns are idempotent
     result = cli("preprocess", "acdc", tmp_path / "raw", tmp_path / "store")
     assert result.code == 1 and "already exists and was not made from this input" in result.err
-    data = {"name": "acdc", "root": str(tmp_path / "store"), "labeled_patients": 2,
-            "val_patients": 2, "test_patients": 2}
+    data = {
+        "name": "acdc",
+        "root": str(tmp_path / "store"),
+        "labeled_patients": 2,
+        "val_patients": 2,
+        "test_patients": 2,
+    }
     result = cli("train", write_recipe(data=data))
     assert result.code == 0, result
     missing = {**data, "root": str(tmp_path / "nowhere")}

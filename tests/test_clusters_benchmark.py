@@ -46,8 +46,9 @@ def test_cluster_scores_of_a_trained_run(cli, write_recipe: Callable[..., Path])
     store = recipe.data.load(lambda done, total, description: None)
     images, labels = store.tensors(torch.device("cpu"))
     test = set(json.loads((run / "split.json").read_text())["test"])
-    index = torch.from_numpy(np.concatenate([np.arange(v.start, v.stop) for v in store.volumes
-                                             if v.patient in test and v.labeled]))
+    index = torch.from_numpy(
+        np.concatenate([np.arange(v.start, v.stop) for v in store.volumes if v.patient in test and v.labeled])
+    )
     with torch.no_grad():
         pred = segment(model, images[index].float(), 8).argmax(dim=1)
     counts = np.zeros((4, 4), dtype=np.int64)

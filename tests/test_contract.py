@@ -67,8 +67,10 @@ def test_a_broken_plugin_is_reported_with_its_name() -> None:
 
 def test_the_store_imports_nothing_of_the_contract() -> None:
     # The contract re-exports the store types; the store importing the contract back would be a cycle.
-    code = ("import sys, mireg.data.store, mireg.data.preprocessing; "
-            "assert 'mireg.contract' not in sys.modules, 'mireg.contract was imported'")
+    code = (
+        "import sys, mireg.data.store, mireg.data.preprocessing; "
+        "assert 'mireg.contract' not in sys.modules, 'mireg.contract was imported'"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
 
@@ -79,7 +81,11 @@ def test_the_contract_exposes_what_a_dataset_plugin_needs() -> None:
     from mireg.data.store import VolumeInfo, VolumeStore
     from mireg.progress import Progress
 
-    expected = {"VolumeStore": VolumeStore, "VolumeInfo": VolumeInfo, "StoreBuilder": StoreBuilder,
-                "Progress": Progress}
+    expected = {
+        "VolumeStore": VolumeStore,
+        "VolumeInfo": VolumeInfo,
+        "StoreBuilder": StoreBuilder,
+        "Progress": Progress,
+    }
     for name, value in expected.items():
         assert name in contract.__all__ and getattr(contract, name) is value, name

@@ -21,21 +21,26 @@ from mireg.train import Trainer
 
 from .helpers import REPO, tiny_recipe
 
-pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
-                                reason="torch.distributed with gloo is not available")
+pytestmark = pytest.mark.skipif(
+    not dist.is_available() or not dist.is_gloo_available(),
+    reason="torch.distributed with gloo is not available",
+)
 
 STEPS = 2
 
 
 def _recipe(runs_dir: Path) -> dict[str, Any]:
     """Every built-in loss that reduces over the batch, batch norm, and a mean teacher."""
-    raw = tiny_recipe(runs_dir, regularizers=[
-        {"name": "consistency", "weight": 10.0},
-        {"name": "mutual_information", "weight": 0.1, "subheads": 2, "clusters": 5},
-        {"name": "entropy_min", "weight": 0.01},
-        {"name": "midl", "weight": 0.1},
-        {"name": "mean_teacher", "weight": 1.0},
-    ])
+    raw = tiny_recipe(
+        runs_dir,
+        regularizers=[
+            {"name": "consistency", "weight": 10.0},
+            {"name": "mutual_information", "weight": 0.1, "subheads": 2, "clusters": 5},
+            {"name": "entropy_min", "weight": 0.01},
+            {"name": "midl", "weight": 0.1},
+            {"name": "mean_teacher", "weight": 1.0},
+        ],
+    )
     raw["train"]["unlabeled_batch"] = 4  # global batches split evenly over two processes
     return raw
 
@@ -52,15 +57,24 @@ def _steps(raw: dict[str, Any]) -> list[dict[str, Any]]:
     for _ in range(STEPS):
         logs = trainer.step()
         assert logs is not None
-        out.append({"logs": {k: float(v) for k, v in logs.items()},
-                    "grads": {n: p.grad.clone() for n, p in params.items() if p.grad is not None},
-                    "buffers": {n: b.clone() for n, b in trainer.state.eval_model.named_buffers()}})
+        out.append(
+            {
+                "logs": {k: float(v) for k, v in logs.items()},
+                "grads": {n: p.grad.clone() for n, p in params.items() if p.grad is not None},
+                "buffers": {n: b.clone() for n, b in trainer.state.eval_model.named_buffers()},
+            }
+        )
     return out
 
 
 def _worker(rank: int, world: int, port: int, raw: dict[str, Any], out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world),
-                      RANK=str(rank), LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        WORLD_SIZE=str(world),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+    )
     torch.set_num_threads(1)
     try:
         torch.save(_steps(raw), Path(out_dir) / f"rank{rank}.pt")
@@ -88,8 +102,13 @@ def test_two_processes_compute_the_loss_and_gradients_of_the_whole_batch(tmp_pat
             assert one["grads"].keys() == two["grads"].keys()
             assert any(g.abs().sum() > 0 for n, g in one["grads"].items() if n.startswith("reg"))
             for name, grad in one["grads"].items():
-                torch.testing.assert_close(two["grads"][name], grad, rtol=1e-3, atol=1e-6,
-                                           msg=lambda m, s=step, n=name: f"step {s}, {n}: {m}")
+                torch.testing.assert_close(
+                    two["grads"][name],
+                    grad,
+                    rtol=1e-3,
+                    atol=1e-6,
+                    msg=lambda m, s=step, n=name: f"step {s}, {n}: {m}",
+                )
             for name, buffer in one["buffers"].items():  # batch-norm moments of the global batch
                 torch.testing.assert_close(two["buffers"][name], buffer, rtol=1e-4, atol=1e-6)
 
@@ -111,9 +130,24 @@ def test_torchrun_trains_one_run_written_by_rank_zero(tmp_path: Path) -> None:
     recipe.write_text(dump_toml(raw))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
     done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-         "--master-port", str(_free_port()), "-m", "mireg", "train", str(recipe)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "--master-port",
+            str(_free_port()),
+            "-m",
+            "mireg",
+            "train",
+            str(recipe),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     runs = sorted(p.name for p in (tmp_path / "runs").iterdir())
@@ -129,8 +163,7 @@ def test_batches_must_split_evenly_across_processes(tmp_path: Path) -> None:
     port = _free_port()
     ctx = mp.get_context("spawn")
     queue = ctx.SimpleQueue()
-    procs = [ctx.Process(target=_setup_error, args=(r, port, raw, str(tmp_path), queue))
-             for r in range(2)]
+    procs = [ctx.Process(target=_setup_error, args=(r, port, raw, str(tmp_path), queue)) for r in range(2)]
     for p in procs:
         p.start()
     for p in procs:
@@ -140,8 +173,9 @@ def test_batches_must_split_evenly_across_processes(tmp_path: Path) -> None:
 
 
 def _setup_error(rank: int, port: int, raw: dict[str, Any], out_dir: str, queue: Any) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2",
-                      RANK=str(rank), LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank)
+    )
     try:
         Trainer(validate_recipe(raw, "test")).setup()
         queue.put("no error")

@@ -32,8 +32,13 @@ PAGES_PER_ROUND = 4 * 64 * 2**20 // 4096  # every page of the four tensors, if a
 
 
 def _rounds(mode: str, **env: str) -> dict[str, object]:
-    out = subprocess.run([sys.executable, "-c", _ROUNDS, mode], check=True, capture_output=True,
-                         text=True, env={**os.environ, **env})
+    out = subprocess.run(
+        [sys.executable, "-c", _ROUNDS, mode],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+    )
     result: dict[str, object] = json.loads(out.stdout)
     return result
 

@@ -163,13 +163,17 @@ def test_joints_backward_passes_gradcheck(method: str, r: int, hw: tuple[int, in
 
 
 def test_auto_joints_use_shifts_below_fft_min_radius_and_the_fft_from_it_on(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     used: list[str] = []
     for name, joints in list(JOINT_METHODS.items()):
-        def recorded(*args: object, name: str = name, joints: Callable[..., torch.Tensor] = joints
-                     ) -> torch.Tensor:
+
+        def recorded(
+            *args: object, name: str = name, joints: Callable[..., torch.Tensor] = joints
+        ) -> torch.Tensor:
             used.append(name)
             return joints(*args)
+
         monkeypatch.setitem(JOINT_METHODS, name, recorded)
     z = _probs(1, 2, 4, 4)
     for r in (0, FFT_MIN_RADIUS, FFT_MIN_RADIUS + 2):
@@ -277,6 +281,7 @@ def test_losses_reduce_over_the_batch_through_the_reduction_they_are_given() -> 
 def test_the_loss_math_imports_nothing_from_mireg() -> None:
     tree = ast.parse(Path(mireg.losses.__file__).read_text())
     imported = [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
-    imported += [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
-                 for alias in node.names]
+    imported += [
+        alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+    ]
     assert not [name for name in imported if name.split(".")[0] == "mireg"]

@@ -29,8 +29,10 @@ def test_table_reports_mean_std_over_seeds_and_the_share_of_the_gap_closed(tmp_p
 
 def test_the_gap_closed_is_na_without_both_baselines() -> None:
     q = load_benchmark("quality")
-    runs = [q.Run("full", 1.0, 10, dice=0.90, hd95=10.0, seconds=600),
-            q.Run("udaiic", 0.1, 10, dice=0.80, hd95=20.0, seconds=900)]  # no partial at 10 %
+    runs = [
+        q.Run("full", 1.0, 10, dice=0.90, hd95=10.0, seconds=600),
+        q.Run("udaiic", 0.1, 10, dice=0.80, hd95=20.0, seconds=900),
+    ]  # no partial at 10 %
     [row] = [line for line in q.table(runs).splitlines() if line.startswith("| udaiic")]
     assert row.endswith("| n/a | 15.0 |")
 
@@ -46,7 +48,12 @@ def test_each_run_gets_its_own_name_seed_and_ratio_then_the_study_overrides(tmp_
     command = q.train_command(q.Run("udaiic", 0.05, 11), tmp_path, ["train.epochs=40"])
     assert command[:2] == ["train", str(REPO / "recipes" / "phantom_udaiic.toml")]
     assert command[2::2] == ["--set"] * 5
-    assert command[3::2] == ["name=udaiic_5pct_seed11", "seed=11", f"train.runs_dir={tmp_path}",
-                             "data.labeled_ratio=0.05", "train.epochs=40"]
+    assert command[3::2] == [
+        "name=udaiic_5pct_seed11",
+        "seed=11",
+        f"train.runs_dir={tmp_path}",
+        "data.labeled_ratio=0.05",
+        "train.epochs=40",
+    ]
     full = q.train_command(q.Run("full", 1.0, 10), tmp_path, [])
     assert not any(o.startswith("data.labeled_ratio") for o in full)  # full uses every label

@@ -78,8 +78,12 @@ def test_errors_name_the_file_and_every_key_path(tmp_path: Path) -> None:
     raw["colour"] = "blue"
     message = _errors(raw, "recipes/x.toml")
     assert message.startswith("recipes/x.toml: 4 problems")
-    for fragment in ("regularizers[0].wieght: unknown key", "train.epochs:", "optim.lr:",
-                     "colour: unknown key"):
+    for fragment in (
+        "regularizers[0].wieght: unknown key",
+        "train.epochs:",
+        "optim.lr:",
+        "colour: unknown key",
+    ):
         assert fragment in message
 
 
@@ -98,8 +102,11 @@ def test_values_out_of_range_are_refused(tmp_path: Path) -> None:
     cases = [
         ("regularizers", [{"name": "consistency", "weight": -1.0}], "regularizers[0].weight"),
         ("data", {**tiny_recipe(tmp_path)["data"], "labeled_ratio": 1.5}, "data.labeled_ratio"),
-        ("regularizers", [{"name": "mutual_information", "weight": 0.1, "radius": [1, -3]}],
-         "radius values must be >= 0"),
+        (
+            "regularizers",
+            [{"name": "mutual_information", "weight": 0.1, "radius": [1, -3]}],
+            "radius values must be >= 0",
+        ),
         ("augment", {"crop": 50}, "augment.crop"),
     ]
     for key, value, fragment in cases:
@@ -131,8 +138,12 @@ def test_overrides_address_keys_indices_and_plugins_by_name(tmp_path: Path) -> N
 
 @pytest.mark.parametrize(
     ("assignment", "fragment"),
-    [("train.epochs", "expected key.path=value"), ("regularizers[5].weight=1", "out of range"),
-     ("regularizers.entropy.weight=1", "no entry named"), ("seed.x=1", "is a value")],
+    [
+        ("train.epochs", "expected key.path=value"),
+        ("regularizers[5].weight=1", "out of range"),
+        ("regularizers.entropy.weight=1", "no entry named"),
+        ("seed.x=1", "is a value"),
+    ],
 )
 def test_bad_overrides_are_explained(tmp_path: Path, assignment: str, fragment: str) -> None:
     with pytest.raises(RecipeError, match=fragment):

@@ -21,9 +21,10 @@ def test_built_ins_are_discovered_through_entry_points() -> None:
             assert found[name][0].distribution == "mireg"
 
 
-@pytest.mark.parametrize(("kind", "base"), [("backbone", BackboneConfig),
-                                             ("dataset", DatasetConfig),
-                                             ("regularizer", RegularizerConfig)])
+@pytest.mark.parametrize(
+    ("kind", "base"),
+    [("backbone", BackboneConfig), ("dataset", DatasetConfig), ("regularizer", RegularizerConfig)],
+)
 def test_every_registered_plugin_loads_as_its_kinds_config(kind: str, base: type) -> None:
     for name in registry.available(kind):
         assert issubclass(registry.load(kind, name), base)

@@ -28,8 +28,7 @@ def test_consistency_compares_predictions_on_t_x_with_t_of_predictions() -> None
     ctx = _context(net, ())
     for kind in ("mse", "kl"):
         reg = ConsistencyConfig(name="consistency", weight=1.0, kind=kind).build(net)
-        expected = consistency_loss(ctx.logits_tu.softmax(1), ctx.transform(ctx.logits_u.softmax(1)),
-                                    kind)
+        expected = consistency_loss(ctx.logits_tu.softmax(1), ctx.transform(ctx.logits_u.softmax(1)), kind)
         assert reg(ctx).loss.item() == pytest.approx(expected.item())
 
 
@@ -58,8 +57,7 @@ def test_mutual_information_follows_method_md() -> None:
 
 def test_mi_gradients_reach_the_heads_and_the_network() -> None:
     net = UNet(1, 4, 4)
-    reg = MutualInformationConfig(name="mutual_information", weight=0.1, subheads=2,
-                                  clusters=5).build(net)
+    reg = MutualInformationConfig(name="mutual_information", weight=0.1, subheads=2, clusters=5).build(net)
     reg(_context(net, reg.taps)).loss.backward()
     for module in (reg.heads["Conv5"], reg.heads["Up_conv2"], net.Conv1, net.Up_conv2):
         grads = [p.grad for p in module.parameters()]
@@ -69,8 +67,9 @@ def test_mi_gradients_reach_the_heads_and_the_network() -> None:
 def test_mi_config_checks_layers_against_the_backbone() -> None:
     net = UNet(1, 4, 4)
     with pytest.raises(ValueError, match=r"not taps of the backbone"):
-        MutualInformationConfig(name="mutual_information", weight=1, layers=["Conv9"],
-                                importance=[1.0], radius=[]).build(net)
+        MutualInformationConfig(
+            name="mutual_information", weight=1, layers=["Conv9"], importance=[1.0], radius=[]
+        ).build(net)
     with pytest.raises(ValueError, match="one radius per decoder layer"):
         MutualInformationConfig(name="mutual_information", weight=1, radius=[1]).build(net)
     with pytest.raises(ValueError, match="importance has 3 entries for 2 layers"):
@@ -88,17 +87,20 @@ def test_cluster_heads_give_independent_distributions(kind: str) -> None:
     torch.testing.assert_close(g.sum(2), torch.ones(2, 3))
 
 
-@pytest.mark.parametrize(("config", "expected"), [
-    (ConsistencyConfig(name="consistency", weight=1.0), ["mean"]),
-    (EntropyMinConfig(name="entropy_min", weight=1.0), ["mean"]),
-    (MeanTeacherConfig(name="mean_teacher", weight=1.0), ["mean"]),
-    (OutputMIConfig(name="midl", weight=1.0), ["sum"]),
-    # Two global sub-heads, one joint per sub-head; the two local layers, all sub-heads at once.
-    (MutualInformationConfig(name="mutual_information", weight=1.0, subheads=2, clusters=5),
-     ["sum"] * 4),
-])
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        (ConsistencyConfig(name="consistency", weight=1.0), ["mean"]),
+        (EntropyMinConfig(name="entropy_min", weight=1.0), ["mean"]),
+        (MeanTeacherConfig(name="mean_teacher", weight=1.0), ["mean"]),
+        (OutputMIConfig(name="midl", weight=1.0), ["sum"]),
+        # Two global sub-heads, one joint per sub-head; the two local layers, all sub-heads at once.
+        (MutualInformationConfig(name="mutual_information", weight=1.0, subheads=2, clusters=5), ["sum"] * 4),
+    ],
+)
 def test_built_in_regularizers_reduce_over_the_batch_with_the_contexts_reduction(
-        config: RegularizerConfig, expected: list[str]) -> None:
+    config: RegularizerConfig, expected: list[str]
+) -> None:
     torch.manual_seed(0)
     net = UNet(1, 3, 4)
     reg = config.build(net)

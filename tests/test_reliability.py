@@ -92,8 +92,9 @@ def test_corrupt_and_mismatched_checkpoints_are_explained(tmp_path: Path) -> Non
     save_checkpoint(state, run / "best.pt")
     trained = load_trained(checkpoint_file(run), torch.device("cpu"))
     assert trained.classes == ["background", "RV", "MYO", "LV"] and not trained.model.training
-    other = dict(state, recipe={**state["recipe"], "backbone": {"name": "unet", "num_classes": 3,
-                                                                 "base_channels": 4}})
+    other = dict(
+        state, recipe={**state["recipe"], "backbone": {"name": "unet", "num_classes": 3, "base_channels": 4}}
+    )
     save_checkpoint(other, run / "other.pt")
     with pytest.raises(CheckpointError, match=r"other.pt: does not fit its recipe"):
         load_trained(checkpoint_file(run / "other.pt"), torch.device("cpu"))
@@ -102,19 +103,49 @@ def test_corrupt_and_mismatched_checkpoints_are_explained(tmp_path: Path) -> Non
         load_trained(checkpoint_file(run / "torn.pt"), torch.device("cpu"))
 
 
-_scalars = st.one_of(st.integers(-5, 500), st.floats(allow_nan=True), st.booleans(), st.text(max_size=8),
-                     st.none())
-_values = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=3)
-                       | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=6)
+_scalars = st.one_of(
+    st.integers(-5, 500), st.floats(allow_nan=True), st.booleans(), st.text(max_size=8), st.none()
+)
+_values = st.recursive(
+    _scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=6,
+)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(path=st.lists(st.sampled_from(["name", "seed", "data", "backbone", "regularizers", "train",
-                                      "optim", "augment", "weight", "crop", "radius", "layers",
-                                      "labeled_ratio", "0", "1", "epochs", "num_classes", "x"]),
-                     min_size=1, max_size=3), value=_values)
-def test_random_recipe_changes_load_or_fail_with_a_recipe_error(tmp_path: Path, path: list[str],
-                                                                value: object) -> None:
+@given(
+    path=st.lists(
+        st.sampled_from(
+            [
+                "name",
+                "seed",
+                "data",
+                "backbone",
+                "regularizers",
+                "train",
+                "optim",
+                "augment",
+                "weight",
+                "crop",
+                "radius",
+                "layers",
+                "labeled_ratio",
+                "0",
+                "1",
+                "epochs",
+                "num_classes",
+                "x",
+            ]
+        ),
+        min_size=1,
+        max_size=3,
+    ),
+    value=_values,
+)
+def test_random_recipe_changes_load_or_fail_with_a_recipe_error(
+    tmp_path: Path, path: list[str], value: object
+) -> None:
     raw = tiny_recipe(tmp_path / "runs")
     node: object = raw
     for key in path[:-1]:
@@ -152,10 +183,14 @@ def nifti_bytes(tmp_path_factory: pytest.TempPathFactory) -> bytes:
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(cut=st.integers(0, 10_000), flips=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)),
-                                                   max_size=4), gz=st.booleans())
-def test_mutated_nifti_files_load_or_fail_with_a_data_error(tmp_path: Path, nifti_bytes: bytes, cut: int,
-                                                            flips: list[tuple[int, int]], gz: bool) -> None:
+@given(
+    cut=st.integers(0, 10_000),
+    flips=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=4),
+    gz=st.booleans(),
+)
+def test_mutated_nifti_files_load_or_fail_with_a_data_error(
+    tmp_path: Path, nifti_bytes: bytes, cut: int, flips: list[tuple[int, int]], gz: bool
+) -> None:
     import gzip
 
     data = bytearray(gzip.decompress(nifti_bytes) if not gz else nifti_bytes)
@@ -190,8 +225,15 @@ def test_truncated_checkpoints_fail_with_a_checkpoint_error(tmp_path: Path, cut:
 def _load_cohort(cache: str) -> int:
     from mireg.data.phantom_dataset import PhantomConfig
 
-    config = PhantomConfig(name="phantom", patients=4, spacing=5.0, canvas=48, cache_dir=Path(cache),
-                           val_patients=1, test_patients=1)
+    config = PhantomConfig(
+        name="phantom",
+        patients=4,
+        spacing=5.0,
+        canvas=48,
+        cache_dir=Path(cache),
+        val_patients=1,
+        test_patients=1,
+    )
     return len(config.load().volumes)
 
 

@@ -29,8 +29,15 @@ def _realistic_report(name: str = "acdc_udaiic") -> dict[str, Any]:
         summary["dice"][phase] = {s: _stat(m, sd) for s, (m, sd) in dice.items()}
         summary["hd95"][phase] = {s: _stat(m, sd, u) for s, (m, sd, u) in hd95.items()}
         summary["assd"][phase] = {s: _stat(None, None, 20) for s in dice}  # n/a (20 undef.)
-    return {"run": name, "split": "test", "checkpoint": "best.pt", "epoch": 200,
-            "structures": ["RV", "MYO", "LV"], "summary": summary, "volumes": [{}] * 40}
+    return {
+        "run": name,
+        "split": "test",
+        "checkpoint": "best.pt",
+        "epoch": 200,
+        "structures": ["RV", "MYO", "LV"],
+        "summary": summary,
+        "volumes": [{}] * 40,
+    }
 
 
 def _render(renderable: Any) -> list[str]:
@@ -57,13 +64,26 @@ def test_the_summary_tables_are_structures_by_phases() -> None:
 
 
 def test_the_report_tables_fit_80_columns_with_every_value_whole() -> None:
-    lines = _render(cli.metrics_tables(_realistic_report(), "acdc_udaiic: test set, best checkpoint "
-                                                              "(epoch 200)"))
+    lines = _render(
+        cli.metrics_tables(_realistic_report(), "acdc_udaiic: test set, best checkpoint (epoch 200)")
+    )
     text = "\n".join(lines)
     assert "acdc_udaiic: test set, best checkpoint (epoch 200)" in text
     assert "DSC ED" in text and "HD95 all" in text and "mean" in text
-    _assert_readable_at_80(lines, ["89.2 ± 3.1", "85.3 ± 4.2", "93.1 ± 2.5", "12.3 ± 10.5", "8.7 ± 6.4",
-                                   "123.4 ± 100.5", "48.1 ± 37.2", "(1 undef.)", "(12 undef.)"])
+    _assert_readable_at_80(
+        lines,
+        [
+            "89.2 ± 3.1",
+            "85.3 ± 4.2",
+            "93.1 ± 2.5",
+            "12.3 ± 10.5",
+            "8.7 ± 6.4",
+            "123.4 ± 100.5",
+            "48.1 ± 37.2",
+            "(1 undef.)",
+            "(12 undef.)",
+        ],
+    )
 
 
 def test_the_comparison_fits_80_columns_and_is_written_as_markdown(
@@ -83,8 +103,9 @@ def test_the_comparison_fits_80_columns_and_is_written_as_markdown(
     markdown = (tmp_path / "cmp.md").read_text().splitlines()
     assert markdown[0] == "| run | RV DSC | MYO DSC | LV DSC | mean DSC | mean HD95 (mm) |"
     assert markdown[1] == "|---|---|---|---|---|---|"
-    assert markdown[2] == ("| acdc_partial | 89.2 ± 3.1 | 85.3 ± 4.2 | 93.1 ± 2.5 | 89.2 ± 2.2 "
-                           "| 48.1 ± 37.2 (1 undef.) |")
+    assert markdown[2] == (
+        "| acdc_partial | 89.2 ± 3.1 | 85.3 ± 4.2 | 93.1 ± 2.5 | 89.2 ± 2.2 | 48.1 ± 37.2 (1 undef.) |"
+    )
     assert len(markdown) == 6
 
 
@@ -95,6 +116,8 @@ def test_markdown_tables() -> None:
     assert summary.startswith("# acdc_udaiic: test set, best.pt (epoch 200)\n\n## DSC (%)\n\n")
     assert "| structure | DSC ED | DSC ES | DSC all |\n|---|---|---|---|\n| RV | 89.2 ± 3.1 |" in summary
     assert "## ASSD (mm)" in summary and "| mean | n/a (20 undef.) |" in summary
-    assert summary.endswith("\n\n40 volumes; mean ± std over volumes; distances in mm on the evaluation "
-                            "grid; 'undef.' counts volumes where a structure is present in only one of "
-                            "prediction and ground truth.\n")
+    assert summary.endswith(
+        "\n\n40 volumes; mean ± std over volumes; distances in mm on the evaluation "
+        "grid; 'undef.' counts volumes where a structure is present in only one of "
+        "prediction and ground truth.\n"
+    )

@@ -29,8 +29,13 @@ def _recipe(tmp_path: Path, name: str) -> Path:
 
 
 def _mireg(*args: str | Path) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "mireg", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "200"})
+    return subprocess.Popen(
+        [sys.executable, "-m", "mireg", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
 
 
 def _rows(run: Path) -> list[dict[str, str]]:
@@ -75,7 +80,8 @@ def _assert_same(run: Path, reference: tuple[list[dict[str, float]], dict]) -> N
         for key in row:
             assert row[key] == pytest.approx(ref[key], rel=1e-4, abs=1e-6), key
     assert summary["dice"]["all"]["mean"]["mean"] == pytest.approx(
-        ref_summary["dice"]["all"]["mean"]["mean"], rel=1e-4, abs=1e-6)
+        ref_summary["dice"]["all"]["mean"]["mean"], rel=1e-4, abs=1e-6
+    )
 
 
 def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path: Path, reference) -> None:  # type: ignore[no-untyped-def]

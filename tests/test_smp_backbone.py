@@ -36,15 +36,18 @@ def _build(**fields: Any) -> SMPBackbone:
 def _record(net: SMPBackbone) -> dict[str, torch.Tensor]:
     seen: dict[str, torch.Tensor] = {}
     for name in net.taps:
-        net.tap_module(name).register_forward_hook(
-            lambda m, i, o, name=name: seen.__setitem__(name, o))
+        net.tap_module(name).register_forward_hook(lambda m, i, o, name=name: seen.__setitem__(name, o))
     return seen
 
 
 def test_defaults_are_unet_resnet34_without_pretrained_weights() -> None:
     cfg = SMPConfig(name="smp", num_classes=4)
     assert (cfg.architecture, cfg.encoder, cfg.encoder_weights, cfg.encoder_depth) == (
-        "Unet", "resnet34", None, 5)
+        "Unet",
+        "resnet34",
+        None,
+        5,
+    )
     net = cfg.build()
     assert (net.in_channels, net.num_classes) == (1, 4)
     assert list(net.taps) == [f"enc{k}" for k in range(1, 6)] + [f"dec{k}" for k in range(1, 6)]
@@ -157,15 +160,20 @@ def _context(net: SMPBackbone, taps: tuple[str, ...], n_l: int = 2, n_u: int = 3
 def test_mutual_information_regulariser_attaches_and_trains_the_backbone() -> None:
     torch.manual_seed(0)
     net = _build(encoder="tu-test_resnet")
-    reg = MutualInformationConfig(name="mutual_information", weight=0.1, layers=["enc5", "dec3", "dec4"],
-                                  importance=[1, 0.5, 0.5], radius=[1, 1], subheads=2,
-                                  clusters=5).build(net)
+    reg = MutualInformationConfig(
+        name="mutual_information",
+        weight=0.1,
+        layers=["enc5", "dec3", "dec4"],
+        importance=[1, 0.5, 0.5],
+        radius=[1, 1],
+        subheads=2,
+        clusters=5,
+    ).build(net)
     assert reg.taps == ("enc5", "dec3", "dec4")
     out = reg(_context(net, reg.taps))
     assert torch.isfinite(out.loss) and set(out.logs) == {"enc5", "dec3", "dec4"}
     out.loss.backward()
     stem = next(net.model.parameters())  # the encoder's first convolution
-    for module in (net.tap_module("dec3"), net.tap_module("dec4"), reg.heads["enc5"],
-                   reg.heads["dec4"]):
+    for module in (net.tap_module("dec3"), net.tap_module("dec4"), reg.heads["enc5"], reg.heads["dec4"]):
         assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
     assert stem.grad is not None and stem.grad.abs().sum() > 0

@@ -52,10 +52,13 @@ def test_compiled_network_trains_the_same_steps_and_keeps_its_checkpoint_keys(tm
 
 
 def test_rampup_scales_each_regulariser_weight_by_training_progress(tmp_path: Path) -> None:
-    raw = tiny_recipe(tmp_path / "runs", regularizers=[
-        {"name": "consistency", "weight": 10.0, "rampup_epochs": 2},
-        {"name": "mutual_information", "weight": 0.1, "subheads": 2, "clusters": 5},
-    ])
+    raw = tiny_recipe(
+        tmp_path / "runs",
+        regularizers=[
+            {"name": "consistency", "weight": 10.0, "rampup_epochs": 2},
+            {"name": "mutual_information", "weight": 0.1, "subheads": 2, "clusters": 5},
+        ],
+    )
     trainer = Trainer(validate_recipe(raw, "test"))
     trainer.setup()
     per_epoch = raw["train"]["iterations_per_epoch"]

@@ -152,12 +152,19 @@ def test_every_recipe_builds_on_the_meta_device(path: Path) -> None:
     check_recipe(validate_recipe(read_toml(path), str(path)))
 
 
-@pytest.mark.parametrize(("change", "fragment"), [
-    ({"layers": ["Conv5", "Up_conv3", "Up_conv9"]},
-     "regularizers[1] (mutual_information): layers ['Up_conv9'] are not taps of the backbone"),
-    ({"layers": ["Conv5", "Up_conv2"], "importance": [1.0, 1.0]},
-     "radius has 2 entries but layers has 1 decoder"),
-])
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        (
+            {"layers": ["Conv5", "Up_conv3", "Up_conv9"]},
+            "regularizers[1] (mutual_information): layers ['Up_conv9'] are not taps of the backbone",
+        ),
+        (
+            {"layers": ["Conv5", "Up_conv2"], "importance": [1.0, 1.0]},
+            "radius has 2 entries but layers has 1 decoder",
+        ),
+    ],
+)
 def test_a_recipe_that_cannot_be_built_fails_at_validation_naming_its_key(
     tmp_path: Path, change: dict[str, object], fragment: str
 ) -> None:
@@ -169,7 +176,9 @@ def test_a_recipe_that_cannot_be_built_fails_at_validation_naming_its_key(
 
 
 def test_a_failed_start_generates_no_data_and_leaves_no_run_folder(
-    cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
+    cli,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
 ) -> None:
     cache = tmp_path / "cache"
     monkeypatch.setenv("MIREG_CACHE", str(cache))
@@ -182,7 +191,13 @@ def test_a_failed_start_generates_no_data_and_leaves_no_run_folder(
     assert not cache.exists() or not any(cache.iterdir())  # the cohort was never generated
     assert not (tmp_path / "runs").exists()
     # A recipe whose data is missing: the error names it, and no run folder is left behind.
-    result = cli("train", REPO / "recipes" / "acdc_udaiic.toml", "--set", f"train.runs_dir={tmp_path / 'r'}",
-                 "--set", f"data.root={tmp_path / 'nowhere'}")
+    result = cli(
+        "train",
+        REPO / "recipes" / "acdc_udaiic.toml",
+        "--set",
+        f"train.runs_dir={tmp_path / 'r'}",
+        "--set",
+        f"data.root={tmp_path / 'nowhere'}",
+    )
     assert result.code == 1 and "data.root" in result.err
     assert not (tmp_path / "r").exists()

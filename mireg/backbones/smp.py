@@ -90,7 +90,7 @@ class SMPBackbone(Backbone):
         self.architecture = architecture
         self.encoder_depth = encoder_depth
 
-        decoder_channels = _UNET_DECODER_CHANNELS[5 - encoder_depth:]
+        decoder_channels = _UNET_DECODER_CHANNELS[5 - encoder_depth :]
         extra: dict[str, object] = {}
         if architecture == "FPN":
             # smp's FPN always upsamples its stride-4 (at depth 5) output by 4; at a smaller depth the
@@ -158,9 +158,7 @@ class SMPBackbone(Backbone):
         if self.architecture == "UnetPlusPlus":
             # The top row of the nested decoder is the path to the output; the other nodes are
             # intermediate dense skips.
-            return [decoder.blocks[f"x_0_{k}"] for k in range(len(decoder_channels))], list(
-                decoder_channels
-            )
+            return [decoder.blocks[f"x_0_{k}"] for k in range(len(decoder_channels))], list(decoder_channels)
         pyramid: int = decoder.p5.out_channels
         return [decoder.p5, decoder.p4, decoder.p3, decoder.p2], [pyramid] * 4
 

@@ -94,9 +94,17 @@ def add_acdc(raw: Path, builder: StoreBuilder, progress: Progress | None = None)
             label = None
             if label_file.is_file():
                 label = read_label_for(label_file, image, affine, image_file, len(ACDC_CLASSES))
-            builder.add(id=f"{patient.name}_{phase}", patient=patient.name, image=image, affine=affine,
-                        spacing=spacing, label=label, phase=phase, group=info.get("Group", ""),
-                        source=str(image_file))
+            builder.add(
+                id=f"{patient.name}_{phase}",
+                patient=patient.name,
+                image=image,
+                affine=affine,
+                spacing=spacing,
+                label=label,
+                phase=phase,
+                group=info.get("Group", ""),
+                source=str(image_file),
+            )
         if progress is not None:
             progress(index + 1, len(patients), "reading ACDC patients")
 
@@ -129,7 +137,8 @@ class ACDCConfig(StoredDatasetConfig):
     """``[data] name = "acdc"``: a store made by ``mireg preprocess acdc RAW ROOT``."""
 
     @classmethod
-    def preprocess(cls, raw: Path, builder: StoreBuilder, options: dict[str, str],
-                   progress: Progress | None = None) -> None:
+    def preprocess(
+        cls, raw: Path, builder: StoreBuilder, options: dict[str, str], progress: Progress | None = None
+    ) -> None:
         reject_options("acdc", options, set())
         add_acdc(raw, builder, progress)

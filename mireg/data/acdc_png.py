@@ -72,12 +72,20 @@ def add_acdc_png(src: Path, builder: StoreBuilder, progress: Progress | None = N
         labels = [_gt_classes(_read_png(g), g) for _, _, g in slices]
         shapes = {a.shape for a in images + labels}
         if len(shapes) != 1:
-            raise DataError(f"{slices[0][1].parent}: slices of {patient} phase {phase:02d} differ in "
-                            f"size {sorted(shapes)}")
-        builder.add(id=f"{patient}_{_PHASES.get(phase, f'{phase:02d}')}", patient=patient,
-                    image=np.stack(images, axis=-1).astype(np.float32), affine=np.diag([*PNG_SPACING, 1]),
-                    spacing=PNG_SPACING, label=np.stack(labels, axis=-1),
-                    phase=_PHASES.get(phase, f"{phase:02d}"), source=str(slices[0][1]))
+            raise DataError(
+                f"{slices[0][1].parent}: slices of {patient} phase {phase:02d} differ in "
+                f"size {sorted(shapes)}"
+            )
+        builder.add(
+            id=f"{patient}_{_PHASES.get(phase, f'{phase:02d}')}",
+            patient=patient,
+            image=np.stack(images, axis=-1).astype(np.float32),
+            affine=np.diag([*PNG_SPACING, 1]),
+            spacing=PNG_SPACING,
+            label=np.stack(labels, axis=-1),
+            phase=_PHASES.get(phase, f"{phase:02d}"),
+            source=str(slices[0][1]),
+        )
         if progress is not None:
             progress(i + 1, len(groups), "reading PNG volumes")
 
@@ -86,7 +94,8 @@ class ACDCPngConfig(StoredDatasetConfig):
     """``[data] name = "acdc-png"``: a store made by ``mireg preprocess acdc-png SRC ROOT``."""
 
     @classmethod
-    def preprocess(cls, raw: Path, builder: StoreBuilder, options: dict[str, str],
-                   progress: Progress | None = None) -> None:
+    def preprocess(
+        cls, raw: Path, builder: StoreBuilder, options: dict[str, str], progress: Progress | None = None
+    ) -> None:
         reject_options("acdc-png", options, set())
         add_acdc_png(raw, builder, progress)

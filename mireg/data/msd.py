@@ -71,8 +71,10 @@ def _channel_index(meta: dict[str, Any], wanted: str | None, path: Path) -> int:
     for k, v in channels.items():
         if v.lower() == wanted.lower():
             return k
-    raise DataError(f"{path}: no channel {wanted!r}; channels: "
-                    + ", ".join(f"{k} ({v})" for k, v in sorted(channels.items())))
+    raise DataError(
+        f"{path}: no channel {wanted!r}; channels: "
+        + ", ".join(f"{k} ({v})" for k, v in sorted(channels.items()))
+    )
 
 
 def _cases(task: Path, sub: str, channel: int) -> dict[str, Path]:
@@ -86,8 +88,9 @@ def _cases(task: Path, sub: str, channel: int) -> dict[str, Path]:
     return {nifti_stem(p): p for p in files}
 
 
-def add_msd(task: Path, builder: StoreBuilder, options: dict[str, str],
-            progress: Progress | None = None) -> None:
+def add_msd(
+    task: Path, builder: StoreBuilder, options: dict[str, str], progress: Progress | None = None
+) -> None:
     """Add the labelled training cases (and the unlabelled test cases) of an MSD/nnU-Net task."""
     reject_options("msd", options, {"channel", "keep_labels"})
     keep = options.get("keep_labels", "false").lower()
@@ -117,8 +120,15 @@ def add_msd(task: Path, builder: StoreBuilder, options: dict[str, str],
                 raise DataError(f"{label_file}: label value {unknown[0]} is not declared in {json_path}")
             if keep == "false":
                 label = (label > 0).astype(np.int64)
-        builder.add(id=case, patient=case, image=image, affine=affine, spacing=spacing, label=label,
-                    source=str(image_file))
+        builder.add(
+            id=case,
+            patient=case,
+            image=image,
+            affine=affine,
+            spacing=spacing,
+            label=label,
+            source=str(image_file),
+        )
         if progress is not None:
             progress(i + 1, total, f"reading {task.name}")
 
@@ -128,8 +138,7 @@ def _label_file(task: Path, case: str) -> Path:
         path = task / "labelsTr" / f"{case}{ext}"
         if path.is_file():
             return path
-    raise DataError(f"{task / 'labelsTr' / (case + '.nii.gz')}: missing label map of training case "
-                    f"{case!r}")
+    raise DataError(f"{task / 'labelsTr' / (case + '.nii.gz')}: missing label map of training case {case!r}")
 
 
 class MSDConfig(StoredDatasetConfig):
@@ -139,6 +148,7 @@ class MSDConfig(StoredDatasetConfig):
     test_patients: int = Field(8, ge=1)
 
     @classmethod
-    def preprocess(cls, raw: Path, builder: StoreBuilder, options: dict[str, str],
-                   progress: Progress | None = None) -> None:
+    def preprocess(
+        cls, raw: Path, builder: StoreBuilder, options: dict[str, str], progress: Progress | None = None
+    ) -> None:
         add_msd(raw, builder, options, progress)

@@ -77,18 +77,19 @@ def read_volume(
     return data, img.affine, spacing
 
 
-def read_label_for(path: Path, image: np.ndarray, affine: np.ndarray, image_path: Path,
-                   num_classes: int) -> np.ndarray:
+def read_label_for(
+    path: Path, image: np.ndarray, affine: np.ndarray, image_path: Path, num_classes: int
+) -> np.ndarray:
     """Read the label map of ``image`` and check that it fits: same shape and affine, known labels."""
     label, label_affine, _ = read_volume(path, label=True)
     if label.shape != image.shape:
-        raise DataError(f"{path}: shape {label.shape} differs from the image's {image.shape} "
-                        f"({image_path.name})")
+        raise DataError(
+            f"{path}: shape {label.shape} differs from the image's {image.shape} ({image_path.name})"
+        )
     if not np.allclose(label_affine, affine, atol=1e-3):
         raise DataError(f"{path}: affine differs from the image's ({image_path.name})")
     if label.max() >= num_classes:
-        raise DataError(f"{path}: label value {int(label.max())} outside the classes "
-                        f"0..{num_classes - 1}")
+        raise DataError(f"{path}: label value {int(label.max())} outside the classes 0..{num_classes - 1}")
     return label
 
 
@@ -130,9 +131,10 @@ def nifti_files(folder: Path, *, optional: bool = False) -> list[Path]:
         if optional:
             return []
         raise DataError(f"{folder}: folder not found")
-    files = sorted((p for p in folder.iterdir()
-                    if is_nifti(p) and not p.name.startswith(".") and p.is_file()),
-                   key=lambda p: p.name)
+    files = sorted(
+        (p for p in folder.iterdir() if is_nifti(p) and not p.name.startswith(".") and p.is_file()),
+        key=lambda p: p.name,
+    )
     if not files and not optional:
         raise DataError(f"{folder}: holds no .nii or .nii.gz files")
     return files
@@ -144,7 +146,8 @@ def add_unlabeled_folder(folder: Path, builder: StoreBuilder, progress: Progress
     for i, path in enumerate(files):
         image, affine, spacing = read_volume(path)
         patient = f"{folder.name}/{nifti_stem(path)}"
-        builder.add(id=patient, patient=patient, image=image, affine=affine, spacing=spacing,
-                    source=str(path))
+        builder.add(
+            id=patient, patient=patient, image=image, affine=affine, spacing=spacing, source=str(path)
+        )
         if progress is not None:
             progress(i + 1, len(files), f"reading unlabelled scans of {folder.name}")

@@ -323,9 +323,7 @@ def _draw_acquisition(
     )
 
 
-def _acquire(
-    rng: np.random.Generator, ideal: np.ndarray, acq: _Acquisition, blood: float
-) -> np.ndarray:
+def _acquire(rng: np.random.Generator, ideal: np.ndarray, acq: _Acquisition, blood: float) -> np.ndarray:
     """Turn an ideal 0..1 intensity volume into a stored int16 scan."""
     img = ndimage.gaussian_filter(ideal**acq.gamma, sigma=(acq.blur, acq.blur, 0)) * acq.bias
     if acq.ghost > 0:  # a faint copy shifted along the phase-encoding axis

@@ -70,8 +70,10 @@ class PhantomConfig(DatasetConfig):
 
     def store_path(self) -> Path:
         cache = self.cache_dir or default_cache_dir()
-        key = (f"phantom-v{COHORT_VERSION}-n{self.patients}-seed{self.cohort_seed}"
-               f"-sp{self.spacing:g}-c{self.canvas}")
+        key = (
+            f"phantom-v{COHORT_VERSION}-n{self.patients}-seed{self.cohort_seed}"
+            f"-sp{self.spacing:g}-c{self.canvas}"
+        )
         return cache / key
 
     def load(self, progress: Progress | None = None) -> VolumeStore:
@@ -94,5 +96,11 @@ class PhantomConfig(DatasetConfig):
                     progress(total + done, 2 * total, "preprocessing synthetic cohort")
 
             generate_cohort(raw, self.patients, self.cohort_seed, progress=generated)
-            preprocess_acdc(Path(raw), path, spacing=self.spacing, canvas=self.canvas,
-                            progress=preprocessed, name="phantom")
+            preprocess_acdc(
+                Path(raw),
+                path,
+                spacing=self.spacing,
+                canvas=self.canvas,
+                progress=preprocessed,
+                name="phantom",
+            )

@@ -57,16 +57,18 @@ class SliceGeometry:
     def to_canvas(self, slices: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
         """Place ``(Z, *, RX, RY)`` resampled slices on the ``(Z, *, canvas, canvas)`` canvas."""
         out = slices.new_full((*slices.shape[:-2], self.canvas, self.canvas), fill)
-        (src_x, dst_x), (src_y, dst_y) = (_overlap(o, n, self.canvas) for o, n in
-                                          zip(self.offset, self.resampled, strict=True))
+        (src_x, dst_x), (src_y, dst_y) = (
+            _overlap(o, n, self.canvas) for o, n in zip(self.offset, self.resampled, strict=True)
+        )
         out[..., dst_x, dst_y] = slices[..., src_x, src_y]
         return out
 
     def from_canvas(self, slices: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
         """Inverse of :meth:`to_canvas`: ``(Z, *, canvas, canvas)`` -> ``(Z, *, RX, RY)``."""
         out = slices.new_full((*slices.shape[:-2], *self.resampled), fill)
-        (src_x, dst_x), (src_y, dst_y) = (_overlap(o, n, self.canvas) for o, n in
-                                          zip(self.offset, self.resampled, strict=True))
+        (src_x, dst_x), (src_y, dst_y) = (
+            _overlap(o, n, self.canvas) for o, n in zip(self.offset, self.resampled, strict=True)
+        )
         out[..., src_x, src_y] = slices[..., dst_x, dst_y]
         return out
 
@@ -183,12 +185,21 @@ class StoreBuilder:
         n = slices.shape[0]
         self._images.append(slices.astype(np.float16))
         self._labels.append(lab if lab is not None else np.zeros(slices.shape, np.uint8))
-        self.volumes.append(VolumeInfo(
-            id=id, patient=patient, phase=phase, group=group, start=self._slices,
-            stop=self._slices + n, labeled=lab is not None, spacing=spacing,
-            shape=(int(image.shape[0]), int(image.shape[1]), int(image.shape[2])),
-            affine=np.asarray(affine, dtype=float).tolist(), source=source,
-        ))
+        self.volumes.append(
+            VolumeInfo(
+                id=id,
+                patient=patient,
+                phase=phase,
+                group=group,
+                start=self._slices,
+                stop=self._slices + n,
+                labeled=lab is not None,
+                spacing=spacing,
+                shape=(int(image.shape[0]), int(image.shape[1]), int(image.shape[2])),
+                affine=np.asarray(affine, dtype=float).tolist(),
+                source=source,
+            )
+        )
         self._slices += n
 
     def save(self, out: Path, provenance: dict[str, object] | None = None) -> VolumeStore:
@@ -197,8 +208,15 @@ class StoreBuilder:
             raise DataError(f"{out}: no volumes were found to preprocess")
         if not self.classes:
             raise ValueError("the dataset did not set StoreBuilder.classes")
-        store = VolumeStore(self.name, list(self.classes), self.spacing, self.canvas,
-                            np.concatenate(self._images), np.concatenate(self._labels), self.volumes,
-                            dict(provenance or {}))
+        store = VolumeStore(
+            self.name,
+            list(self.classes),
+            self.spacing,
+            self.canvas,
+            np.concatenate(self._images),
+            np.concatenate(self._labels),
+            self.volumes,
+            dict(provenance or {}),
+        )
         store.save(out)
         return VolumeStore.load(out)

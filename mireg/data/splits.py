@@ -130,8 +130,9 @@ def make_split(store: VolumeStore, config: DatasetConfig, seed: int) -> Split:
     validation, train = rest[: config.val_patients], rest[config.val_patients :]
     if config.labeled_patients is not None:
         if config.labeled_patients > len(train):
-            raise DataError(f"data.labeled_patients: {config.labeled_patients} exceeds the "
-                            f"{len(train)} training patients")
+            raise DataError(
+                f"data.labeled_patients: {config.labeled_patients} exceeds the {len(train)} training patients"
+            )
         n_labeled = config.labeled_patients
     else:
         ratio = 1.0 if config.labeled_ratio is None else config.labeled_ratio

@@ -119,8 +119,10 @@ class VolumeStore:
         Returns:
             A 1D int64 array (empty when no volume is selected).
         """
-        ranges = [np.arange(v.start, v.stop, dtype=np.int64)
-                  for v in self.volumes_of(patients, labeled_only=labeled_only)]
+        ranges = [
+            np.arange(v.start, v.stop, dtype=np.int64)
+            for v in self.volumes_of(patients, labeled_only=labeled_only)
+        ]
         return np.concatenate(ranges) if ranges else np.zeros(0, dtype=np.int64)
 
     def tensors(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -191,12 +193,17 @@ class VolumeStore:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise DataError(f"{path}: corrupt store ({exc})", "preprocess the data again") from exc
         if meta.get("version") != STORE_VERSION:
-            raise DataError(f"{meta_file}: store version {meta.get('version')} is not supported "
-                            f"(expected {STORE_VERSION})", "preprocess the data again")
+            raise DataError(
+                f"{meta_file}: store version {meta.get('version')} is not supported "
+                f"(expected {STORE_VERSION})",
+                "preprocess the data again",
+            )
         expected = (sum(v.n_slices for v in volumes), store.canvas, store.canvas)
         if images.shape != expected or labels.shape != expected:
-            raise DataError(f"{path}: arrays have shape {images.shape}/{labels.shape}, store.json "
-                            f"describes {expected}", "preprocess the data again")
+            raise DataError(
+                f"{path}: arrays have shape {images.shape}/{labels.shape}, store.json describes {expected}",
+                "preprocess the data again",
+            )
         return store
 
 
@@ -207,8 +214,10 @@ def write_atomic_dir(path: Path, write: Callable[[Path], None]) -> None:
     """
     path = Path(path)
     if path.exists():
-        raise DataError(f"{path}: already exists; refusing to overwrite it",
-                        "choose another output folder or remove this one")
+        raise DataError(
+            f"{path}: already exists; refusing to overwrite it",
+            "choose another output folder or remove this one",
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
     try:
@@ -221,4 +230,3 @@ def write_atomic_dir(path: Path, write: Callable[[Path], None]) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-

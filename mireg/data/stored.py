@@ -28,6 +28,8 @@ class StoredDatasetConfig(DatasetConfig):
 
     def load(self, progress: Progress | None = None) -> VolumeStore:
         if not self.root.exists():
-            raise DataError(f"data.root: {self.root} does not exist",
-                            f"preprocess the data first: mireg preprocess {self.name} RAW_DIR {self.root}")
+            raise DataError(
+                f"data.root: {self.root} does not exist",
+                f"preprocess the data first: mireg preprocess {self.name} RAW_DIR {self.root}",
+            )
         return VolumeStore.load(self.root)

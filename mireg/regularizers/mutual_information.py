@@ -61,8 +61,9 @@ class MutualInformation(Regularizer):
         head = self.heads[name]
         if self.kinds[name] == "encoder":
             z, z_t = head(f_u), head(f_tu)  # (N, S, K)
-            per_subhead = [global_mi_loss(z[:, s], z_t[:, s], reduction=ctx.reduction)
-                           for s in range(z.shape[1])]
+            per_subhead = [
+                global_mi_loss(z[:, s], z_t[:, s], reduction=ctx.reduction) for s in range(z.shape[1])
+            ]
             return torch.stack(per_subhead).mean()
         # The head is pointwise, so T(head(F)) = head(T(F)): flipping F moves fewer channels.
         z, z_t = head(ctx.transform(f_u)), head(f_tu)  # (N, S, K, H, W)
@@ -109,9 +110,7 @@ class MutualInformationConfig(RegularizerConfig):
     def build(self, backbone: Backbone) -> MutualInformation:
         unknown = [name for name in self.layers if name not in backbone.taps]
         if unknown:
-            raise ValueError(
-                f"layers {unknown} are not taps of the backbone; it has {list(backbone.taps)}"
-            )
+            raise ValueError(f"layers {unknown} are not taps of the backbone; it has {list(backbone.taps)}")
         local = [name for name in self.layers if backbone.taps[name].kind == "decoder"]
         if len(self.radius) != len(local):
             raise ValueError(

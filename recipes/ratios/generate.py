@@ -18,8 +18,10 @@ BASE_RATIO = 0.05
 
 #: dataset -> (methods, labelled ratios): the paper's ACDC curve, and 5 / 10 % for the others.
 EXPERIMENTS: dict[str, tuple[tuple[str, ...], tuple[float, ...]]] = {
-    "acdc": (("partial", "entmin", "meanteacher", "uda", "iic", "udaiic", "midl"),
-             (0.02, 0.03, 0.04, 0.05, 0.10)),
+    "acdc": (
+        ("partial", "entmin", "meanteacher", "uda", "iic", "udaiic", "midl"),
+        (0.02, 0.03, 0.04, 0.05, 0.10),
+    ),
     "prostate": (("partial", "uda", "iic", "udaiic"), (0.05, 0.10)),
     "spleen": (("partial", "uda", "iic", "udaiic"), (0.05, 0.10)),
 }

@@ -99,8 +99,7 @@ def test_splits_are_by_patient_disjoint_seeded_and_stratified(raw: Path, tmp_pat
     groups = {v.patient: v.group for v in store.volumes}
     assert len({groups[p] for p in split.test}) == 5  # one per pathology group
     assert make_split(store, cfg, seed=1) == split and make_split(store, cfg, seed=2) != split
-    by_count = make_split(store, _Cfg(name="x", labeled_patients=2, val_patients=3,
-                                      test_patients=5), seed=1)
+    by_count = make_split(store, _Cfg(name="x", labeled_patients=2, val_patients=3, test_patients=5), seed=1)
     assert len(by_count.labeled) == 2
     with pytest.raises(DataError, match="exceeds"):
         make_split(store, _Cfg(name="x", labeled_patients=50, val_patients=3, test_patients=5), 1)
@@ -109,8 +108,10 @@ def test_splits_are_by_patient_disjoint_seeded_and_stratified(raw: Path, tmp_pat
 def test_split_files_are_checked(raw: Path, tmp_path: Path) -> None:
     patients = [f"patient{i:03d}" for i in range(1, 7)]
     good = tmp_path / "split.json"
-    good.write_text('{"labeled": ["patient001"], "unlabeled": ["patient002"], '
-                    '"validation": ["patient003"], "test": ["patient004"]}')
+    good.write_text(
+        '{"labeled": ["patient001"], "unlabeled": ["patient002"], '
+        '"validation": ["patient003"], "test": ["patient004"]}'
+    )
     assert Split.read(good, patients).test == ["patient004"]
     bad = tmp_path / "bad.json"
     bad.write_text('{"labeled": ["patient001"], "test": ["patient001"]}')
@@ -130,19 +131,21 @@ def test_a_run_split_reads_back_without_the_store(tmp_path: Path) -> None:
     assert Split.read(path, ["7", "8"]).labeled == ["7", "8"]
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    (None, "split.json: cannot read split file"),
-    ("{not json", "split.json: cannot read split file"),
-    ('["a"]', "split.json: expected an object with lists labeled, unlabeled, validation, test"),
-    ('{"labeled": "a"}', "split.json: expected an object with lists"),
-    ('{"labeled": ["a"], "train": ["b"]}', "split.json: unknown keys ['train']"),
-    ('{"labeled": ["a", null]}', "split.json: labeled[1]: expected a patient id, got None"),
-    ('{"labeled": ["a"], "test": [true]}', "split.json: test[0]: expected a patient id, got True"),
-    ('{"labeled": ["a"], "unlabeled": ["a"]}', "split.json: unlabeled: patient 'a' appears twice"),
-    ('{"labeled": [], "test": ["a"]}', "split.json: labeled is empty"),
-])
-def test_split_structure_is_checked_without_patients(tmp_path: Path, text: str | None,
-                                                     expected: str) -> None:
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (None, "split.json: cannot read split file"),
+        ("{not json", "split.json: cannot read split file"),
+        ('["a"]', "split.json: expected an object with lists labeled, unlabeled, validation, test"),
+        ('{"labeled": "a"}', "split.json: expected an object with lists"),
+        ('{"labeled": ["a"], "train": ["b"]}', "split.json: unknown keys ['train']"),
+        ('{"labeled": ["a", null]}', "split.json: labeled[1]: expected a patient id, got None"),
+        ('{"labeled": ["a"], "test": [true]}', "split.json: test[0]: expected a patient id, got True"),
+        ('{"labeled": ["a"], "unlabeled": ["a"]}', "split.json: unlabeled: patient 'a' appears twice"),
+        ('{"labeled": [], "test": ["a"]}', "split.json: labeled is empty"),
+    ],
+)
+def test_split_structure_is_checked_without_patients(tmp_path: Path, text: str | None, expected: str) -> None:
     path = tmp_path / "split.json"
     if text is not None:
         path.write_text(text)

@@ -37,8 +37,13 @@ def _save(path: Path, array: np.ndarray, zooms: tuple[float, ...] = (0.6, 0.6, 3
 
 def make_msd(root: Path, cases: int = 8, unlabelled: int = 2) -> Path:
     task = root / "Task05_Prostate"
-    meta = {"name": "Prostate", "modality": {"0": "T2", "1": "ADC"},
-            "labels": {"0": "background", "1": "PZ", "2": "TZ"}, "training": [], "test": []}
+    meta = {
+        "name": "Prostate",
+        "modality": {"0": "T2", "1": "ADC"},
+        "labels": {"0": "background", "1": "PZ", "2": "TZ"},
+        "training": [],
+        "test": [],
+    }
     for i in range(cases + unlabelled):
         image, label = _organ_case(i)
         four_d = np.stack([image, image[::-1] * 0.5], axis=-1)  # T2, ADC
@@ -54,8 +59,12 @@ def make_msd(root: Path, cases: int = 8, unlabelled: int = 2) -> Path:
 
 def make_nnunet(root: Path, cases: int = 8) -> Path:
     task = root / "Dataset009_Spleen"
-    meta = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "spleen": 1},
-            "numTraining": cases, "file_ending": ".nii.gz"}
+    meta = {
+        "channel_names": {"0": "CT"},
+        "labels": {"background": 0, "spleen": 1},
+        "numTraining": cases,
+        "file_ending": ".nii.gz",
+    }
     for i in range(cases):
         image, label = _organ_case(100 + i)
         _save(task / "imagesTr" / f"spleen_{i:03d}_0000.nii.gz", image, (0.8, 0.8, 5.0))
@@ -93,15 +102,32 @@ def test_msd_prostate_merges_zones_and_keeps_test_cases_unlabelled(cli, write_re
     assert "10 patients, 10 volumes (8 labelled)" in result.out
     store = VolumeStore.load(tmp_path / "store")
     assert store.classes == ["background", "prostate"] and int(store.labels.max()) == 1
-    data = {"name": "msd", "root": str(tmp_path / "store"), "labeled_patients": 2,
-            "val_patients": 2, "test_patients": 2}
+    data = {
+        "name": "msd",
+        "root": str(tmp_path / "store"),
+        "labeled_patients": 2,
+        "val_patients": 2,
+        "test_patients": 2,
+    }
     _train_a_few_steps(cli, write_recipe, data, 2)
 
 
 def test_msd_options_select_the_channel_and_keep_zones(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     task = make_msd(tmp_path, cases=3, unlabelled=0)
-    result = cli("preprocess", "msd", task, tmp_path / "zones", "--spacing", "1.2", "--canvas", "32",
-                 "-O", "keep_labels=true", "-O", "channel=ADC")
+    result = cli(
+        "preprocess",
+        "msd",
+        task,
+        tmp_path / "zones",
+        "--spacing",
+        "1.2",
+        "--canvas",
+        "32",
+        "-O",
+        "keep_labels=true",
+        "-O",
+        "channel=ADC",
+    )
     assert result.code == 0, result
     store = VolumeStore.load(tmp_path / "zones")
     assert store.classes == ["background", "PZ", "TZ"] and int(store.labels.max()) == 2
@@ -118,8 +144,13 @@ def test_nnunet_raw_layout(cli, write_recipe, tmp_path: Path) -> None:  # type: 
     assert result.code == 0, result
     store = VolumeStore.load(tmp_path / "store")
     assert store.classes == ["background", "spleen"] and len(store.volumes) == 8
-    data = {"name": "msd", "root": str(tmp_path / "store"), "labeled_ratio": 0.5,
-            "val_patients": 2, "test_patients": 2}
+    data = {
+        "name": "msd",
+        "root": str(tmp_path / "store"),
+        "labeled_ratio": 0.5,
+        "val_patients": 2,
+        "test_patients": 2,
+    }
     _train_a_few_steps(cli, write_recipe, data, 2)
 
 
@@ -132,8 +163,13 @@ def test_acdc_png_slices_group_into_volumes(cli, write_recipe, tmp_path: Path) -
     ed = store.volume("patient001_ED")
     assert ed.n_slices == generate_patient(0, seed=5).frames[1][0].shape[2]
     assert set(np.unique(store.labels)) == {0, 1, 2, 3}
-    data = {"name": "acdc-png", "root": str(tmp_path / "store"), "labeled_patients": 2,
-            "val_patients": 2, "test_patients": 2}
+    data = {
+        "name": "acdc-png",
+        "root": str(tmp_path / "store"),
+        "labeled_patients": 2,
+        "val_patients": 2,
+        "test_patients": 2,
+    }
     _train_a_few_steps(cli, write_recipe, data, 4)
 
 
@@ -148,8 +184,18 @@ def test_acdc_testing_folder_and_extra_unlabelled_scans(cli, tmp_path: Path) -> 
     image, _ = generate_patient(9, seed=2).frames[1]
     _save(extra / "scan_a.nii.gz", image, (1.5, 1.5, 8.0))
     (extra / "._scan_a.nii.gz").write_bytes(b"macOS resource fork")
-    result = cli("preprocess", "acdc", raw, tmp_path / "store", "--spacing", "5", "--canvas", "48",
-                 "--unlabeled", extra)
+    result = cli(
+        "preprocess",
+        "acdc",
+        raw,
+        tmp_path / "store",
+        "--spacing",
+        "5",
+        "--canvas",
+        "48",
+        "--unlabeled",
+        extra,
+    )
     assert result.code == 0, result
     assert "5 patients, 9 volumes (6 labelled)" in result.out
     store = VolumeStore.load(tmp_path / "store")
@@ -184,4 +230,3 @@ def test_bad_data_fails_early_naming_the_file(cli, tmp_path: Path, damage: str) 
     assert expected in result.err and "Traceback" not in result.err
     assert not (tmp_path / "out").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
-

@@ -52,4 +52,6 @@ def test_the_unlabelled_folder_reader_ignores_resource_forks(tmp_path: Path) -> 
     builder = StoreBuilder("t", 4.0, 16)
     add_unlabeled_folder(folder, builder)
     assert [(v.id, v.patient, v.labeled) for v in builder.volumes] == [
-        ("extra/scan_a", "extra/scan_a", False), ("extra/scan_b", "extra/scan_b", False)]
+        ("extra/scan_a", "extra/scan_a", False),
+        ("extra/scan_b", "extra/scan_b", False),
+    ]

@@ -20,8 +20,10 @@ def test_backbone() -> None:
 
 def test_regularizer_on_mireg_unet_and_on_our_backbone() -> None:
     check_regularizer(SmoothnessConfig(name="smoothness", weight=1.0))
-    check_regularizer(SmoothnessConfig(name="smoothness", weight=1.0, on="transformed"),
-                      backbone=TinyUNetConfig(name="tiny_unet", num_classes=2))
+    check_regularizer(
+        SmoothnessConfig(name="smoothness", weight=1.0, on="transformed"),
+        backbone=TinyUNetConfig(name="tiny_unet", num_classes=2),
+    )
 
 
 def test_dataset() -> None:
@@ -39,7 +41,12 @@ def test_the_plugins_import_nothing_of_mireg_but_the_contract() -> None:
     package = Path(mireg_example.__file__).parent
     for source in sorted(package.glob("*.py")):
         for node in ast.walk(ast.parse(source.read_text(), str(source))):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
             for name in names:
                 assert name.split(".")[0] != "mireg" or name == "mireg.contract", f"{source.name}: {name}"

@@ -10,8 +10,9 @@ from mireg.contract import Backbone, BackboneConfig, Tap
 
 
 def _block(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
-                         nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)
+    )
 
 
 class TinyUNet(Backbone):
@@ -26,9 +27,13 @@ class TinyUNet(Backbone):
         self.head = nn.Conv2d(w, num_classes, 1)
         # Taps are what mutual-information heads may attach to: encoder maps get global heads,
         # decoder maps local ones. tap_module(name) must return the module producing that map.
-        self.taps = {"enc1": Tap("encoder", w), "enc2": Tap("encoder", 2 * w),
-                     "enc3": Tap("encoder", 4 * w), "dec2": Tap("decoder", 2 * w),
-                     "dec1": Tap("decoder", w)}
+        self.taps = {
+            "enc1": Tap("encoder", w),
+            "enc2": Tap("encoder", 2 * w),
+            "enc3": Tap("encoder", 4 * w),
+            "dec2": Tap("decoder", 2 * w),
+            "dec1": Tap("decoder", w),
+        }
 
     def tap_module(self, name: str) -> nn.Module:
         if name not in self.taps:

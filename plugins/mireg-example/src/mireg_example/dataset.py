@@ -27,10 +27,25 @@ class EllipsesConfig(DatasetConfig):
         inside = ((yy - centre[:, 0]) / radii[:, 0]) ** 2 + ((xx - centre[:, 1]) / radii[:, 1]) ** 2 < 1
         images = np.clip(0.3 + 0.4 * inside + rng.normal(0, 0.1, inside.shape), 0, 1)
         volumes = [
-            VolumeInfo(id=f"case{i:03d}", patient=f"case{i:03d}", phase="", group="",
-                       start=i * self.slices, stop=(i + 1) * self.slices, labeled=True,
-                       spacing=(1.0, 1.0, 1.0), shape=(self.canvas, self.canvas, self.slices))
+            VolumeInfo(
+                id=f"case{i:03d}",
+                patient=f"case{i:03d}",
+                phase="",
+                group="",
+                start=i * self.slices,
+                stop=(i + 1) * self.slices,
+                labeled=True,
+                spacing=(1.0, 1.0, 1.0),
+                shape=(self.canvas, self.canvas, self.slices),
+            )
             for i in range(self.patients)
         ]
-        return VolumeStore("ellipses", ["background", "ellipse"], 1.0, self.canvas,
-                           images.astype(np.float16), inside.astype(np.uint8), volumes)
+        return VolumeStore(
+            "ellipses",
+            ["background", "ellipse"],
+            1.0,
+            self.canvas,
+            images.astype(np.float16),
+            inside.astype(np.uint8),
+            volumes,
+        )
