@@ -41,7 +41,8 @@ def read_volume(
         The array ``(X, Y, Z)`` (float32, or int64 for labels), the affine and the voxel spacing.
 
     Raises:
-        DataError: Missing, unreadable or truncated file, wrong dimension, non-integer labels.
+        DataError: Missing, unreadable or truncated file, wrong dimension, an empty volume,
+            non-integer labels.
     """
     if not path.is_file():
         raise DataError(f"{path}: file not found")
@@ -64,6 +65,8 @@ def read_volume(
         data = data[..., None]
     if data.ndim != 3:
         raise DataError(f"{path}: expected a 3D volume, got shape {data.shape}")
+    if data.size == 0:
+        raise DataError(f"{path}: empty volume (shape {data.shape})")
     if not np.isfinite(data).all():
         raise DataError(f"{path}: contains NaN or infinite values")
     zooms = [float(z) for z in img.header.get_zooms()[:3]] + [1.0] * 3

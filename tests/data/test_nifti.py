@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from mireg.data.nifti import add_unlabeled_folder, is_nifti, nifti_files, nifti_stem
+from mireg.data.nifti import add_unlabeled_folder, is_nifti, nifti_files, nifti_stem, read_volume
 from mireg.data.preprocessing import StoreBuilder
 from mireg.errors import DataError
 
@@ -55,3 +55,11 @@ def test_the_unlabelled_folder_reader_ignores_resource_forks(tmp_path: Path) -> 
         ("extra/scan_a", "extra/scan_a", False),
         ("extra/scan_b", "extra/scan_b", False),
     ]
+
+
+def test_an_empty_volume_is_a_data_error_not_a_crash(tmp_path: Path) -> None:
+    path = tmp_path / "empty.nii"
+    nib.save(nib.Nifti1Image(np.zeros((0, 5, 4), dtype=np.uint8), np.eye(4)), str(path))
+    for label in (False, True):
+        with pytest.raises(DataError, match=r"empty.nii: empty volume \(shape \(0, 5, 4\)\)"):
+            read_volume(path, label=label)
