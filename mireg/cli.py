@@ -159,9 +159,7 @@ def preprocess(
     ] = None,
 ) -> None:
     """Turn a raw data set (e.g. the ACDC download) into a preprocessed store for training."""
-    from mireg.contract import DatasetConfig
-    from mireg.data.nifti import add_unlabeled_folder
-    from mireg.data.preprocessing import StoreBuilder
+    from mireg.data.prepare import prepare_store
 
     if spacing <= 0:
         raise typer.BadParameter("must be > 0", param_hint="--spacing")
@@ -173,64 +171,15 @@ def preprocess(
         if not sep or not key:
             raise typer.BadParameter(f"expected key=value, got {item!r}", param_hint="--option")
         options[key.strip()] = value.strip()
-    config = registry.load("dataset", dataset)
-    assert issubclass(config, DatasetConfig)  # the registry checks each kind's base class
-    if not config.can_preprocess:
-        raise MiregError(
-            f"dataset {dataset!r} has no preprocess step",
-            f"datasets that have one: {', '.join(_preprocessable())}",
-        )
-    provenance = {
-        "dataset": dataset,
-        "raw": str(raw.resolve()),
-        "spacing": spacing,
-        "canvas": canvas,
-        "options": options,
-        "unlabeled": [str(p.resolve()) for p in unlabeled or []],
-    }
-    if out.exists():
-        from mireg.data.store import VolumeStore
-
-        if (out / "store.json").is_file() and VolumeStore.load(out).provenance == provenance:
-            console.print(f"{out} is up to date (made from the same input with the same options)")
-            return
-        raise MiregError(
-            f"{out}: already exists and was not made from this input with these options; "
-            "refusing to overwrite it",
-            "choose another output folder or remove this one",
-        )
     started = time.perf_counter()
-    builder = StoreBuilder(dataset, spacing, canvas)
     with _progress() as bar:
-        report = _ProgressReporter(bar)
-        config.preprocess(raw, builder, options, report)
-        for folder in unlabeled or []:
-            add_unlabeled_folder(folder, builder, report)
-        store = builder.save(out, provenance)
-    labeled = sum(v.labeled for v in store.volumes)
-    spacings = [v.spacing for v in store.volumes]
-    console.print(
-        f"[green]wrote[/] {out}: {len(store.patients)} patients, {len(store.volumes)} volumes "
-        f"({labeled} labelled), {store.images.shape[0]} slices of {canvas}x{canvas} at "
-        f"{spacing:g} mm; classes {', '.join(store.classes)}; original spacing "
-        f"{min(s[0] for s in spacings):.2f}-{max(s[0] for s in spacings):.2f} mm in-plane, "
-        f"{min(s[2] for s in spacings):.1f}-{max(s[2] for s in spacings):.1f} mm between slices "
-        f"({time.perf_counter() - started:.1f} s)"
-    )
-
-
-def _preprocessable() -> list[str]:
-    from mireg.contract import DatasetConfig
-
-    names = []
-    for name in registry.available("dataset"):
-        try:
-            config = registry.load("dataset", name)
-            if issubclass(config, DatasetConfig) and config.can_preprocess:
-                names.append(name)
-        except MiregError:
-            continue
-    return names
+        store, written = prepare_store(
+            dataset, raw, out, spacing, canvas, options, unlabeled or [], _ProgressReporter(bar)
+        )
+    if not written:
+        console.print(f"{out} is up to date (made from the same input with the same options)")
+        return
+    console.print(f"[green]wrote[/] {out}: {store.summary()} ({time.perf_counter() - started:.1f} s)")
 
 
 class _RichObserver(Observer):

@@ -102,6 +102,18 @@ class VolumeStore:
         """Patient ids in store order, each once."""
         return list(dict.fromkeys(v.patient for v in self.volumes))
 
+    def summary(self) -> str:
+        """One line: patients, volumes, slices, grid, classes and the original voxel spacings."""
+        labeled = sum(v.labeled for v in self.volumes)
+        spacings = [v.spacing for v in self.volumes]
+        return (
+            f"{len(self.patients)} patients, {len(self.volumes)} volumes ({labeled} labelled), "
+            f"{self.images.shape[0]} slices of {self.canvas}x{self.canvas} at {self.spacing:g} mm; "
+            f"classes {', '.join(self.classes)}; original spacing "
+            f"{min(s[0] for s in spacings):.2f}-{max(s[0] for s in spacings):.2f} mm in-plane, "
+            f"{min(s[2] for s in spacings):.1f}-{max(s[2] for s in spacings):.1f} mm between slices"
+        )
+
     def volumes_of(self, patients: Iterable[str], *, labeled_only: bool = True) -> list[VolumeInfo]:
         """The volumes of ``patients``, in store order (not in the order of ``patients``).
 
