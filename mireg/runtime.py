@@ -113,9 +113,12 @@ class Runtime:
             device_ids=[self.device] if self.device.type == "cuda" else None,
         )
 
-    def any(self, flag: bool) -> bool:
-        """True on every process if ``flag`` is true on any (one exchange in a job)."""
-        return distributed.any_rank(flag, self.device)
+    def stop_agreed(self, requested: bool, boundary: bool) -> bool:
+        """Whether to stop after this step: at once in one process; in a job, every process stops
+        together at the next log boundary if any asked (one exchange there, none elsewhere)."""
+        if not self.is_distributed:
+            return requested
+        return boundary and distributed.any_rank(requested, self.device)
 
     def broadcast(self, obj: object) -> object:
         """Rank 0's ``obj`` on every process."""

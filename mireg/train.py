@@ -36,7 +36,7 @@ from mireg.recipe import Recipe, load_recipe
 from mireg.rundir import RunDir
 from mireg.runtime import Runtime
 from mireg.schedule import lr_at_epoch
-from mireg.state import Checkpoint, DataInfo, TrainState
+from mireg.state import Checkpoint, DataInfo, RunningMeans, TrainState
 from mireg.step import TrainStep
 
 __all__ = ["Trainer", "choose_run", "resume_point"]
@@ -109,12 +109,6 @@ class Trainer:
         """Ask the loop to checkpoint and stop after the current step (signal handlers call this)."""
         self._stop_requested = True
 
-    def _stop_agreed(self, boundary: bool) -> bool:
-        """Whether to stop after this step. Processes agree at log boundaries only (one exchange)."""
-        if not self.runtime.is_distributed:
-            return self._stop_requested
-        return boundary and self.runtime.any(self._stop_requested)
-
     def _check_finite(self, means: dict[str, float], run: RunDir) -> None:
         bad = [k for k, v in means.items() if not math.isfinite(v) and k != "total"]
         if bad or not math.isfinite(means.get("total", 0.0)):
@@ -141,7 +135,7 @@ class Trainer:
                 means = state.running.means()
                 self._check_finite(means, run)
                 self.obs.step(state.iteration, means)
-            if self._stop_agreed(boundary=state.iteration % cfg.log_every == 0):
+            if self.runtime.stop_agreed(self._stop_requested, boundary=state.iteration % cfg.log_every == 0):
                 if self.runtime.is_main:
                     save_checkpoint(state.state_dict(), run.file("last.pt"))
                 raise RunInterrupted(
@@ -152,7 +146,7 @@ class Trainer:
         means = state.running.means()
         if cfg.skip_nonfinite:
             means["skipped_steps"] = state.running.skipped
-        state.iteration, state.running = 0, type(state.running)()
+        state.iteration, state.running = 0, RunningMeans()
         return means
 
     def _validate(self) -> dict[str, float]:
