@@ -68,6 +68,7 @@ def bench(session: nox.Session) -> None:
 
 @nox.session
 def quality(session: nox.Session) -> None:
-    """The semi-supervised gain on the synthetic cohort (partial / udaiic / full, 3 seeds; ~1 h on CPU)."""
+    """The semi-supervised gain on the synthetic cohort: `mireg study recipes/studies/phantom.toml`
+    (hours on a CPU, resumable; `nox -s quality -- --quick` for a check in minutes)."""
     session.install("-e", ".")
-    session.run("python", "benchmarks/quality.py", *session.posargs)
+    session.run("mireg", "study", "recipes/studies/phantom.toml", *session.posargs)

@@ -6,6 +6,7 @@ to stderr and exits 1; bad usage exits 2 (Typer); anything else is a bug and kee
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import sys
@@ -420,6 +421,71 @@ def predict(
             trained, files, out_dir, trained.recipe.train.eval_batch, _ProgressReporter(bar), overlay
         )
     console.print(f"[green]wrote[/] {len(written)} label maps to {out_dir}")
+
+
+@app.command()
+def study(
+    study_file: Annotated[Path, typer.Argument(metavar="STUDY", help="Study file (TOML).")],
+    jobs: Annotated[
+        Optional[int],
+        typer.Option(min=1, help="Runs at a time (default: 1; with --device cuda, one per GPU)."),
+    ] = None,
+    device: Annotated[
+        Optional[str], typer.Option(help="train.device for every run, e.g. cpu or cuda.")
+    ] = None,
+    quick: Annotated[
+        bool, typer.Option(help="The study's [quick] preset: fewer seeds and epochs, minutes not hours.")
+    ] = False,
+) -> None:
+    """Compare methods over labelled amounts and seeds, settings chosen on validation only.
+
+    Writes study.md, study.json, study.csv and study.png. Finished runs are reused and interrupted
+    ones resumed, so a stopped study continues where it stopped when run again.
+    """
+    from mireg.runtime import resolve_device
+    from mireg.study import Study, load_study
+    from mireg.study_report import summarize_study, write_study_report
+
+    spec = load_study(study_file)
+    if device is not None:
+        resolve_device(device, "--device")
+    plan = Study(spec, study_file, quick, device)
+    plan.check()
+    if jobs is None:
+        jobs = 1
+        if device is not None and device.startswith("cuda"):
+            import torch
+
+            jobs = max(1, torch.cuda.device_count())
+    console.print(f"study {spec.name}: {plan.total_runs()} runs, {jobs} at a time, into {plan.out}")
+    with _progress() as bar:
+        task = bar.add_task(f"study {spec.name}", total=plan.total_runs(), info="")
+
+        def progress(done: int, total: int, description: str) -> None:
+            bar.update(task, completed=done, total=total, info=escape(description))
+
+        records = plan.run(jobs, progress)
+    paths = write_study_report(plan, records)
+    rows = summarize_study(plan, records)
+    header = ["method", "labelled", "seeds", "test DSC (%)", "gap closed"]
+    table = [
+        [
+            r.method,
+            r.amount_text,
+            str(len(r.seeds)),
+            "n/a" if r.dice is None else f"{100 * r.dice.mean:.1f} ± {100 * r.dice.std:.1f}",
+            "" if math.isnan(r.gap) else f"{100 * r.gap:.0f} %",
+        ]
+        for r in rows
+    ]
+    console.print(_plain_table(header, table, f"study {spec.name}: test set (details in study.md)"))
+    console.print(f"report: {', '.join(str(p) for p in paths)}")
+    failed = [r for r in records if r.status != "done"]
+    if failed:
+        raise MiregError(
+            f"{len(failed)} of {len(records)} runs did not finish: {', '.join(r.name for r in failed)}",
+            f"their logs are listed in {paths[0]}; run the study again to retry them",
+        )
 
 
 def _version(value: bool) -> None:

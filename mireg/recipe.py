@@ -34,8 +34,11 @@ __all__ = [
     "TrainConfig",
     "apply_override",
     "dump_toml",
+    "format_problems",
     "load_recipe",
+    "read_toml",
     "validate_recipe",
+    "validation_messages",
 ]
 
 
@@ -128,7 +131,8 @@ def _loc(parts: Iterable[Any]) -> str:
     return out or "(top level)"
 
 
-def _messages(exc: ValidationError, prefix: tuple[Any, ...] = ()) -> list[str]:
+def validation_messages(exc: ValidationError, prefix: tuple[Any, ...] = ()) -> list[str]:
+    """One ``key.path: problem`` line per error of a pydantic validation (``prefix`` leads each path)."""
     out = []
     for err in exc.errors():
         loc = _loc(prefix + tuple(err["loc"]))
@@ -160,7 +164,7 @@ def _plugin(kind: str, table: Any, loc: tuple[Any, ...], errors: list[str]) -> P
     try:
         return config_class.model_validate(table)
     except ValidationError as exc:
-        errors.extend(_messages(exc, loc))
+        errors.extend(validation_messages(exc, loc))
         return None
 
 
@@ -191,20 +195,21 @@ def validate_recipe(raw: dict[str, Any], source: str) -> Recipe:
                 {k: v for k, v in raw.items() if k not in (*_PLUGIN_TABLES, "regularizers")}
             )
         except ValidationError as exc:
-            errors.extend(_messages(exc))
-        raise RecipeError(_format(source, errors))
+            errors.extend(validation_messages(exc))
+        raise RecipeError(format_problems(source, errors))
     try:
         recipe = Recipe.model_validate(resolved)
     except ValidationError as exc:
-        raise RecipeError(_format(source, _messages(exc))) from None
+        raise RecipeError(format_problems(source, validation_messages(exc))) from None
     try:
         check_recipe(recipe)
     except RecipeError as exc:
-        raise RecipeError(_format(source, [exc.message]), exc.hint) from None
+        raise RecipeError(format_problems(source, [exc.message]), exc.hint) from None
     return recipe
 
 
-def _format(source: str, errors: list[str]) -> str:
+def format_problems(source: str, errors: list[str]) -> str:
+    """``source: problem``, or ``source: N problems`` followed by one indented line each."""
     if len(errors) == 1:
         return f"{source}: {errors[0]}"
     return f"{source}: {len(errors)} problems\n" + "\n".join(f"  {e}" for e in errors)

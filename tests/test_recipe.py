@@ -12,7 +12,7 @@ from mireg.recipe import apply_override, dump_toml, load_recipe, validate_recipe
 
 from .helpers import REPO, tiny_recipe
 
-RECIPES = sorted((REPO / "recipes").glob("**/*.toml"))
+RECIPES = sorted(p for p in (REPO / "recipes").glob("**/*.toml") if "studies" not in p.parts)
 
 
 def _ratio_generator() -> ModuleType:

@@ -22,6 +22,7 @@ from mireg.step import TrainStep
 from mireg.testing import step_context
 
 from .helpers import REPO, tiny_recipe
+from .test_recipe import RECIPES
 
 # ------------------------------------------------------------------------------------ StepContext
 
@@ -145,7 +146,7 @@ def test_cutmix_boxes_are_rectangles_of_the_asked_area_and_mix_images_and_labels
 # ------------------------------------------------------------------------- checks before the data
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "recipes").glob("**/*.toml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
 def test_every_recipe_builds_on_the_meta_device(path: Path) -> None:
     from mireg.recipe import read_toml
 

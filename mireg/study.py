@@ -1,0 +1,496 @@
+"""``mireg study``: does a method help on my data? Every method over labelled amounts and seeds,
+settings chosen on validation only, reported with intervals and paired differences.
+
+A study file (TOML, validated like a recipe) names the methods, each a recipe with overrides and an
+optional small grid of settings; the labelled amounts (ratios or patient counts); and the seeds. A
+seed draws the patient split and every method of a seed trains on that split. For a method with a
+grid, every configuration trains on the selection seeds (all seeds unless ``select_seeds`` says
+otherwise), the one with the best mean validation DSC is chosen, per labelled amount, and only it
+trains on the other seeds. The test split is read only for the report.
+
+Each run is a ``mireg train`` subprocess on a recipe file the study writes first; a finished run
+(one with a test report) is reused, an interrupted one resumed, a failed one reported with its log
+and the rest of the study goes on. A killed study continues where it stopped when run again.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from mireg.errors import MiregError, RecipeError
+from mireg.files import atomic_write_text
+from mireg.recipe import (
+    apply_override,
+    dump_toml,
+    format_problems,
+    read_toml,
+    validate_recipe,
+    validation_messages,
+)
+
+__all__ = ["Amount", "RunKey", "RunRecord", "Study", "StudySpec", "load_study"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MethodSpec(_Strict):
+    """``[methods.NAME]``: a recipe, overrides for every run, and an optional grid of settings."""
+
+    recipe: Path = Field(description="recipe file, relative to the study file")
+    set: list[str] = Field(default_factory=list, description="key.path=value overrides")
+    grid: dict[str, list[Any]] = Field(
+        default_factory=dict,
+        description="key.path -> values; the configurations are all their combinations, chosen on validation",
+    )
+
+    @model_validator(mode="after")
+    def _non_empty_grid(self) -> MethodSpec:
+        for key, values in self.grid.items():
+            if not values:
+                raise ValueError(f"grid.{key} has no values")
+        return self
+
+
+class QuickSpec(_Strict):
+    """``[quick]``: the ``--quick`` preset, for a check that finishes in minutes."""
+
+    seeds: int = Field(2, ge=1, description="the first N seeds")
+    set: list[str] = Field(
+        default_factory=lambda: ["train.epochs=2", "train.iterations_per_epoch=5"],
+        description="overrides for every run",
+    )
+    grid: bool = Field(False, description="keep the grids (false: each method's first configuration)")
+
+
+class StudySpec(_Strict):
+    """A study file."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    methods: dict[str, MethodSpec] = Field(min_length=1)
+    baseline: str = Field("partial", description="the method the others are compared with, pairwise")
+    full: str | None = Field("full", description="the method with every label (top of the gap)")
+    labeled_ratios: list[float] | None = None
+    labeled_patients: list[int] | None = None
+    seeds: list[int] = Field(min_length=1)
+    select_seeds: list[int] | None = Field(None, description="seeds the grids are chosen on")
+    set: list[str] = Field(default_factory=list, description="overrides for every run")
+    runs_dir: Path = Field(Path("runs/studies"), description="the study writes runs_dir/<name>/")
+    quick: QuickSpec = QuickSpec()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> StudySpec:
+        if (self.labeled_ratios is None) == (self.labeled_patients is None):
+            raise ValueError("give labeled_ratios or labeled_patients (one of them)")
+        ratios = self.labeled_ratios or []
+        if any(not 0 < r <= 1 for r in ratios):
+            raise ValueError(f"labeled_ratios must be in (0, 1], got {ratios}")
+        if any(n < 1 for n in self.labeled_patients or []):
+            raise ValueError(f"labeled_patients must be >= 1, got {self.labeled_patients}")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds has duplicates: {self.seeds}")
+        if self.select_seeds is not None and not set(self.select_seeds) <= set(self.seeds):
+            raise ValueError(f"select_seeds {self.select_seeds} must be among the seeds {self.seeds}")
+        for role, method in (("baseline", self.baseline), ("full", self.full)):
+            if method is not None and method not in self.methods:
+                raise ValueError(f"{role}: {method!r} is not one of the methods {list(self.methods)}")
+        return self
+
+
+def load_study(path: Path) -> StudySpec:
+    """Read and validate a study file; every problem is reported at once with its key path.
+
+    Raises:
+        RecipeError: Unreadable TOML or invalid keys and values.
+    """
+    raw = read_toml(path)
+    try:
+        return StudySpec.model_validate(raw)
+    except ValidationError as exc:
+        raise RecipeError(format_problems(str(path), validation_messages(exc))) from None
+
+
+# --------------------------------------------------------------------------------------------------
+# The plan
+
+
+@dataclass(frozen=True)
+class Amount:
+    """A labelled amount: a ratio of the training patients, a patient count, or every label."""
+
+    kind: str  # "ratio", "patients" or "all"
+    value: float
+
+    @property
+    def label(self) -> str:
+        if self.kind == "all":
+            return "all"
+        if self.kind == "ratio":
+            return f"{self.value * 100:g}pct"
+        return f"{int(self.value)}pat"
+
+    @property
+    def text(self) -> str:
+        """As a table shows it."""
+        if self.kind == "all":
+            return "all"
+        return f"{self.value * 100:g} %" if self.kind == "ratio" else f"{int(self.value)} patients"
+
+
+ALL_LABELS = Amount("all", 1.0)
+
+
+@dataclass(frozen=True)
+class RunKey:
+    """One training run of a study."""
+
+    method: str
+    config: int
+    amount: Amount
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.method}-c{self.config}-{self.amount.label}-s{self.seed}"
+
+
+@dataclass
+class RunRecord:
+    """What a run gave: its status and, when done, its best validation and its test numbers."""
+
+    name: str
+    method: str
+    config: int
+    amount: str
+    seed: int
+    status: str  # "done", "failed" or "interrupted"
+    val_dice: float = math.nan
+    test_dice: float = math.nan
+    test_hd95: float = math.nan
+    minutes: float = math.nan
+    log: str = ""
+
+
+class Study:
+    """A study file made concrete: its configurations, runs and folders.
+
+    Args:
+        spec: The validated study file.
+        source: The study file (recipes are relative to its folder).
+        quick: Apply the ``[quick]`` preset.
+        device: ``train.device`` for every run (``None``: each recipe's own).
+    """
+
+    def __init__(self, spec: StudySpec, source: Path, quick: bool = False, device: str | None = None) -> None:
+        self.spec, self.source, self.quick, self.device = spec, source, quick, device
+        self.seeds = spec.seeds[: spec.quick.seeds] if quick else list(spec.seeds)
+        select = spec.select_seeds if spec.select_seeds is not None else spec.seeds
+        self.select_seeds = [s for s in select if s in self.seeds] or self.seeds[:1]
+        self.out = spec.runs_dir / (f"{spec.name}-quick" if quick else spec.name)
+        if spec.labeled_ratios is not None:
+            self.amounts = [Amount("ratio", r) for r in spec.labeled_ratios]
+        else:
+            self.amounts = [Amount("patients", n) for n in spec.labeled_patients or []]
+
+    # -------------------------------------------------------------------------------- configurations
+
+    def configs(self, method: str) -> list[dict[str, Any]]:
+        """Every combination of the method's grid (one empty configuration without a grid)."""
+        grid = self.spec.methods[method].grid
+        combos = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
+        return combos[:1] if self.quick and not self.spec.quick.grid else combos
+
+    def amounts_of(self, method: str) -> list[Amount]:
+        """The labelled amounts a method trains at (every label, once, for the full method)."""
+        return [ALL_LABELS] if method == self.spec.full else self.amounts
+
+    def recipe(self, key: RunKey) -> dict[str, Any]:
+        """The run's recipe as data: the method's recipe with every override applied."""
+        method = self.spec.methods[key.method]
+        path = method.recipe if method.recipe.is_absolute() else self.source.parent / method.recipe
+        raw = read_toml(path)
+        overrides = [*self.spec.set, *method.set]
+        overrides += [f"{k}={_toml_literal(v)}" for k, v in self.configs(key.method)[key.config].items()]
+        overrides += self.spec.quick.set if self.quick else []
+        overrides += [f"name={key.name}", f"seed={key.seed}", f'train.runs_dir="{self.out / "runs"}"']
+        if self.device is not None:
+            overrides.append(f'train.device="{self.device}"')
+        for assignment in overrides:
+            apply_override(raw, assignment)
+        data = raw.setdefault("data", {})
+        if key.amount.kind != "all" and isinstance(data, dict):
+            data.pop("labeled_ratio", None)
+            data.pop("labeled_patients", None)
+            if key.amount.kind == "ratio":
+                data["labeled_ratio"] = key.amount.value
+            else:
+                data["labeled_patients"] = int(key.amount.value)
+        return raw
+
+    def check(self) -> None:
+        """Validate every configuration's recipe (on the meta device) before anything trains.
+
+        Raises:
+            RecipeError: Naming the study file, the method and configuration, and the key at fault.
+        """
+        for method in self.spec.methods:
+            for config in range(len(self.configs(method))):
+                key = RunKey(method, config, self.amounts_of(method)[0], self.seeds[0])
+                where = f"{self.source}: methods.{method} (configuration {config})"
+                try:
+                    validate_recipe(self.recipe(key), where)
+                except RecipeError as exc:
+                    raise RecipeError(exc.message, exc.hint) from None
+
+    # ---------------------------------------------------------------------------------------- plan
+
+    def selection_runs(self) -> list[RunKey]:
+        """The first phase: every configuration of a gridded method on the selection seeds, and
+        every single-configuration method on all seeds (seed by seed, so early results span all)."""
+        runs = []
+        for seed in self.seeds:
+            for method in self.spec.methods:
+                n = len(self.configs(method))
+                if n > 1 and seed not in self.select_seeds:
+                    continue
+                runs += [RunKey(method, c, a, seed) for a in self.amounts_of(method) for c in range(n)]
+        return runs
+
+    def evaluation_runs(self, chosen: dict[tuple[str, str], int]) -> list[RunKey]:
+        """The second phase: each gridded method's chosen configuration on the remaining seeds."""
+        runs = []
+        for seed in self.seeds:
+            if seed in self.select_seeds:
+                continue
+            for method in self.spec.methods:
+                if len(self.configs(method)) == 1:
+                    continue
+                for amount in self.amounts_of(method):
+                    config = chosen.get((method, amount.label))
+                    if config is not None:
+                        runs.append(RunKey(method, config, amount, seed))
+        return runs
+
+    def total_runs(self) -> int:
+        """How many runs the study trains (or reuses) in all."""
+        later = len([s for s in self.seeds if s not in self.select_seeds])
+        gridded = [m for m in self.spec.methods if len(self.configs(m)) > 1]
+        return len(self.selection_runs()) + later * sum(len(self.amounts_of(m)) for m in gridded)
+
+    def choose(self, records: list[RunRecord]) -> dict[tuple[str, str], int]:
+        """Per gridded method and amount, the configuration with the best mean validation DSC over
+        the selection seeds; only configurations whose selection runs all finished compete, and a
+        tie goes to the one listed first. The test split is never read here."""
+        chosen: dict[tuple[str, str], int] = {}
+        for method in self.spec.methods:
+            n = len(self.configs(method))
+            if n == 1:
+                continue
+            for amount in self.amounts_of(method):
+                best, best_score = None, -math.inf
+                for config in range(n):
+                    scores = [
+                        r.val_dice
+                        for r in records
+                        if (r.method, r.config, r.amount, r.status) == (method, config, amount.label, "done")
+                        and r.seed in self.select_seeds
+                    ]
+                    if len(scores) != len(self.select_seeds):
+                        continue
+                    score = sum(scores) / len(scores)
+                    if score > best_score:
+                        best, best_score = config, score
+                if best is not None:
+                    chosen[(method, amount.label)] = best
+        return chosen
+
+    def rule(self) -> str:
+        """The selection rule, as the report states it."""
+        seeds = ", ".join(map(str, self.select_seeds))
+        return (
+            "For each method with a grid and each labelled amount, the configuration with the highest "
+            f"mean best-validation DSC over seeds {seeds} (validation split only; ties to the first "
+            "listed) is chosen, then trained on the other seeds; the test split is read only for "
+            "this report."
+        )
+
+    # ------------------------------------------------------------------------------------- running
+
+    def run(self, jobs: int = 1, progress: Callable[[int, int, str], None] | None = None) -> list[RunRecord]:
+        """Train (or reuse, or resume) every run; returns their records, in plan order.
+
+        Args:
+            jobs: Runs at a time. On CUDA each running job gets its own GPU, round-robin.
+            progress: ``progress(done, total, description)``.
+        """
+        self.out.mkdir(parents=True, exist_ok=True)
+        total = self.total_runs()
+        done: list[RunRecord] = []
+
+        def report(record: RunRecord) -> None:
+            done.append(record)
+            if progress is not None:
+                progress(len(done), total, f"{self.spec.name}: {record.name} {record.status}")
+
+        if progress is not None:
+            progress(0, total, f"{self.spec.name}: starting")
+        first = _Runner(self, jobs).run(self.selection_runs(), report)
+        second = _Runner(self, jobs).run(self.evaluation_runs(self.choose(first)), report)
+        return first + second
+
+
+def _toml_literal(value: Any) -> str:
+    """A value as the right-hand side of a ``--set`` override."""
+    return dump_toml({"v": value}).strip().removeprefix("v = ")
+
+
+# --------------------------------------------------------------------------------------------------
+# Running the runs
+
+
+_LEFTOVERS = {"recipe.toml", "versions.json", "split.json", "metrics.csv", "tensorboard"}
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Linux: the child gets SIGTERM (and so checkpoints and stops) if the study is killed."""
+    import ctypes
+
+    libc = ctypes.CDLL(None)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+class _Runner:
+    """Runs ``mireg train`` subprocesses, at most ``jobs`` at a time, from one thread."""
+
+    def __init__(self, study: Study, jobs: int) -> None:
+        self.study = study
+        self.jobs = max(1, jobs)
+        self.threads = max(1, (os.cpu_count() or 1) // self.jobs)
+        self.gpus = _gpu_count() if (study.device or "").startswith("cuda") else 0
+
+    def _command(self, key: RunKey) -> list[str] | None:
+        """The ``mireg`` arguments that train or resume the run, or None if it is finished."""
+        study = self.study
+        run_dir = study.out / "runs" / key.name
+        recipe_file = study.out / "recipes" / f"{key.name}.toml"
+        raw = study.recipe(key)
+        text = dump_toml(raw)
+        if recipe_file.is_file() and recipe_file.read_text() != text:
+            raise MiregError(
+                f"{recipe_file}: the study file changed since this run was planned",
+                f"give the study a new name, or remove {study.out} to start it over",
+            )
+        atomic_write_text(recipe_file, text)
+        if (run_dir / "report.json").is_file():
+            return None
+        if (run_dir / "last.pt").is_file():
+            return ["train", "--resume", str(run_dir)]
+        if run_dir.exists():  # started, killed before its first checkpoint: nothing to keep
+            extra = {p.name for p in run_dir.iterdir()} - _LEFTOVERS
+            if extra:
+                raise MiregError(f"{run_dir}: holds {sorted(extra)} but no checkpoint; not touching it")
+            shutil.rmtree(run_dir)
+        return ["train", str(recipe_file)]
+
+    def run(self, keys: list[RunKey], report: Callable[[RunRecord], None]) -> list[RunRecord]:
+        records: dict[RunKey, RunRecord] = {}
+        queue = list(keys)
+        running: dict[RunKey, tuple[subprocess.Popen[bytes], int]] = {}
+        free_slots = list(range(self.jobs))
+        try:
+            while queue or running:
+                while queue and free_slots:
+                    key = queue.pop(0)
+                    command = self._command(key)
+                    if command is None:
+                        records[key] = _record(self.study, key, "done")
+                        report(records[key])
+                        continue
+                    slot = free_slots.pop(0)
+                    running[key] = (self._start(key, command, slot), slot)
+                for key, (proc, slot) in list(running.items()):
+                    code = proc.poll()
+                    if code is None:
+                        continue
+                    del running[key]
+                    free_slots.append(slot)
+                    status = "done" if code == 0 else ("interrupted" if code in (130, -2, -15) else "failed")
+                    records[key] = _record(self.study, key, status)
+                    report(records[key])
+                if running:
+                    time.sleep(0.2)
+        except BaseException:
+            for proc, _ in running.values():  # they checkpoint and stop; a rerun resumes them
+                proc.send_signal(signal.SIGTERM)
+            for proc, _ in running.values():
+                proc.wait()
+            raise
+        return [records[k] for k in keys]
+
+    def _start(self, key: RunKey, command: list[str], slot: int) -> subprocess.Popen[bytes]:
+        log = self.study.out / "logs" / f"{key.name}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "COLUMNS": "120"}
+        if self.gpus:
+            env["CUDA_VISIBLE_DEVICES"] = str(slot % self.gpus)
+        with open(log, "ab") as fh:
+            return subprocess.Popen(
+                [sys.executable, "-m", "mireg", *command],
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            )
+
+
+def _record(study: Study, key: RunKey, status: str) -> RunRecord:
+    """The run's record, read from its folder when it finished."""
+    run_dir = study.out / "runs" / key.name
+    log = study.out / "logs" / f"{key.name}.log"
+    record = RunRecord(key.name, key.method, key.config, key.amount.label, key.seed, status, log=str(log))
+    metrics = run_dir / "metrics.csv"
+    if status != "done":
+        return record
+    try:
+        with open(metrics, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        summary = json.loads((run_dir / "report.json").read_text())["summary"]
+        record.val_dice = max(float(r["val_dice/mean"]) for r in rows)
+        record.minutes = sum(float(r["seconds"]) for r in rows) / 60
+        record.test_dice = float(summary["dice"]["all"]["mean"]["mean"])
+        record.test_hd95 = float(summary["hd95"]["all"]["mean"]["mean"] or math.nan)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        record.status = "failed"
+        record.log = f"{log} ({run_dir}: unreadable results: {exc})"
+    return record
+
+
+def records_to_json(records: list[RunRecord]) -> list[dict[str, Any]]:
+    """Records as plain data (NaN as null)."""
+    return [
+        {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(r).items()}
+        for r in records
+    ]

@@ -1,0 +1,290 @@
+"""A study's report: per method and labelled amount, the test DSC and HD95 over seeds (mean, std,
+95 % interval), the paired difference to the baseline, the share of the partial-to-full gap, the
+configuration chosen on validation and what the runs cost. Written as ``study.md``, ``study.json``,
+``study.csv`` (one row per run) and ``study.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from mireg.files import atomic_write, atomic_write_text
+from mireg.report import markdown_table
+from mireg.stats import Estimate, PairedDifference, estimate, gap_share, paired_difference
+from mireg.study import RunRecord, Study, records_to_json
+
+__all__ = ["Row", "summarize_study", "write_study_report"]
+
+
+@dataclass
+class Row:
+    """One method at one labelled amount, its chosen configuration's runs over the seeds."""
+
+    method: str
+    amount: str
+    amount_text: str
+    config: int
+    settings: dict[str, Any]
+    seeds: list[int]
+    dice: Estimate | None
+    hd95: Estimate | None
+    val_dice: Estimate | None
+    versus_baseline: PairedDifference | None
+    gap: float
+    minutes_per_run: float
+    minutes_in_all: float  # every run of this method and amount, the grid's included
+    failed: list[str]  # log paths of runs that did not finish
+
+
+def summarize_study(study: Study, records: list[RunRecord]) -> list[Row]:
+    """The rows of the report (the configurations are those :meth:`Study.choose` picks)."""
+    chosen = study.choose(records)
+    spec = study.spec
+    rows: list[Row] = []
+    for method in spec.methods:
+        for amount in study.amounts_of(method):
+            config = chosen.get((method, amount.label), 0)
+            mine = [r for r in records if (r.method, r.amount) == (method, amount.label)]
+            picked = sorted((r for r in mine if r.config == config), key=lambda r: r.seed)
+            ok = [r for r in picked if r.status == "done"]
+            rows.append(
+                Row(
+                    method=method,
+                    amount=amount.label,
+                    amount_text=amount.text,
+                    config=config,
+                    settings=study.configs(method)[config],
+                    seeds=[r.seed for r in ok],
+                    dice=estimate([r.test_dice for r in ok]) if ok else None,
+                    hd95=_finite_estimate([r.test_hd95 for r in ok]),
+                    val_dice=estimate([r.val_dice for r in ok]) if ok else None,
+                    versus_baseline=None,
+                    gap=math.nan,
+                    minutes_per_run=_mean([r.minutes for r in ok]),
+                    minutes_in_all=sum(r.minutes for r in mine if r.status == "done"),
+                    failed=[r.log for r in mine if r.status != "done"],
+                )
+            )
+    by_key = {(row.method, row.amount): row for row in rows}
+    full = next((row for row in rows if row.method == spec.full), None)
+    for row in rows:
+        base = by_key.get((spec.baseline, row.amount))
+        if row.method in (spec.baseline, spec.full) or base is None:
+            continue
+        row.versus_baseline = _paired(records, row, base)
+        if full is not None and full.dice is not None and base.dice is not None and row.dice is not None:
+            row.gap = gap_share(row.dice.mean, base.dice.mean, full.dice.mean)
+    return rows
+
+
+def _mean(values: list[float]) -> float:
+    values = [v for v in values if not math.isnan(v)]
+    return sum(values) / len(values) if values else math.nan
+
+
+def _finite_estimate(values: list[float]) -> Estimate | None:
+    values = [v for v in values if not math.isnan(v)]
+    return estimate(values) if values else None
+
+
+def _paired(records: list[RunRecord], row: Row, base: Row) -> PairedDifference | None:
+    """Test DSC of ``row`` minus the baseline's, over the seeds both finished (same splits)."""
+
+    def dice_by_seed(r: Row) -> dict[int, float]:
+        return {
+            x.seed: x.test_dice
+            for x in records
+            if (x.method, x.amount, x.config, x.status) == (r.method, r.amount, r.config, "done")
+        }
+
+    mine, theirs = dice_by_seed(row), dice_by_seed(base)
+    seeds = sorted(set(mine) & set(theirs))
+    if not seeds:
+        return None
+    return paired_difference([mine[s] for s in seeds], [theirs[s] for s in seeds])
+
+
+# --------------------------------------------------------------------------------------------------
+# Writing
+
+
+def _pct(e: Estimate | None, scale: float = 100.0) -> str:
+    if e is None:
+        return "n/a"
+    text = f"{scale * e.mean:.1f} ± {scale * e.std:.1f}"
+    if e.n > 1:
+        text += f" [{scale * e.low:.1f}, {scale * e.high:.1f}]"
+    return text
+
+
+def _difference(d: PairedDifference | None) -> str:
+    if d is None:
+        return ""
+    e = d.difference
+    text = f"{100 * e.mean:+.1f}"
+    if e.n > 1:
+        text += f" [{100 * e.low:+.1f}, {100 * e.high:+.1f}]"
+    if not math.isnan(d.p_value):
+        text += f", p = {d.p_value:.2g}"
+    return text
+
+
+def _settings(settings: dict[str, Any]) -> str:
+    return ", ".join(f"{k} = {v}" for k, v in settings.items()) or "recipe as is"
+
+
+def markdown(study: Study, rows: list[Row]) -> str:
+    """``study.md``."""
+    spec = study.spec
+    header = [
+        "method",
+        "labelled",
+        "seeds",
+        "test DSC (%)",
+        "test HD95 (mm)",
+        f"Δ DSC vs {spec.baseline}",
+        "gap closed",
+        "val DSC (%)",
+        "chosen on validation",
+        "min / run",
+    ]
+    table = []
+    for row in rows:
+        gap = "" if row.method in (spec.baseline, spec.full) else _gap(row.gap)
+        table.append(
+            [
+                row.method,
+                row.amount_text,
+                str(len(row.seeds)),
+                _pct(row.dice),
+                _pct(row.hd95, 1.0),
+                _difference(row.versus_baseline),
+                gap,
+                _pct(row.val_dice),
+                _settings(row.settings),
+                "n/a" if math.isnan(row.minutes_per_run) else f"{row.minutes_per_run:.1f}",
+            ]
+        )
+    lines = [
+        f"# Study {spec.name}{' (quick preset)' if study.quick else ''}",
+        "",
+        markdown_table(header, table).rstrip("\n"),
+        "",
+        f"Seeds {', '.join(map(str, study.seeds))}; each seed draws the patient split, shared by every "
+        "method. Values are mean ± sample std over seeds [95 % t interval of the mean]. "
+        f"Δ DSC vs {spec.baseline}: the paired difference over the seeds both finished, with its "
+        "95 % interval and the two-sided paired t test's p."
+        + (
+            f" Gap closed: (method - {spec.baseline}) / ({spec.full} - {spec.baseline}) of the mean test DSC."
+            if spec.full is not None
+            else ""
+        ),
+        "",
+        f"Selection rule: {study.rule()}",
+        "",
+        "Cost: "
+        + "; ".join(f"{r.method} at {r.amount_text}: {r.minutes_in_all:.1f} min" for r in rows)
+        + " of training in all (grids included).",
+    ]
+    failed = [log for row in rows for log in row.failed]
+    if failed:
+        lines += ["", f"Runs that did not finish ({len(failed)}); their logs:", ""]
+        lines += [f"- {log}" for log in failed]
+    return "\n".join(lines) + "\n"
+
+
+def _gap(share: float) -> str:
+    return "n/a" if math.isnan(share) else f"{100 * share:.0f} %"
+
+
+def _csv(records: list[RunRecord]) -> str:
+    out = io.StringIO()
+    rows = records_to_json(records)
+    writer = csv.DictWriter(out, fieldnames=list(RunRecord.__dataclass_fields__))
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def _plain(value: Any) -> Any:
+    """JSON-able, with NaN as null."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def plot(study: Study, rows: list[Row], path: Path) -> None:
+    """DSC and HD95 against the labelled amount: mean and 95 % interval over seeds per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    spec = study.spec
+    amounts = [a.label for a in study.amounts]
+    x = {label: i for i, label in enumerate(amounts)}
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, metric, scale, unit in (
+        (axes[0], "dice", 100.0, "test DSC (%)"),
+        (axes[1], "hd95", 1.0, "test HD95 (mm)"),
+    ):
+        for method in spec.methods:
+            mine = [r for r in rows if r.method == method and getattr(r, metric) is not None]
+            if method == spec.full:
+                for r in mine:
+                    e = getattr(r, metric)
+                    ax.axhline(scale * e.mean, color="k", linestyle="--", label=f"{method} (all labels)")
+                    if e.n > 1:
+                        ax.axhspan(scale * e.low, scale * e.high, color="k", alpha=0.08)
+                continue
+            points = [(x[r.amount], getattr(r, metric)) for r in mine if r.amount in x]
+            if not points:
+                continue
+            xs = [p[0] for p in points]
+            means = [scale * p[1].mean for p in points]
+            errs = [
+                [scale * (p[1].mean - p[1].low) if p[1].n > 1 else 0.0 for p in points],
+                [scale * (p[1].high - p[1].mean) if p[1].n > 1 else 0.0 for p in points],
+            ]
+            ax.errorbar(xs, means, yerr=errs, marker="o", capsize=3, label=method)
+        ax.set_xticks(range(len(amounts)), [a.text for a in study.amounts])
+        ax.set_xlabel("labelled")
+        ax.set_ylabel(unit)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{spec.name}: mean and 95 % interval over {len(study.seeds)} seeds")
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110))
+    plt.close(fig)
+
+
+def write_study_report(study: Study, records: list[RunRecord]) -> list[Path]:
+    """Write ``study.md``, ``study.json``, ``study.csv`` and ``study.png`` into the study folder."""
+    rows = summarize_study(study, records)
+    out = study.out
+    data = {
+        "study": study.spec.model_dump(mode="json"),
+        "quick": study.quick,
+        "seeds": study.seeds,
+        "select_seeds": study.select_seeds,
+        "selection_rule": study.rule(),
+        "configurations": {m: study.configs(m) for m in study.spec.methods},
+        "rows": [_plain(asdict(row)) for row in rows],
+        "runs": records_to_json(records),
+    }
+    paths = [out / "study.md", out / "study.json", out / "study.csv", out / "study.png"]
+    atomic_write_text(paths[0], markdown(study, rows))
+    atomic_write_text(paths[1], json.dumps(data, indent=1) + "\n")
+    atomic_write_text(paths[2], _csv(records))
+    plot(study, rows, paths[3])
+    return paths

@@ -1,0 +1,232 @@
+"""``mireg study``: the plan, the validation-only choice, errors in study files, and whole studies on
+the CPU (a failed run reported while the rest completes; a killed study resumed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mireg.errors import RecipeError
+from mireg.recipe import dump_toml
+from mireg.study import RunKey, RunRecord, Study, load_study
+from mireg.study_report import summarize_study
+
+from .helpers import tiny_recipe
+
+
+def _recipes(folder: Path, epochs: int = 1, iterations: int = 2) -> None:
+    """Tiny partial / udaiic / full recipes, and one whose data cannot be found."""
+    regs = tiny_recipe(folder)["regularizers"]
+    for name, regularizers, ratio in (("partial", [], 0.5), ("udaiic", regs, 0.5), ("full", [], 1.0)):
+        raw = tiny_recipe(folder / "unused", name=name, regularizers=regularizers)
+        raw["data"]["labeled_ratio"] = ratio
+        raw["train"].update(epochs=epochs, iterations_per_epoch=iterations, log_every=1)
+        (folder / f"{name}.toml").write_text(dump_toml(raw))
+    broken = tiny_recipe(folder / "unused", name="broken")
+    broken["data"] = {
+        "name": "acdc",
+        "root": str(folder / "no-such-store"),
+        "val_patients": 2,
+        "test_patients": 2,
+    }
+    (folder / "broken.toml").write_text(dump_toml(broken))
+
+
+def _study_file(folder: Path, text: str) -> Path:
+    path = folder / "study.toml"
+    path.write_text(f'runs_dir = "{folder / "out"}"\n' + text)
+    return path
+
+
+GRID_STUDY = """
+name = "s"
+seeds = [1, 2, 3]
+select_seeds = [1, 2]
+labeled_ratios = [0.5]
+[methods.partial]
+recipe = "partial.toml"
+[methods.partial.grid]
+"optim.lr" = [1e-5, 3e-5]
+[methods.udaiic]
+recipe = "udaiic.toml"
+[methods.full]
+recipe = "full.toml"
+"""
+
+
+def _record(key: RunKey, val: float, test: float) -> RunRecord:
+    return RunRecord(
+        key.name, key.method, key.config, key.amount.label, key.seed, "done", val, test, 10.0, 1.0
+    )
+
+
+def test_the_plan_trains_every_configuration_on_the_selection_seeds_then_the_chosen_one(
+    tmp_path: Path,
+) -> None:
+    _recipes(tmp_path)
+    study = Study(load_study(_study_file(tmp_path, GRID_STUDY)), tmp_path / "study.toml")
+    study.check()
+    first = study.selection_runs()
+    assert [k.name for k in first if k.method == "partial"] == [
+        "partial-c0-50pct-s1",
+        "partial-c1-50pct-s1",
+        "partial-c0-50pct-s2",
+        "partial-c1-50pct-s2",
+    ]
+    assert [k.name for k in first if k.method != "partial"] == [
+        "udaiic-c0-50pct-s1",
+        "full-c0-all-s1",
+        "udaiic-c0-50pct-s2",
+        "full-c0-all-s2",
+        "udaiic-c0-50pct-s3",
+        "full-c0-all-s3",
+    ]
+    assert study.total_runs() == len(first) + 1  # the chosen configuration on seed 3
+    raw = study.recipe(first[1])
+    assert raw["optim"]["lr"] == 3e-5 and raw["seed"] == 1 and raw["name"] == "partial-c1-50pct-s1"
+    assert raw["data"]["labeled_ratio"] == 0.5 and raw["train"]["runs_dir"] == str(tmp_path / "out/s/runs")
+
+
+def test_the_study_chooses_on_validation_even_where_test_would_choose_otherwise(tmp_path: Path) -> None:
+    _recipes(tmp_path)
+    study = Study(load_study(_study_file(tmp_path, GRID_STUDY)), tmp_path / "study.toml")
+    keys = {k.name: k for k in study.selection_runs()}
+    records = [
+        # configuration 0: worse on validation, better on test
+        _record(keys["partial-c0-50pct-s1"], 0.70, 0.90),
+        _record(keys["partial-c0-50pct-s2"], 0.72, 0.92),
+        # configuration 1: better on validation, worse on test
+        _record(keys["partial-c1-50pct-s1"], 0.80, 0.60),
+        _record(keys["partial-c1-50pct-s2"], 0.82, 0.62),
+    ]
+    records += [_record(k, 0.8, 0.7) for name, k in keys.items() if not name.startswith("partial")]
+    chosen = study.choose(records)
+    assert chosen == {("partial", "50pct"): 1}
+    [later] = study.evaluation_runs(chosen)
+    assert later.name == "partial-c1-50pct-s3"
+    records.append(_record(later, 0.81, 0.61))
+    rows = {row.method: row for row in summarize_study(study, records)}
+    assert rows["partial"].config == 1 and rows["partial"].settings == {"optim.lr": 3e-5}
+    assert rows["partial"].seeds == [1, 2, 3] and rows["partial"].dice is not None
+    assert rows["partial"].dice.mean == pytest.approx(0.61)
+    assert rows["udaiic"].versus_baseline is not None
+    assert rows["udaiic"].versus_baseline.difference.mean == pytest.approx(0.7 - 0.61)
+    assert rows["udaiic"].gap == pytest.approx((0.7 - 0.61) / (0.7 - 0.61))
+
+
+def test_a_configuration_missing_a_selection_run_does_not_compete(tmp_path: Path) -> None:
+    _recipes(tmp_path)
+    study = Study(load_study(_study_file(tmp_path, GRID_STUDY)), tmp_path / "study.toml")
+    keys = {k.name: k for k in study.selection_runs()}
+    records = [
+        _record(keys["partial-c0-50pct-s1"], 0.5, 0.5),
+        _record(keys["partial-c0-50pct-s2"], 0.5, 0.5),
+        _record(keys["partial-c1-50pct-s1"], 0.9, 0.9),
+    ]
+    records.append(RunRecord("partial-c1-50pct-s2", "partial", 1, "50pct", 2, "failed"))
+    assert study.choose(records) == {("partial", "50pct"): 0}
+
+
+def test_bad_study_files_name_the_file_and_every_key(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    path = _study_file(
+        tmp_path,
+        'name = "s"\nseeds = [1]\nlabeled_ratios = [0.5]\nwieght = 1\n'
+        '[methods.partial]\nrecipe = "partial.toml"\nsett = []\n',
+    )
+    with pytest.raises(RecipeError) as info:
+        load_study(path)
+    assert info.value.message.startswith(f"{path}: 2 problems")
+    assert (
+        "wieght: unknown key" in info.value.message
+        and "methods.partial.sett: unknown key" in info.value.message
+    )
+    path = _study_file(
+        tmp_path,
+        'name = "s"\nseeds = [1, 1]\nlabeled_ratios = [0.5]\nbaseline = "nope"\n'
+        '[methods.partial]\nrecipe = "partial.toml"\n',
+    )
+    with pytest.raises(RecipeError, match="seeds has duplicates"):
+        load_study(path)
+    result = cli("study", path)
+    assert result.code == 1 and "seeds has duplicates" in result.err and "Traceback" not in result.err
+    # A configuration whose recipe is wrong fails before anything trains, naming method and key.
+    _recipes(tmp_path)
+    path = _study_file(tmp_path, GRID_STUDY.replace("[1e-5, 3e-5]", "[1e-5, -1.0]"))
+    result = cli("study", path)
+    assert result.code == 1 and "methods.partial (configuration 1)" in result.err
+    assert "optim.lr" in result.err and not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_a_whole_study_reports_a_failed_run_and_completes_the_rest(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    _recipes(tmp_path)
+    text = GRID_STUDY.replace("seeds = [1, 2, 3]", "seeds = [1, 2]").replace(
+        "select_seeds = [1, 2]", "select_seeds = [1]"
+    )
+    path = _study_file(tmp_path, text + '[methods.broken]\nrecipe = "broken.toml"\n')
+    result = cli("study", path, "--jobs", "2")
+    assert (
+        result.code == 1
+        and "2 of 9 runs did not finish: broken-c0-50pct-s1, broken-c0-50pct-s2" in result.err
+    )
+    out = tmp_path / "out" / "s"
+    md = (out / "study.md").read_text()
+    assert str(out / "logs" / "broken-c0-50pct-s1.log") in md
+    assert "data.root" in (out / "logs" / "broken-c0-50pct-s1.log").read_text()
+    data = json.loads((out / "study.json").read_text())
+    rows = {row["method"]: row for row in data["rows"]}
+    assert rows["partial"]["seeds"] == [1, 2] and rows["udaiic"]["seeds"] == [1, 2]
+    assert rows["full"]["amount"] == "all" and rows["broken"]["dice"] is None
+    assert "over seeds 1 (validation split only" in data["selection_rule"]
+    assert len((out / "study.csv").read_text().splitlines()) == 1 + 9
+    assert (out / "study.png").stat().st_size > 0
+    # Run again: the finished runs are reused as they are.
+    reports = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/report.json")}
+    assert len(reports) == 7
+    result = cli("study", path, "--jobs", "2")
+    assert result.code == 1
+    assert {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/report.json")} == reports
+
+
+def _wait_for(condition: Any, timeout: float = 240) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform != "linux", reason="runs are stopped with their study through Linux's prctl")
+def test_a_killed_study_continues_where_it_stopped(tmp_path: Path) -> None:
+    _recipes(tmp_path, epochs=3, iterations=30)
+    path = _study_file(
+        tmp_path,
+        'name = "s"\nseeds = [1, 2]\nlabeled_ratios = [0.5]\nfull = "partial"\n'
+        '[methods.partial]\nrecipe = "partial.toml"\n',
+    )
+    runs = tmp_path / "out" / "s" / "runs"
+    command = [sys.executable, "-m", "mireg", "study", str(path)]
+    env = {**os.environ, "COLUMNS": "200"}
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for(lambda: (runs / "partial-c0-all-s1" / "report.json").is_file())
+    first = (runs / "partial-c0-all-s1" / "report.json").stat().st_mtime_ns
+    _wait_for(lambda: (runs / "partial-c0-all-s2" / "last.pt").is_file())
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    log = tmp_path / "out" / "s" / "logs" / "partial-c0-all-s2.log"
+    _wait_for(lambda: "interrupted" in log.read_text(), timeout=120)  # the run saw its study die
+    assert not (runs / "partial-c0-all-s2" / "report.json").exists()
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert (runs / "partial-c0-all-s1" / "report.json").stat().st_mtime_ns == first
+    assert "resuming" in log.read_text()
+    rows = (runs / "partial-c0-all-s2" / "metrics.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3"]
