@@ -202,6 +202,9 @@ class StepContext:
         run_network: The function behind :meth:`forward` (set by the step that builds the context).
         reduction: How to reduce a batch statistic over the processes of the run (``sum`` and
             ``mean``, see :class:`~mireg.losses.Reduction`); a single process's by default.
+        generator: The run's random generator, on the training device, for a regulariser's own
+            random draws (strong augmentations, mixing boxes): it is checkpointed, so a resumed run
+            draws what an uninterrupted one would. ``None`` outside training.
     """
 
     logits_l: torch.Tensor
@@ -216,6 +219,7 @@ class StepContext:
     y_l: torch.Tensor
     run_network: Callable[[torch.Tensor, Sequence[str]], Forward]
     reduction: Reduction = SINGLE_PROCESS
+    generator: torch.Generator | None = None
 
     def forward(self, x: torch.Tensor, taps: Sequence[str] = ()) -> Forward:
         """Run the trained network on ``x`` ``(N, in_channels, H, W)``; gradients flow.
@@ -232,10 +236,20 @@ class StepContext:
 
 @dataclass
 class RegularizerOutput:
-    """A regulariser's unweighted loss and named extra values to log (scalars, kept on device)."""
+    """A regulariser's loss, which the loop multiplies by the recipe's weight, and named values to
+    log (scalars, kept on device).
+
+    Attributes:
+        loss: The regularisation loss (the loop adds ``weight * loss``).
+        logs: Extra values to log under ``<name>/<key>``.
+        unweighted: A loss the loop adds as it is, outside the weight: e.g. the supervised loss of
+            a second network the regulariser trains (cross pseudo supervision), which the
+            regularisation weight must not scale.
+    """
 
     loss: torch.Tensor
     logs: dict[str, torch.Tensor] = field(default_factory=dict)
+    unweighted: torch.Tensor | None = None
 
 
 # --------------------------------------------------------------------------------------------------

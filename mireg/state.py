@@ -189,7 +189,7 @@ class TrainedModel:
     """A network restored from a checkpoint (eval mode), with what is needed to apply it."""
 
     checkpoint: Checkpoint
-    model: Backbone
+    model: nn.Module
 
     @property
     def recipe(self) -> Recipe:
@@ -216,7 +216,8 @@ def load_trained(path: Path, device: torch.device) -> TrainedModel:
     """
     checkpoint = Checkpoint.read(path, device)
     try:
-        model, _ = build_network(checkpoint.recipe)
+        backbone, terms = build_network(checkpoint.recipe)
+        model = evaluation_model(backbone, terms)  # what "model" holds: e.g. a mean teacher's teacher
         model.load_state_dict(checkpoint.state["model"])
     except MiregError:
         raise

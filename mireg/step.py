@@ -104,6 +104,7 @@ def step_context(
     step: int,
     epoch: int,
     reduction: Reduction = SINGLE_PROCESS,
+    generator: torch.Generator | None = None,
 ) -> StepContext:
     """Run the network once on ``[x_l, x_u, T(x_u)]`` and split logits and features by group."""
     sizes = [len(x_l), len(x_u), len(x_u)]
@@ -114,7 +115,19 @@ def step_context(
         f_l, f_u, f_tu = value.split(sizes)
         split[name] = (f_l, f_u, f_tu)
     return StepContext(
-        logits_l, logits_u, logits_tu, split, transform, step, epoch, x_u, x_l, y_l, tapped.extra, reduction
+        logits_l,
+        logits_u,
+        logits_tu,
+        split,
+        transform,
+        step,
+        epoch,
+        x_u,
+        x_l,
+        y_l,
+        tapped.extra,
+        reduction,
+        generator,
     )
 
 
@@ -161,7 +174,9 @@ class TrainStep:
         x_l, y_l, x_u = x_l[part_l], y_l[part_l], x_u[part_u]
         transform = Transform(transform.flip_h[part_u], transform.flip_w[part_u])
         with self._autocast():
-            ctx = step_context(self.tapped, x_l, y_l, x_u, transform, state.step, state.epoch, self.reduction)
+            ctx = step_context(
+                self.tapped, x_l, y_l, x_u, transform, state.step, state.epoch, self.reduction, g
+            )
             sup = self.reduction.mean(F.cross_entropy(ctx.logits_l, y_l, reduction="none"))
             total = sup
             logs = {"sup": sup.detach()}
@@ -170,6 +185,9 @@ class TrainStep:
                 out = reg(ctx)
                 total = total + weight * rampup(epochs_done, rampup_epochs) * out.loss
                 logs[name] = out.loss.detach()
+                if out.unweighted is not None:
+                    total = total + out.unweighted
+                    logs[f"{name}/unweighted"] = out.unweighted.detach()
                 logs.update({f"{name}/{k}": v for k, v in out.logs.items()})
         logs = {"total": total.detach(), **logs}
         state.optimizer.zero_grad(set_to_none=True)

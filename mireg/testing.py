@@ -67,7 +67,7 @@ def step_context(
     x_u = torch.rand(n_unlabeled, c, size, size, generator=g)
     t = Transform.draw(n_unlabeled, g, torch.device("cpu"))
     y_l = torch.randint(backbone.num_classes, (n_labeled, size, size), generator=g)
-    return build_step_context(TappedNetwork(backbone, taps), x_l, y_l, x_u, t, step=0, epoch=0)
+    return build_step_context(TappedNetwork(backbone, taps), x_l, y_l, x_u, t, step=0, epoch=0, generator=g)
 
 
 def check_backbone(config: BackboneConfig, size: int = 64, batch: int = 2) -> Backbone:
