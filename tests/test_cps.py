@@ -1,0 +1,96 @@
+"""Cross pseudo supervision: the loss, detached hard labels, the second network's training,
+checkpointing and exact resume, and the evaluated network."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mireg.backbones.unet import UNetConfig
+from mireg.build import Term, build_network, load_data
+from mireg.recipe import validate_recipe
+from mireg.regularizers.cps import CPSConfig, CrossPseudoSupervision, MeanOfTwo
+from mireg.runtime import Runtime
+from mireg.state import DataInfo, TrainState
+from mireg.step import TrainStep
+from mireg.testing import check_regularizer, step_context
+
+from .helpers import tiny_recipe
+
+
+@pytest.mark.parametrize("evaluate", ["first", "mean"])
+def test_cps_obeys_the_contract(evaluate: str) -> None:
+    check_regularizer(CPSConfig(name="cps", weight=1.5, evaluate=evaluate))  # type: ignore[arg-type]
+
+
+def test_each_network_learns_from_the_others_detached_hard_labels() -> None:
+    torch.manual_seed(0)
+    net = UNetConfig(name="unet", num_classes=3, base_channels=4).create()
+    cps = CPSConfig(name="cps", weight=1.0).build(net)
+    ctx = step_context(net, n_labeled=2, n_unlabeled=3, size=32)
+    out = cps(ctx)
+    x = torch.cat([ctx.x_l, ctx.x_u])
+    f, g = torch.cat([ctx.logits_l, ctx.logits_u]), cps.other(x).float()
+    expected = F.cross_entropy(f, g.argmax(1)) + F.cross_entropy(g, f.argmax(1))
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert out.unweighted is not None
+    assert out.unweighted.item() == pytest.approx(F.cross_entropy(g[:2], ctx.y_l).item(), rel=1e-6)
+    # The second network's gradient comes only from the terms where it predicts: its loss against
+    # f's hard labels and its own supervised loss, never through f's pseudo-label side.
+    (out.loss + out.unweighted).backward()
+    mine = {n: p.grad.clone() for n, p in cps.other.named_parameters() if p.grad is not None}
+    cps.other.zero_grad()
+    g = cps.other(x).float()
+    (F.cross_entropy(g, f.argmax(1).detach()) + F.cross_entropy(g[:2], ctx.y_l)).backward()
+    for name, p in cps.other.named_parameters():
+        assert p.grad is not None
+        torch.testing.assert_close(mine[name], p.grad, rtol=1e-5, atol=1e-7)
+
+
+def _state(tmp_path: Path, evaluate: str = "first") -> tuple[TrainState, TrainStep]:
+    recipe = validate_recipe(tiny_recipe(tmp_path / "runs", regularizers=[]), "tiny")
+    runtime = Runtime.start("cpu")
+    torch.manual_seed(recipe.seed)
+    data = load_data(recipe, runtime.device)
+    model, terms = build_network(recipe)
+    terms.append(Term("cps", 1.5, 0.0, CrossPseudoSupervision(model, evaluate)))  # type: ignore[arg-type]
+    info = DataInfo(data.store.classes, data.store.spacing, data.store.canvas)
+    state = TrainState.create(recipe, info, model, terms, runtime.device)
+    return state, TrainStep(state, data, runtime, torch.contiguous_format)
+
+
+def test_the_second_network_is_optimised_checkpointed_and_resumes_exactly(tmp_path: Path) -> None:
+    state, step = _state(tmp_path)
+    other = state.terms[-1].regularizer.other  # type: ignore[union-attr]
+    before = [p.detach().clone() for p in other.parameters()]
+    for _ in range(2):
+        logs = step()
+        assert logs is not None and torch.isfinite(logs["total"]) and "cps/unweighted" in logs
+    assert any(not torch.equal(a, b) for a, b in zip(before, other.parameters(), strict=True))
+    saved = copy.deepcopy(state.state_dict())  # as saved to disk: not the live tensors
+    assert any(k.startswith("other.") for k in saved["regularizers"][-1])
+    reference = step()
+    assert reference is not None
+    resumed_state, resumed_step = _state(tmp_path)
+    resumed_state.load_state_dict(saved)
+    logs = resumed_step()
+    assert logs is not None and logs.keys() == reference.keys()
+    for key, value in reference.items():
+        assert torch.equal(logs[key], value), key
+
+
+def test_the_mean_of_both_networks_can_be_the_evaluated_model(tmp_path: Path) -> None:
+    state, _ = _state(tmp_path, evaluate="mean")
+    evaluated = state.eval_model
+    assert isinstance(evaluated, MeanOfTwo)
+    saved = state.state_dict()
+    assert {k.split(".")[0] for k in saved["model"]} == {"first", "second"} and "student" in saved
+    x = torch.rand(2, 1, 32, 32)
+    evaluated.eval()
+    with torch.no_grad():
+        p = (state.model(x).softmax(1) + state.terms[-1].regularizer.other(x).softmax(1)) / 2  # type: ignore[operator]
+        torch.testing.assert_close(evaluated(x).exp(), p, rtol=1e-5, atol=1e-6)
