@@ -27,21 +27,22 @@ The weak view is the unlabelled batch as the training augmentation made it, ``x_
   (``StepContext.forward``). Both sums run over the global batch (``StepContext.reduction``).
 * Logged: ``confident``, the share of the weak view's pixels with ``c >= threshold``.
 
-Defaults: ``threshold = 0.95`` and the recipe weight 1 are FixMatch's (``tau = 0.95`` and
-``lambda_u = 1`` in all the paper's experiments). The strong augmentation replaces FixMatch's RandAugment /
-CTAugment + Cutout (made for natural-image classification) by the intensity, blur and CutMix
-augmentation UniMatch uses for its FixMatch baseline on ACDC (LiheYoung/UniMatch,
-``more-scenarios/medical/dataset/acdc.py`` lines 59-62: ColorJitter(brightness 0.5, contrast 0.5)
-with p 0.8, blur with p 0.5, CutMix box with p 0.5; ``dataset/transform.py`` lines 25-50 for the
-blur widths and box sizes). Two differences from the paper's loss: FixMatch divides the sum of
-confident terms by the number of all unlabelled items (unconfident ones count as 0), here by the
-number of confident pixels; and the CutMix partner is the batch rolled by one sample, not a second
-unlabelled batch.
+Defaults: ``threshold = 0.95`` and the recipe weight 1 are FixMatch's ``tau = 0.95`` and
+``lambda_u = 1`` (the authors' code, github.com/google-research/fixmatch at d4985a1, ``fixmatch.py``
+lines 165 and 167; the mask is ``max p >= tau``, line 116). The strong augmentation replaces
+FixMatch's RandAugment / CTAugment + Cutout (made for natural-image classification) by the
+intensity, blur and CutMix augmentation UniMatch uses for ACDC (github.com/LiheYoung/UniMatch at
+0324f3d, ``more-scenarios/medical/dataset/acdc.py`` lines 59-62: ColorJitter(brightness 0.5,
+contrast 0.5) with p 0.8, blur with p 0.5, a CutMix box with p 0.5; ``dataset/transform.py`` lines
+25-50 for the blur widths and box sizes). FixMatch averages the masked terms over all unlabelled
+items, unconfident ones counting 0 (``fixmatch.py`` line 118); here the mean runs over the
+confident pixels only. UniMatch's code takes the CutMix partner from a second unlabelled batch;
+here it is the batch rolled by one sample.
 
 Every random draw uses the run's generator (``StepContext.generator``), so a resumed run draws
 what an uninterrupted one would. Under multi-process training each process augments its own shard
 (the rolled partner is a sample of the same shard) and draws as many numbers as the others, so the
-processes' generators stay in step.
+processes' generators stay in step; the shards therefore get the same draws.
 """
 
 from __future__ import annotations

@@ -53,6 +53,9 @@ Where this differs from the medical code:
 * CutMix boxes have a log-uniform aspect ratio in [0.3, 1/0.3] (the code: uniform,
   ``dataset/transform.py`` 39); the jitter is brightness then contrast (ColorJitter's saturation
   and hue do nothing to grayscale images).
+
+Random draws (views, dropout masks) come from the run's generator, per shard under multi-process
+training, as in :mod:`mireg.regularizers.fixmatch`.
 """
 
 from __future__ import annotations
