@@ -38,7 +38,9 @@ class MeanOfTwo(nn.Module):
         self.first, self.second = first, second
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        p = (self.first(x).float().softmax(dim=1) + self.second(x).float().softmax(dim=1)) / 2
+        first: torch.Tensor = self.first(x)
+        second: torch.Tensor = self.second(x)
+        p = (first.float().softmax(dim=1) + second.float().softmax(dim=1)) / 2
         return p.clamp_min(1e-12).log()
 
 
