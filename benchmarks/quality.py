@@ -16,7 +16,7 @@ from pathlib import Path
 
 from mireg.errors import MiregError
 from mireg.study import MethodSpec, Study, StudySpec
-from mireg.study_report import write_study_report
+from mireg.study_report import summarize_study, write_study_report
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -58,7 +58,7 @@ def main() -> None:
         study = Study(spec, Path(__file__))
         study.check()
         records = study.run(args.jobs)
-        paths = write_study_report(study, records)
+        paths = write_study_report(study, records, summarize_study(study, records))
     except MiregError as exc:
         raise SystemExit(f"error: {exc}") from None
     print(paths[0].read_text())

@@ -6,7 +6,6 @@ to stderr and exits 1; bad usage exits 2 (Typer); anything else is a bug and kee
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 import sys
@@ -444,7 +443,7 @@ def study(
     """
     from mireg.runtime import resolve_device
     from mireg.study import Study, load_study
-    from mireg.study_report import summarize_study, write_study_report
+    from mireg.study_report import overview, summarize_study, write_study_report
 
     spec = load_study(study_file)
     if device is not None:
@@ -465,19 +464,9 @@ def study(
             bar.update(task, completed=done, total=total, info=escape(description))
 
         records = plan.run(jobs, progress)
-    paths = write_study_report(plan, records)
     rows = summarize_study(plan, records)
-    header = ["method", "labelled", "seeds", "test DSC (%)", "gap closed"]
-    table = [
-        [
-            r.method,
-            r.amount_text,
-            str(len(r.seeds)),
-            "n/a" if r.dice is None else f"{100 * r.dice.mean:.1f} ± {100 * r.dice.std:.1f}",
-            "" if math.isnan(r.gap) else f"{100 * r.gap:.0f} %",
-        ]
-        for r in rows
-    ]
+    paths = write_study_report(plan, records, rows)
+    header, table = overview(plan, rows)
     console.print(_plain_table(header, table, f"study {spec.name}: test set (details in study.md)"))
     console.print(f"report: {', '.join(str(p) for p in paths)}")
     failed = [r for r in records if r.status != "done"]

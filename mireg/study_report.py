@@ -19,7 +19,7 @@ from mireg.report import markdown_table
 from mireg.stats import Estimate, PairedDifference, estimate, gap_share, paired_difference
 from mireg.study import RunRecord, Study, records_to_json
 
-__all__ = ["Row", "summarize_study", "write_study_report"]
+__all__ = ["Row", "overview", "summarize_study", "write_study_report"]
 
 
 @dataclass
@@ -268,9 +268,31 @@ def plot(study: Study, rows: list[Row], path: Path) -> None:
     plt.close(fig)
 
 
-def write_study_report(study: Study, records: list[RunRecord]) -> list[Path]:
-    """Write ``study.md``, ``study.json``, ``study.csv`` and ``study.png`` into the study folder."""
-    rows = summarize_study(study, records)
+def overview(study: Study, rows: list[Row]) -> tuple[list[str], list[list[str]]]:
+    """The short table a terminal shows: test DSC (mean ± std over seeds) and the gap closed."""
+    spec = study.spec
+    header = ["method", "labelled", "seeds", "test DSC (%)", "gap closed"]
+    table = [
+        [
+            row.method,
+            row.amount_text,
+            str(len(row.seeds)),
+            "n/a" if row.dice is None else f"{100 * row.dice.mean:.1f} ± {100 * row.dice.std:.1f}",
+            "" if row.method in (spec.baseline, spec.full) else _gap(row.gap),
+        ]
+        for row in rows
+    ]
+    return header, table
+
+
+def write_study_report(study: Study, records: list[RunRecord], rows: list[Row]) -> list[Path]:
+    """Write ``study.md``, ``study.json``, ``study.csv`` and ``study.png`` into the study folder.
+
+    Args:
+        study: The study.
+        records: Every run's record.
+        rows: ``summarize_study(study, records)``.
+    """
     out = study.out
     data = {
         "study": study.spec.model_dump(mode="json"),
