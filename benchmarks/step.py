@@ -20,7 +20,6 @@ import argparse
 import json
 import math
 import resource
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,8 +28,10 @@ import torch.nn.functional as F
 
 from mireg.host_memory import keep_freed_memory
 from mireg.losses import local_mi_loss
+from mireg.progress import Observer
 from mireg.recipe import load_recipe
-from mireg.train import Trainer, resolve_device
+from mireg.runtime import resolve_device
+from mireg.train import Trainer
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
@@ -59,19 +60,19 @@ def time_steps(args: argparse.Namespace, device: torch.device, kept: bool) -> di
         f"train.compile={str(args.compile).lower()}",
     ]
     recipe = load_recipe(RECIPES / f"acdc_{args.method}.toml", overrides)
-    with tempfile.TemporaryDirectory() as run_dir:
-        trainer = Trainer(recipe, Path(run_dir))
-        trainer.setup()
-        for _ in range(args.warmup):
-            trainer.train_step()
-        _sync(device)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        start = time.perf_counter()
-        for _ in range(args.steps):
-            trainer.train_step()
-        _sync(device)
-        seconds = (time.perf_counter() - start) / args.steps
+    trainer = Trainer(recipe, observer=Observer())
+    trainer.setup()
+    trainer.state.model.train()
+    for _ in range(args.warmup):
+        trainer.step()
+    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        trainer.step()
+    _sync(device)
+    seconds = (time.perf_counter() - start) / args.steps
     images = args.labeled_batch + 2 * args.unlabeled_batch
     return {
         "method": args.method,
@@ -154,7 +155,8 @@ def main() -> None:
     parser.add_argument(
         "--method",
         default="udaiic",
-        choices=["partial", "full", "uda", "iic", "udaiic", "entmin", "meanteacher", "midl"],
+        choices=sorted(path.stem.removeprefix("acdc_") for path in RECIPES.glob("acdc_*.toml")),
+        help="the method of recipes/acdc_METHOD.toml",
     )
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--labeled-batch", type=int, default=4)
