@@ -61,20 +61,22 @@ def segment(model: nn.Module, images: torch.Tensor, batch: int, precision: str =
     return torch.cat(out)
 
 
+def _device(model: nn.Module) -> torch.device:
+    return next(iter(model.parameters())).device
+
+
 def _predictions(
-    model: nn.Module,
-    store: VolumeStore,
-    images: torch.Tensor,
-    patients: Sequence[str],
-    batch: int,
-    precision: str,
-) -> Iterator[tuple[VolumeInfo, torch.Tensor]]:
-    """Yield ``(volume, predicted labels (Z, H, W))`` for the labelled volumes of ``patients``."""
+    model: nn.Module, store: VolumeStore, patients: Sequence[str], batch: int, precision: str
+) -> Iterator[tuple[VolumeInfo, torch.Tensor, torch.Tensor]]:
+    """Yield ``(volume, its images (Z, H, W), predicted labels (Z, H, W))`` on the model's device for
+    the labelled volumes of ``patients``, reading one volume at a time from the store."""
+    device = _device(model)
     was_training = model.training
     model.eval()
     try:
         for v in store.volumes_of(patients):
-            yield v, segment(model, images[v.start : v.stop], batch, precision).argmax(dim=1)
+            images = torch.from_numpy(store.volume_images(v)).to(device)
+            yield v, images, segment(model, images, batch, precision).argmax(dim=1)
     finally:
         model.train(was_training)
 
@@ -82,16 +84,17 @@ def _predictions(
 def validation_dice(
     model: nn.Module,
     store: VolumeStore,
-    images: torch.Tensor,
-    labels: torch.Tensor,
     patients: Sequence[str],
     batch: int,
     precision: str = "fp32",
 ) -> dict[str, float]:
-    """Mean 3D DSC per structure, and their mean, over the volumes of ``patients`` (on the device)."""
+    """Mean 3D DSC per structure, and their mean, over the volumes of ``patients`` (on the model's
+    device)."""
     rows = [
-        dice_per_class(pred, labels[v.start : v.stop].long(), len(store.classes))
-        for v, pred in _predictions(model, store, images, patients, batch, precision)
+        dice_per_class(
+            pred, torch.from_numpy(store.volume_labels(v)).to(pred.device).long(), len(store.classes)
+        )
+        for v, _, pred in _predictions(model, store, patients, batch, precision)
     ]
     if not rows:
         return {}
@@ -114,8 +117,6 @@ class VolumeResult:
 def evaluate_volumes(
     model: nn.Module,
     store: VolumeStore,
-    images: torch.Tensor,
-    labels: torch.Tensor,
     patients: Sequence[str],
     batch: int,
     precision: str = "fp32",
@@ -125,9 +126,7 @@ def evaluate_volumes(
 
     Args:
         model: The network (switched to eval mode here, and back after).
-        store: The store describing the volumes.
-        images: The store's images as a tensor on the model's device.
-        labels: The store's labels, same device.
+        store: The store (read one volume at a time).
         patients: Patient ids to evaluate.
         batch: Slices per forward pass.
         precision: ``fp32`` or ``bf16``.
@@ -135,9 +134,9 @@ def evaluate_volumes(
             ``(Z, H, W)`` arrays, e.g. to draw overlays.
     """
     results = []
-    for v, pred in _predictions(model, store, images, patients, batch, precision):
+    for v, images, pred in _predictions(model, store, patients, batch, precision):
         pred_np = pred.cpu().numpy()
-        gt_np = labels[v.start : v.stop].cpu().numpy()
+        gt_np = np.asarray(store.volume_labels(v))
         spacing = (v.spacing[2], store.spacing, store.spacing)  # (Z, H, W) of the canvas grid
         metrics = {
             name: class_metrics(pred_np == k, gt_np == k, spacing)
@@ -146,7 +145,7 @@ def evaluate_volumes(
         }
         results.append(VolumeResult(v.id, v.patient, v.phase, metrics))
         if on_volume is not None:
-            on_volume(v, images[v.start : v.stop].float().cpu().numpy(), pred_np, gt_np)
+            on_volume(v, images.float().cpu().numpy(), pred_np, gt_np)
     return results
 
 
@@ -216,7 +215,7 @@ def evaluate_run(
     split: str = "test",
     checkpoint: str = "best",
     device: torch.device | None = None,
-    data: tuple[VolumeStore, torch.Tensor, torch.Tensor] | None = None,
+    store: VolumeStore | None = None,
     progress: Progress | None = None,
     on_volume: Callable[[VolumeInfo, np.ndarray, np.ndarray, np.ndarray], None] | None = None,
 ) -> tuple[dict[str, Any], list[Path]]:
@@ -230,7 +229,7 @@ def evaluate_run(
         split: ``test`` or ``validation``.
         checkpoint: ``best``, ``last`` or a ``.pt`` file name of the run.
         device: Where to evaluate (default: CUDA when available).
-        data: The store and its image and label tensors on ``device``, when already loaded.
+        store: The run's store, when already open.
         progress: Progress of loading or generating the store, then of the volumes evaluated.
         on_volume: Called for each volume (see :func:`~mireg.evaluate.evaluate_volumes`).
 
@@ -239,11 +238,8 @@ def evaluate_run(
     """
     device = device or resolve_device("auto")
     trained = load_trained(run.checkpoint(checkpoint), device)
-    if data is None:
+    if store is None:
         store = trained.recipe.data.load(progress)
-        images, labels = store.tensors(device)
-    else:
-        store, images, labels = data
     patients = getattr(run.split(), split)
     total = len(store.volumes_of(patients))
     done = 0
@@ -259,8 +255,6 @@ def evaluate_run(
     results = evaluate_volumes(
         trained.model,
         store,
-        images,
-        labels,
         patients,
         trained.recipe.train.eval_batch,
         trained.recipe.train.precision,

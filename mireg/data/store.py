@@ -137,6 +137,24 @@ class VolumeStore:
         ]
         return np.concatenate(ranges) if ranges else np.zeros(0, dtype=np.int64)
 
+    def volume_images(self, volume: VolumeInfo) -> np.ndarray:
+        """The ``(Z, canvas, canvas)`` float16 slices of one volume (read from the memory map)."""
+        return np.asarray(self.images[volume.start : volume.stop])
+
+    def volume_labels(self, volume: VolumeInfo) -> np.ndarray:
+        """The ``(Z, canvas, canvas)`` uint8 label slices of one labelled volume."""
+        if not volume.labeled:
+            raise ValueError(f"volume {volume.id} has no label map")
+        return np.asarray(self.labels[volume.start : volume.stop])
+
+    def label_rows(self) -> np.ndarray:
+        """Per slice of ``images``, the row of ``labels`` holding its label map (-1: unlabelled)."""
+        rows = np.full(self.images.shape[0], -1, dtype=np.int64)
+        for v in self.volumes:
+            if v.labeled:
+                rows[v.start : v.stop] = np.arange(v.start, v.stop)
+        return rows
+
     def tensors(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Images (float16) and labels (uint8) as tensors on ``device``.
 
