@@ -462,6 +462,9 @@ def study(
 
         def progress(done: int, total: int, description: str) -> None:
             bar.update(task, completed=done, total=total, info=escape(description))
+            if not console.is_terminal:  # a log file gets one line per finished run instead of a bar
+                elapsed = bar.tasks[task].elapsed or 0.0
+                console.print(f"[{done}/{total}] {escape(description)} ({elapsed / 60:.0f} min)")
 
         records = plan.run(jobs, progress)
     rows = summarize_study(plan, records)
