@@ -67,6 +67,13 @@ def bench(session: nox.Session) -> None:
 
 
 @nox.session
+def gpu(session: nox.Session) -> None:
+    """Everything measured only on a GPU (step timings, data paths, loss curve) into gpu.json."""
+    session.install("-e", ".")
+    session.run("python", "benchmarks/gpu.py", *session.posargs)
+
+
+@nox.session
 def quality(session: nox.Session) -> None:
     """The semi-supervised gain on the synthetic cohort: `mireg study recipes/studies/phantom.toml`
     (hours on a CPU, resumable; `nox -s quality -- --quick` for a check in minutes)."""
