@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import nullcontext
+from contextlib import closing, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -168,7 +168,7 @@ class Trainer:
         cfg, state = self.recipe.train, self.state
         main = self.runtime.is_main
         log_file = run.metrics_log(keep_epochs=state.epoch) if main else nullcontext()
-        with log_file as log:
+        with log_file as log, closing(self.step.feed):  # the feed's reading thread stops either way
             while state.epoch < cfg.epochs:
                 lr = lr_at_epoch(state.epoch, cfg.epochs, self.recipe.optim)
                 for group in state.optimizer.param_groups:
@@ -198,7 +198,6 @@ class Trainer:
                         save_checkpoint(checkpoint, run.file("best.pt"))
                     save_checkpoint(checkpoint, run.file("last.pt"))
                 self.obs.epoch_end(row)
-        self.step.feed.close()
         if not main:
             return {}
         plot_curves(run.file(RunDir.METRICS), run.file(RunDir.CURVES))
