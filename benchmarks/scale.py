@@ -236,10 +236,7 @@ def main() -> None:
     parser.add_argument("--build-pool", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--scans", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.build_pool is not None:  # the child process of the pool measurement
-        from mireg.host_memory import keep_freed_memory
-
-        keep_freed_memory()  # as `mireg preprocess` does
+    if args.build_pool is not None:  # the pool measurement's child (malloc's defaults, as in preprocess)
         build(args.build_pool, args.scans, 1, args.side, args.depth)
         return
     if args.scratch is None:

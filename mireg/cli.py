@@ -522,9 +522,16 @@ def _rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+#: Commands that run the network over and over: they keep freed host memory mapped, so that CPU
+#: steps reuse freed pages instead of faulting in new ones. Others (preprocess) keep malloc's
+#: defaults, which hand each volume's memory back: their peak stays that of one volume.
+_KEEPING_FREED_MEMORY = {"train", "eval", "predict"}
+
+
 def main() -> None:
     """Entry point of the ``mireg`` script: the single error boundary."""
-    host_memory.keep_freed_memory()  # CPU steps reuse freed pages instead of faulting in new ones
+    if sys.argv[1:2] and sys.argv[1] in _KEEPING_FREED_MEMORY:
+        host_memory.keep_freed_memory()
     try:
         app()
     except RunInterrupted as exc:
