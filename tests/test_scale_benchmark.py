@@ -37,6 +37,7 @@ def test_the_scale_benchmark_measures_preprocessing_streaming_and_reading(
     scan_gb = 32 * 32 * 4 * 2 / 2**30  # float16
     assert rows["pool"]["scans"] == 263 and 262 * scan_gb < 0.002 <= 263 * scan_gb
     assert rows["pool"]["peak_rss_mb"] > 0
-    assert rows["steps"]["ms_per_step_streamed_pool"] > 0 and rows["steps"]["streamed_over_resident"] > 0
+    steps = rows["steps"]
+    assert len(steps["ms_per_step_streamed_pool"]) == 2 and steps["streamed_over_resident"] > 0
     assert rows["gather"]["ms_memory_map"] >= 0
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # the stores are removed
