@@ -17,7 +17,9 @@ def test_folders_give_their_nifti_files_without_resource_forks(tmp_path: Path) -
         (scans / name).write_bytes(b"x")
     single = tmp_path / "c.nii.gz"
     single.write_bytes(b"x")
-    assert collect_inputs([scans, single]) == [scans / "a.nii.gz", scans / "b.nii", single]
+    found = collect_inputs([scans, single])
+    assert [scan.path for scan in found] == [scans / "a.nii.gz", scans / "b.nii", single]
+    assert [scan.name for scan in found] == ["a", "b", "c"] and not any(scan.is_dicom for scan in found)
 
 
 def test_bad_inputs_are_errors_naming_them(tmp_path: Path) -> None:
