@@ -81,7 +81,8 @@ def network_function(model: nn.Module, precision: str = "fp32") -> Network:
 
     @torch.no_grad()
     def run(x: np.ndarray) -> np.ndarray:
-        out: np.ndarray = logits(model, torch.from_numpy(x).to(device), precision).cpu().numpy()
+        batch = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device)
+        out: np.ndarray = logits(model, batch, precision).cpu().numpy()
         return out
 
     return run

@@ -102,7 +102,9 @@ def normalize_intensity(
     lo, hi = np.percentile(volume, [low, high])
     if hi <= lo:
         return np.zeros_like(volume)
-    scaled: np.ndarray = (np.clip(volume, lo, hi) - lo) / (hi - lo)
+    scaled: np.ndarray = ((np.clip(volume, lo, hi) - lo) / (hi - lo)).astype(
+        np.float32
+    )  # computed in float64
     return scaled
 
 
