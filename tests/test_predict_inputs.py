@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -37,3 +38,14 @@ def test_bad_inputs_are_errors_naming_them(tmp_path: Path) -> None:
         (tmp_path / sub / "same.nii").write_bytes(b"x")
     with pytest.raises(DataError, match="two inputs share the output name 'same.nii'"):
         collect_inputs([tmp_path / "x", tmp_path / "y"])
+
+
+def test_a_dicom_folder_without_the_clinic_extra_says_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "pydicom", None)  # importing it now fails, as when not installed
+    (tmp_path / "series").mkdir()
+    (tmp_path / "series" / "IM0001").write_bytes(b"x")
+    with pytest.raises(DataError, match="reading DICOM needs pydicom") as info:
+        collect_inputs([tmp_path / "series"])
+    assert info.value.hint is not None and "mireg[clinic]" in info.value.hint
