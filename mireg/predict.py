@@ -9,8 +9,8 @@ without torch.
 Outputs are named after their input: ``scan.nii.gz`` -> ``OUT/scan.nii.gz``; the DICOM folder
 ``case7/`` -> ``OUT/case7.dcm`` (SEG) or ``OUT/case7.nii.gz``; probabilities go to
 ``OUT/<name>_probabilities.nii.gz`` (``(X, Y, Z, C)`` float32 on the scan's grid). Every input is
-found and checked (DICOM headers and geometry included) before the first prediction, and every file
-is written atomically.
+found, and every DICOM series' headers and geometry checked, before the first prediction; every
+file is written atomically.
 """
 
 from __future__ import annotations
@@ -233,11 +233,10 @@ def predict_scans(
     for i, (scan, fmt) in enumerate(zip(scans, formats, strict=True)):
         if scan.is_dicom:
             datasets = scan.series.datasets()
-            image, affine = scan.series.volume(datasets), scan.series.affine
-            spacing = scan.series.spacing
-            reference = nib.Nifti1Image(np.zeros((1, 1, 1), np.uint8), affine)
+            image, spacing = scan.series.volume(datasets), scan.series.spacing
+            reference = nib.Nifti1Image(np.zeros((1, 1, 1), np.uint8), scan.series.affine)  # geometry only
         else:
-            image, affine, spacing = read_volume(scan.path)
+            image, _, spacing = read_volume(scan.path)
             loaded = nib.load(str(scan.path))
             assert isinstance(loaded, nib.Nifti1Image)  # read_volume checked it
             reference = loaded
@@ -248,7 +247,6 @@ def predict_scans(
             from mireg.data.dicom_seg import write_segmentation
 
             out = out_dir / f"{scan.name}.dcm"
-            out_dir.mkdir(parents=True, exist_ok=True)
             write_segmentation(
                 out,
                 result.labels,

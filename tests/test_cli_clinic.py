@@ -230,6 +230,7 @@ def test_a_changed_onnx_file_or_card_is_refused(workdir: Path, capsys: pytest.Ca
     assert "model.json: preprocessing.canvas:" in err and not (copy / "out").exists()
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")  # LibTorch still loads it
 def test_torchscript_export_computes_the_same_logits(workdir: Path) -> None:
     import torch
 
