@@ -55,7 +55,8 @@ def cluster_scores(
     cpu = torch.device("cpu")
     on_cpu = saved.recipe.train.model_copy(update={"device": "cpu"})
     recipe = saved.recipe.model_copy(update={"train": on_cpu})
-    data = load_data(recipe, cpu)
+    data = load_data(recipe)
+    store = data.store
     model, terms = build_network(recipe)
     state = TrainState.create(recipe, saved.data, model, terms, cpu)
     # The heads were trained on the features of the optimised network (a mean teacher's student).
@@ -74,7 +75,8 @@ def cluster_scores(
     with torch.no_grad():
         for start in range(0, len(index), batch):
             pick = index[start : start + batch]
-            x, y = data.images[pick, None].float(), data.labels[pick].long()
+            x = torch.from_numpy(store.images[pick.numpy()])[:, None].float()
+            y = torch.from_numpy(store.labels[store.label_rows()[pick.numpy()]]).long()
             logits, features = tapped(x)
             _count(counts["prediction"][0], logits.argmax(dim=1), y)
             for name in local:

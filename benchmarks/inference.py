@@ -41,7 +41,6 @@ def measure(run_dir: Path) -> dict[str, Any]:
     run = RunDir.open(run_dir)
     trained = load_trained(run.checkpoint("best"), torch.device("cpu"))
     store = trained.recipe.data.load()
-    images, labels = store.tensors(torch.device("cpu"))
     recipe = trained.recipe
     out: dict[str, Any] = {"run": run_dir.name, "epoch": trained.checkpoint.epoch, "seed": recipe.seed}
     for split in ("validation", "test"):
@@ -49,7 +48,7 @@ def measure(run_dir: Path) -> dict[str, Any]:
         out[split] = {}
         for name, options in OPTIONS.items():
             batch = recipe.train.eval_batch
-            results = evaluate_volumes(trained.model, store, images, labels, patients, batch, options=options)
+            results = evaluate_volumes(trained.model, store, patients, batch, options=options)
             summary = summarize(results, store.classes[1:])
             dice, hd95 = summary["dice"]["all"]["mean"], summary["hd95"]["all"]["mean"]
             out[split][name] = {"dice": dice["mean"], "hd95": hd95["mean"], "undefined": hd95["undefined"]}

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -89,27 +90,23 @@ def check_recipe(recipe: Recipe) -> None:
 
 @dataclass
 class RunData:
-    """A run's data: the store, its split, the slices on the device, and the training pools.
+    """A run's data: the store, its split, and the training pools.
 
     Attributes:
-        store: The preprocessed store.
+        store: The preprocessed store (memory-mapped).
         split: Patients of each part.
-        images: ``(S, H, W)`` float16 slices on the training device.
-        labels: ``(S, H, W)`` uint8 labels, same device.
-        labeled: Slice indices (on the device) the labelled batch is drawn from.
-        unlabeled: Slice indices the unlabelled batch is drawn from (the labelled ones under full
-            supervision).
+        labeled: Store indices of the slices the labelled batch is drawn from.
+        unlabeled: Store indices of the slices the unlabelled batch is drawn from (the labelled ones
+            under full supervision).
     """
 
     store: VolumeStore
     split: Split
-    images: torch.Tensor
-    labels: torch.Tensor
-    labeled: torch.Tensor
-    unlabeled: torch.Tensor
+    labeled: np.ndarray
+    unlabeled: np.ndarray
 
 
-def load_data(recipe: Recipe, device: torch.device, progress: Progress | None = None) -> RunData:
+def load_data(recipe: Recipe, progress: Progress | None = None) -> RunData:
     """Open (or generate) the recipe's store, split it, and check it fits the recipe.
 
     Raises:
@@ -126,10 +123,8 @@ def load_data(recipe: Recipe, device: torch.device, progress: Progress | None = 
         )
     if recipe.augment.crop > store.canvas:
         raise RecipeError(f"augment.crop: {recipe.augment.crop} exceeds the data canvas {store.canvas}")
-    # The store lives on the device once, as float16 images and uint8 labels.
-    images, labels = store.tensors(device)
-    labeled = torch.from_numpy(store.slice_indices(split.labeled)).to(device)
-    unlabeled = torch.from_numpy(store.slice_indices(split.unlabeled, labeled_only=False)).to(device)
+    labeled = store.slice_indices(split.labeled)
+    unlabeled = store.slice_indices(split.unlabeled, labeled_only=False)
     if len(unlabeled) == 0:  # full supervision: the unlabelled batch comes from labels
         unlabeled = labeled
-    return RunData(store, split, images, labels, labeled, unlabeled)
+    return RunData(store, split, labeled, unlabeled)

@@ -157,8 +157,16 @@ def preprocess(
         Optional[list[Path]],
         typer.Option(help="A folder of NIfTI scans without labels to add as unlabelled data (repeatable)."),
     ] = None,
+    workers: Annotated[
+        int,
+        typer.Option("--workers", "-j", min=1, help="Volumes read and preprocessed in parallel processes."),
+    ] = 1,
 ) -> None:
-    """Turn a raw data set (e.g. the ACDC download) into a preprocessed store for training."""
+    """Turn a raw data set (e.g. the ACDC download) into a preprocessed store for training.
+
+    Volumes are written to the store as they are read, so memory does not grow with the data set;
+    the store appears only when complete (an error, Ctrl-C or SIGTERM leaves nothing behind).
+    """
     from mireg.data.prepare import prepare_store
 
     if spacing <= 0:
@@ -172,9 +180,9 @@ def preprocess(
             raise typer.BadParameter(f"expected key=value, got {item!r}", param_hint="--option")
         options[key.strip()] = value.strip()
     started = time.perf_counter()
-    with _progress() as bar:
+    with _progress() as bar, _interrupt_on_sigterm():
         store, written = prepare_store(
-            dataset, raw, out, spacing, canvas, options, unlabeled or [], _ProgressReporter(bar)
+            dataset, raw, out, spacing, canvas, options, unlabeled or [], _ProgressReporter(bar), workers
         )
     if not written:
         console.print(f"{out} is up to date (made from the same input with the same options)")
@@ -213,6 +221,20 @@ class _RichObserver(Observer):
             f"epoch {row['epoch']}: lr {row['lr']:.3g}  loss {row.get('loss/total', float('nan')):.4g}"
             f"  val DSC {100 * val:.1f}{best}  ({row['seconds']:.0f} s)"
         )
+
+
+@contextmanager
+def _interrupt_on_sigterm() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt, like Ctrl-C, so that what was half-written is removed."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextmanager
@@ -570,6 +592,9 @@ def study(
 
         def progress(done: int, total: int, description: str) -> None:
             bar.update(task, completed=done, total=total, info=escape(description))
+            if not console.is_terminal:  # a log file gets one line per finished run instead of a bar
+                elapsed = bar.tasks[task].elapsed or 0.0
+                console.print(f"[{done}/{total}] {escape(description)} ({elapsed / 60:.0f} min)")
 
         records = plan.run(jobs, progress)
     rows = summarize_study(plan, records)

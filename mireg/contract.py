@@ -28,7 +28,7 @@ from torch import nn
 
 # What a dataset plugin builds and fills, re-exported so that plugins import from here alone. The store
 # modules import nothing from this one, so these imports close no cycle.
-from mireg.data.preprocessing import StoreBuilder
+from mireg.data.preprocessing import RawVolume, StoreBuilder
 from mireg.data.store import VolumeInfo, VolumeStore
 from mireg.losses import SINGLE_PROCESS, Reduction
 from mireg.progress import Progress
@@ -44,6 +44,7 @@ __all__ = [
     "RegularizerConfig",
     "RegularizerOutput",
     "StepContext",
+    "RawVolume",
     "StoreBuilder",
     "Tap",
     "Transform",

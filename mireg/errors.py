@@ -27,6 +27,10 @@ class MiregError(Exception):
         self.message = message
         self.hint = hint
 
+    def __reduce__(self) -> tuple[type[MiregError], tuple[str, str | None]]:
+        # Errors raised in worker processes (parallel preprocessing) keep their hint on the way back.
+        return (type(self), (self.message, self.hint))
+
     def __str__(self) -> str:
         return self.message if self.hint is None else f"{self.message}\n  hint: {self.hint}"
 

@@ -72,12 +72,16 @@ def segment(model: nn.Module, images: torch.Tensor, batch: int, precision: str =
     return torch.cat(out)
 
 
+def _device(model: nn.Module) -> torch.device:
+    return next(iter(model.parameters())).device
+
+
 def network_function(model: nn.Module, precision: str = "fp32") -> Network:
     """``model`` as a :data:`~mireg.inference.Network`: numpy slices in, numpy logits out.
 
     The batch goes to the model's device and its logits come back to the host.
     """
-    device = next(model.parameters()).device
+    device = _device(model)
 
     @torch.no_grad()
     def run(x: np.ndarray) -> np.ndarray:
@@ -89,19 +93,17 @@ def network_function(model: nn.Module, precision: str = "fp32") -> Network:
 
 
 def _predictions(
-    model: nn.Module,
-    store: VolumeStore,
-    images: torch.Tensor,
-    patients: Sequence[str],
-    batch: int,
-    precision: str,
-) -> Iterator[tuple[VolumeInfo, torch.Tensor]]:
-    """Yield ``(volume, predicted labels (Z, H, W))`` of the labelled volumes of ``patients``, on device."""
+    model: nn.Module, store: VolumeStore, patients: Sequence[str], batch: int, precision: str
+) -> Iterator[tuple[VolumeInfo, torch.Tensor, torch.Tensor]]:
+    """Yield ``(volume, its images (Z, H, W), predicted labels (Z, H, W))`` on the model's device for
+    the labelled volumes of ``patients``, reading one volume at a time from the store."""
+    device = _device(model)
     was_training = model.training
     model.eval()
     try:
         for v in store.volumes_of(patients):
-            yield v, segment(model, images[v.start : v.stop], batch, precision).argmax(dim=1)
+            images = torch.from_numpy(store.volume_images(v)).to(device)
+            yield v, images, segment(model, images, batch, precision).argmax(dim=1)
     finally:
         model.train(was_training)
 
@@ -109,16 +111,17 @@ def _predictions(
 def validation_dice(
     model: nn.Module,
     store: VolumeStore,
-    images: torch.Tensor,
-    labels: torch.Tensor,
     patients: Sequence[str],
     batch: int,
     precision: str = "fp32",
 ) -> dict[str, float]:
-    """Mean 3D DSC per structure, and their mean, over the volumes of ``patients`` (on the device)."""
+    """Mean 3D DSC per structure, and their mean, over the volumes of ``patients`` (on the model's
+    device)."""
     rows = [
-        dice_per_class(pred, labels[v.start : v.stop].long(), len(store.classes))
-        for v, pred in _predictions(model, store, images, patients, batch, precision)
+        dice_per_class(
+            pred, torch.from_numpy(store.volume_labels(v)).to(pred.device).long(), len(store.classes)
+        )
+        for v, _, pred in _predictions(model, store, patients, batch, precision)
     ]
     if not rows:
         return {}
@@ -141,8 +144,6 @@ class VolumeResult:
 def evaluate_volumes(
     model: nn.Module,
     store: VolumeStore,
-    images: torch.Tensor,
-    labels: torch.Tensor,
     patients: Sequence[str],
     batch: int,
     precision: str = "fp32",
@@ -153,9 +154,7 @@ def evaluate_volumes(
 
     Args:
         model: The network (switched to eval mode here, and back after).
-        store: The store describing the volumes.
-        images: The store's images as a tensor on the model's device.
-        labels: The store's labels, same device.
+        store: The store (read one volume at a time).
         patients: Patient ids to evaluate.
         batch: Slices per forward pass.
         precision: ``fp32`` or ``bf16``.
@@ -170,11 +169,11 @@ def evaluate_volumes(
     model.eval()
     try:
         for v in store.volumes_of(patients):
-            image_np = images[v.start : v.stop].float().cpu().numpy()
+            image_np = np.asarray(store.volume_images(v), dtype=np.float32)
             pred_np = segment_slices(network, image_np, batch, options.tta).argmax(axis=1)
             if options.keep_largest:
                 pred_np = keep_largest_components(pred_np, len(store.classes))
-            gt_np = labels[v.start : v.stop].cpu().numpy()
+            gt_np = np.asarray(store.volume_labels(v))
             spacing = (v.spacing[2], store.spacing, store.spacing)  # (Z, H, W) of the canvas grid
             metrics = {
                 name: class_metrics(pred_np == k, gt_np == k, spacing)
@@ -255,7 +254,7 @@ def evaluate_run(
     split: str = "test",
     checkpoint: str = "best",
     device: torch.device | None = None,
-    data: tuple[VolumeStore, torch.Tensor, torch.Tensor] | None = None,
+    store: VolumeStore | None = None,
     progress: Progress | None = None,
     on_volume: Callable[[VolumeInfo, np.ndarray, np.ndarray, np.ndarray], None] | None = None,
     options: InferenceOptions | None = None,
@@ -270,7 +269,7 @@ def evaluate_run(
         split: ``test`` or ``validation``.
         checkpoint: ``best``, ``last`` or a ``.pt`` file name of the run.
         device: Where to evaluate (default: CUDA when available).
-        data: The store and its image and label tensors on ``device``, when already loaded.
+        store: The run's store, when already open.
         progress: Progress of loading or generating the store, then of the volumes evaluated.
         on_volume: Called for each volume (see :func:`~mireg.evaluate.evaluate_volumes`).
         options: Test-time augmentation and largest components; default: the recipe's
@@ -284,11 +283,8 @@ def evaluate_run(
     trained = load_trained(run.checkpoint(checkpoint), device)
     default = trained.recipe.inference.options()
     options = default if options is None else options
-    if data is None:
+    if store is None:
         store = trained.recipe.data.load(progress)
-        images, labels = store.tensors(device)
-    else:
-        store, images, labels = data
     patients = getattr(run.split(), split)
     total = len(store.volumes_of(patients))
     done = 0
@@ -304,8 +300,6 @@ def evaluate_run(
     results = evaluate_volumes(
         trained.model,
         store,
-        images,
-        labels,
         patients,
         trained.recipe.train.eval_batch,
         trained.recipe.train.precision,

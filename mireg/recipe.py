@@ -91,6 +91,17 @@ class TrainConfig(_Strict):
     )
     compile: bool = Field(False, description="torch.compile the network (the first steps compile it)")
     eval_batch: int = Field(32, ge=1, description="slices per forward pass at evaluation")
+    data_placement: Literal["auto", "resident", "streamed"] = Field(
+        "auto",
+        description="resident: the store on the training device; streamed: read from disk ahead of "
+        "each step; auto: resident when it fits train.resident_gb",
+    )
+    resident_gb: float | None = Field(
+        None,
+        gt=0,
+        description="largest store (GB) auto keeps resident (default: a quarter of the GPU's memory, "
+        "half of the machine's on the CPU)",
+    )
     runs_dir: Path = Path("runs")
     log_every: int = Field(10, ge=1, description="steps between progress updates")
     skip_nonfinite: bool = Field(

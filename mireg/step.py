@@ -26,6 +26,7 @@ from torch.utils.hooks import RemovableHandle
 from mireg.augment import augment_batch
 from mireg.build import RunData
 from mireg.contract import Backbone, Forward, StepContext, Transform
+from mireg.feed import BatchDraws, Feed, choose_placement, make_feed
 from mireg.losses import SINGLE_PROCESS, Reduction
 from mireg.runtime import Runtime
 from mireg.schedule import rampup
@@ -148,10 +149,12 @@ class TrainStep:
         network = runtime.wrap(state.model, list(state.regularizers))
         self.tapped = TappedNetwork(state.model, taps, network, memory_format)
         self.reduction = runtime.reduction()
-
-    def _draw(self, pool: torch.Tensor, n: int) -> torch.Tensor:
-        pick = torch.randint(len(pool), (n,), generator=self.state.generator, device=pool.device)
-        return pool[pick]
+        cfg = state.recipe.train
+        draws = BatchDraws(
+            state.recipe.seed, data.labeled, data.unlabeled, cfg.labeled_batch, cfg.unlabeled_batch
+        )
+        placement = choose_placement(cfg.data_placement, data.store, runtime.device, cfg.resident_gb)
+        self.feed: Feed = make_feed(placement, data.store, draws, runtime.device)
 
     def _autocast(self) -> AbstractContextManager[Any]:
         device = self.runtime.device
@@ -161,16 +164,16 @@ class TrainStep:
 
     def __call__(self) -> dict[str, torch.Tensor] | None:
         """One optimisation step; returns the (device) values to log, or None for a skipped step."""
-        state, data, runtime = self.state, self.data, self.runtime
+        state, runtime = self.state, self.runtime
         cfg, aug, g = state.recipe.train, state.recipe.augment, state.generator
         # The global batch (every process draws the same), then this process's shard of it.
-        il = self._draw(data.labeled, cfg.labeled_batch)
-        iu = self._draw(data.unlabeled, cfg.unlabeled_batch)
-        x_l, y_l = augment_batch(data.images[il, None].float(), data.labels[il], aug, g)
+        batch = self.feed.batch(state.step)
+        x_l, y_l = augment_batch(batch.images_l[:, None].float(), batch.labels_l, aug, g)
         assert y_l is not None
-        x_u, _ = augment_batch(data.images[iu, None].float(), None, aug, g)
-        transform = Transform.draw(len(iu), g, runtime.device, cfg.transform_prob, cfg.transform_prob)
-        part_l, part_u = runtime.shard(len(il)), runtime.shard(len(iu))
+        x_u, _ = augment_batch(batch.images_u[:, None].float(), None, aug, g)
+        n_l, n_u = len(batch.images_l), len(batch.images_u)
+        transform = Transform.draw(n_u, g, runtime.device, cfg.transform_prob, cfg.transform_prob)
+        part_l, part_u = runtime.shard(n_l), runtime.shard(n_u)
         x_l, y_l, x_u = x_l[part_l], y_l[part_l], x_u[part_u]
         transform = Transform(transform.flip_h[part_u], transform.flip_w[part_u])
         with self._autocast():

@@ -171,7 +171,18 @@ def check_dataset(config: DatasetConfig) -> VolumeStore:
         plugin,
         f"images have shape {s} for canvas {store.canvas} (square, a multiple of 16)",
     )
-    _expect(store.labels.shape == s, plugin, f"labels shape {store.labels.shape} != images {s}")
+    rows = store.labels.shape[0]
+    _expect(
+        store.labels.ndim == 3 and store.labels.shape[1:] == s[1:],
+        plugin,
+        f"labels have shape {store.labels.shape} for images {s}",
+    )
+    for v in store.volumes:
+        if v.labeled:
+            span = v.label_rows
+            _expect(
+                span.start >= 0 and span.stop <= rows, plugin, f"volume {v.id}: labels outside {rows} rows"
+            )
     _expect(int(store.labels.max()) < len(store.classes), plugin, "label values outside the classes")
     lo, hi = float(store.images.min()), float(store.images.max())
     _expect(lo >= 0.0 and hi <= 1.0, plugin, f"intensities in [{lo}, {hi}], expected within [0, 1]")

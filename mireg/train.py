@@ -73,7 +73,7 @@ class Trainer:
         """Load the data, build the network, the training state and the step."""
         recipe, runtime = self.recipe, self.runtime
         torch.manual_seed(recipe.seed)
-        self.data: RunData = load_data(recipe, runtime.device, self.obs.progress)
+        self.data: RunData = load_data(recipe, self.obs.progress)
         model, terms = build_network(recipe)
         runtime.convert_batch_norm([model, *(t.regularizer for t in terms)])
         memory_format = _memory_format(recipe.train.memory_format, runtime.device)
@@ -90,7 +90,8 @@ class Trainer:
         self.obs.message(
             f"{recipe.name}: {len(split.labeled)} labelled / {len(split.unlabeled)} "
             f"unlabelled / {len(split.validation)} validation / {len(split.test)} test "
-            f"patients ({len(self.data.labeled)} labelled slices) on {runtime.device}"
+            f"patients ({len(self.data.labeled)} labelled slices) on {runtime.device}, "
+            f"data {self.step.feed.placement}"
         )
 
     def start(self, run: RunDir) -> None:
@@ -154,8 +155,6 @@ class Trainer:
         dice = validation_dice(
             self.state.eval_model,
             data.store,
-            data.images,
-            data.labels,
             data.split.validation,
             cfg.eval_batch,
             cfg.precision,
@@ -199,13 +198,11 @@ class Trainer:
                         save_checkpoint(checkpoint, run.file("best.pt"))
                     save_checkpoint(checkpoint, run.file("last.pt"))
                 self.obs.epoch_end(row)
+        self.step.feed.close()
         if not main:
             return {}
         plot_curves(run.file(RunDir.METRICS), run.file(RunDir.CURVES))
-        data = self.data
-        report, _ = evaluate_run(
-            run, "test", "best", self.runtime.device, (data.store, data.images, data.labels)
-        )
+        report, _ = evaluate_run(run, "test", "best", self.runtime.device, self.data.store)
         return report
 
 

@@ -216,7 +216,7 @@ def _training(tmp_path: Path, data: RunData | None = None) -> tuple[TrainState, 
     recipe = validate_recipe(raw, "tiny")
     runtime = Runtime.start("cpu")
     torch.manual_seed(recipe.seed)
-    data = data if data is not None else load_data(recipe, runtime.device)
+    data = data if data is not None else load_data(recipe)
     model, terms = build_network(recipe)
     terms.append(Term("bcp", 1.0, 0.0, BCPConfig(name="bcp", weight=1.0).build(model)))
     info = DataInfo(data.store.classes, data.store.spacing, data.store.canvas)

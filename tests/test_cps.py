@@ -55,7 +55,7 @@ def _state(tmp_path: Path, evaluate: str = "first") -> tuple[TrainState, TrainSt
     recipe = validate_recipe(tiny_recipe(tmp_path / "runs", regularizers=[]), "tiny")
     runtime = Runtime.start("cpu")
     torch.manual_seed(recipe.seed)
-    data = load_data(recipe, runtime.device)
+    data = load_data(recipe)
     model, terms = build_network(recipe)
     terms.append(Term("cps", 1.5, 0.0, CrossPseudoSupervision(model, evaluate)))  # type: ignore[arg-type]
     info = DataInfo(data.store.classes, data.store.spacing, data.store.canvas)

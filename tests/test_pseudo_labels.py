@@ -340,7 +340,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Recipe, RunData, Run
     runs = tmp_path_factory.mktemp("pseudo") / "runs"
     recipe = validate_recipe(tiny_recipe(runs, regularizers=[]), "tiny")
     runtime = Runtime.start("cpu")
-    return recipe, load_data(recipe, runtime.device), runtime
+    return recipe, load_data(recipe), runtime
 
 
 TRAINED = {

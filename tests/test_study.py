@@ -177,6 +177,8 @@ def test_a_whole_study_reports_a_failed_run_and_completes_the_rest(cli, tmp_path
         result.code == 1
         and "2 of 9 runs did not finish: broken-c0-50pct-s1, broken-c0-50pct-s2" in result.err
     )
+    # Without a terminal (a log file), each finished run is a line.
+    assert "[1/9] s: " in result.out and "[9/9] s: " in result.out
     out = tmp_path / "out" / "s"
     md = (out / "study.md").read_text()
     assert str(out / "logs" / "broken-c0-50pct-s1.log") in md

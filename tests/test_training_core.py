@@ -71,7 +71,7 @@ def test_a_regulariser_can_own_a_second_network_trained_and_checkpointed_with_th
     recipe = validate_recipe(tiny_recipe(tmp_path / "runs", regularizers=[]), "tiny")
     runtime = Runtime.start("cpu")
     torch.manual_seed(recipe.seed)
-    data = load_data(recipe, runtime.device)
+    data = load_data(recipe)
     model, terms = build_network(recipe)
     co = _CoTraining(model)
     terms.append(Term("co", 1.0, 0.0, co))

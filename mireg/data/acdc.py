@@ -13,10 +13,11 @@ written as a :class:`~mireg.data.store.VolumeStore`.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 from mireg.contract import Progress, reject_options
-from mireg.data.nifti import NIFTI_SUFFIXES, read_label_for, read_volume
+from mireg.data.nifti import NIFTI_SUFFIXES, read_scan
 from mireg.data.preprocessing import StoreBuilder
 from mireg.data.store import VolumeStore
 from mireg.data.stored import StoredDatasetConfig
@@ -90,17 +91,11 @@ def add_acdc(raw: Path, builder: StoreBuilder, progress: Progress | None = None)
         info = read_info(patient / "Info.cfg")
         for phase in ("ED", "ES"):
             image_file, label_file = _frame_files(patient, int(info[phase]))
-            image, affine, spacing = read_volume(image_file)
-            label = None
-            if label_file.is_file():
-                label = read_label_for(label_file, image, affine, image_file, len(ACDC_CLASSES))
-            builder.add(
+            labels = label_file if label_file.is_file() else None
+            builder.add_file(
                 id=f"{patient.name}_{phase}",
                 patient=patient.name,
-                image=image,
-                affine=affine,
-                spacing=spacing,
-                label=label,
+                read=partial(read_scan, image_file, labels, len(ACDC_CLASSES)),
                 phase=phase,
                 group=info.get("Group", ""),
                 source=str(image_file),
@@ -128,9 +123,9 @@ def preprocess_acdc(
         progress: Optional ``progress(done, total, description)``.
         name: Data set name recorded in the store.
     """
-    builder = StoreBuilder(name, spacing, canvas)
-    add_acdc(raw, builder, progress)
-    return builder.save(out)
+    with StoreBuilder(name, spacing, canvas, out) as builder:
+        add_acdc(raw, builder, progress)
+        return builder.save()
 
 
 class ACDCConfig(StoredDatasetConfig):

@@ -16,6 +16,7 @@ into one class, the paper's two-class setting for prostate; ``true`` keeps them 
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,8 @@ import numpy as np
 from pydantic import Field
 
 from mireg.contract import Progress, reject_options
-from mireg.data.nifti import NIFTI_SUFFIXES, nifti_files, nifti_stem, read_label_for, read_volume
-from mireg.data.preprocessing import StoreBuilder
+from mireg.data.nifti import NIFTI_SUFFIXES, nifti_files, nifti_stem, read_scan
+from mireg.data.preprocessing import RawVolume, StoreBuilder
 from mireg.data.stored import StoredDatasetConfig
 from mireg.errors import DataError
 
@@ -110,27 +111,32 @@ def add_msd(
     unlabelled = _cases(task, "imagesTs", channel)
     total = len(training) + len(unlabelled)
     for i, (case, image_file) in enumerate([*training.items(), *unlabelled.items()]):
-        image, affine, spacing = read_volume(image_file, channel=channel)
-        label = None
-        if i < len(training):
-            label_file = _label_file(task, case)
-            label = read_label_for(label_file, image, affine, image_file, max(labels) + 1)
-            unknown = sorted(set(np.unique(label).tolist()) - set(labels))
-            if unknown:
-                raise DataError(f"{label_file}: label value {unknown[0]} is not declared in {json_path}")
-            if keep == "false":
-                label = (label > 0).astype(np.int64)
-        builder.add(
-            id=case,
-            patient=case,
-            image=image,
-            affine=affine,
-            spacing=spacing,
-            label=label,
-            source=str(image_file),
+        label_file = _label_file(task, case) if i < len(training) else None
+        read = partial(
+            _read_case, image_file, label_file, channel, sorted(labels), json_path, keep == "false"
         )
+        builder.add_file(id=case, patient=case, read=read, source=str(image_file))
         if progress is not None:
             progress(i + 1, total, f"reading {task.name}")
+
+
+def _read_case(
+    image_file: Path,
+    label_file: Path | None,
+    channel: int,
+    declared: list[int],
+    json_path: Path,
+    binary: bool,
+) -> RawVolume:
+    """One case: its image channel and, for a training case, its label map (only declared values;
+    foreground/background when ``binary``)."""
+    raw = read_scan(image_file, label_file, max(declared) + 1, channel)
+    if raw.label is None:
+        return raw
+    unknown = sorted(set(np.unique(raw.label).tolist()) - set(declared))
+    if unknown:
+        raise DataError(f"{label_file}: label value {unknown[0]} is not declared in {json_path}")
+    return raw._replace(label=(raw.label > 0).astype(np.int64)) if binary else raw
 
 
 def _label_file(task: Path, case: str) -> Path:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
-from mireg.data.preprocessing import StoreBuilder
+from mireg.data.preprocessing import RawVolume, StoreBuilder
 from mireg.errors import DataError
 from mireg.files import atomic_write
 from mireg.progress import Progress
@@ -19,6 +20,7 @@ __all__ = [
     "nifti_files",
     "nifti_stem",
     "read_label_for",
+    "read_scan",
     "read_volume",
     "write_label_map",
 ]
@@ -96,6 +98,22 @@ def read_label_for(
     return label
 
 
+def read_scan(
+    image_file: Path,
+    label_file: Path | None = None,
+    num_classes: int = 256,
+    channel: int | None = None,
+) -> RawVolume:
+    """Read a scan, and its label map when given (checked with :func:`read_label_for`): the reader
+    that datasets hand to :meth:`StoreBuilder.add_file <mireg.data.preprocessing.StoreBuilder.add_file>`
+    (through ``functools.partial``)."""
+    image, affine, spacing = read_volume(image_file, channel=channel)
+    label = None
+    if label_file is not None:
+        label = read_label_for(label_file, image, affine, image_file, num_classes)
+    return RawVolume(image, affine, spacing, label)
+
+
 def write_label_map(
     path: Path, labels: np.ndarray, reference: nib.Nifti1Image, dtype: type = np.uint8
 ) -> None:
@@ -153,10 +171,7 @@ def add_unlabeled_folder(folder: Path, builder: StoreBuilder, progress: Progress
     """Add every NIfTI scan in ``folder`` as an unlabelled volume (its own patient ``folder/stem``)."""
     files = nifti_files(folder)
     for i, path in enumerate(files):
-        image, affine, spacing = read_volume(path)
         patient = f"{folder.name}/{nifti_stem(path)}"
-        builder.add(
-            id=patient, patient=patient, image=image, affine=affine, spacing=spacing, source=str(path)
-        )
+        builder.add_file(id=patient, patient=patient, read=partial(read_scan, path), source=str(path))
         if progress is not None:
             progress(i + 1, len(files), f"reading unlabelled scans of {folder.name}")

@@ -41,6 +41,7 @@ def prepare_store(
     options: dict[str, str],
     unlabeled: list[Path],
     progress: Progress | None = None,
+    workers: int = 1,
 ) -> tuple[VolumeStore, bool]:
     """Preprocess ``raw`` with dataset plugin ``dataset`` into the store folder ``out``.
 
@@ -53,6 +54,8 @@ def prepare_store(
         options: The plugin's ``-O key=value`` options.
         unlabeled: Folders of NIfTI scans to add as unlabelled data.
         progress: Progress of reading.
+        workers: Processes reading and preprocessing volumes in parallel (the store is the same
+            for any number).
 
     Returns:
         The store, and whether it was written now (False: ``out`` was already made from the same
@@ -86,8 +89,8 @@ def prepare_store(
             "refusing to overwrite it",
             "choose another output folder or remove this one",
         )
-    builder = StoreBuilder(dataset, spacing, canvas)
-    config.preprocess(raw, builder, options, progress)
-    for folder in unlabeled:
-        add_unlabeled_folder(folder, builder, progress)
-    return builder.save(out, provenance), True
+    with StoreBuilder(dataset, spacing, canvas, out, workers) as builder:
+        config.preprocess(raw, builder, options, progress)
+        for folder in unlabeled:
+            add_unlabeled_folder(folder, builder, progress)
+        return builder.save(provenance=provenance), True

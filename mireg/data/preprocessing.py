@@ -15,16 +15,25 @@ rounding and labels exactly.
 
 from __future__ import annotations
 
+import multiprocessing
+import pickle
+import shutil
+import tempfile
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
-from mireg.data.store import VolumeInfo, VolumeStore
+from mireg.data.store import StoreWriter, VolumeInfo, VolumeStore
 from mireg.errors import DataError
 
 __all__ = [
     "PERCENTILES",
+    "RawVolume",
     "SLICE_AXIS",
     "SliceGeometry",
     "StoreBuilder",
@@ -210,25 +219,99 @@ def restore_labels(probs: np.ndarray, geometry: SliceGeometry) -> np.ndarray:
     return labels
 
 
-class StoreBuilder:
-    """Collects preprocessed volumes and writes them as one :class:`~mireg.data.store.VolumeStore`.
+class RawVolume(NamedTuple):
+    """A volume as read from its files: what a reader given to :meth:`StoreBuilder.add_file` returns.
 
-    Dataset plugins add volumes (``add``); the caller writes the store once at the end (``save``),
-    atomically, so a failure anywhere leaves no partial output.
+    Attributes:
+        image: Intensities ``(X, Y, Z)``.
+        affine: The 4x4 voxel-to-world matrix.
+        spacing: Voxel spacing in mm ``(x, y, z)``.
+        label: Integer label map of the image's shape, or None.
+    """
+
+    image: np.ndarray
+    affine: np.ndarray
+    spacing: tuple[float, float, float]
+    label: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A volume preprocessed onto the canvas, ready to append to the store."""
+
+    images: np.ndarray  # (Z, canvas, canvas) float16
+    labels: np.ndarray | None  # (Z, canvas, canvas) uint8
+    spacing: tuple[float, float, float]
+    shape: tuple[int, int, int]
+    affine: list[list[float]]
+
+
+def _prepare(raw: RawVolume, spacing: float, canvas: int) -> _Prepared:
+    slices, labels, _ = preprocess_volume(raw.image, raw.spacing, spacing, canvas, raw.label)
+    shape = raw.image.shape
+    affine = np.asarray(raw.affine, dtype=float).tolist()
+    return _Prepared(slices.astype(np.float16), labels, raw.spacing, (shape[0], shape[1], shape[2]), affine)
+
+
+def _read_and_prepare(read: Callable[[], RawVolume], spacing: float, canvas: int) -> _Prepared:
+    return _prepare(read(), spacing, canvas)
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """A volume in the order it was added: its record's fields, and its slices (or their future)."""
+
+    id: str
+    patient: str
+    phase: str
+    group: str
+    source: str
+    prepared: _Prepared | Future[_Prepared]
+
+
+class StoreBuilder:
+    """Preprocesses volumes and writes them, in the order they are added, into a new store.
+
+    Dataset plugins add volumes: :meth:`add` with arrays already read, or :meth:`add_file` with a
+    reader, which ``workers`` processes run in parallel (``mireg preprocess -j N``). Either way
+    each volume is written to the store's folder as soon as it is ready and its turn comes, so memory
+    does not grow with the data set; the store is the same, byte for byte, for any ``workers``. The
+    caller publishes the store with :meth:`save` (atomically, so a failure anywhere, or a builder
+    left without saving, leaves no partial output).
 
     Args:
         name: Data set name recorded in the store.
         spacing: Target in-plane spacing (mm).
         canvas: Side of the square slices.
+        out: The store folder to create (must not exist); by default a temporary folder, moved to
+            the folder given to :meth:`save`.
+        workers: Processes that read and preprocess :meth:`add_file` volumes (1: this process).
     """
 
-    def __init__(self, name: str, spacing: float, canvas: int) -> None:
+    def __init__(
+        self, name: str, spacing: float, canvas: int, out: Path | None = None, workers: int = 1
+    ) -> None:
         self.name, self.spacing, self.canvas = name, spacing, canvas
         self.classes: list[str] = []
-        self._images: list[np.ndarray] = []
-        self._labels: list[np.ndarray] = []
         self.volumes: list[VolumeInfo] = []
-        self._slices = 0
+        self.out = Path(out) if out is not None else None
+        self._scratch: Path | None = None
+        if out is None:  # written in a private folder, moved to where save() is told
+            self._scratch = Path(tempfile.mkdtemp(prefix="mireg-store-"))
+            out = self._scratch / "store"
+        self._writer = StoreWriter(out, canvas)
+        self.workers = workers
+        self._pool: ProcessPoolExecutor | None = None
+        self._pending: deque[_Entry] = deque()
+        self._ids: set[str] = set()
+
+    def __enter__(self) -> StoreBuilder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.discard()
+
+    # --------------------------------------------------------------------------------------- adding
 
     def add(
         self,
@@ -243,45 +326,114 @@ class StoreBuilder:
         group: str = "",
         source: str = "",
     ) -> None:
-        """Preprocess one ``(X, Y, Z)`` volume (and its label map, if any) and keep it."""
-        if any(v.id == id for v in self.volumes):
+        """Preprocess one ``(X, Y, Z)`` volume (and its label map, if any), here and now."""
+        self._check_id(id, source)
+        prepared = _prepare(RawVolume(image, affine, spacing, label), self.spacing, self.canvas)
+        self._queue(_Entry(id, patient, phase, group, source, prepared))
+
+    def add_file(
+        self,
+        *,
+        id: str,
+        patient: str,
+        read: Callable[[], RawVolume],
+        phase: str = "",
+        group: str = "",
+        source: str = "",
+    ) -> None:
+        """Add the volume that ``read()`` returns; it runs in a worker process when there are
+        workers and ``read`` can be pickled (a module-level function, or a ``functools.partial`` of
+        one), here otherwise. Errors it raises (a :class:`~mireg.errors.DataError` naming the file)
+        reach the caller of :meth:`add_file` or :meth:`save`."""
+        self._check_id(id, source)
+        prepared: _Prepared | Future[_Prepared]
+        if self.workers > 1 and _picklable(read):
+            if self._pool is None:
+                context = multiprocessing.get_context("spawn")
+                self._pool = ProcessPoolExecutor(self.workers, context)
+            prepared = self._pool.submit(_read_and_prepare, read, self.spacing, self.canvas)
+        else:
+            prepared = _read_and_prepare(read, self.spacing, self.canvas)
+        self._queue(_Entry(id, patient, phase, group, source, prepared))
+
+    def _check_id(self, id: str, source: str) -> None:
+        if id in self._ids:
             raise DataError(f"{source or id}: volume id {id!r} appears twice")
-        slices, lab, _ = preprocess_volume(image, spacing, self.spacing, self.canvas, label)
-        n = slices.shape[0]
-        self._images.append(slices.astype(np.float16))
-        self._labels.append(lab if lab is not None else np.zeros(slices.shape, np.uint8))
+        self._ids.add(id)
+
+    def _queue(self, entry: _Entry) -> None:
+        self._pending.append(entry)
+        # Volumes being read are bounded too: each worker's, and one more each waiting its turn.
+        while len(self._pending) > (2 * self.workers if self.workers > 1 else 0):
+            self._write_next()
+
+    def _write_next(self) -> None:
+        entry = self._pending.popleft()
+        prepared = entry.prepared.result() if isinstance(entry.prepared, Future) else entry.prepared
+        start, label_start = self._writer.append(prepared.images, prepared.labels)
         self.volumes.append(
             VolumeInfo(
-                id=id,
-                patient=patient,
-                phase=phase,
-                group=group,
-                start=self._slices,
-                stop=self._slices + n,
-                labeled=lab is not None,
-                spacing=spacing,
-                shape=(int(image.shape[0]), int(image.shape[1]), int(image.shape[2])),
-                affine=np.asarray(affine, dtype=float).tolist(),
-                source=source,
+                id=entry.id,
+                patient=entry.patient,
+                phase=entry.phase,
+                group=entry.group,
+                start=start,
+                stop=start + prepared.images.shape[0],
+                labeled=prepared.labels is not None,
+                spacing=prepared.spacing,
+                shape=prepared.shape,
+                affine=prepared.affine,
+                source=entry.source,
+                label_start=label_start,
             )
         )
-        self._slices += n
 
-    def save(self, out: Path, provenance: dict[str, object] | None = None) -> VolumeStore:
-        """Write the store to ``out`` (which must not exist) and open it."""
+    # ----------------------------------------------------------------------------------- publishing
+
+    def save(self, out: Path | None = None, provenance: dict[str, object] | None = None) -> VolumeStore:
+        """Write the remaining volumes, publish the store and open it.
+
+        Args:
+            out: Where to publish a store built without ``out`` (ignored otherwise).
+            provenance: How the store was made, recorded for idempotent reruns.
+        """
+        target = self.out if self.out is not None else out
+        if target is None:
+            raise ValueError("StoreBuilder.save needs the store folder")
+        while self._pending:
+            self._write_next()
         if not self.volumes:
-            raise DataError(f"{out}: no volumes were found to preprocess")
+            raise DataError(f"{target}: no volumes were found to preprocess")
         if not self.classes:
             raise ValueError("the dataset did not set StoreBuilder.classes")
-        store = VolumeStore(
-            self.name,
-            list(self.classes),
-            self.spacing,
-            self.canvas,
-            np.concatenate(self._images),
-            np.concatenate(self._labels),
-            self.volumes,
-            dict(provenance or {}),
+        if self.out is None and target.exists():
+            raise DataError(
+                f"{target}: already exists; refusing to overwrite it",
+                "choose another output folder or remove this one",
+            )
+        self._writer.publish(
+            self.name, list(self.classes), self.spacing, self.volumes, dict(provenance or {})
         )
-        store.save(out)
-        return VolumeStore.load(out)
+        if self._scratch is not None:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(self._writer.path, target)
+        self.discard()
+        return VolumeStore.load(target)
+
+    def discard(self) -> None:
+        """Stop the workers and remove whatever was written but not published (safe to repeat)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        self._pending.clear()
+        self._writer.discard()
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+
+
+def _picklable(obj: object) -> bool:
+    try:
+        pickle.dumps(obj)
+    except Exception:
+        return False
+    return True

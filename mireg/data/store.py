@@ -1,14 +1,19 @@
 """The preprocessed store: every slice of a data set in two arrays, plus per-volume records.
 
-Layout of a store folder::
+Layout of a store folder (version 2)::
 
     store.json     name, classes, target spacing, canvas, one record per volume
     images.npy     float16 (S, canvas, canvas), intensities in [0, 1]
-    labels.npy     uint8   (S, canvas, canvas), zeros for volumes without labels
+    labels.npy     uint8   (L, canvas, canvas), the label maps of the labelled volumes only
 
-Volume ``v`` owns slices ``v.start:v.stop``. The arrays are memory-mapped on load, so one copy lives
-in memory however many readers there are. A store is written into a temporary sibling folder and
-renamed into place at the end, so a failed or killed write never leaves a half store behind.
+Volume ``v`` owns image slices ``v.start:v.stop`` and, when labelled, label slices
+``v.label_start:v.label_start + v.n_slices``. The arrays are memory-mapped on load: one copy lives in
+memory however many readers there are, and reading a slice touches only that slice's pages.
+
+:class:`StoreWriter` writes a store one volume at a time (memory does not grow with the data set)
+into a temporary sibling folder, renamed into place at the end, so a failed or killed write never
+leaves a half store behind. Stores of version 1 (labels for every slice, zeros where unlabelled) are
+read as they are.
 """
 
 from __future__ import annotations
@@ -18,8 +23,8 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,9 +35,11 @@ from mireg.errors import DataError
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["STORE_VERSION", "VolumeInfo", "VolumeStore", "write_atomic_dir"]
+__all__ = ["READABLE_VERSIONS", "STORE_VERSION", "StoreWriter", "VolumeInfo", "VolumeStore"]
 
-STORE_VERSION = 1
+STORE_VERSION = 2
+#: Versions :meth:`VolumeStore.load` reads.
+READABLE_VERSIONS = (1, 2)
 
 
 @dataclass(frozen=True)
@@ -51,6 +58,8 @@ class VolumeInfo:
         shape: Original array shape ``(X, Y, Z)``.
         affine: Original 4x4 voxel-to-world matrix.
         source: File the volume was read from.
+        label_start: Row of ``labels`` holding its first label slice; ``None`` when the labels
+            array is aligned with the images (stores of version 1, stores built in memory).
     """
 
     id: str
@@ -64,10 +73,17 @@ class VolumeInfo:
     shape: tuple[int, int, int]
     affine: list[list[float]] = field(default_factory=list)
     source: str = ""
+    label_start: int | None = None
 
     @property
     def n_slices(self) -> int:
         return self.stop - self.start
+
+    @property
+    def label_rows(self) -> slice:
+        """Its rows of the store's ``labels`` (a labelled volume)."""
+        first = self.start if self.label_start is None else self.label_start
+        return slice(first, first + self.n_slices)
 
 
 @dataclass
@@ -80,7 +96,8 @@ class VolumeStore:
         spacing: In-plane spacing (mm) the slices were resampled to.
         canvas: Height and width of every slice.
         images: ``(S, canvas, canvas)`` float16 in [0, 1].
-        labels: ``(S, canvas, canvas)`` uint8.
+        labels: ``(L, canvas, canvas)`` uint8, the rows :attr:`VolumeInfo.label_rows` of the
+            labelled volumes.
         volumes: One record per volume.
     """
 
@@ -140,6 +157,24 @@ class VolumeStore:
         ]
         return np.concatenate(ranges) if ranges else np.zeros(0, dtype=np.int64)
 
+    def volume_images(self, volume: VolumeInfo) -> np.ndarray:
+        """The ``(Z, canvas, canvas)`` float16 slices of one volume (read from the memory map)."""
+        return np.asarray(self.images[volume.start : volume.stop])
+
+    def volume_labels(self, volume: VolumeInfo) -> np.ndarray:
+        """The ``(Z, canvas, canvas)`` uint8 label slices of one labelled volume."""
+        if not volume.labeled:
+            raise ValueError(f"volume {volume.id} has no label map")
+        return np.asarray(self.labels[volume.label_rows])
+
+    def label_rows(self) -> np.ndarray:
+        """Per slice of ``images``, the row of ``labels`` holding its label map (-1: unlabelled)."""
+        rows = np.full(self.images.shape[0], -1, dtype=np.int64)
+        for v in self.volumes:
+            if v.labeled:
+                rows[v.start : v.stop] = np.arange(v.label_rows.start, v.label_rows.stop)
+        return rows
+
     def tensors(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Images (float16) and labels (uint8) as tensors on ``device``.
 
@@ -157,22 +192,17 @@ class VolumeStore:
 
     def save(self, path: Path) -> None:
         """Write the store to ``path`` atomically (the folder must not exist yet)."""
-
-        def write(tmp: Path) -> None:
-            np.save(tmp / "images.npy", self.images.astype(np.float16, copy=False))
-            np.save(tmp / "labels.npy", self.labels.astype(np.uint8, copy=False))
-            meta = {
-                "version": STORE_VERSION,
-                "name": self.name,
-                "classes": self.classes,
-                "spacing": self.spacing,
-                "canvas": self.canvas,
-                "volumes": [asdict(v) for v in self.volumes],
-                "provenance": self.provenance,
-            }
-            (tmp / "store.json").write_text(json.dumps(meta, indent=1))
-
-        write_atomic_dir(path, write)
+        writer = StoreWriter(path, self.canvas)
+        try:
+            volumes = []
+            for v in self.volumes:
+                labels = self.volume_labels(v) if v.labeled else None
+                start, label_start = writer.append(self.volume_images(v), labels)
+                volumes.append(replace(v, start=start, stop=start + v.n_slices, label_start=label_start))
+            writer.publish(self.name, self.classes, self.spacing, volumes, self.provenance)
+        except BaseException:
+            writer.discard()
+            raise
 
     @classmethod
     def load(cls, path: Path) -> VolumeStore:
@@ -185,6 +215,13 @@ class VolumeStore:
             )
         try:
             meta = json.loads(meta_file.read_text())
+            version = meta.get("version")
+            if version not in READABLE_VERSIONS:
+                raise DataError(
+                    f"{meta_file}: store version {version} is not supported "
+                    f"(this mireg reads versions {', '.join(map(str, READABLE_VERSIONS))})",
+                    "preprocess the data again with this version of mireg",
+                )
             images = np.load(path / "images.npy", mmap_mode="r")
             labels = np.load(path / "labels.npy", mmap_mode="r")
             volumes = [
@@ -207,43 +244,127 @@ class VolumeStore:
                 volumes,
                 dict(meta.get("provenance", {})),
             )
+        except DataError:
+            raise
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise DataError(f"{path}: corrupt store ({exc})", "preprocess the data again") from exc
-        if meta.get("version") != STORE_VERSION:
+        slices = sum(v.n_slices for v in volumes)
+        label_slices = slices if version == 1 else sum(v.n_slices for v in volumes if v.labeled)
+        expected = ((slices, store.canvas, store.canvas), (label_slices, store.canvas, store.canvas))
+        if (images.shape, labels.shape) != expected:
             raise DataError(
-                f"{meta_file}: store version {meta.get('version')} is not supported "
-                f"(expected {STORE_VERSION})",
-                "preprocess the data again",
-            )
-        expected = (sum(v.n_slices for v in volumes), store.canvas, store.canvas)
-        if images.shape != expected or labels.shape != expected:
-            raise DataError(
-                f"{path}: arrays have shape {images.shape}/{labels.shape}, store.json describes {expected}",
+                f"{path}: arrays have shape {images.shape}/{labels.shape}, store.json describes "
+                f"{expected[0]}/{expected[1]}",
                 "preprocess the data again",
             )
         return store
 
 
-def write_atomic_dir(path: Path, write: Callable[[Path], None]) -> None:
-    """Create folder ``path`` by filling a temporary sibling with ``write(tmp)`` and renaming it.
+class StoreWriter:
+    """Writes a store folder one volume at a time, in bounded memory.
 
-    Nothing is left behind if ``write`` fails; an existing ``path`` is never touched.
+    The arrays grow on disk as volumes are appended (their ``.npy`` headers are written last, into a
+    fixed-size space at the start of each file); :meth:`publish` writes ``store.json`` and renames
+    the temporary folder into place. :meth:`discard` (or any failure before publishing) leaves
+    nothing behind.
+
+    Args:
+        path: The store folder to create (must not exist).
+        canvas: Side of the square slices.
     """
-    path = Path(path)
+
+    def __init__(self, path: Path, canvas: int) -> None:
+        self.path, self.canvas = Path(path), canvas
+        self.tmp = _temporary_sibling(self.path)
+        self.slices = self.label_slices = 0
+        self._images = open(self.tmp / "images.npy", "wb")  # noqa: SIM115 (closed by publish/discard)
+        self._labels = open(self.tmp / "labels.npy", "wb")  # noqa: SIM115
+        for fh in (self._images, self._labels):
+            fh.write(b"\0" * _NPY_HEADER)
+
+    def append(self, images: np.ndarray, labels: np.ndarray | None) -> tuple[int, int | None]:
+        """Append one volume's ``(Z, canvas, canvas)`` image slices and, if labelled, label slices.
+
+        Returns:
+            The volume's first image slice and first label slice (``None`` when unlabelled).
+        """
+        if images.shape[1:] != (self.canvas, self.canvas):
+            raise ValueError(f"slices of shape {images.shape[1:]} on a canvas of {self.canvas}")
+        start, label_start = self.slices, None
+        self._images.write(np.ascontiguousarray(images, dtype="<f2").tobytes())
+        self.slices += images.shape[0]
+        if labels is not None:
+            if labels.shape != images.shape:
+                raise ValueError(f"label slices {labels.shape} differ from image slices {images.shape}")
+            label_start = self.label_slices
+            self._labels.write(np.ascontiguousarray(labels, dtype=np.uint8).tobytes())
+            self.label_slices += labels.shape[0]
+        return start, label_start
+
+    def publish(
+        self,
+        name: str,
+        classes: list[str],
+        spacing: float,
+        volumes: list[VolumeInfo],
+        provenance: dict[str, object],
+    ) -> None:
+        """Finish the arrays, write ``store.json`` and rename the folder into place."""
+        side = (self.canvas, self.canvas)
+        for fh, dtype, n in ((self._images, "<f2", self.slices), (self._labels, "|u1", self.label_slices)):
+            fh.seek(0)
+            fh.write(_npy_header(dtype, (n, *side)))
+            fh.flush()
+            os.fsync(fh.fileno())
+            fh.close()
+        meta = {
+            "version": STORE_VERSION,
+            "name": name,
+            "classes": classes,
+            "spacing": spacing,
+            "canvas": self.canvas,
+            "volumes": [asdict(v) for v in volumes],
+            "provenance": provenance,
+        }
+        (self.tmp / "store.json").write_text(json.dumps(meta, indent=1))
+        _publish(self.tmp, self.path)
+
+    def discard(self) -> None:
+        """Remove everything written so far."""
+        self._images.close()
+        self._labels.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+#: Bytes reserved for the ``.npy`` header of a store array (a multiple of 64, as the format asks).
+_NPY_HEADER = 128
+
+
+def _npy_header(dtype: str, shape: tuple[int, ...]) -> bytes:
+    """A ``.npy`` (format 1.0) header of exactly :data:`_NPY_HEADER` bytes."""
+    text = repr({"descr": dtype, "fortran_order": False, "shape": shape})
+    room = _NPY_HEADER - 10  # magic (6), version (2), header length (2)
+    if len(text) + 1 > room:
+        raise ValueError(f"array shape {shape} does not fit a {_NPY_HEADER}-byte header")
+    body = text.ljust(room - 1).encode("latin1") + b"\n"
+    return b"\x93NUMPY\x01\x00" + room.to_bytes(2, "little") + body
+
+
+def _temporary_sibling(path: Path) -> Path:
+    """A new hidden folder next to ``path`` (which must not exist) to fill before renaming."""
     if path.exists():
         raise DataError(
             f"{path}: already exists; refusing to overwrite it",
             "choose another output folder or remove this one",
         )
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
-    try:
-        write(tmp)
-        for f in tmp.iterdir():
-            if f.is_file():
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    return Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+
+
+def _publish(tmp: Path, path: Path) -> None:
+    """Make the files of ``tmp`` durable and rename it to ``path``."""
+    for f in tmp.iterdir():
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    os.replace(tmp, path)
