@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from mireg.data.dicom import DicomSeries  # pydicom itself is imported when a series is read
 from mireg.data.nifti import is_nifti, nifti_files, nifti_stem, read_volume, write_label_map
 from mireg.errors import DataError
 from mireg.inference import InferenceOptions, Network, Preprocessing, predict_volume
@@ -106,7 +107,7 @@ class Scan:
     """
 
     path: Path
-    series: Any = None  # mireg.data.dicom.DicomSeries; Any keeps pydicom out of this module
+    series: DicomSeries | None = None
 
     @property
     def name(self) -> str:
@@ -231,10 +232,11 @@ def predict_scans(
     options = predictor.options if options is None else options
     written = []
     for i, (scan, fmt) in enumerate(zip(scans, formats, strict=True)):
-        if scan.is_dicom:
-            datasets = scan.series.datasets()
-            image, spacing = scan.series.volume(datasets), scan.series.spacing
-            reference = nib.Nifti1Image(np.zeros((1, 1, 1), np.uint8), scan.series.affine)  # geometry only
+        series, datasets = scan.series, []
+        if series is not None:
+            datasets = series.datasets()
+            image, spacing = series.volume(datasets), series.spacing
+            reference = nib.Nifti1Image(np.zeros((1, 1, 1), np.uint8), series.affine)  # geometry only
         else:
             image, _, spacing = read_volume(scan.path)
             loaded = nib.load(str(scan.path))
@@ -246,18 +248,19 @@ def predict_scans(
         if fmt == "seg":
             from mireg.data.dicom_seg import write_segmentation
 
+            assert series is not None  # _format_of refused seg for NIfTI
             out = out_dir / f"{scan.name}.dcm"
             write_segmentation(
                 out,
                 result.labels,
-                scan.series,
+                series,
                 datasets,
                 predictor.preprocessing.classes,
                 predictor.name,
                 predictor.version,
             )
         else:
-            out = out_dir / (scan.path.name if not scan.is_dicom else f"{scan.name}.nii.gz")
+            out = out_dir / (f"{scan.name}.nii.gz" if series is not None else scan.path.name)
             write_label_map(out, result.labels, reference)
         if save_probabilities:
             write_label_map(
