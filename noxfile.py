@@ -13,8 +13,8 @@ SOURCES = ("mireg", "tests", "benchmarks", "recipes", "plugins", "noxfile.py")
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The test suite (CPU, a few minutes)."""
-    session.install("-e", ".[dev]")
+    """The test suite (CPU, a few minutes), the optional extras' tests included."""
+    session.install("-e", ".[dev,clinic,onnx]")
     session.run("pytest", *session.posargs)
 
 

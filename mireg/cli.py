@@ -347,8 +347,25 @@ def evaluate(
     compare: Annotated[
         bool, typer.Option(help="Side-by-side table of the test reports of the runs given, in that order.")
     ] = False,
+    tta: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--tta/--no-tta", help="Flip test-time augmentation (default: the recipe's [inference])."
+        ),
+    ] = None,
+    keep_largest: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--keep-largest/--no-keep-largest",
+            help="Keep the largest 3D component of each structure (default: the recipe's [inference]).",
+        ),
+    ] = None,
 ) -> None:
-    """Evaluate a run (3D DSC, HD95, HD, ASSD), a folder of predictions, or compare runs."""
+    """Evaluate a run (3D DSC, HD95, HD, ASSD), a folder of predictions, or compare runs.
+
+    With --tta or --keep-largest other than the recipe's defaults, the report of a run is named after
+    them (report_test_best_tta.json), beside the training report.
+    """
     if (pred is None) != (gt is None):
         raise typer.BadParameter("--pred and --gt go together", param_hint="--pred/--gt")
     if pred is not None and gt is not None:
@@ -366,26 +383,53 @@ def evaluate(
             )
         if split not in ("test", "validation"):
             raise typer.BadParameter("must be test or validation", param_hint="--split")
-        _eval_run(runs[0], split, checkpoint, overlays)
+        _eval_run(runs[0], split, checkpoint, overlays, tta, keep_largest)
+        return
+    if tta is not None or keep_largest is not None:
+        raise typer.BadParameter("--tta and --keep-largest evaluate a run directory", param_hint="--tta")
 
 
-def _eval_run(run_dir: Path, split: str, checkpoint: str, overlays: bool) -> None:
+def _options(default: Any, tta: bool | None, keep_largest: bool | None) -> Any:
+    """``default`` (InferenceOptions) with the options given on the command line."""
+    from mireg.inference import InferenceOptions
+
+    return InferenceOptions(
+        tta=default.tta if tta is None else tta,
+        keep_largest=default.keep_largest if keep_largest is None else keep_largest,
+    )
+
+
+def _eval_run(
+    run_dir: Path, split: str, checkpoint: str, overlays: bool, tta: bool | None, keep_largest: bool | None
+) -> None:
     from mireg.evaluate import evaluate_run
     from mireg.plots import save_overlay
+    from mireg.recipe import load_recipe
     from mireg.rundir import RunDir
 
     run = RunDir.open(run_dir)
+    options = None
+    if tta is not None or keep_largest is not None:
+        options = _options(load_recipe(run.file(run.RECIPE)).inference.options(), tta, keep_largest)
     with _progress() as bar:
 
         def on_volume(volume: Any, image: Any, prediction: Any, truth: Any) -> None:
             save_overlay(run.overlays(split) / f"{volume.id}.png", image, prediction, truth, volume.id)
 
         report, paths = evaluate_run(
-            run, split, checkpoint, progress=_ProgressReporter(bar), on_volume=on_volume if overlays else None
+            run,
+            split,
+            checkpoint,
+            progress=_ProgressReporter(bar),
+            on_volume=on_volume if overlays else None,
+            options=options,
         )
+    used = [name for name, on in report["inference"].items() if on]
     console.print(
         metrics_tables(
-            report, f"{report['run']}: {split} set, {report['checkpoint']} (epoch {report['epoch']})"
+            report,
+            f"{report['run']}: {split} set, {report['checkpoint']} (epoch {report['epoch']})"
+            + (f", {' + '.join(used)}" if used else ""),
         )
     )
     console.print(f"reports: {', '.join(str(p) for p in paths)}")
@@ -422,26 +466,90 @@ def _compare(runs: list[Path], out: Path) -> None:
 
 @app.command()
 def predict(
-    run: Annotated[Path, typer.Argument(help="Run directory or checkpoint file.")],
-    inputs: Annotated[list[Path], typer.Argument(help="NIfTI files or folders of them.")],
+    run: Annotated[
+        Path, typer.Argument(help="Run directory, checkpoint file, or exported model (model.onnx).")
+    ],
+    inputs: Annotated[
+        list[Path], typer.Argument(help="NIfTI files, folders of them, or folders of DICOM series.")
+    ],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
     checkpoint: Annotated[str, typer.Option(help="best or last (for a run directory).")] = "best",
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda (an ONNX model runs on the CPU).")] = "auto",
+    output_format: Annotated[
+        Optional[str],
+        typer.Option(
+            "--format", help="nifti or seg (DICOM Segmentation); default: seg for DICOM, nifti for NIfTI."
+        ),
+    ] = None,
+    series: Annotated[
+        Optional[str],
+        typer.Option(metavar="UID", help="The SeriesInstanceUID to segment in folders holding several."),
+    ] = None,
+    tta: Annotated[
+        Optional[bool],
+        typer.Option("--tta/--no-tta", help="Flip test-time augmentation (default: the model's)."),
+    ] = None,
+    keep_largest: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--keep-largest/--no-keep-largest",
+            help="Keep the largest 3D component of each structure (default: the model's).",
+        ),
+    ] = None,
+    save_probabilities: Annotated[
+        bool, typer.Option(help="Also write the class probabilities (NAME_probabilities.nii.gz).")
+    ] = False,
     overlay: Annotated[bool, typer.Option(help="Also write PNG overlays to OUT_DIR/overlays/.")] = False,
 ) -> None:
-    """Segment NIfTI scans; each label map keeps its input's shape and geometry."""
-    from mireg.predict import collect_inputs, predict_files
+    """Segment NIfTI scans or DICOM series; each label map keeps its input's grid and geometry.
+
+    DICOM series give DICOM Segmentation objects that reference them (or NIfTI with --format nifti).
+    An exported ONNX model (mireg export) runs through ONNX Runtime, without torch.
+    """
+    from mireg.predict import FORMATS, collect_inputs, load_predictor, predict_scans
+
+    if output_format is not None and output_format not in FORMATS:
+        raise typer.BadParameter(f"must be one of {', '.join(FORMATS)}", param_hint="--format")
+    scans = collect_inputs(inputs, series)
+    predictor = load_predictor(run, checkpoint, device)
+    options = _options(predictor.options, tta, keep_largest)
+    with _progress() as bar:
+        written = predict_scans(
+            predictor,
+            scans,
+            out_dir,
+            output_format,
+            options,
+            save_probabilities,
+            overlay,
+            _ProgressReporter(bar),
+        )
+    console.print(f"[green]wrote[/] {len(written)} label maps to {out_dir}")
+
+
+@app.command()
+def export(
+    run: Annotated[Path, typer.Argument(help="Run directory or checkpoint file.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Network file to write (model.onnx).")],
+    checkpoint: Annotated[str, typer.Option(help="best or last (for a run directory).")] = "best",
+    export_format: Annotated[str, typer.Option("--format", help="onnx or torchscript.")] = "onnx",
+) -> None:
+    """Export a trained network (ONNX or TorchScript) and its model card (OUT with .json).
+
+    The card holds what prediction needs besides the network: spacing, canvas, intensity
+    normalisation, classes, default inference options, versions and checksums. `mireg predict
+    model.onnx SCANS -o OUT` then runs it without torch.
+    """
+    from mireg.export import EXPORT_FORMATS, export_model
     from mireg.rundir import checkpoint_file
     from mireg.runtime import resolve_device
     from mireg.state import load_trained
 
-    files = collect_inputs(inputs)
-    trained = load_trained(checkpoint_file(run, checkpoint), resolve_device(device, "--device"))
-    with _progress() as bar:
-        written = predict_files(
-            trained, files, out_dir, trained.recipe.train.eval_batch, _ProgressReporter(bar), overlay
-        )
-    console.print(f"[green]wrote[/] {len(written)} label maps to {out_dir}")
+    if export_format not in EXPORT_FORMATS:
+        raise typer.BadParameter(f"must be one of {', '.join(EXPORT_FORMATS)}", param_hint="--format")
+    trained = load_trained(checkpoint_file(run, checkpoint), resolve_device("cpu"))
+    written = export_model(trained, out, export_format)
+    console.print(f"[green]wrote[/] {', '.join(str(p) for p in written)}")
 
 
 @app.command()

@@ -7,6 +7,12 @@ exception is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
 
 class MiregError(Exception):
     """Base class of all errors a user can act on.
@@ -51,3 +57,32 @@ class RunError(MiregError):
 
 class RunInterrupted(RunError):
     """Training stopped on request (Ctrl-C, SIGTERM) after saving a checkpoint."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Messages of pydantic validation errors (recipes, exported model cards)
+
+
+def key_path(parts: Iterable[Any]) -> str:
+    """``regularizers[1].weight`` from the parts ``("regularizers", 1, "weight")``."""
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "(top level)"
+
+
+def validation_messages(exc: ValidationError, prefix: tuple[Any, ...] = ()) -> list[str]:
+    """One ``key.path: problem`` line per error of a pydantic validation (``prefix`` leads each path)."""
+    out = []
+    for err in exc.errors():
+        loc = key_path(prefix + tuple(err["loc"]))
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "missing":
+            msg = "missing required key"
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            if "input" in err and err["type"] not in ("model_type",):
+                msg += f" (got {err['input']!r})"
+        out.append(f"{loc}: {msg}")
+    return out

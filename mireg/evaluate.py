@@ -4,6 +4,10 @@ Metrics (:mod:`mireg.metrics`: DSC, HD95, HD, ASSD) are computed in 3D per volum
 in mm. For a run's store the grid is the preprocessed one: in-plane spacing = the store's spacing,
 between slices = the scan's own slice spacing. ``evaluate_folders`` compares NIfTI label maps on their
 own grids, with the spacing of their headers.
+
+Validation during training segments on the device (:func:`segment`); reports (:func:`evaluate_run`)
+go through :mod:`mireg.inference`, the same code as ``mireg predict``, with its options (flip
+test-time augmentation, largest components).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from torch import nn
 from mireg.data.nifti import nifti_files, read_volume
 from mireg.data.store import VolumeInfo, VolumeStore
 from mireg.errors import DataError
+from mireg.inference import InferenceOptions, Network, keep_largest_components, segment_slices
 from mireg.metrics import ClassMetrics, class_metrics, dice_per_class
 from mireg.progress import Progress
 from mireg.report import METRICS, write_reports
@@ -33,15 +38,24 @@ __all__ = [
     "evaluate_run",
     "evaluate_folders",
     "evaluate_volumes",
+    "logits",
+    "network_function",
     "segment",
     "summarize",
     "validation_dice",
 ]
 
 
+def logits(model: nn.Module, x: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
+    """The network's float32 logits ``(N, C, H, W)`` of a batch ``(N, 1, H, W)`` (bf16: under autocast)."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        out: torch.Tensor = model(x)
+    return out.float()
+
+
 @torch.no_grad()
 def segment(model: nn.Module, images: torch.Tensor, batch: int, precision: str = "fp32") -> torch.Tensor:
-    """Class probabilities of ``(S, H, W)`` slices, ``batch`` slices per forward pass.
+    """Class probabilities of ``(S, H, W)`` slices, ``batch`` slices per forward pass, on the device.
 
     Args:
         model: The network (put in eval mode by the caller).
@@ -54,15 +68,28 @@ def segment(model: nn.Module, images: torch.Tensor, batch: int, precision: str =
     """
     out = []
     for start in range(0, images.shape[0], batch):
-        x = images[start : start + batch, None].float()
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            logits = model(x)
-        out.append(logits.float().softmax(dim=1))
+        out.append(logits(model, images[start : start + batch, None].float(), precision).softmax(dim=1))
     return torch.cat(out)
 
 
 def _device(model: nn.Module) -> torch.device:
     return next(iter(model.parameters())).device
+
+
+def network_function(model: nn.Module, precision: str = "fp32") -> Network:
+    """``model`` as a :data:`~mireg.inference.Network`: numpy slices in, numpy logits out.
+
+    The batch goes to the model's device and its logits come back to the host.
+    """
+    device = _device(model)
+
+    @torch.no_grad()
+    def run(x: np.ndarray) -> np.ndarray:
+        batch = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device)
+        out: np.ndarray = logits(model, batch, precision).cpu().numpy()
+        return out
+
+    return run
 
 
 def _predictions(
@@ -121,6 +148,7 @@ def evaluate_volumes(
     batch: int,
     precision: str = "fp32",
     on_volume: Callable[[VolumeInfo, np.ndarray, np.ndarray, np.ndarray], None] | None = None,
+    options: InferenceOptions | None = None,
 ) -> list[VolumeResult]:
     """All metrics of every labelled volume of ``patients``.
 
@@ -132,20 +160,31 @@ def evaluate_volumes(
         precision: ``fp32`` or ``bf16``.
         on_volume: Called as ``on_volume(volume, images, prediction, ground_truth)`` with
             ``(Z, H, W)`` arrays, e.g. to draw overlays.
+        options: Test-time augmentation and largest components (:mod:`mireg.inference`; default none).
     """
+    options = options or InferenceOptions()
     results = []
-    for v, images, pred in _predictions(model, store, patients, batch, precision):
-        pred_np = pred.cpu().numpy()
-        gt_np = np.asarray(store.volume_labels(v))
-        spacing = (v.spacing[2], store.spacing, store.spacing)  # (Z, H, W) of the canvas grid
-        metrics = {
-            name: class_metrics(pred_np == k, gt_np == k, spacing)
-            for k, name in enumerate(store.classes)
-            if k > 0
-        }
-        results.append(VolumeResult(v.id, v.patient, v.phase, metrics))
-        if on_volume is not None:
-            on_volume(v, images.float().cpu().numpy(), pred_np, gt_np)
+    network = network_function(model, precision)
+    was_training = model.training
+    model.eval()
+    try:
+        for v in store.volumes_of(patients):
+            image_np = np.asarray(store.volume_images(v), dtype=np.float32)
+            pred_np = segment_slices(network, image_np, batch, options.tta).argmax(axis=1)
+            if options.keep_largest:
+                pred_np = keep_largest_components(pred_np, len(store.classes))
+            gt_np = np.asarray(store.volume_labels(v))
+            spacing = (v.spacing[2], store.spacing, store.spacing)  # (Z, H, W) of the canvas grid
+            metrics = {
+                name: class_metrics(pred_np == k, gt_np == k, spacing)
+                for k, name in enumerate(store.classes)
+                if k > 0
+            }
+            results.append(VolumeResult(v.id, v.patient, v.phase, metrics))
+            if on_volume is not None:
+                on_volume(v, image_np, pred_np, gt_np)
+    finally:
+        model.train(was_training)
     return results
 
 
@@ -218,6 +257,7 @@ def evaluate_run(
     store: VolumeStore | None = None,
     progress: Progress | None = None,
     on_volume: Callable[[VolumeInfo, np.ndarray, np.ndarray, np.ndarray], None] | None = None,
+    options: InferenceOptions | None = None,
 ) -> tuple[dict[str, Any], list[Path]]:
     """Evaluate a run's checkpoint on one split of its patients and write the report files.
 
@@ -232,12 +272,17 @@ def evaluate_run(
         store: The run's store, when already open.
         progress: Progress of loading or generating the store, then of the volumes evaluated.
         on_volume: Called for each volume (see :func:`~mireg.evaluate.evaluate_volumes`).
+        options: Test-time augmentation and largest components; default: the recipe's
+            ``[inference]``. Options other than the recipe's add a suffix to the report's name
+            (``report_test_best_tta``), so the training report is never replaced by another kind.
 
     Returns:
         The report and the paths of the files written (``report*.json|csv|md``).
     """
     device = device or resolve_device("auto")
     trained = load_trained(run.checkpoint(checkpoint), device)
+    default = trained.recipe.inference.options()
+    options = default if options is None else options
     if store is None:
         store = trained.recipe.data.load(progress)
     patients = getattr(run.split(), split)
@@ -259,15 +304,20 @@ def evaluate_run(
         trained.recipe.train.eval_batch,
         trained.recipe.train.precision,
         volume_done if progress is not None or on_volume is not None else None,
+        options,
     )
     meta = {
         "run": trained.recipe.name,
         "split": split,
         "checkpoint": trained.checkpoint.path.name,
         "epoch": trained.checkpoint.epoch,
+        "inference": {"tta": options.tta, "keep_largest": options.keep_largest},
     }
     report = build_report(results, store.classes[1:], meta)
-    paths = write_reports(report, run.path, run.report_stem(split, checkpoint))
+    stem = run.report_stem(split, checkpoint)
+    if options != default:
+        stem = f"report_{split}_{Path(checkpoint).stem}{options.suffix() or '_plain'}"
+    paths = write_reports(report, run.path, stem)
     return report, paths
 
 

@@ -20,7 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationErr
 from mireg import registry
 from mireg.build import check_recipe
 from mireg.contract import BackboneConfig, DatasetConfig, PluginConfig, RegularizerConfig
-from mireg.errors import PluginError, RecipeError
+from mireg.errors import PluginError, RecipeError, key_path, validation_messages
+from mireg.inference import InferenceOptions
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -29,6 +30,7 @@ else:  # pragma: no cover
 
 __all__ = [
     "AugmentConfig",
+    "InferenceConfig",
     "OptimConfig",
     "Recipe",
     "TrainConfig",
@@ -107,6 +109,20 @@ class TrainConfig(_Strict):
     )
 
 
+class InferenceConfig(_Strict):
+    """``[inference]``: how evaluation and prediction segment a volume by default.
+
+    ``mireg eval`` and ``mireg predict`` take these unless told otherwise (``--tta/--no-tta``,
+    ``--keep-largest/--no-keep-largest``), and ``mireg export`` writes them into ``model.json``.
+    """
+
+    tta: bool = Field(False, description="average the probabilities of the flipped slices")
+    keep_largest: bool = Field(False, description="keep the largest 3D component of each structure")
+
+    def options(self) -> InferenceOptions:
+        return InferenceOptions(tta=self.tta, keep_largest=self.keep_largest)
+
+
 class _RecipeSettings(_Strict):
     """The recipe's own keys (everything but the plugin tables)."""
 
@@ -115,6 +131,7 @@ class _RecipeSettings(_Strict):
     optim: OptimConfig = OptimConfig()
     augment: AugmentConfig = AugmentConfig()
     train: TrainConfig = TrainConfig()
+    inference: InferenceConfig = InferenceConfig()
 
 
 class Recipe(_RecipeSettings):
@@ -135,42 +152,18 @@ class Recipe(_RecipeSettings):
 _PLUGIN_TABLES: dict[str, str] = {"data": "dataset", "backbone": "backbone"}
 
 
-def _loc(parts: Iterable[Any]) -> str:
-    out = ""
-    for p in parts:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
-    return out or "(top level)"
-
-
-def validation_messages(exc: ValidationError, prefix: tuple[Any, ...] = ()) -> list[str]:
-    """One ``key.path: problem`` line per error of a pydantic validation (``prefix`` leads each path)."""
-    out = []
-    for err in exc.errors():
-        loc = _loc(prefix + tuple(err["loc"]))
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
-        elif err["type"] == "missing":
-            msg = "missing required key"
-        else:
-            msg = err["msg"].removeprefix("Value error, ")
-            if "input" in err and err["type"] not in ("model_type",):
-                msg += f" (got {err['input']!r})"
-        out.append(f"{loc}: {msg}")
-    return out
-
-
 def _plugin(kind: str, table: Any, loc: tuple[Any, ...], errors: list[str]) -> PluginConfig | None:
     if not isinstance(table, dict):
-        errors.append(f"{_loc(loc)}: expected a table with a 'name' key")
+        errors.append(f"{key_path(loc)}: expected a table with a 'name' key")
         return None
     name = table.get("name")
     if not isinstance(name, str):
-        errors.append(f"{_loc(loc + ('name',))}: missing required key (the {kind} plugin's name)")
+        errors.append(f"{key_path(loc + ('name',))}: missing required key (the {kind} plugin's name)")
         return None
     try:
         config_class = registry.load(kind, name)
     except PluginError as exc:
-        errors.append(f"{_loc(loc + ('name',))}: {exc.message}")
+        errors.append(f"{key_path(loc + ('name',))}: {exc.message}")
         return None
     try:
         return config_class.model_validate(table)
@@ -272,7 +265,7 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
     node: Any = raw
     for i, part in enumerate(parts):
         last = i == len(parts) - 1
-        where = _loc(parts[: i + 1])
+        where = key_path(parts[: i + 1])
         if isinstance(node, list):
             if isinstance(part, str):  # a list of plugin tables addressed by plugin name
                 named = [
@@ -292,7 +285,7 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
             if isinstance(part, int):
                 part = str(part)
         else:
-            raise RecipeError(f"--set {assignment!r}: {_loc(parts[:i])} is a value, not a table")
+            raise RecipeError(f"--set {assignment!r}: {key_path(parts[:i])} is a value, not a table")
         if last:
             node[part] = _parse_value(text.strip())
         else:

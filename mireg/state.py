@@ -23,6 +23,7 @@ from mireg.build import Term, build_network, evaluation_model
 from mireg.checkpoint import load_checkpoint
 from mireg.contract import Backbone, Regularizer
 from mireg.errors import CheckpointError, MiregError
+from mireg.inference import Preprocessing
 from mireg.recipe import Recipe, validate_recipe
 
 __all__ = ["Checkpoint", "DataInfo", "RunningMeans", "TrainState", "TrainedModel", "load_trained"]
@@ -206,6 +207,11 @@ class TrainedModel:
     @property
     def canvas(self) -> int:
         return self.checkpoint.data.canvas
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """What prediction needs to know of the training data (spacing, canvas, classes)."""
+        return Preprocessing(self.spacing, self.canvas, list(self.classes))
 
 
 def load_trained(path: Path, device: torch.device) -> TrainedModel:

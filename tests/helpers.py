@@ -56,3 +56,65 @@ def tiny_recipe(runs_dir: Path, **changes: Any) -> dict[str, Any]:
     for key, value in changes.items():
         recipe[key] = value
     return recipe
+
+
+def write_dicom_series(
+    folder: Path,
+    stored: Any,
+    affine: Any,
+    *,
+    names: list[str] | None = None,
+    series_uid: str | None = None,
+    study_uid: str = "1.2.826.0.1.3680043.8.498.1",
+    frame_of_reference: str = "1.2.826.0.1.3680043.8.498.2",
+    slope: float = 1.0,
+    intercept: float = 0.0,
+    description: str = "cine",
+) -> list[Path]:
+    """Write an ``(X, Y, Z)`` volume of stored (uint16) values as a DICOM MR series with pydicom.
+
+    ``affine`` maps voxel indices to RAS+ mm, as a NIfTI affine; the series' headers get the
+    matching ImagePositionPatient, ImageOrientationPatient and PixelSpacing (DICOM is LPS+).
+    ``names[z]`` is the file name of slice ``z`` (default ``slice_z.dcm``); InstanceNumber counts
+    down, so that neither names nor instance numbers give the slice order.
+    """
+    import numpy as np
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    stored = np.asarray(stored)
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.asarray(affine, dtype=float)
+    col_spacing, row_spacing = np.linalg.norm(lps[:3, 0]), np.linalg.norm(lps[:3, 1])
+    orientation = [*(lps[:3, 0] / col_spacing), *(lps[:3, 1] / row_spacing)]
+    series_uid = series_uid or generate_uid()
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for z in range(stored.shape[2]):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = MRImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+        ds.FrameOfReferenceUID = frame_of_reference
+        ds.PatientID, ds.PatientName, ds.PatientBirthDate, ds.PatientSex = "P1", "Test^Patient", "", "O"
+        ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20240101", "120000", "1", ""
+        ds.ReferringPhysicianName = ""
+        ds.Modality, ds.SeriesNumber, ds.SeriesDescription = "MR", 3, description
+        ds.InstanceNumber = stored.shape[2] - z
+        ds.PositionReferenceIndicator = ""
+        ds.ImagePositionPatient = [f"{v:.6f}" for v in lps[:3, 3] + z * lps[:3, 2]]
+        ds.ImageOrientationPatient = [f"{v:.8f}" for v in orientation]
+        ds.PixelSpacing = [f"{row_spacing:.6f}", f"{col_spacing:.6f}"]
+        ds.SliceThickness = f"{np.linalg.norm(lps[:3, 2]):.6f}"
+        ds.Rows, ds.Columns = stored.shape[1], stored.shape[0]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.RescaleSlope, ds.RescaleIntercept = f"{slope:g}", f"{intercept:g}"
+        ds.PixelData = np.ascontiguousarray(stored[:, :, z].T.astype(np.uint16)).tobytes()
+        path = folder / (names[z] if names else f"slice_{z}.dcm")
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths

@@ -47,7 +47,16 @@ def _run_fresh(*args: str) -> dict[str, object]:
 
 
 @pytest.mark.parametrize(
-    "args", [["--help"], ["--version"], ["plugins"], ["train", "--help"], ["eval", "--help"]]
+    "args",
+    [
+        ["--help"],
+        ["--version"],
+        ["plugins"],
+        ["train", "--help"],
+        ["eval", "--help"],
+        ["predict", "--help"],
+        ["export", "--help"],
+    ],
 )
 def test_help_version_and_plugins_do_not_import_torch(args: list[str]) -> None:
     result = _run_fresh(*args)

@@ -191,3 +191,18 @@ def test_preprocess_and_train_on_an_acdc_layout(cli, write_recipe, tmp_path: Pat
     result = cli("train", write_recipe("missing.toml", data=missing, name="other"))
     assert result.code == 1 and "nowhere does not exist" in result.err
     assert "mireg preprocess acdc" in result.err
+
+
+def test_inference_benchmark_measures_each_option_and_plain_matches_the_report(trained_run: Path) -> None:
+    from .helpers import load_benchmark
+
+    bench = load_benchmark("inference")
+    measured = bench.measure(trained_run)
+    report = json.loads((trained_run / "report.json").read_text())
+    assert measured["test"]["plain"]["dice"] == pytest.approx(
+        report["summary"]["dice"]["all"]["mean"]["mean"]
+    )
+    assert set(measured["validation"]) == {"plain", "tta", "largest", "tta+largest"}
+    rows = bench.table([measured, measured], "test")
+    assert len(rows) == 6 and rows[2].startswith("| plain |") and "| +0.00 | 0 of 2 |" in rows[2]
+    assert set(bench.chosen([measured])) == {"tta", "largest"}

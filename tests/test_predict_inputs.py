@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,9 @@ def test_folders_give_their_nifti_files_without_resource_forks(tmp_path: Path) -
         (scans / name).write_bytes(b"x")
     single = tmp_path / "c.nii.gz"
     single.write_bytes(b"x")
-    assert collect_inputs([scans, single]) == [scans / "a.nii.gz", scans / "b.nii", single]
+    found = collect_inputs([scans, single])
+    assert [scan.path for scan in found] == [scans / "a.nii.gz", scans / "b.nii", single]
+    assert [scan.name for scan in found] == ["a", "b", "c"] and not any(scan.is_dicom for scan in found)
 
 
 def test_bad_inputs_are_errors_naming_them(tmp_path: Path) -> None:
@@ -35,3 +38,14 @@ def test_bad_inputs_are_errors_naming_them(tmp_path: Path) -> None:
         (tmp_path / sub / "same.nii").write_bytes(b"x")
     with pytest.raises(DataError, match="two inputs share the output name 'same.nii'"):
         collect_inputs([tmp_path / "x", tmp_path / "y"])
+
+
+def test_a_dicom_folder_without_the_clinic_extra_says_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "pydicom", None)  # importing it now fails, as when not installed
+    (tmp_path / "series").mkdir()
+    (tmp_path / "series" / "IM0001").write_bytes(b"x")
+    with pytest.raises(DataError, match="reading DICOM needs pydicom") as info:
+        collect_inputs([tmp_path / "series"])
+    assert info.value.hint is not None and "mireg[clinic]" in info.value.hint

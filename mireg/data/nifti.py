@@ -8,10 +8,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from mireg.contract import Progress
 from mireg.data.preprocessing import RawVolume, StoreBuilder
 from mireg.errors import DataError
 from mireg.files import atomic_write
+from mireg.progress import Progress
 
 __all__ = [
     "NIFTI_SUFFIXES",
@@ -114,11 +114,17 @@ def read_scan(
     return RawVolume(image, affine, spacing, label)
 
 
-def write_label_map(path: Path, labels: np.ndarray, reference: nib.Nifti1Image) -> None:
-    """Write ``labels`` with the geometry (affine and header) of ``reference``, atomically."""
+def write_label_map(
+    path: Path, labels: np.ndarray, reference: nib.Nifti1Image, dtype: type = np.uint8
+) -> None:
+    """Write ``labels`` with the geometry (affine and header) of ``reference``, atomically.
+
+    ``dtype`` is the stored type: ``uint8`` for label maps, ``float32`` for probabilities (a 4th
+    axis then holds the classes).
+    """
     header = reference.header.copy()
-    header.set_data_dtype(np.uint8)
-    out = nib.Nifti1Image(labels.astype(np.uint8), reference.affine, header)
+    header.set_data_dtype(dtype)
+    out = nib.Nifti1Image(labels.astype(dtype), reference.affine, header)
     atomic_write(path, lambda tmp: nib.save(out, str(tmp)))
 
 

@@ -4,7 +4,13 @@ A volume ``(X, Y, Z)`` becomes ``Z`` slices on a square canvas: each slice is re
 the target spacing (bilinear for images, nearest for labels), intensities are clipped to the
 volume's [1st, 99th] percentile and min-max scaled to [0, 1], and the slice is centre padded or
 cropped to the canvas. :class:`SliceGeometry` records what was done so that a prediction on the
-canvas maps back onto the original voxel grid (:func:`restore_labels`).
+canvas maps back onto the original voxel grid (:func:`restore_probabilities`, :func:`restore_labels`).
+
+Everything here is numpy: training stores, ``mireg predict`` with a checkpoint and ``mireg predict``
+with an exported ONNX model (which runs without torch) all go through these functions. The
+resampling follows ``torch.nn.functional.interpolate`` (``bilinear`` with ``align_corners=False``,
+and ``nearest-exact``), which made the stores before it; images agree with it to within float32
+rounding and labels exactly.
 """
 
 from __future__ import annotations
@@ -21,20 +27,28 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from mireg.data.store import StoreWriter, VolumeInfo, VolumeStore
 from mireg.errors import DataError
 
 __all__ = [
+    "PERCENTILES",
     "RawVolume",
+    "SLICE_AXIS",
     "SliceGeometry",
     "StoreBuilder",
     "normalize_intensity",
     "preprocess_volume",
+    "resample_slices",
     "restore_labels",
+    "restore_probabilities",
 ]
+
+#: Intensities are clipped to these percentiles of each (resampled) volume, then scaled to [0, 1].
+PERCENTILES = (1.0, 99.0)
+
+#: The voxel axis that slices are taken along (the third: a volume is ``(X, Y, Z)``).
+SLICE_AXIS = 2
 
 
 @dataclass(frozen=True)
@@ -63,18 +77,18 @@ class SliceGeometry:
         resampled = tuple(max(1, round(n * s / target)) for n, s in zip(shape, spacing, strict=True))
         return cls((int(shape[0]), int(shape[1])), (resampled[0], resampled[1]), canvas)
 
-    def to_canvas(self, slices: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
+    def to_canvas(self, slices: np.ndarray, fill: float = 0.0) -> np.ndarray:
         """Place ``(Z, *, RX, RY)`` resampled slices on the ``(Z, *, canvas, canvas)`` canvas."""
-        out = slices.new_full((*slices.shape[:-2], self.canvas, self.canvas), fill)
+        out = np.full((*slices.shape[:-2], self.canvas, self.canvas), fill, dtype=slices.dtype)
         (src_x, dst_x), (src_y, dst_y) = (
             _overlap(o, n, self.canvas) for o, n in zip(self.offset, self.resampled, strict=True)
         )
         out[..., dst_x, dst_y] = slices[..., src_x, src_y]
         return out
 
-    def from_canvas(self, slices: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
+    def from_canvas(self, slices: np.ndarray, fill: float = 0.0) -> np.ndarray:
         """Inverse of :meth:`to_canvas`: ``(Z, *, canvas, canvas)`` -> ``(Z, *, RX, RY)``."""
-        out = slices.new_full((*slices.shape[:-2], *self.resampled), fill)
+        out = np.full((*slices.shape[:-2], *self.resampled), fill, dtype=slices.dtype)
         (src_x, dst_x), (src_y, dst_y) = (
             _overlap(o, n, self.canvas) for o, n in zip(self.offset, self.resampled, strict=True)
         )
@@ -89,23 +103,64 @@ def _overlap(offset: int, n: int, canvas: int) -> tuple[slice, slice]:
     return slice(start, stop), slice(start + offset, stop + offset)
 
 
-def normalize_intensity(volume: np.ndarray, low: float = 1.0, high: float = 99.0) -> np.ndarray:
+def normalize_intensity(
+    volume: np.ndarray, low: float = PERCENTILES[0], high: float = PERCENTILES[1]
+) -> np.ndarray:
     """Clip to the volume's [low, high] percentiles and scale to [0, 1] (float32)."""
     volume = volume.astype(np.float32, copy=False)
     lo, hi = np.percentile(volume, [low, high])
     if hi <= lo:
         return np.zeros_like(volume)
-    scaled: np.ndarray = (np.clip(volume, lo, hi) - lo) / (hi - lo)
+    scaled: np.ndarray = ((np.clip(volume, lo, hi) - lo) / (hi - lo)).astype(
+        np.float32
+    )  # computed in float64
     return scaled
 
 
-def _resample(slices: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
-    """Resample ``(Z, C, X, Y)`` in-plane to ``size``."""
-    if tuple(slices.shape[-2:]) == size:
+def _linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices and weights of linear interpolation along one axis (half-pixel centres).
+
+    Output sample ``i`` sits at source coordinate ``(i + 0.5) * n_in / n_out - 0.5`` (clamped at 0)
+    and mixes its two neighbours: ``w * x[i1] + (1 - w) * x[i0]``.
+    """
+    scale = float(np.float32(n_in / n_out))
+    src = np.maximum((np.arange(n_out) + 0.5) * scale - 0.5, 0.0).astype(np.float32).astype(np.float64)
+    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    return i0, i1, src - i0
+
+
+def _nearest_taps(n_in: int, n_out: int) -> np.ndarray:
+    """Source index of each output sample for nearest-neighbour resampling (half-pixel centres)."""
+    scale = float(np.float32(n_in / n_out))
+    src = ((np.arange(n_out) + 0.5) * scale).astype(np.float32)
+    return np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+
+
+def resample_slices(slices: np.ndarray, size: tuple[int, int], mode: str = "bilinear") -> np.ndarray:
+    """Resample ``(..., X, Y)`` in-plane to ``size``.
+
+    Args:
+        slices: Any leading axes, then the two in-plane axes.
+        size: The output in-plane shape.
+        mode: ``bilinear`` (images, probabilities; computed in float64, returned as float32) or
+            ``nearest`` (labels; the input's dtype).
+    """
+    if tuple(slices.shape[-2:]) == tuple(size):
         return slices
     if mode == "nearest":
-        return F.interpolate(slices, size=size, mode="nearest-exact")
-    return F.interpolate(slices, size=size, mode="bilinear", align_corners=False)
+        rows, cols = _nearest_taps(slices.shape[-2], size[0]), _nearest_taps(slices.shape[-1], size[1])
+        return slices[..., rows[:, None], cols[None, :]]
+    if mode != "bilinear":
+        raise ValueError(f"unknown resampling mode {mode!r}")
+    r0, r1, wr = _linear_taps(slices.shape[-2], size[0])
+    c0, c1, wc = _linear_taps(slices.shape[-1], size[1])
+    out = np.empty((*slices.shape[:-2], *size), dtype=np.float32)
+    for index in np.ndindex(slices.shape[:-2]):  # one slice at a time: float64 for one slice only
+        x = slices[index].astype(np.float64)
+        rows = x[r0, :] * (1.0 - wr[:, None]) + x[r1, :] * wr[:, None]
+        out[index] = rows[:, c0] * (1.0 - wc) + rows[:, c1] * wc
+    return out
 
 
 def preprocess_volume(
@@ -114,6 +169,7 @@ def preprocess_volume(
     target_spacing: float,
     canvas: int,
     label: np.ndarray | None = None,
+    percentiles: tuple[float, float] = PERCENTILES,
 ) -> tuple[np.ndarray, np.ndarray | None, SliceGeometry]:
     """Turn an ``(X, Y, Z)`` volume into ``(Z, canvas, canvas)`` slices.
 
@@ -123,35 +179,44 @@ def preprocess_volume(
         target_spacing: In-plane spacing (mm) to resample to.
         canvas: Output slice side.
         label: Optional integer label map of the image's shape.
+        percentiles: The intensity clipping percentiles (:func:`normalize_intensity`).
 
     Returns:
         Image slices (float32 in [0, 1]), label slices (uint8) or None, and the geometry.
     """
     geometry = SliceGeometry.for_volume(image.shape[:2], spacing[:2], target_spacing, canvas)
-    img = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).permute(2, 0, 1)[:, None]
-    img = _resample(img, geometry.resampled, "bilinear")
-    img_np = normalize_intensity(img.numpy())  # percentiles over the resampled volume
-    slices = geometry.to_canvas(torch.from_numpy(img_np))[:, 0].numpy()
+    img = np.moveaxis(np.asarray(image, dtype=np.float32), SLICE_AXIS, 0)
+    img = resample_slices(img, geometry.resampled, "bilinear")
+    img = normalize_intensity(img, *percentiles)  # percentiles over the resampled volume
+    slices = np.ascontiguousarray(geometry.to_canvas(img))
     if label is None:
         return slices, None, geometry
-    lab = torch.from_numpy(np.ascontiguousarray(label, dtype=np.float32)).permute(2, 0, 1)[:, None]
-    lab = geometry.to_canvas(_resample(lab, geometry.resampled, "nearest"))[:, 0]
-    return slices, lab.round().to(torch.uint8).numpy(), geometry
+    lab = np.moveaxis(np.asarray(label), SLICE_AXIS, 0).astype(np.uint8)
+    lab = geometry.to_canvas(resample_slices(lab, geometry.resampled, "nearest"))
+    return slices, np.ascontiguousarray(lab), geometry
 
 
-def restore_labels(probs: torch.Tensor, geometry: SliceGeometry) -> np.ndarray:
-    """Map canvas probabilities ``(Z, C, canvas, canvas)`` back to an ``(X, Y, Z)`` label map.
+def restore_probabilities(probs: np.ndarray, geometry: SliceGeometry) -> np.ndarray:
+    """Map canvas probabilities ``(Z, C, canvas, canvas)`` back onto the original ``(X, Y, Z, C)`` grid.
 
-    Probabilities (not labels) are resampled bilinearly, then the argmax is taken on the original
-    grid; whatever fell outside the canvas is background.
+    Probabilities (not labels) are resampled bilinearly; whatever fell outside the canvas is
+    background (probability 1 for class 0).
     """
-    background = torch.zeros(probs.shape[1], 1, 1, dtype=probs.dtype, device=probs.device)
+    background = np.zeros((probs.shape[1], 1, 1), dtype=np.float32)
     background[0] = 1.0
-    canvas = torch.ones(1, geometry.canvas, geometry.canvas, dtype=torch.bool, device=probs.device)
-    inside = geometry.from_canvas(canvas, fill=False)
-    resampled = torch.where(inside, geometry.from_canvas(probs), background)
-    original = _resample(resampled.float(), geometry.shape, "bilinear")
-    return original.argmax(dim=1).permute(1, 2, 0).to(torch.uint8).cpu().numpy()
+    inside = geometry.from_canvas(np.ones((1, geometry.canvas, geometry.canvas), dtype=bool), fill=False)
+    resampled = np.where(inside, geometry.from_canvas(probs.astype(np.float32, copy=False)), background)
+    original = resample_slices(resampled, geometry.shape, "bilinear")
+    return np.ascontiguousarray(original.transpose(2, 3, 0, 1))
+
+
+def restore_labels(probs: np.ndarray, geometry: SliceGeometry) -> np.ndarray:
+    """Map canvas probabilities ``(Z, C, canvas, canvas)`` back to an ``(X, Y, Z)`` label map (uint8).
+
+    The argmax is taken on the original grid, after :func:`restore_probabilities`.
+    """
+    labels: np.ndarray = restore_probabilities(probs, geometry).argmax(axis=-1).astype(np.uint8)
+    return labels
 
 
 class RawVolume(NamedTuple):
@@ -190,10 +255,6 @@ def _prepare(raw: RawVolume, spacing: float, canvas: int) -> _Prepared:
 
 def _read_and_prepare(read: Callable[[], RawVolume], spacing: float, canvas: int) -> _Prepared:
     return _prepare(read(), spacing, canvas)
-
-
-def _worker_start() -> None:
-    torch.set_num_threads(1)  # one process per core: parallelism comes from the processes
 
 
 @dataclass(frozen=True)
@@ -289,7 +350,7 @@ class StoreBuilder:
         if self.workers > 1 and _picklable(read):
             if self._pool is None:
                 context = multiprocessing.get_context("spawn")
-                self._pool = ProcessPoolExecutor(self.workers, context, initializer=_worker_start)
+                self._pool = ProcessPoolExecutor(self.workers, context)
             prepared = self._pool.submit(_read_and_prepare, read, self.spacing, self.canvas)
         else:
             prepared = _read_and_prepare(read, self.spacing, self.canvas)

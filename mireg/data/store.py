@@ -26,11 +26,14 @@ import warnings
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from mireg.errors import DataError
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["READABLE_VERSIONS", "STORE_VERSION", "StoreWriter", "VolumeInfo", "VolumeStore"]
 
@@ -178,6 +181,8 @@ class VolumeStore:
         On the CPU they share the read-only memory map (one copy in memory for every process); on a
         GPU they are copied there once.
         """
+        import torch  # here, not at the top: reading a store (and prediction) needs no torch
+
         with warnings.catch_warnings():
             # torch warns that the memory map is read-only; nothing ever writes to these tensors.
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")

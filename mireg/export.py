@@ -1,0 +1,169 @@
+"""``mireg export``: a trained run's network as ONNX or TorchScript, with its model card.
+
+ONNX goes through torch's ``torch.export``-based exporter at opset :data:`OPSET`, with the batch,
+height and width dynamic; a backbone that cannot be exported with a dynamic height and width is
+exported for the canvas size only (the card's ``network.input_shape`` says which). The exported
+network is checked against the torch one on a batch of random slices before anything is written.
+TorchScript (``torch.jit.trace``, deprecated upstream but still what LibTorch loads) is for C++
+users; ``mireg predict`` runs the ONNX export. The card (:class:`~mireg.portable.ModelCard`) is
+written beside the network, as ``<name>.json``; both files are written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import mireg
+from mireg.data.preprocessing import PERCENTILES, SLICE_AXIS
+from mireg.errors import CheckpointError
+from mireg.files import atomic_write, atomic_write_text
+from mireg.portable import ModelCard, NetworkInfo, PreprocessingInfo, card_path, file_sha256
+from mireg.state import TrainedModel
+
+__all__ = ["EXPORT_FORMATS", "OPSET", "export_model", "weights_sha256"]
+
+#: The ONNX opset of exports (ONNX Runtime runs it from version 1.14 on).
+OPSET = 18
+
+EXPORT_FORMATS = ("onnx", "torchscript")
+
+#: Largest difference allowed between the exported network's logits and torch's on the check batch.
+TOLERANCE = 1e-4
+
+
+def weights_sha256(model: nn.Module) -> str:
+    """SHA-256 of a network's weights: every tensor of its state dict, in key order, as raw bytes."""
+    digest = hashlib.sha256()
+    for key, value in sorted(model.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def export_model(trained: TrainedModel, out: Path, fmt: str = "onnx") -> list[Path]:
+    """Export ``trained``'s network to ``out`` and its card beside it.
+
+    Args:
+        trained: The network (on the CPU) and its checkpoint.
+        out: The network file (``.onnx`` for ONNX); the card goes to ``out`` with ``.json``.
+        fmt: ``onnx`` or ``torchscript``.
+
+    Returns:
+        The network file and the card.
+
+    Raises:
+        CheckpointError: An unknown format, a file name the card would clash with, or a network
+            the exporter cannot translate or whose export computes other logits.
+    """
+    if fmt not in EXPORT_FORMATS:
+        raise CheckpointError(f"--format: {fmt!r} is not one of {', '.join(EXPORT_FORMATS)}")
+    if fmt == "onnx" and out.suffix != ".onnx":
+        raise CheckpointError(f"{out}: an ONNX export's file name must end in .onnx")
+    if out.suffix == ".json":
+        raise CheckpointError(f"{out}: the model card takes the .json name; choose another for the network")
+    model = trained.model.cpu().eval()
+    canvas = trained.canvas
+    check = torch.rand(3, 1, canvas, canvas, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model(check).float().numpy()
+    classes = expected.shape[1]
+    if fmt == "onnx":
+        program, dynamic = _onnx_program(model, canvas)
+        atomic_write(out, lambda tmp: program.save(str(tmp)))
+        got = _run_onnx(out, check.numpy())
+        shape: list[int | str] = ["batch", 1, *(("height", "width") if dynamic else (canvas, canvas))]
+        out_shape: list[int | str] = ["batch", classes, *shape[2:]]
+    else:
+        with warnings.catch_warnings():
+            # The tracer's deprecation and its note that shape checks become constants (the input
+            # size is fixed by the canvas anyway).
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(model, check[:2])
+            atomic_write(out, lambda tmp: torch.jit.save(traced, str(tmp)))
+            with torch.no_grad():
+                got = torch.jit.load(str(out))(check).float().numpy()
+        shape = ["batch", 1, canvas, canvas]
+        out_shape = ["batch", classes, canvas, canvas]
+    if got is not None:
+        worst = float(np.abs(got - expected).max())
+        if not worst <= TOLERANCE:
+            out.unlink(missing_ok=True)
+            raise CheckpointError(
+                f"{out}: the exported network's logits differ from torch's by {worst:.3g} (> {TOLERANCE})"
+            )
+    card = ModelCard(
+        mireg_version=mireg.__version__,
+        recipe=trained.recipe.name,
+        dataset=trained.recipe.data.name,
+        checkpoint=trained.checkpoint.path.name,
+        epoch=trained.checkpoint.epoch,
+        weights_sha256=weights_sha256(model),
+        classes=list(trained.classes),
+        network=NetworkInfo(
+            file=out.name,
+            format="onnx" if fmt == "onnx" else "torchscript",
+            opset=OPSET if fmt == "onnx" else None,
+            input_shape=shape,
+            output_shape=out_shape,
+            sha256=file_sha256(out),
+        ),
+        preprocessing=PreprocessingInfo(
+            spacing=trained.spacing, canvas=canvas, percentiles=PERCENTILES, slice_axis=SLICE_AXIS
+        ),
+        inference={
+            "tta": trained.recipe.inference.tta,
+            "keep_largest": trained.recipe.inference.keep_largest,
+        },
+        batch=trained.recipe.train.eval_batch,
+    )
+    card_file = card_path(out)
+    atomic_write_text(card_file, card.to_json())
+    return [out, card_file]
+
+
+def _onnx_program(model: nn.Module, canvas: int) -> tuple[Any, bool]:
+    """The ONNX program of ``model``, and whether its height and width are dynamic."""
+    example = (torch.zeros(2, 1, canvas, canvas),)
+    batch, height, width = torch.export.Dim("batch"), torch.export.Dim("height"), torch.export.Dim("width")
+    first_error: Exception | None = None
+    for dims, dynamic in (({0: batch, 2: height, 3: width}, True), ({0: batch}, False)):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                program = torch.onnx.export(
+                    model,
+                    example,
+                    None,
+                    input_names=["image"],
+                    output_names=["logits"],
+                    opset_version=OPSET,
+                    dynamo=True,
+                    dynamic_shapes=(dims,),
+                    verbose=False,
+                )
+            return program, dynamic
+        except Exception as exc:  # the exporter raises many types; try the fixed size, then give up
+            first_error = first_error or exc
+    raise CheckpointError(
+        f"the network cannot be exported to ONNX ({type(first_error).__name__}: "
+        f"{str(first_error).splitlines()[0] if str(first_error) else ''})",
+        "try --format torchscript",
+    )
+
+
+def _run_onnx(path: Path, x: np.ndarray) -> np.ndarray | None:
+    """The ONNX file's logits of ``x`` with ONNX Runtime, or None when it is not installed."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    out: np.ndarray = session.run(["logits"], {"image": x})[0]
+    return out
