@@ -68,15 +68,15 @@ def cluster_scores(
     model.eval()
     mi.eval()
     tapped = TappedNetwork(model, mi.taps)
-    index = torch.from_numpy(data.store.slice_indices(getattr(data.split, split)))
+    index = store.slice_indices(getattr(data.split, split))
+    label_rows = store.label_rows()[index]
     classes = len(data.store.classes)
     local = [name for name in mi.taps if mi.kinds[name] == "decoder"]
     counts = {"prediction": [np.zeros((classes, classes), dtype=np.int64)]}
     with torch.no_grad():
         for start in range(0, len(index), batch):
-            pick = index[start : start + batch]
-            x = torch.from_numpy(store.images[pick.numpy()])[:, None].float()
-            y = torch.from_numpy(store.labels[store.label_rows()[pick.numpy()]]).long()
+            x = torch.from_numpy(store.images[index[start : start + batch]])[:, None].float()
+            y = torch.from_numpy(store.labels[label_rows[start : start + batch]]).long()
             logits, features = tapped(x)
             _count(counts["prediction"][0], logits.argmax(dim=1), y)
             for name in local:

@@ -94,16 +94,16 @@ def network_function(model: nn.Module, precision: str = "fp32") -> Network:
 
 def _predictions(
     model: nn.Module, store: VolumeStore, patients: Sequence[str], batch: int, precision: str
-) -> Iterator[tuple[VolumeInfo, torch.Tensor, torch.Tensor]]:
-    """Yield ``(volume, its images (Z, H, W), predicted labels (Z, H, W))`` on the model's device for
-    the labelled volumes of ``patients``, reading one volume at a time from the store."""
+) -> Iterator[tuple[VolumeInfo, torch.Tensor]]:
+    """Yield ``(volume, predicted labels (Z, H, W))`` on the model's device for the labelled volumes
+    of ``patients``, reading one volume at a time from the store."""
     device = _device(model)
     was_training = model.training
     model.eval()
     try:
         for v in store.volumes_of(patients):
             images = torch.from_numpy(store.volume_images(v)).to(device)
-            yield v, images, segment(model, images, batch, precision).argmax(dim=1)
+            yield v, segment(model, images, batch, precision).argmax(dim=1)
     finally:
         model.train(was_training)
 
@@ -121,7 +121,7 @@ def validation_dice(
         dice_per_class(
             pred, torch.from_numpy(store.volume_labels(v)).to(pred.device).long(), len(store.classes)
         )
-        for v, _, pred in _predictions(model, store, patients, batch, precision)
+        for v, pred in _predictions(model, store, patients, batch, precision)
     ]
     if not rows:
         return {}
