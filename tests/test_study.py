@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -196,6 +197,31 @@ def test_a_whole_study_reports_a_failed_run_and_completes_the_rest(cli, tmp_path
     result = cli("study", path, "--jobs", "2")
     assert result.code == 1
     assert {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/report.json")} == reports
+
+
+@pytest.mark.slow
+def test_a_study_folder_copied_without_its_checkpoints_is_reused_on_another_machine(
+    cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    # A study moved to a fresh checkout (results kept, checkpoints left behind) trains nothing again.
+    _recipes(tmp_path)
+    study = tmp_path / "study.toml"
+    study.write_text(
+        'name = "s"\nruns_dir = "runs/studies"\nseeds = [1, 2]\nlabeled_ratios = [0.5]\n'
+        '[methods.partial]\nrecipe = "partial.toml"\n[methods.full]\nrecipe = "full.toml"\n'
+    )
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    monkeypatch.chdir(first)
+    assert cli("study", study).code == 0
+    shutil.copytree(first / "runs", second / "runs", ignore=shutil.ignore_patterns("*.pt"))
+    monkeypatch.chdir(second)
+    result = cli("study", study)
+    assert result.code == 0, result.err
+    for run in (second / "runs" / "studies" / "s" / "runs").iterdir():
+        assert not list(run.glob("*.pt")), f"{run.name} was trained again"
+    table = json.loads((second / "runs" / "studies" / "s" / "study.json").read_text())["rows"]
+    assert table == json.loads((first / "runs" / "studies" / "s" / "study.json").read_text())["rows"]
 
 
 def _wait_for(condition: Any, timeout: float = 240) -> None:
