@@ -53,17 +53,14 @@ console = Console()
 err_console = Console(stderr=True)
 
 
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[info]}"),
-        console=console,
-        transient=False,
-    )
+def _progress(remaining: bool = True) -> Progress:
+    """A progress bar; ``remaining=False`` leaves out rich's time estimate, which needs several
+    updates within half a minute (for stages whose steps take minutes, give the estimate in the
+    task's ``info``)."""
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    if remaining:
+        columns.append(TimeRemainingColumn())
+    return Progress(*columns, TextColumn("{task.fields[info]}"), console=console, transient=False)
 
 
 class _ProgressReporter:
@@ -587,7 +584,7 @@ def study(
 
             jobs = max(1, torch.cuda.device_count())
     console.print(f"study {spec.name}: {plan.total_runs()} runs, {jobs} at a time, into {plan.out}")
-    with _progress() as bar:
+    with _progress(remaining=False) as bar:
         task = bar.add_task(f"study {spec.name}", total=plan.total_runs(), info="")
 
         def progress(done: int, total: int, description: str) -> None:

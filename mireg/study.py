@@ -342,17 +342,31 @@ class Study:
         self.out.mkdir(parents=True, exist_ok=True)
         total = self.total_runs()
         done: list[RunRecord] = []
+        start, trained = time.monotonic(), 0
 
-        def report(record: RunRecord) -> None:
+        def report(record: RunRecord, reused: bool) -> None:
+            nonlocal trained
             done.append(record)
-            if progress is not None:
-                progress(len(done), total, f"{self.spec.name}: {record.name} {record.status}")
+            trained += not reused
+            if progress is None:
+                return
+            text = f"{self.spec.name}: {record.name} {'reused' if reused else record.status}"
+            if trained and len(done) < total:
+                left = (time.monotonic() - start) / trained * (total - len(done))
+                text += f", about {_duration(left)} left"
+            progress(len(done), total, text)
 
         if progress is not None:
             progress(0, total, f"{self.spec.name}: starting")
         first = _Runner(self, jobs).run(self.selection_runs(), report)
         second = _Runner(self, jobs).run(self.evaluation_runs(self.choose(first)), report)
         return first + second
+
+
+def _duration(seconds: float) -> str:
+    """``"3 h 05 min"`` or ``"12 min"``."""
+    minutes = max(1, round(seconds / 60))
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
 
 
 def _toml_literal(value: Any) -> str:
@@ -414,7 +428,8 @@ class _Runner:
             shutil.rmtree(run_dir)
         return ["train", str(recipe_file)]
 
-    def run(self, keys: list[RunKey], report: Callable[[RunRecord], None]) -> list[RunRecord]:
+    def run(self, keys: list[RunKey], report: Callable[[RunRecord, bool], None]) -> list[RunRecord]:
+        """Train every run not finished yet; ``report(record, reused)`` as each one ends."""
         records: dict[RunKey, RunRecord] = {}
         queue = list(keys)
         running: dict[RunKey, tuple[subprocess.Popen[bytes], int]] = {}
@@ -426,7 +441,7 @@ class _Runner:
                     command = self._command(key)
                     if command is None:
                         records[key] = _record(self.study, key, "done")
-                        report(records[key])
+                        report(records[key], True)
                         continue
                     slot = free_slots.pop(0)
                     running[key] = (self._start(key, command, slot), slot)
@@ -438,7 +453,7 @@ class _Runner:
                     free_slots.append(slot)
                     status = "done" if code == 0 else ("interrupted" if code in (130, -2, -15) else "failed")
                     records[key] = _record(self.study, key, status)
-                    report(records[key])
+                    report(records[key], False)
                 if running:
                     time.sleep(0.2)
         except BaseException:

@@ -213,11 +213,14 @@ def test_a_study_folder_copied_without_its_checkpoints_is_reused_on_another_mach
     first, second = tmp_path / "first", tmp_path / "second"
     first.mkdir()
     monkeypatch.chdir(first)
-    assert cli("study", study).code == 0
+    result = cli("study", study)
+    assert result.code == 0 and "[1/4] s: partial-c0-50pct-s1 done, about " in result.out
+    assert "[4/4] s: full-c0-all-s2 done (" in result.out  # the last run leaves nothing to estimate
     shutil.copytree(first / "runs", second / "runs", ignore=shutil.ignore_patterns("*.pt"))
     monkeypatch.chdir(second)
     result = cli("study", study)
     assert result.code == 0, result.err
+    assert "[1/4] s: partial-c0-50pct-s1 reused (0 min)" in result.out
     for run in (second / "runs" / "studies" / "s" / "runs").iterdir():
         assert not list(run.glob("*.pt")), f"{run.name} was trained again"
     table = json.loads((second / "runs" / "studies" / "s" / "study.json").read_text())["rows"]
