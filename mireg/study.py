@@ -347,7 +347,8 @@ class Study:
         def report(record: RunRecord, reused: bool) -> None:
             nonlocal trained
             done.append(record)
-            trained += not reused
+            if not reused:
+                trained += 1
             if progress is None:
                 return
             text = f"{self.spec.name}: {record.name} {'reused' if reused else record.status}"
