@@ -200,7 +200,7 @@ def test_a_whole_study_reports_a_failed_run_and_completes_the_rest(cli, tmp_path
 
 
 @pytest.mark.slow
-def test_a_study_folder_copied_without_its_checkpoints_is_reused_on_another_machine(
+def test_a_study_folder_copied_without_its_checkpoints_trains_nothing_again(
     cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:  # type: ignore[no-untyped-def]
     # A study moved to a fresh checkout (results kept, checkpoints left behind) trains nothing again.
