@@ -562,6 +562,14 @@ def study(
     quick: Annotated[
         bool, typer.Option(help="The study's [quick] preset: fewer seeds and epochs, minutes not hours.")
     ] = False,
+    show_plan: Annotated[
+        bool,
+        typer.Option(
+            "--plan",
+            help="Train nothing: show the runs finished, to resume and to train, the choices made on "
+            "validation so far and the time left.",
+        ),
+    ] = False,
 ) -> None:
     """Compare methods over labelled amounts and seeds, settings chosen on validation only.
 
@@ -570,7 +578,7 @@ def study(
     """
     from mireg.runtime import resolve_device
     from mireg.study import Study, load_study
-    from mireg.study_report import overview, summarize_study, write_study_report
+    from mireg.study_report import overview, standing, summarize_study, write_study_report
 
     spec = load_study(study_file)
     if device is not None:
@@ -583,6 +591,13 @@ def study(
             import torch
 
             jobs = max(1, torch.cuda.device_count())
+    if show_plan:
+        tables, time_left = standing(plan, jobs)
+        for title, header, cells in tables:
+            console.print(_plain_table(header, cells, title))
+            console.print()
+        console.print(time_left)
+        return
     console.print(f"study {spec.name}: {plan.total_runs()} runs, {jobs} at a time, into {plan.out}")
     with _progress(remaining=False) as bar:
         task = bar.add_task(f"study {spec.name}", total=plan.total_runs(), info="")

@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from mireg.errors import MiregError, RecipeError
 from mireg.files import atomic_write_text
 from mireg.recipe import (
+    TrainConfig,
     apply_override,
     dump_toml,
     format_problems,
@@ -43,7 +44,17 @@ from mireg.recipe import (
     validation_messages,
 )
 
-__all__ = ["Amount", "RunKey", "RunRecord", "Study", "StudySpec", "load_study"]
+__all__ = [
+    "Amount",
+    "PlannedRun",
+    "RunKey",
+    "RunRecord",
+    "Study",
+    "StudySpec",
+    "duration",
+    "load_study",
+    "minutes_left",
+]
 
 
 class _Strict(BaseModel):
@@ -187,6 +198,19 @@ class RunRecord:
     log: str = ""
 
 
+@dataclass(frozen=True)
+class PlannedRun:
+    """A run of the plan and where it stands."""
+
+    phase: str  # "selection" or "evaluation"
+    method: str
+    amount: Amount
+    config: int | None  # None: to be chosen on validation, once the selection runs finished
+    seed: int
+    state: str  # "done", "resume" or "train"
+    share: float  # of its epochs trained
+
+
 class Study:
     """A study file made concrete: its configurations, runs and folders.
 
@@ -242,6 +266,26 @@ class Study:
             else:
                 data["labeled_patients"] = int(key.amount.value)
         return raw
+
+    def recipe_file(self, key: RunKey) -> Path:
+        """Where the study writes the run's recipe before training it."""
+        return self.out / "recipes" / f"{key.name}.toml"
+
+    def recipe_text(self, key: RunKey) -> str:
+        """The run's recipe as TOML text.
+
+        Raises:
+            MiregError: The study already wrote a different recipe for this run (the study file, or
+                a recipe it names, changed since): finished runs must not be mixed with new ones.
+        """
+        text = dump_toml(self.recipe(key))
+        written = self.recipe_file(key)
+        if written.is_file() and written.read_text() != text:
+            raise MiregError(
+                f"{written}: the study file changed since this run was planned",
+                f"give the study a new name, or remove {self.out} to start it over",
+            )
+        return text
 
     def check(self) -> None:
         """Validate every configuration's recipe (on the meta device) before anything trains.
@@ -330,6 +374,59 @@ class Study:
             "this report."
         )
 
+    # ------------------------------------------------------------------------------ where it stands
+
+    def state(self, key: RunKey) -> tuple[str, float]:
+        """What running the study would do with the run, and the share of its epochs trained so far:
+        ``("done", 1.0)``, ``("resume", share)`` or ``("train", 0.0)``. Writes nothing.
+
+        Raises:
+            MiregError: As :meth:`recipe_text`, when the study file changed since the run was planned.
+        """
+        self.recipe_text(key)
+        run_dir = self.out / "runs" / key.name
+        if (run_dir / "report.json").is_file():
+            return "done", 1.0
+        if not (run_dir / "last.pt").is_file():
+            return "train", 0.0
+        train = self.recipe(key).get("train", {})
+        epochs = train.get("epochs", TrainConfig.model_fields["epochs"].default)
+        try:
+            with open(run_dir / "metrics.csv", newline="") as fh:
+                trained = len(list(csv.DictReader(fh)))
+        except OSError:
+            trained = 0
+        return "resume", min(trained / epochs, 1.0)
+
+    def standing(self) -> tuple[list[PlannedRun], list[RunRecord]]:
+        """Every run of the plan with its state, and the records of the finished ones. Reads the
+        study folder and writes nothing. A method and amount is chosen once all its selection runs
+        finished (as a running study would choose it); until then its later seeds are listed with
+        ``config=None``."""
+        plan: list[PlannedRun] = []
+        records: list[RunRecord] = []
+
+        def add(phase: str, key: RunKey) -> None:
+            state, share = self.state(key)
+            plan.append(PlannedRun(phase, key.method, key.amount, key.config, key.seed, state, share))
+            if state == "done":
+                records.append(_record(self, key, "done"))
+
+        for key in self.selection_runs():
+            add("selection", key)
+        open_choices = {(r.method, r.amount.label) for r in plan if r.state != "done"}
+        chosen = {k: c for k, c in self.choose(records).items() if k not in open_choices}
+        for key in self.evaluation_runs(chosen):
+            add("evaluation", key)
+        for seed in self.seeds:
+            for method in self.spec.methods:
+                if seed in self.select_seeds or len(self.configs(method)) == 1:
+                    continue
+                for amount in self.amounts_of(method):
+                    if (method, amount.label) not in chosen:
+                        plan.append(PlannedRun("evaluation", method, amount, None, seed, "train", 0.0))
+        return plan, records
+
     # ------------------------------------------------------------------------------------- running
 
     def run(self, jobs: int = 1, progress: Callable[[int, int, str], None] | None = None) -> list[RunRecord]:
@@ -342,19 +439,16 @@ class Study:
         self.out.mkdir(parents=True, exist_ok=True)
         total = self.total_runs()
         done: list[RunRecord] = []
-        start, trained = time.monotonic(), 0
 
         def report(record: RunRecord, reused: bool) -> None:
-            nonlocal trained
             done.append(record)
-            if not reused:
-                trained += 1
             if progress is None:
                 return
             text = f"{self.spec.name}: {record.name} {'reused' if reused else record.status}"
-            if trained and len(done) < total:
-                left = (time.monotonic() - start) / trained * (total - len(done))
-                text += f", about {_duration(left)} left"
+            if not reused and len(done) < total:
+                left = minutes_left(*self.standing(), jobs)
+                if left is not None:
+                    text += f", about {duration(60 * left)} left"
             progress(len(done), total, text)
 
         if progress is not None:
@@ -364,7 +458,29 @@ class Study:
         return first + second
 
 
-def _duration(seconds: float) -> str:
+def minutes_left(plan: list[PlannedRun], records: list[RunRecord], jobs: int) -> float | None:
+    """Wall-clock minutes of training left: each unfinished run's untrained share of the mean
+    minutes its method's finished runs took (every finished run's, for a method with none yet),
+    shared among ``jobs`` runs at a time. None before any run has finished.
+
+    Args:
+        plan, records: :meth:`Study.standing`.
+        jobs: Runs at a time.
+    """
+    measured = [r for r in records if r.status == "done" and not math.isnan(r.minutes)]
+    if not measured:
+        return None
+
+    def mean(rs: list[RunRecord]) -> float:
+        return sum(r.minutes for r in rs) / len(rs)
+
+    overall = mean(measured)
+    per_method = {m: mean([r for r in measured if r.method == m]) for m in {r.method for r in measured}}
+    left = sum((1 - run.share) * per_method.get(run.method, overall) for run in plan if run.state != "done")
+    return left / max(1, jobs)
+
+
+def duration(seconds: float) -> str:
     """``"3 h 05 min"`` or ``"12 min"``."""
     minutes = max(1, round(seconds / 60))
     return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
@@ -409,15 +525,7 @@ class _Runner:
         """The ``mireg`` arguments that train or resume the run, or None if it is finished."""
         study = self.study
         run_dir = study.out / "runs" / key.name
-        recipe_file = study.out / "recipes" / f"{key.name}.toml"
-        raw = study.recipe(key)
-        text = dump_toml(raw)
-        if recipe_file.is_file() and recipe_file.read_text() != text:
-            raise MiregError(
-                f"{recipe_file}: the study file changed since this run was planned",
-                f"give the study a new name, or remove {study.out} to start it over",
-            )
-        atomic_write_text(recipe_file, text)
+        atomic_write_text(study.recipe_file(key), study.recipe_text(key))
         if (run_dir / "report.json").is_file():
             return None
         if (run_dir / "last.pt").is_file():
@@ -427,7 +535,7 @@ class _Runner:
             if extra:
                 raise MiregError(f"{run_dir}: holds {sorted(extra)} but no checkpoint; not touching it")
             shutil.rmtree(run_dir)
-        return ["train", str(recipe_file)]
+        return ["train", str(study.recipe_file(key))]
 
     def run(self, keys: list[RunKey], report: Callable[[RunRecord, bool], None]) -> list[RunRecord]:
         """Train every run not finished yet; ``report(record, reused)`` as each one ends."""

@@ -17,9 +17,9 @@ from typing import Any
 from mireg.files import atomic_write, atomic_write_text
 from mireg.report import markdown_table
 from mireg.stats import Estimate, PairedDifference, estimate, gap_share, paired_difference
-from mireg.study import RunRecord, Study, records_to_json
+from mireg.study import PlannedRun, RunRecord, Study, duration, minutes_left, records_to_json
 
-__all__ = ["Row", "overview", "summarize_study", "write_study_report"]
+__all__ = ["Row", "overview", "standing", "summarize_study", "write_study_report"]
 
 
 @dataclass
@@ -310,3 +310,105 @@ def write_study_report(study: Study, records: list[RunRecord], rows: list[Row]) 
     atomic_write_text(paths[2], _csv(records))
     plot(study, rows, paths[3])
     return paths
+
+
+# --------------------------------------------------------------------------------------------------
+# Where a study stands (``mireg study --plan``)
+
+Table = tuple[str, list[str], list[list[str]]]  # title, header, rows
+
+
+def standing(study: Study, jobs: int) -> tuple[list[Table], str]:
+    """Where the study stands, without training anything: per phase, method and labelled amount,
+    the runs finished, to resume and to train; each gridded configuration's mean best validation
+    DSC so far and the one chosen; and a closing line with the training time left, estimated from
+    the minutes the finished runs took. No test number is shown.
+    """
+    plan, records = study.standing()
+    count = {state: sum(r.state == state for r in plan) for state in ("done", "resume", "train")}
+    tables: list[Table] = []
+    for phase in ("selection", "evaluation"):
+        groups: dict[tuple[str, str], list[PlannedRun]] = {}
+        for run in plan:
+            if run.phase == phase:
+                groups.setdefault((run.method, run.amount.label), []).append(run)
+        if not groups:
+            continue
+        rows = []
+        for (method, _), runs in groups.items():
+            configs = sorted({r.config for r in runs if r.config is not None})
+            if phase == "selection":
+                which = str(len(configs))
+            else:
+                which = ", ".join(f"c{c}" for c in configs) or "not chosen yet"
+            states = [str(sum(r.state == state for r in runs)) for state in ("done", "resume", "train")]
+            rows.append([method, runs[0].amount.text, which, *states])
+        seeds = ", ".join(map(str, sorted({r.seed for r in plan if r.phase == phase})))
+        title = (
+            f"{phase}, seeds {seeds}"
+            if phase == "selection"
+            else f"{phase} of the configuration chosen, seeds {seeds}"
+        )
+        header = ["method", "labelled", "configurations", "finished", "to resume", "to train"]
+        tables.append((title, header, rows))
+    choices = _choices(study, plan, records)
+    if choices:
+        amounts = [a.text for a in study.amounts]
+        header = ["method", "configuration", *(f"val DSC (%) at {a}" for a in amounts)]
+        title = "best validation DSC, mean over the selection seeds finished so far"
+        tables.append((title, header, choices))
+    head = (
+        f"study {study.spec.name}: {len(plan)} runs in {study.out}: {count['done']} finished, "
+        f"{count['resume']} to resume, {count['train']} to train"
+    )
+    return tables, head + "\n" + _time_left(plan, records, jobs)
+
+
+def _choices(study: Study, plan: list[PlannedRun], records: list[RunRecord]) -> list[list[str]]:
+    """Per gridded method and configuration, its mean best validation DSC at each amount so far."""
+    chosen = {
+        (r.method, r.amount.label): r.config for r in plan if r.phase == "evaluation" and r.config is not None
+    }
+    rows = []
+    for method in study.spec.methods:
+        configs = study.configs(method)
+        if len(configs) == 1:
+            continue
+        for config, settings in enumerate(configs):
+            cells = []
+            for amount in study.amounts:
+                val = [
+                    r.val_dice
+                    for r in records
+                    if (r.method, r.amount, r.config, r.status) == (method, amount.label, config, "done")
+                    and r.seed in study.select_seeds
+                ]
+                cell = f"{100 * _mean(val):.1f}" if val else ""
+                if len(val) < len(study.select_seeds):
+                    cell += f" ({len(val)} of {len(study.select_seeds)})"
+                elif chosen.get((method, amount.label)) == config:
+                    cell += " chosen"
+                cells.append(cell.strip())
+            rows.append([method, f"c{config}: {_short_settings(settings)}", *cells])
+    return rows
+
+
+def _short_settings(settings: dict[str, Any]) -> str:
+    """Settings by the last part of their key (``lr = 1e-06``), unless two of them share it."""
+    names = [key.rsplit(".", 1)[-1] for key in settings]
+    if len(set(names)) < len(names):
+        return _settings(settings)
+    return ", ".join(f"{n} = {v}" for n, v in zip(names, settings.values(), strict=True))
+
+
+def _time_left(plan: list[PlannedRun], records: list[RunRecord], jobs: int) -> str:
+    left = sum(r.state != "done" for r in plan)
+    if not left:
+        return "every run has finished; running the study writes its report"
+    minutes = minutes_left(plan, records, jobs)
+    if minutes is None:
+        return f"{left} runs to train; the time they take is estimated once one has finished"
+    return (
+        f"about {duration(60 * minutes)} of training left at {jobs} run{'s' if jobs > 1 else ''} "
+        "at a time (from the minutes the finished runs took)"
+    )

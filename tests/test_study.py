@@ -136,6 +136,56 @@ def test_a_configuration_missing_a_selection_run_does_not_compete(tmp_path: Path
     assert study.choose(records) == {("partial", "50pct"): 0}
 
 
+def _finished_run(run: Path, val: float, seconds: float, epochs: int = 4) -> None:
+    """The files ``mireg train`` leaves in a finished run that a study reads (test DSC 12.3456 %)."""
+    run.mkdir(parents=True)
+    rows = "".join(f"{e},{val},{seconds / epochs}\n" for e in range(1, epochs + 1))
+    (run / "metrics.csv").write_text("epoch,val_dice/mean,seconds\n" + rows)
+    summary = {"dice": {"all": {"mean": {"mean": 0.123456}}}, "hd95": {"all": {"mean": {"mean": 9.87}}}}
+    (run / "report.json").write_text(json.dumps({"summary": summary}))
+
+
+def test_the_plan_shows_where_a_study_stands_without_training_or_reading_test(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    _recipes(tmp_path, epochs=4)
+    path = _study_file(tmp_path, GRID_STUDY)
+    runs = tmp_path / "out" / "s" / "runs"
+    _finished_run(runs / "partial-c0-50pct-s1", 0.80, 120)
+    _finished_run(runs / "partial-c1-50pct-s1", 0.90, 120)
+    _finished_run(runs / "partial-c0-50pct-s2", 0.70, 120)
+    resumed = runs / "partial-c1-50pct-s2"
+    resumed.mkdir()
+    (resumed / "last.pt").write_bytes(b"checkpoint")
+    (resumed / "metrics.csv").write_text("epoch,val_dice/mean,seconds\n1,0.5,30\n2,0.6,30\n")
+
+    result = cli("study", path, "--plan")
+    assert result.code == 0, result.err
+    lines = [" ".join(line.split()) for line in result.out.splitlines()]
+    assert "partial 50 % 2 3 1 0" in lines  # selection: 2 configurations, 3 finished, 1 to resume
+    assert "udaiic 50 % 1 0 0 3" in lines and "full all 1 0 0 3" in lines
+    assert "partial 50 % not chosen yet 0 0 1" in lines  # evaluation on seed 3
+    assert "partial c0: lr = 1e-05 75.0" in lines
+    assert "partial c1: lr = 3e-05 90.0 (1 of 2)" in lines
+    # 2 min per finished run: half of one, six more, and the evaluation run left.
+    assert "about 15 min of training left at 1 run at a time" in result.out
+    assert "12.3" not in result.out and "9.9" not in result.out  # no test number
+    assert not list((tmp_path / "out" / "s").glob("recipes/*"))  # nothing written
+
+    shutil.rmtree(resumed)
+    _finished_run(resumed, 0.85, 120)
+    result = cli("study", path, "--plan", "--jobs", "3")
+    lines = [" ".join(line.split()) for line in result.out.splitlines()]
+    assert "partial c1: lr = 3e-05 87.5 chosen" in lines
+    assert "partial 50 % c1 0 0 1" in lines
+    assert "about 5 min of training left at 3 runs at a time" in result.out  # 7 runs x 2 min over 3
+
+    # A recipe the study wrote earlier that differs from today's: refused, as running would be.
+    (tmp_path / "out" / "s" / "recipes").mkdir()
+    key = RunKey("partial", 0, Study(load_study(path), path).amounts[0], 1)
+    (tmp_path / "out" / "s" / "recipes" / f"{key.name}.toml").write_text("old recipe")
+    result = cli("study", path, "--plan")
+    assert result.code == 1 and "the study file changed since this run was planned" in result.err
+
+
 def test_bad_study_files_name_the_file_and_every_key(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     path = _study_file(
         tmp_path,
