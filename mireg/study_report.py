@@ -17,7 +17,7 @@ from typing import Any
 from mireg.files import atomic_write, atomic_write_text
 from mireg.report import markdown_table
 from mireg.stats import Estimate, PairedDifference, estimate, gap_share, paired_difference
-from mireg.study import PlannedRun, RunRecord, Study, duration, minutes_left, records_to_json
+from mireg.study import Amount, PlannedRun, RunRecord, Study, duration, minutes_left, records_to_json
 
 __all__ = ["Row", "overview", "standing", "summarize_study", "write_study_report"]
 
@@ -351,10 +351,10 @@ def standing(study: Study, jobs: int) -> tuple[list[Table], str]:
         )
         header = ["method", "labelled", "configurations", "finished", "to resume", "to train"]
         tables.append((title, header, rows))
-    choices = _choices(study, plan, records)
+    amounts = list(dict.fromkeys(a for m in _gridded(study) for a in study.amounts_of(m)))
+    choices = _choices(study, plan, records, amounts)
     if choices:
-        amounts = [a.text for a in study.amounts]
-        header = ["method", "configuration", *(f"val DSC (%) at {a}" for a in amounts)]
+        header = ["method", "configuration", *(f"val DSC (%) at {a.text}" for a in amounts)]
         title = "best validation DSC, mean over the selection seeds finished so far"
         tables.append((title, header, choices))
     head = (
@@ -364,19 +364,25 @@ def standing(study: Study, jobs: int) -> tuple[list[Table], str]:
     return tables, head + "\n" + _time_left(plan, records, jobs)
 
 
-def _choices(study: Study, plan: list[PlannedRun], records: list[RunRecord]) -> list[list[str]]:
+def _gridded(study: Study) -> list[str]:
+    return [m for m in study.spec.methods if len(study.configs(m)) > 1]
+
+
+def _choices(
+    study: Study, plan: list[PlannedRun], records: list[RunRecord], amounts: list[Amount]
+) -> list[list[str]]:
     """Per gridded method and configuration, its mean best validation DSC at each amount so far."""
     chosen = {
         (r.method, r.amount.label): r.config for r in plan if r.phase == "evaluation" and r.config is not None
     }
     rows = []
-    for method in study.spec.methods:
-        configs = study.configs(method)
-        if len(configs) == 1:
-            continue
-        for config, settings in enumerate(configs):
+    for method in _gridded(study):
+        for config, settings in enumerate(study.configs(method)):
             cells = []
-            for amount in study.amounts:
+            for amount in amounts:
+                if amount not in study.amounts_of(method):
+                    cells.append("")
+                    continue
                 val = [
                     r.val_dice
                     for r in records

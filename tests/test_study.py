@@ -147,7 +147,8 @@ def _finished_run(run: Path, val: float, seconds: float, epochs: int = 4) -> Non
 
 def test_the_plan_shows_where_a_study_stands_without_training_or_reading_test(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     _recipes(tmp_path, epochs=4)
-    path = _study_file(tmp_path, GRID_STUDY)
+    full_grid = '[methods.full]\nrecipe = "full.toml"\n[methods.full.grid]\n"optim.lr" = [1e-5, 3e-5]\n'
+    path = _study_file(tmp_path, GRID_STUDY.replace('[methods.full]\nrecipe = "full.toml"\n', full_grid))
     runs = tmp_path / "out" / "s" / "runs"
     _finished_run(runs / "partial-c0-50pct-s1", 0.80, 120)
     _finished_run(runs / "partial-c1-50pct-s1", 0.90, 120)
@@ -161,12 +162,14 @@ def test_the_plan_shows_where_a_study_stands_without_training_or_reading_test(cl
     assert result.code == 0, result.err
     lines = [" ".join(line.split()) for line in result.out.splitlines()]
     assert "partial 50 % 2 3 1 0" in lines  # selection: 2 configurations, 3 finished, 1 to resume
-    assert "udaiic 50 % 1 0 0 3" in lines and "full all 1 0 0 3" in lines
+    assert "udaiic 50 % 1 0 0 3" in lines and "full all 2 0 0 4" in lines
     assert "partial 50 % not chosen yet 0 0 1" in lines  # evaluation on seed 3
-    assert "partial c0: lr = 1e-05 75.0" in lines
+    assert "full all not chosen yet 0 0 1" in lines
+    assert "partial c0: lr = 1e-05 75.0" in lines  # validation DSC at 50 %, nothing at "all"
     assert "partial c1: lr = 3e-05 90.0 (1 of 2)" in lines
-    # 2 min per finished run: half of one, six more, and the evaluation run left.
-    assert "about 15 min of training left at 1 run at a time" in result.out
+    assert "full c0: lr = 1e-05 (0 of 2)" in lines  # full trains at "all" only
+    # 2 min per finished run: half of one, seven more, and the two evaluation runs left.
+    assert "about 19 min of training left at 1 run at a time" in result.out
     assert "12.3" not in result.out and "9.9" not in result.out  # no test number
     assert not list((tmp_path / "out" / "s").glob("recipes/*"))  # nothing written
 
@@ -176,7 +179,7 @@ def test_the_plan_shows_where_a_study_stands_without_training_or_reading_test(cl
     lines = [" ".join(line.split()) for line in result.out.splitlines()]
     assert "partial c1: lr = 3e-05 87.5 chosen" in lines
     assert "partial 50 % c1 0 0 1" in lines
-    assert "about 5 min of training left at 3 runs at a time" in result.out  # 7 runs x 2 min over 3
+    assert "about 6 min of training left at 3 runs at a time" in result.out  # 9 runs x 2 min over 3
 
     # A recipe the study wrote earlier that differs from today's: refused, as running would be.
     (tmp_path / "out" / "s" / "recipes").mkdir()
