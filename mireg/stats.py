@@ -73,7 +73,7 @@ def paired_difference(a: Sequence[float], b: Sequence[float], level: float = 0.9
     differences = [x - y for x, y in zip(a, b, strict=True)]
     result = estimate(differences, level)
     p = math.nan
-    if len(differences) > 1 and result.std > 0:
+    if len(differences) > 1 and result.std > 1e-12:  # not float noise around equal differences
         t = result.mean / (result.std / math.sqrt(len(differences)))
         p = float(2 * _scipy_stats.t.sf(abs(t), len(differences) - 1))
     return PairedDifference(result, p)

@@ -16,6 +16,7 @@ and the rest of the study goes on. A killed study continues where it stopped whe
 from __future__ import annotations
 
 import csv
+import hashlib
 import itertools
 import json
 import math
@@ -114,6 +115,9 @@ class StudySpec(_Strict):
             raise ValueError(f"labeled_ratios must be in (0, 1], got {ratios}")
         if any(n < 1 for n in self.labeled_patients or []):
             raise ValueError(f"labeled_patients must be >= 1, got {self.labeled_patients}")
+        labels = [f"{r * 100:g}" for r in ratios] + [str(n) for n in self.labeled_patients or []]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"the labelled amounts repeat: {self.labeled_ratios or self.labeled_patients}")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds has duplicates: {self.seeds}")
         if self.select_seeds is not None and not set(self.select_seeds) <= set(self.seeds):
@@ -196,6 +200,7 @@ class RunRecord:
     test_hd95: float = math.nan
     minutes: float = math.nan
     log: str = ""
+    split: str = ""  # fingerprint of the validation and test patients ("": not known)
 
 
 @dataclass(frozen=True)
@@ -258,13 +263,17 @@ class Study:
         for assignment in overrides:
             apply_override(raw, assignment)
         data = raw.setdefault("data", {})
-        if key.amount.kind != "all" and isinstance(data, dict):
-            data.pop("labeled_ratio", None)
+        if isinstance(data, dict):
             data.pop("labeled_patients", None)
-            if key.amount.kind == "ratio":
-                data["labeled_ratio"] = key.amount.value
+            if key.amount.kind == "all":  # every label, whatever the recipe says
+                if "labeled_ratio" in data:
+                    data["labeled_ratio"] = 1.0
             else:
-                data["labeled_patients"] = int(key.amount.value)
+                data.pop("labeled_ratio", None)
+                if key.amount.kind == "ratio":
+                    data["labeled_ratio"] = key.amount.value
+                else:
+                    data["labeled_patients"] = int(key.amount.value)
         return raw
 
     def recipe_file(self, key: RunKey) -> Path:
@@ -367,11 +376,24 @@ class Study:
     def rule(self) -> str:
         """The selection rule, as the report states it."""
         seeds = ", ".join(map(str, self.select_seeds))
-        return (
+        held_out = [s for s in self.seeds if s not in self.select_seeds]
+        text = (
             "For each method with a grid and each labelled amount, the configuration with the highest "
             f"mean best-validation DSC over seeds {seeds} (validation split only; ties to the first "
-            "listed) is chosen, then trained on the other seeds; the test split is read only for "
-            "this report."
+            "listed; a configuration with a selection run that did not finish does not compete) is "
+            "chosen"
+        )
+        if not held_out:
+            return text + (
+                "; every seed is a selection seed, so the test numbers of a method with a grid come "
+                "from the runs its configuration was chosen on. The test split is read only for this "
+                "report."
+            )
+        return text + (
+            f", then trained on seeds {', '.join(map(str, held_out))}. The test numbers of a method "
+            "with a grid include its chosen configuration's runs on the selection seeds, which that "
+            "choice may flatter (the more so the larger the grid); the held-out table uses only the "
+            "seeds nothing was chosen on. The test split is read only for this report."
         )
 
     # ------------------------------------------------------------------------------ where it stands
@@ -461,7 +483,8 @@ class Study:
 def minutes_left(plan: list[PlannedRun], records: list[RunRecord], jobs: int) -> float | None:
     """Wall-clock minutes of training left: each unfinished run's untrained share of the mean
     minutes its method's finished runs took (every finished run's, for a method with none yet),
-    shared among ``jobs`` runs at a time. None before any run has finished.
+    shared among ``jobs`` runs at a time (and never less than the longest run left). None before
+    any run has finished.
 
     Args:
         plan, records: :meth:`Study.standing`.
@@ -476,8 +499,8 @@ def minutes_left(plan: list[PlannedRun], records: list[RunRecord], jobs: int) ->
 
     overall = mean(measured)
     per_method = {m: mean([r for r in measured if r.method == m]) for m in {r.method for r in measured}}
-    left = sum((1 - run.share) * per_method.get(run.method, overall) for run in plan if run.state != "done")
-    return left / max(1, jobs)
+    left = [(1 - run.share) * per_method.get(run.method, overall) for run in plan if run.state != "done"]
+    return max(sum(left) / max(1, jobs), max(left, default=0.0))  # one long run is not shared
 
 
 def duration(seconds: float) -> str:
@@ -605,7 +628,12 @@ def _record(study: Study, key: RunKey, status: str) -> RunRecord:
         record.val_dice = max(float(r["val_dice/mean"]) for r in rows)
         record.minutes = sum(float(r["seconds"]) for r in rows) / 60
         record.test_dice = float(summary["dice"]["all"]["mean"]["mean"])
-        record.test_hd95 = float(summary["hd95"]["all"]["mean"]["mean"] or math.nan)
+        hd95 = summary["hd95"]["all"]["mean"]["mean"]  # None where no volume had one
+        record.test_hd95 = math.nan if hd95 is None else float(hd95)
+        if (run_dir / "split.json").is_file():
+            split = json.loads((run_dir / "split.json").read_text())
+            held = json.dumps([sorted(split["validation"]), sorted(split["test"])])
+            record.split = hashlib.sha256(held.encode()).hexdigest()[:12]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         record.status = "failed"
         record.log = f"{log} ({run_dir}: unreadable results: {exc})"

@@ -10,7 +10,7 @@ import csv
 import io
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ class Row:
     method: str
     amount: str
     amount_text: str
-    config: int
+    config: int | None  # None: a grid whose choice could not be made (selection runs unfinished)
     settings: dict[str, Any]
     seeds: list[int]
     dice: Estimate | None
@@ -40,26 +40,34 @@ class Row:
     minutes_per_run: float
     minutes_in_all: float  # every run of this method and amount, the grid's included
     failed: list[str]  # log paths of runs that did not finish
+    unpaired: list[int] = field(default_factory=list)  # seeds tested on other patients than the baseline
+    # The same on the seeds no configuration was chosen on (a study with select_seeds only).
+    held_out_dice: Estimate | None = None
+    held_out_versus_baseline: PairedDifference | None = None
+    held_out_gap: float = math.nan
 
 
 def summarize_study(study: Study, records: list[RunRecord]) -> list[Row]:
     """The rows of the report (the configurations are those :meth:`Study.choose` picks)."""
     chosen = study.choose(records)
     spec = study.spec
+    held_out = {s for s in study.seeds if s not in study.select_seeds}
     rows: list[Row] = []
     for method in spec.methods:
         for amount in study.amounts_of(method):
-            config = chosen.get((method, amount.label), 0)
+            gridded = len(study.configs(method)) > 1
+            config = chosen.get((method, amount.label), None if gridded else 0)
             mine = [r for r in records if (r.method, r.amount) == (method, amount.label)]
             picked = sorted((r for r in mine if r.config == config), key=lambda r: r.seed)
             ok = [r for r in picked if r.status == "done"]
+            kept = [r for r in ok if r.seed in held_out]
             rows.append(
                 Row(
                     method=method,
                     amount=amount.label,
                     amount_text=amount.text,
                     config=config,
-                    settings=study.configs(method)[config],
+                    settings={} if config is None else study.configs(method)[config],
                     seeds=[r.seed for r in ok],
                     dice=estimate([r.test_dice for r in ok]) if ok else None,
                     hd95=_finite_estimate([r.test_hd95 for r in ok]),
@@ -69,6 +77,7 @@ def summarize_study(study: Study, records: list[RunRecord]) -> list[Row]:
                     minutes_per_run=_mean([r.minutes for r in ok]),
                     minutes_in_all=sum(r.minutes for r in mine if r.status == "done"),
                     failed=[r.log for r in mine if r.status != "done"],
+                    held_out_dice=estimate([r.test_dice for r in kept]) if kept else None,
                 )
             )
     by_key = {(row.method, row.amount): row for row in rows}
@@ -77,10 +86,18 @@ def summarize_study(study: Study, records: list[RunRecord]) -> list[Row]:
         base = by_key.get((spec.baseline, row.amount))
         if row.method in (spec.baseline, spec.full) or base is None:
             continue
-        row.versus_baseline = _paired(records, row, base)
-        if full is not None and full.dice is not None and base.dice is not None and row.dice is not None:
-            row.gap = gap_share(row.dice.mean, base.dice.mean, full.dice.mean)
+        row.versus_baseline, row.unpaired = _paired(records, row, base)
+        row.held_out_versus_baseline, _ = _paired(records, row, base, held_out)
+        if full is not None:
+            row.gap = _gap_of(row.dice, base.dice, full.dice)
+            row.held_out_gap = _gap_of(row.held_out_dice, base.held_out_dice, full.held_out_dice)
     return rows
+
+
+def _gap_of(method: Estimate | None, partial: Estimate | None, full: Estimate | None) -> float:
+    if method is None or partial is None or full is None:
+        return math.nan
+    return gap_share(method.mean, partial.mean, full.mean)
 
 
 def _mean(values: list[float]) -> float:
@@ -93,21 +110,29 @@ def _finite_estimate(values: list[float]) -> Estimate | None:
     return estimate(values) if values else None
 
 
-def _paired(records: list[RunRecord], row: Row, base: Row) -> PairedDifference | None:
-    """Test DSC of ``row`` minus the baseline's, over the seeds both finished (same splits)."""
+def _paired(
+    records: list[RunRecord], row: Row, base: Row, among: set[int] | None = None
+) -> tuple[PairedDifference | None, list[int]]:
+    """Test DSC of ``row`` minus the baseline's over the seeds both finished (of ``among`` only, if
+    given), and the seeds left out because the two runs were validated or tested on different
+    patients (their recipes' data differ), which no difference can pair."""
 
-    def dice_by_seed(r: Row) -> dict[int, float]:
+    def by_seed(r: Row) -> dict[int, RunRecord]:
         return {
-            x.seed: x.test_dice
+            x.seed: x
             for x in records
             if (x.method, x.amount, x.config, x.status) == (r.method, r.amount, r.config, "done")
+            and (among is None or x.seed in among)
         }
 
-    mine, theirs = dice_by_seed(row), dice_by_seed(base)
-    seeds = sorted(set(mine) & set(theirs))
+    mine, theirs = by_seed(row), by_seed(base)
+    both = sorted(set(mine) & set(theirs))
+    unpaired = [s for s in both if mine[s].split and theirs[s].split and mine[s].split != theirs[s].split]
+    seeds = [s for s in both if s not in unpaired]
     if not seeds:
-        return None
-    return paired_difference([mine[s] for s in seeds], [theirs[s] for s in seeds])
+        return None, unpaired
+    a, b = [mine[s].test_dice for s in seeds], [theirs[s].test_dice for s in seeds]
+    return paired_difference(a, b), unpaired
 
 
 # --------------------------------------------------------------------------------------------------
@@ -117,10 +142,9 @@ def _paired(records: list[RunRecord], row: Row, base: Row) -> PairedDifference |
 def _pct(e: Estimate | None, scale: float = 100.0) -> str:
     if e is None:
         return "n/a"
-    text = f"{scale * e.mean:.1f} ± {scale * e.std:.1f}"
-    if e.n > 1:
-        text += f" [{scale * e.low:.1f}, {scale * e.high:.1f}]"
-    return text
+    if e.n == 1:
+        return f"{scale * e.mean:.1f}"
+    return f"{scale * e.mean:.1f} ± {scale * e.std:.1f} [{scale * e.low:.1f}, {scale * e.high:.1f}]"
 
 
 def _difference(d: PairedDifference | None) -> str:
@@ -167,7 +191,7 @@ def markdown(study: Study, rows: list[Row]) -> str:
                 _difference(row.versus_baseline),
                 gap,
                 _pct(row.val_dice),
-                _settings(row.settings),
+                "not chosen: selection runs unfinished" if row.config is None else _settings(row.settings),
                 "n/a" if math.isnan(row.minutes_per_run) else f"{row.minutes_per_run:.1f}",
             ]
         )
@@ -192,11 +216,50 @@ def markdown(study: Study, rows: list[Row]) -> str:
         + "; ".join(f"{r.method} at {r.amount_text}: {r.minutes_in_all:.1f} min" for r in rows)
         + " of training in all (grids included).",
     ]
+    unpaired = [
+        f"{r.method} at {r.amount_text}: seeds {', '.join(map(str, r.unpaired))}" for r in rows if r.unpaired
+    ]
+    if unpaired:
+        lines += [
+            "",
+            f"Not paired with {spec.baseline}, because the runs of a seed were validated or tested on "
+            f"different patients (their recipes' data differ): {'; '.join(unpaired)}.",
+        ]
+    lines += _held_out_table(study, rows)
     failed = [log for row in rows for log in row.failed]
     if failed:
         lines += ["", f"Runs that did not finish ({len(failed)}); their logs:", ""]
         lines += [f"- {log}" for log in failed]
     return "\n".join(lines) + "\n"
+
+
+def _held_out_table(study: Study, rows: list[Row]) -> list[str]:
+    """The test numbers on the seeds no configuration was chosen on, as lines of ``study.md``."""
+    held_out = [s for s in study.seeds if s not in study.select_seeds]
+    if not held_out:
+        return []
+    spec = study.spec
+    header = ["method", "labelled", "seeds", "test DSC (%)", f"Δ DSC vs {spec.baseline}", "gap closed"]
+    table = [
+        [
+            row.method,
+            row.amount_text,
+            str(row.held_out_dice.n if row.held_out_dice is not None else 0),
+            _pct(row.held_out_dice),
+            _difference(row.held_out_versus_baseline),
+            "" if row.method in (spec.baseline, spec.full) else _gap(row.held_out_gap),
+        ]
+        for row in rows
+    ]
+    return [
+        "",
+        f"## Held out from the choice: seeds {', '.join(map(str, held_out))}",
+        "",
+        "The same, on the seeds no configuration was chosen on (the chosen configurations' runs "
+        "only; a method without a grid also trained on the selection seeds, left out here).",
+        "",
+        markdown_table(header, table).rstrip("\n"),
+    ]
 
 
 def _gap(share: float) -> str:

@@ -37,3 +37,9 @@ def test_gap_share() -> None:
     assert gap_share(0.79, 0.69, 0.89) == pytest.approx(0.5)
     assert gap_share(0.65, 0.69, 0.89) == pytest.approx(-0.2)  # worse than the baseline
     assert math.isnan(gap_share(0.8, 0.9, 0.9)) and math.isnan(gap_share(0.8, 0.9, 0.85))
+
+
+def test_equal_differences_up_to_float_noise_give_no_test() -> None:
+    # 0.8 - 0.7, 0.9 - 0.8 and 0.3 - 0.2 differ in the last bits only: no p-value of 1e-31.
+    d = paired_difference([0.8, 0.9, 0.3], [0.7, 0.8, 0.2])
+    assert d.difference.mean == pytest.approx(0.1) and math.isnan(d.p_value)

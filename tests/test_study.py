@@ -18,7 +18,7 @@ import pytest
 from mireg.errors import RecipeError
 from mireg.recipe import dump_toml
 from mireg.study import RunKey, RunRecord, Study, load_study
-from mireg.study_report import summarize_study
+from mireg.study_report import markdown, summarize_study
 
 from .helpers import tiny_recipe
 
@@ -121,6 +121,82 @@ def test_the_study_chooses_on_validation_even_where_test_would_choose_otherwise(
     assert rows["udaiic"].versus_baseline is not None
     assert rows["udaiic"].versus_baseline.difference.mean == pytest.approx(0.7 - 0.61)
     assert rows["udaiic"].gap == pytest.approx((0.7 - 0.61) / (0.7 - 0.61))
+
+
+def test_the_report_keeps_the_held_out_seeds_apart_and_never_reports_an_unmade_choice(
+    tmp_path: Path,
+) -> None:
+    _recipes(tmp_path)
+    study = Study(load_study(_study_file(tmp_path, GRID_STUDY)), tmp_path / "study.toml")
+    keys = {k.name: k for k in study.selection_runs()}
+    test = {  # test DSC per seed: partial's chosen configuration (c1), udaiic and full
+        "partial": {1: 0.60, 2: 0.70, 3: 0.50},
+        "udaiic": {1: 0.70, 2: 0.75, 3: 0.70},
+        "full": {1: 0.90, 2: 0.90, 3: 0.90},
+    }
+    records = [_record(keys[f"partial-c0-50pct-s{s}"], 0.5, 0.99) for s in (1, 2)]
+    records += [_record(keys[f"partial-c1-50pct-s{s}"], 0.8, test["partial"][s]) for s in (1, 2)]
+    records += [
+        _record(k, 0.8, test[k.method][k.seed]) for n, k in keys.items() if not n.startswith("partial")
+    ]
+    [later] = study.evaluation_runs(study.choose(records))
+    records.append(_record(later, 0.8, test["partial"][3]))
+    records[-1].test_hd95 = 0.0  # a perfect prediction: a distance, not a missing value
+    rows = {row.method: row for row in summarize_study(study, records)}
+    partial, udaiic = rows["partial"], rows["udaiic"]
+    assert partial.dice is not None and partial.dice.mean == pytest.approx(0.6)
+    assert udaiic.gap == pytest.approx((0.7166667 - 0.6) / (0.9 - 0.6), abs=1e-6)
+    # Seed 3 alone: nothing was chosen on it.
+    assert partial.held_out_dice is not None and partial.held_out_dice.mean == pytest.approx(0.5)
+    assert udaiic.held_out_versus_baseline is not None
+    assert udaiic.held_out_versus_baseline.difference.mean == pytest.approx(0.2)
+    assert udaiic.held_out_gap == pytest.approx(0.5)
+    assert partial.hd95 is not None and partial.hd95.n == 3 and partial.hd95.mean == pytest.approx(20 / 3)
+    md = markdown(study, list(rows.values()))
+    assert (
+        "## Held out from the choice: seeds 3" in md and "| udaiic | 50 % | 1 | 70.0 | +20.0 | 50 % |" in md
+    )
+    assert "which that choice may flatter" in study.rule()
+
+    # Without partial's seed-2 runs no configuration can be chosen, and none is reported.
+    records = [r for r in records if r.name not in ("partial-c0-50pct-s2", "partial-c1-50pct-s2", later.name)]
+    rows = {row.method: row for row in summarize_study(study, records)}
+    assert rows["partial"].config is None and rows["partial"].dice is None
+    assert "not chosen: selection runs unfinished" in markdown(study, list(rows.values()))
+
+
+def test_runs_tested_on_other_patients_than_the_baseline_are_not_paired(tmp_path: Path) -> None:
+    _recipes(tmp_path)
+    study = Study(load_study(_study_file(tmp_path, GRID_STUDY)), tmp_path / "study.toml")
+    keys = {k.name: k for k in study.selection_runs()}
+    records = [_record(k, 0.8, 0.6) for n, k in keys.items() if not n.startswith("udaiic")]
+    records += [_record(keys[f"udaiic-c0-50pct-s{s}"], 0.8, 0.6 + 0.1 * s) for s in (1, 2, 3)]
+    records += [_record(r, 0.8, 0.6) for r in study.evaluation_runs(study.choose(records))]
+    for r in records:
+        r.split = "other patients" if r.name == "udaiic-c0-50pct-s2" else "same patients"
+    rows = {row.method: row for row in summarize_study(study, records)}
+    difference = rows["udaiic"].versus_baseline
+    assert rows["udaiic"].unpaired == [2] and difference is not None
+    assert difference.difference.n == 2 and difference.difference.mean == pytest.approx(0.2)  # seeds 1, 3
+    expected = (
+        "Not paired with partial, because the runs of a seed were validated or tested on different "
+        "patients (their recipes' data differ): udaiic at 50 %: seeds 2."
+    )
+    assert expected in markdown(study, list(rows.values()))
+
+
+def test_the_full_method_trains_with_every_label_and_amounts_do_not_repeat(tmp_path: Path) -> None:
+    _recipes(tmp_path)
+    text = GRID_STUDY.replace(
+        'recipe = "full.toml"\n', 'recipe = "full.toml"\nset = ["data.labeled_ratio=0.1"]\n'
+    )
+    study = Study(load_study(_study_file(tmp_path, text)), tmp_path / "study.toml")
+    [full] = [k for k in study.selection_runs() if k.method == "full" and k.seed == 1]
+    assert study.recipe(full)["data"]["labeled_ratio"] == 1.0
+    with pytest.raises(RecipeError, match="the labelled amounts repeat"):
+        load_study(
+            _study_file(tmp_path, GRID_STUDY.replace("labeled_ratios = [0.5]", "labeled_ratios = [0.5, 0.5]"))
+        )
 
 
 def test_a_configuration_missing_a_selection_run_does_not_compete(tmp_path: Path) -> None:
