@@ -294,6 +294,24 @@ def test_channel_dropout_acts_only_inside_its_block_and_only_in_training(backbon
             assert torch.equal(net(x), reference)
 
 
+def test_unimatch_perturbs_the_maps_fed_to_the_decoder_not_the_deeper_encoder() -> None:
+    # As in UniMatch's network: the decoder receives dropped maps, the encoder blocks run clean.
+    torch.manual_seed(0)
+    net = UNetConfig(name="unet", num_classes=3, base_channels=4).create().train()
+    reg = UniMatchConfig(name="unimatch", weight=1.0).build(net)
+    blocks = [net.Conv1, net.Conv2, net.Conv3, net.Conv4, net.Conv5]
+    outputs: list[list[torch.Tensor]] = [[] for _ in blocks]
+    for block, seen in zip(blocks, outputs, strict=True):
+        block.register_forward_hook(lambda m, i, o, seen=seen: seen.append(o))
+    x = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    clean = net(x)
+    with channel_dropout(reg.encoder, 0.5, torch.Generator().manual_seed(1)):
+        perturbed = net(x)
+    for k, (before, during) in enumerate(outputs, start=1):
+        assert torch.equal(before, during), f"Conv{k} saw a perturbed input"
+    assert not torch.allclose(perturbed, clean)
+
+
 def test_unimatch_perturbs_its_own_weak_pass_only() -> None:
     torch.manual_seed(0)
     net = UNetConfig(name="unet", num_classes=3, base_channels=4).create()

@@ -3,7 +3,8 @@
 Encoder blocks ``Conv1..Conv5`` (16..256 channels with the default ``base_channels = 16``), 2x2 max
 pooling between them; decoder ``Up5..Up2`` (nearest x2 upsampling + 3x3 conv + BN + ReLU), each
 concatenated with its skip and fed to ``Up_conv5..Up_conv2``; a 1x1 conv to the classes. About 2.16 M
-parameters at the default width.
+parameters at the default width. The encoder taps ``Conv1..Conv5`` are the blocks' maps on their way
+to the decoder (see ``skips``).
 """
 
 from __future__ import annotations
@@ -70,6 +71,10 @@ class UNet(Backbone):
         self.Up3, self.Up_conv3 = UpConv(c[2], c[1]), ConvBlock(c[2], c[1])
         self.Up2, self.Up_conv2 = UpConv(c[1], c[0]), ConvBlock(c[1], c[0])
         self.head = nn.Conv2d(c[0], num_classes, 1)
+        # The encoder taps are the maps as the decoder receives them: identity points on the skip
+        # (and bottleneck) path, so that a hook that changes a map (a feature perturbation) reaches
+        # the decoder only, not the deeper encoder blocks. No parameters; free without hooks.
+        self.skips = nn.ModuleDict({f"Conv{k + 1}": nn.Identity() for k in range(5)})
         self.taps = {
             **{f"Conv{k + 1}": Tap("encoder", c[k]) for k in range(5)},
             **{f"Up_conv{k + 2}": Tap("decoder", c[k]) for k in (3, 2, 1, 0)},
@@ -78,7 +83,7 @@ class UNet(Backbone):
     def tap_module(self, name: str) -> nn.Module:
         if name not in self.taps:
             raise KeyError(name)
-        module: nn.Module = getattr(self, name)
+        module: nn.Module = self.skips[name] if name in self.skips else getattr(self, name)
         return module
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -89,10 +94,11 @@ class UNet(Backbone):
         e3 = self.Conv3(self.pool(e2))
         e4 = self.Conv4(self.pool(e3))
         e5 = self.Conv5(self.pool(e4))
-        d5 = self.Up_conv5(torch.cat([e4, self.Up5(e5)], dim=1))
-        d4 = self.Up_conv4(torch.cat([e3, self.Up4(d5)], dim=1))
-        d3 = self.Up_conv3(torch.cat([e2, self.Up3(d4)], dim=1))
-        d2 = self.Up_conv2(torch.cat([e1, self.Up2(d3)], dim=1))
+        skip = self.skips
+        d5 = self.Up_conv5(torch.cat([skip["Conv4"](e4), self.Up5(skip["Conv5"](e5))], dim=1))
+        d4 = self.Up_conv4(torch.cat([skip["Conv3"](e3), self.Up4(d5)], dim=1))
+        d3 = self.Up_conv3(torch.cat([skip["Conv2"](e2), self.Up3(d4)], dim=1))
+        d2 = self.Up_conv2(torch.cat([skip["Conv1"](e1), self.Up2(d3)], dim=1))
         out: torch.Tensor = self.head(d2)
         return out
 
