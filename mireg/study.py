@@ -231,6 +231,8 @@ class Study:
         self.seeds = spec.seeds[: spec.quick.seeds] if quick else list(spec.seeds)
         select = spec.select_seeds if spec.select_seeds is not None else spec.seeds
         self.select_seeds = [s for s in select if s in self.seeds] or self.seeds[:1]
+        #: The seeds nothing is chosen on: only the chosen configurations train there.
+        self.held_out_seeds = [s for s in self.seeds if s not in self.select_seeds]
         self.out = spec.runs_dir / (f"{spec.name}-quick" if quick else spec.name)
         if spec.labeled_ratios is not None:
             self.amounts = [Amount("ratio", r) for r in spec.labeled_ratios]
@@ -244,6 +246,10 @@ class Study:
         grid = self.spec.methods[method].grid
         combos = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
         return combos[:1] if self.quick and not self.spec.quick.grid else combos
+
+    def gridded_methods(self) -> list[str]:
+        """The methods with more than one configuration (chosen on validation)."""
+        return [m for m in self.spec.methods if len(self.configs(m)) > 1]
 
     def amounts_of(self, method: str) -> list[Amount]:
         """The labelled amounts a method trains at (every label, once, for the full method)."""
@@ -342,28 +348,32 @@ class Study:
 
     def total_runs(self) -> int:
         """How many runs the study trains (or reuses) in all."""
-        later = len([s for s in self.seeds if s not in self.select_seeds])
-        gridded = [m for m in self.spec.methods if len(self.configs(m)) > 1]
-        return len(self.selection_runs()) + later * sum(len(self.amounts_of(m)) for m in gridded)
+        later = len(self.held_out_seeds)
+        return len(self.selection_runs()) + later * sum(
+            len(self.amounts_of(m)) for m in self.gridded_methods()
+        )
+
+    def validation_scores(
+        self, records: list[RunRecord], method: str, config: int, amount: str
+    ) -> list[float]:
+        """The best validation DSC of each finished selection run of a configuration at an amount."""
+        return [
+            r.val_dice
+            for r in records
+            if (r.method, r.config, r.amount, r.status) == (method, config, amount, "done")
+            and r.seed in self.select_seeds
+        ]
 
     def choose(self, records: list[RunRecord]) -> dict[tuple[str, str], int]:
         """Per gridded method and amount, the configuration with the best mean validation DSC over
         the selection seeds; only configurations whose selection runs all finished compete, and a
         tie goes to the one listed first. The test split is never read here."""
         chosen: dict[tuple[str, str], int] = {}
-        for method in self.spec.methods:
-            n = len(self.configs(method))
-            if n == 1:
-                continue
+        for method in self.gridded_methods():
             for amount in self.amounts_of(method):
                 best, best_score = None, -math.inf
-                for config in range(n):
-                    scores = [
-                        r.val_dice
-                        for r in records
-                        if (r.method, r.config, r.amount, r.status) == (method, config, amount.label, "done")
-                        and r.seed in self.select_seeds
-                    ]
+                for config in range(len(self.configs(method))):
+                    scores = self.validation_scores(records, method, config, amount.label)
                     if len(scores) != len(self.select_seeds):
                         continue
                     score = sum(scores) / len(scores)
@@ -376,7 +386,7 @@ class Study:
     def rule(self) -> str:
         """The selection rule, as the report states it."""
         seeds = ", ".join(map(str, self.select_seeds))
-        held_out = [s for s in self.seeds if s not in self.select_seeds]
+        held_out = self.held_out_seeds
         text = (
             "For each method with a grid and each labelled amount, the configuration with the highest "
             f"mean best-validation DSC over seeds {seeds} (validation split only; ties to the first "

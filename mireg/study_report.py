@@ -51,7 +51,7 @@ def summarize_study(study: Study, records: list[RunRecord]) -> list[Row]:
     """The rows of the report (the configurations are those :meth:`Study.choose` picks)."""
     chosen = study.choose(records)
     spec = study.spec
-    held_out = {s for s in study.seeds if s not in study.select_seeds}
+    held_out = set(study.held_out_seeds)
     rows: list[Row] = []
     for method in spec.methods:
         for amount in study.amounts_of(method):
@@ -235,7 +235,7 @@ def markdown(study: Study, rows: list[Row]) -> str:
 
 def _held_out_table(study: Study, rows: list[Row]) -> list[str]:
     """The test numbers on the seeds no configuration was chosen on, as lines of ``study.md``."""
-    held_out = [s for s in study.seeds if s not in study.select_seeds]
+    held_out = study.held_out_seeds
     if not held_out:
         return []
     spec = study.spec
@@ -414,7 +414,7 @@ def standing(study: Study, jobs: int) -> tuple[list[Table], str]:
         )
         header = ["method", "labelled", "configurations", "finished", "to resume", "to train"]
         tables.append((title, header, rows))
-    amounts = list(dict.fromkeys(a for m in _gridded(study) for a in study.amounts_of(m)))
+    amounts = list(dict.fromkeys(a for m in study.gridded_methods() for a in study.amounts_of(m)))
     choices = _choices(study, plan, records, amounts)
     if choices:
         header = ["method", "configuration", *(f"val DSC (%) at {a.text}" for a in amounts)]
@@ -427,10 +427,6 @@ def standing(study: Study, jobs: int) -> tuple[list[Table], str]:
     return tables, head + "\n" + _time_left(plan, records, jobs)
 
 
-def _gridded(study: Study) -> list[str]:
-    return [m for m in study.spec.methods if len(study.configs(m)) > 1]
-
-
 def _choices(
     study: Study, plan: list[PlannedRun], records: list[RunRecord], amounts: list[Amount]
 ) -> list[list[str]]:
@@ -439,19 +435,14 @@ def _choices(
         (r.method, r.amount.label): r.config for r in plan if r.phase == "evaluation" and r.config is not None
     }
     rows = []
-    for method in _gridded(study):
+    for method in study.gridded_methods():
         for config, settings in enumerate(study.configs(method)):
             cells = []
             for amount in amounts:
                 if amount not in study.amounts_of(method):
                     cells.append("")
                     continue
-                val = [
-                    r.val_dice
-                    for r in records
-                    if (r.method, r.amount, r.config, r.status) == (method, amount.label, config, "done")
-                    and r.seed in study.select_seeds
-                ]
+                val = study.validation_scores(records, method, config, amount.label)
                 cell = f"{100 * _mean(val):.1f}" if val else ""
                 if len(val) < len(study.select_seeds):
                     cell += f" ({len(val)} of {len(study.select_seeds)})"
