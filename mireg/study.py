@@ -385,6 +385,11 @@ class Study:
 
     def rule(self) -> str:
         """The selection rule, as the report states it."""
+        if not self.gridded_methods():
+            return (
+                "No method has a grid: nothing is chosen, each method trains its recipe as it is on "
+                "every seed. The test split is read only for this report."
+            )
         seeds = ", ".join(map(str, self.select_seeds))
         held_out = self.held_out_seeds
         text = (

@@ -407,11 +407,12 @@ def standing(study: Study, jobs: int) -> tuple[list[Table], str]:
             states = [str(sum(r.state == state for r in runs)) for state in ("done", "resume", "train")]
             rows.append([method, runs[0].amount.text, which, *states])
         seeds = ", ".join(map(str, sorted({r.seed for r in plan if r.phase == phase})))
-        title = (
-            f"{phase}, seeds {seeds}"
-            if phase == "selection"
-            else f"{phase} of the configuration chosen, seeds {seeds}"
-        )
+        if phase == "evaluation":
+            title = f"evaluation of the configuration chosen, seeds {seeds}"
+        elif study.gridded_methods():
+            title = f"selection, seeds {seeds}"
+        else:  # nothing to choose: one phase
+            title = f"seeds {seeds}"
         header = ["method", "labelled", "configurations", "finished", "to resume", "to train"]
         tables.append((title, header, rows))
     amounts = list(dict.fromkeys(a for m in study.gridded_methods() for a in study.amounts_of(m)))

@@ -69,6 +69,15 @@ def _record(key: RunKey, val: float, test: float) -> RunRecord:
     )
 
 
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).parents[1] / "recipes" / "studies").glob("*.toml")), ids=lambda p: p.stem
+)
+def test_the_shipped_study_files_load_and_every_configuration_validates(path: Path) -> None:
+    study = Study(load_study(path), path)
+    study.check()  # every method and configuration, on the meta device
+    assert study.total_runs() > 0
+
+
 def test_the_plan_trains_every_configuration_on_the_selection_seeds_then_the_chosen_one(
     tmp_path: Path,
 ) -> None:
@@ -237,6 +246,7 @@ def test_the_plan_shows_where_a_study_stands_without_training_or_reading_test(cl
     result = cli("study", path, "--plan")
     assert result.code == 0, result.err
     lines = [" ".join(line.split()) for line in result.out.splitlines()]
+    assert "selection, seeds 1, 2, 3" in lines and "evaluation of the configuration chosen, seeds 3" in lines
     assert "partial 50 % 2 3 1 0" in lines  # selection: 2 configurations, 3 finished, 1 to resume
     assert "udaiic 50 % 1 0 0 3" in lines and "full all 2 0 0 4" in lines
     assert "partial 50 % not chosen yet 0 0 1" in lines  # evaluation on seed 3
@@ -263,6 +273,17 @@ def test_the_plan_shows_where_a_study_stands_without_training_or_reading_test(cl
     (tmp_path / "out" / "s" / "recipes" / f"{key.name}.toml").write_text("old recipe")
     result = cli("study", path, "--plan")
     assert result.code == 1 and "the study file changed since this run was planned" in result.err
+
+    # Without a grid there is nothing to choose: one phase over every seed.
+    gridless = _study_file(
+        tmp_path,
+        'name = "g"\nseeds = [1, 2]\nlabeled_ratios = [0.5]\n[methods.partial]\nrecipe = "partial.toml"\n'
+        '[methods.full]\nrecipe = "full.toml"\n',
+    )
+    result = cli("study", gridless, "--plan")
+    lines = [" ".join(line.split()) for line in result.out.splitlines()]
+    assert result.code == 0 and "seeds 1, 2" in lines and not any("selection" in line for line in lines)
+    assert Study(load_study(gridless), gridless).rule().startswith("No method has a grid: nothing is chosen")
 
 
 def test_bad_study_files_name_the_file_and_every_key(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
