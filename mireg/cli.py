@@ -606,7 +606,7 @@ def study(
             bar.update(task, completed=done, total=total, info=escape(description))
             if not console.is_terminal:  # a log file gets one line per finished run instead of a bar
                 elapsed = bar.tasks[task].elapsed or 0.0
-                console.print(f"[{done}/{total}] {escape(description)} ({elapsed / 60:.0f} min)")
+                console.print(f"[{done}/{total}] {escape(description)} ({elapsed / 60:.0f} min elapsed)")
 
         records = plan.run(jobs, progress)
     rows = summarize_study(plan, records)

@@ -370,7 +370,7 @@ def test_a_study_folder_copied_without_its_checkpoints_trains_nothing_again(
     monkeypatch.chdir(second)
     result = cli("study", study)
     assert result.code == 0, result.err
-    assert "[1/4] s: partial-c0-50pct-s1 reused (0 min)" in result.out
+    assert "[1/4] s: partial-c0-50pct-s1 reused (0 min elapsed)" in result.out
     for run in (second / "runs" / "studies" / "s" / "runs").iterdir():
         assert not list(run.glob("*.pt")), f"{run.name} was trained again"
     table = json.loads((second / "runs" / "studies" / "s" / "study.json").read_text())["rows"]
