@@ -163,9 +163,14 @@ def _settings(settings: dict[str, Any]) -> str:
     return ", ".join(f"{k} = {v}" for k, v in settings.items()) or "recipe as is"
 
 
+def _chosen(row: Row) -> str:
+    return "not chosen: selection runs unfinished" if row.config is None else _settings(row.settings)
+
+
 def markdown(study: Study, rows: list[Row]) -> str:
     """``study.md``."""
     spec = study.spec
+    chooses = bool(study.gridded_methods())  # without any grid there is no column of choices
     header = [
         "method",
         "labelled",
@@ -175,7 +180,7 @@ def markdown(study: Study, rows: list[Row]) -> str:
         f"Δ DSC vs {spec.baseline}",
         "gap closed",
         "val DSC (%)",
-        "chosen on validation",
+        *(["chosen on validation"] if chooses else []),
         "min / run",
     ]
     table = []
@@ -191,7 +196,7 @@ def markdown(study: Study, rows: list[Row]) -> str:
                 _difference(row.versus_baseline),
                 gap,
                 _pct(row.val_dice),
-                "not chosen: selection runs unfinished" if row.config is None else _settings(row.settings),
+                *([_chosen(row)] if chooses else []),
                 "n/a" if math.isnan(row.minutes_per_run) else f"{row.minutes_per_run:.1f}",
             ]
         )

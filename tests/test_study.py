@@ -283,7 +283,11 @@ def test_the_plan_shows_where_a_study_stands_without_training_or_reading_test(cl
     result = cli("study", gridless, "--plan")
     lines = [" ".join(line.split()) for line in result.out.splitlines()]
     assert result.code == 0 and "seeds 1, 2" in lines and not any("selection" in line for line in lines)
-    assert Study(load_study(gridless), gridless).rule().startswith("No method has a grid: nothing is chosen")
+    study = Study(load_study(gridless), gridless)
+    assert study.rule().startswith("No method has a grid: nothing is chosen")
+    records = [_record(k, 0.8, 0.7) for k in study.selection_runs()]
+    md = markdown(study, summarize_study(study, records))
+    assert "| val DSC (%) | min / run |" in md and "chosen on validation" not in md
 
 
 def test_bad_study_files_name_the_file_and_every_key(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
