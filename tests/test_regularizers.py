@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
@@ -109,3 +110,23 @@ def test_built_in_regularizers_reduce_over_the_batch_with_the_contexts_reduction
     loss = reg(dataclasses.replace(ctx, reduction=reduction)).loss
     assert calls == expected
     assert torch.equal(loss, reg(ctx).loss)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["fixmatch", "unimatch", "cps", "bcp"])
+def test_each_current_method_trains_together_with_mutual_information(
+    method: str,
+    cli,
+    write_recipe,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    regs = [
+        {"name": method, "weight": 1.0},
+        {"name": "mutual_information", "weight": 0.1, "subheads": 2, "clusters": 5},
+    ]
+    result = cli("train", write_recipe(regularizers=regs))
+    assert result.code == 0, result
+    run = tmp_path / "runs" / "tiny"
+    header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert f"loss/{method}" in header and "loss/mutual_information" in header
+    assert (run / "report.json").is_file()
