@@ -301,7 +301,12 @@ def plot(study: Study, rows: list[Row], path: Path) -> None:
     spec = study.spec
     amounts = [a.label for a in study.amounts]
     x = {label: i for i, label in enumerate(amounts)}
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    # Each method's points sit a little apart at every amount, so that their intervals do not hide
+    # each other.
+    plotted = [m for m in spec.methods if m != spec.full]
+    width = min(0.12, 0.6 / max(len(plotted), 1))
+    shift = {m: (i - (len(plotted) - 1) / 2) * width for i, m in enumerate(plotted)}
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
     for ax, metric, scale, unit in (
         (axes[0], "dice", 100.0, "test DSC (%)"),
         (axes[1], "hd95", 1.0, "test HD95 (mm)"),
@@ -318,7 +323,7 @@ def plot(study: Study, rows: list[Row], path: Path) -> None:
             points = [(x[r.amount], getattr(r, metric)) for r in mine if r.amount in x]
             if not points:
                 continue
-            xs = [p[0] for p in points]
+            xs = [p[0] + shift[method] for p in points]
             means = [scale * p[1].mean for p in points]
             errs = [
                 [scale * (p[1].mean - p[1].low) if p[1].n > 1 else 0.0 for p in points],
@@ -329,9 +334,8 @@ def plot(study: Study, rows: list[Row], path: Path) -> None:
         ax.set_xlabel("labelled")
         ax.set_ylabel(unit)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right center", fontsize=8)
     fig.suptitle(f"{spec.name}: mean and 95 % interval over {len(study.seeds)} seeds")
-    fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110))
     plt.close(fig)
 
