@@ -98,6 +98,10 @@ class StudySpec(_Strict):
     methods: dict[str, MethodSpec] = Field(min_length=1)
     baseline: str = Field("partial", description="the method the others are compared with, pairwise")
     full: str | None = Field("full", description="the method with every label (top of the gap)")
+    compare: list[tuple[str, str]] = Field(
+        default_factory=list,
+        description="[method, versus] pairs whose paired test-DSC difference is reported too",
+    )
     labeled_ratios: list[float] | None = None
     labeled_patients: list[int] | None = None
     seeds: list[int] = Field(min_length=1)
@@ -125,6 +129,12 @@ class StudySpec(_Strict):
         for role, method in (("baseline", self.baseline), ("full", self.full)):
             if method is not None and method not in self.methods:
                 raise ValueError(f"{role}: {method!r} is not one of the methods {list(self.methods)}")
+        for method, versus in self.compare:
+            for name in (method, versus):
+                if name not in self.methods:
+                    raise ValueError(f"compare: {name!r} is not one of the methods {list(self.methods)}")
+            if method == versus:
+                raise ValueError(f"compare: {method!r} is compared with itself")
         return self
 
 

@@ -1,7 +1,8 @@
 """A study's report: per method and labelled amount, the test DSC and HD95 over seeds (mean, std,
-95 % interval), the paired difference to the baseline, the share of the partial-to-full gap, the
-configuration chosen on validation and what the runs cost. Written as ``study.md``, ``study.json``,
-``study.csv`` (one row per run) and ``study.png``.
+95 % interval), the paired difference to the baseline (and between the pairs the study file names in
+``compare``), the share of the partial-to-full gap, the configuration chosen on validation and what
+the runs cost. Written as ``study.md``, ``study.json``, ``study.csv`` (one row per run) and
+``study.png``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,15 @@ from mireg.report import markdown_table
 from mireg.stats import Estimate, PairedDifference, estimate, gap_share, paired_difference
 from mireg.study import Amount, PlannedRun, RunRecord, Study, duration, minutes_left, records_to_json
 
-__all__ = ["Row", "overview", "standing", "summarize_study", "write_study_report"]
+__all__ = [
+    "Comparison",
+    "Row",
+    "compare_methods",
+    "overview",
+    "standing",
+    "summarize_study",
+    "write_study_report",
+]
 
 
 @dataclass
@@ -45,6 +54,21 @@ class Row:
     held_out_dice: Estimate | None = None
     held_out_versus_baseline: PairedDifference | None = None
     held_out_gap: float = math.nan
+
+
+@dataclass
+class Comparison:
+    """A pair of the study file's ``compare`` at one labelled amount both methods train at: the
+    paired test-DSC difference ``method - versus`` over the seeds both finished, and over the seeds
+    no configuration was chosen on."""
+
+    method: str
+    versus: str
+    amount: str
+    amount_text: str
+    difference: PairedDifference | None
+    held_out_difference: PairedDifference | None
+    unpaired: list[int]  # seeds whose two runs were tested on different patients
 
 
 def summarize_study(study: Study, records: list[RunRecord]) -> list[Row]:
@@ -92,6 +116,26 @@ def summarize_study(study: Study, records: list[RunRecord]) -> list[Row]:
             row.gap = _gap_of(row.dice, base.dice, full.dice)
             row.held_out_gap = _gap_of(row.held_out_dice, base.held_out_dice, full.held_out_dice)
     return rows
+
+
+def compare_methods(study: Study, records: list[RunRecord], rows: list[Row]) -> list[Comparison]:
+    """The study file's ``compare`` pairs, at every labelled amount both methods have a row for."""
+    by_key = {(row.method, row.amount): row for row in rows}
+    held_out = set(study.held_out_seeds)
+    comparisons = []
+    for method, versus in study.spec.compare:
+        for row in rows:
+            base = by_key.get((versus, row.amount))
+            if row.method != method or base is None:
+                continue
+            difference, unpaired = _paired(records, row, base)
+            held_out_difference, _ = _paired(records, row, base, held_out)
+            comparisons.append(
+                Comparison(
+                    method, versus, row.amount, row.amount_text, difference, held_out_difference, unpaired
+                )
+            )
+    return comparisons
 
 
 def _gap_of(method: Estimate | None, partial: Estimate | None, full: Estimate | None) -> float:
@@ -167,7 +211,7 @@ def _chosen(row: Row) -> str:
     return "not chosen: selection runs unfinished" if row.config is None else _settings(row.settings)
 
 
-def markdown(study: Study, rows: list[Row]) -> str:
+def markdown(study: Study, rows: list[Row], comparisons: list[Comparison] | None = None) -> str:
     """``study.md``."""
     spec = study.spec
     chooses = bool(study.gridded_methods())  # without any grid there is no column of choices
@@ -231,6 +275,7 @@ def markdown(study: Study, rows: list[Row]) -> str:
             f"different patients (their recipes' data differ): {'; '.join(unpaired)}.",
         ]
     lines += _held_out_table(study, rows)
+    lines += _comparison_table(study, comparisons or [])
     failed = [log for row in rows for log in row.failed]
     if failed:
         lines += ["", f"Runs that did not finish ({len(failed)}); their logs:", ""]
@@ -265,6 +310,45 @@ def _held_out_table(study: Study, rows: list[Row]) -> list[str]:
         "",
         markdown_table(header, table).rstrip("\n"),
     ]
+
+
+def _comparison_table(study: Study, comparisons: list[Comparison]) -> list[str]:
+    """The study file's ``compare`` pairs, as lines of ``study.md``."""
+    if not comparisons:
+        return []
+    held_out = study.held_out_seeds
+    header = ["method", "versus", "labelled", "seeds", "Δ test DSC [95 % interval]"]
+    if held_out:
+        header += ["seeds held out", "Δ test DSC, held out"]
+    table = []
+    for c in comparisons:
+        line = [c.method, c.versus, c.amount_text, _seed_count(c.difference), _difference(c.difference)]
+        if held_out:
+            line += [_seed_count(c.held_out_difference), _difference(c.held_out_difference)]
+        table.append(line)
+    lines = [
+        "",
+        "## Paired comparisons",
+        "",
+        "Test DSC of the first method minus the second's, in points, over the seeds both finished (each "
+        "with its chosen configuration), with the 95 % t interval of the mean difference and the "
+        "two-sided paired t test's p"
+        + (f"; held out: seeds {', '.join(map(str, held_out))} only." if held_out else "."),
+        "",
+        markdown_table(header, table).rstrip("\n"),
+    ]
+    unpaired = [
+        f"{c.method} - {c.versus} at {c.amount_text}: seeds {', '.join(map(str, c.unpaired))}"
+        for c in comparisons
+        if c.unpaired
+    ]
+    if unpaired:
+        lines += ["", f"Not paired (tested on different patients): {'; '.join(unpaired)}."]
+    return lines
+
+
+def _seed_count(d: PairedDifference | None) -> str:
+    return "0" if d is None else str(d.difference.n)
 
 
 def _gap(share: float) -> str:
@@ -366,6 +450,7 @@ def write_study_report(study: Study, records: list[RunRecord], rows: list[Row]) 
         rows: ``summarize_study(study, records)``.
     """
     out = study.out
+    comparisons = compare_methods(study, records, rows)
     data = {
         "study": study.spec.model_dump(mode="json"),
         "quick": study.quick,
@@ -374,10 +459,11 @@ def write_study_report(study: Study, records: list[RunRecord], rows: list[Row]) 
         "selection_rule": study.rule(),
         "configurations": {m: study.configs(m) for m in study.spec.methods},
         "rows": [_plain(asdict(row)) for row in rows],
+        "comparisons": [_plain(asdict(c)) for c in comparisons],
         "runs": records_to_json(records),
     }
     paths = [out / "study.md", out / "study.json", out / "study.csv", out / "study.png"]
-    atomic_write_text(paths[0], markdown(study, rows))
+    atomic_write_text(paths[0], markdown(study, rows, comparisons))
     atomic_write_text(paths[1], json.dumps(data, indent=1) + "\n")
     atomic_write_text(paths[2], _csv(records))
     plot(study, rows, paths[3])

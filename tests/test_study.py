@@ -18,7 +18,7 @@ import pytest
 from mireg.errors import RecipeError
 from mireg.recipe import dump_toml
 from mireg.study import RunKey, RunRecord, Study, load_study
-from mireg.study_report import markdown, summarize_study
+from mireg.study_report import compare_methods, markdown, summarize_study
 
 from .helpers import tiny_recipe
 
@@ -192,6 +192,37 @@ def test_runs_tested_on_other_patients_than_the_baseline_are_not_paired(tmp_path
         "patients (their recipes' data differ): udaiic at 50 %: seeds 2."
     )
     assert expected in markdown(study, list(rows.values()))
+
+
+def test_the_pairs_a_study_file_names_are_compared_seed_by_seed(tmp_path: Path) -> None:
+    _recipes(tmp_path)
+    text = (
+        'compare = [["mi", "udaiic"], ["mi", "full"]]\n'
+        + GRID_STUDY
+        + '[methods.mi]\nrecipe = "udaiic.toml"\n'
+    )
+    study = Study(load_study(_study_file(tmp_path, text)), tmp_path / "study.toml")
+    keys = {k.name: k for k in study.selection_runs()}
+    test = {"udaiic": {1: 0.70, 2: 0.60, 3: 0.80}, "mi": {1: 0.75, 2: 0.70, 3: 0.75}}
+    records = [_record(k, 0.8, test[k.method][k.seed] if k.method in test else 0.5) for k in keys.values()]
+    records += [_record(k, 0.8, 0.5) for k in study.evaluation_runs(study.choose(records))]
+    rows = summarize_study(study, records)
+    [comparison] = compare_methods(study, records, rows)  # mi and full share no labelled amount
+    assert (comparison.method, comparison.versus, comparison.amount) == ("mi", "udaiic", "50pct")
+    assert comparison.difference is not None and comparison.difference.difference.n == 3
+    assert comparison.difference.difference.mean == pytest.approx((0.05 + 0.10 - 0.05) / 3)
+    assert comparison.held_out_difference is not None
+    assert comparison.held_out_difference.difference.mean == pytest.approx(-0.05)  # seed 3 alone
+    md = markdown(study, rows, [comparison])
+    assert "## Paired comparisons" in md and "| mi | udaiic | 50 % | 3 | +3.3 [" in md
+    assert md.rstrip().endswith("| 1 | -5.0 |")
+    for bad, message in (
+        ('[["mi", "nope"]]', "'nope' is not one of the methods"),
+        ('[["mi", "mi"]]', "with itself"),
+    ):
+        path = _study_file(tmp_path, text.replace('[["mi", "udaiic"], ["mi", "full"]]', bad))
+        with pytest.raises(RecipeError, match=message):
+            load_study(path)
 
 
 def test_the_full_method_trains_with_every_label_and_amounts_do_not_repeat(tmp_path: Path) -> None:
