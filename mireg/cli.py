@@ -101,7 +101,7 @@ def _plain_table(header: list[str], rows: list[list[str]], title: str, bold_last
     )
     table.add_column(escape(header[0]), overflow="fold")
     for column in header[1:]:
-        table.add_column(escape(column), justify="right", no_wrap=True)
+        table.add_column(escape(column), justify="right", overflow="fold")
     for i, row in enumerate(rows):
         table.add_row(*map(escape, row), style="bold" if bold_last and i == len(rows) - 1 else None)
     return table

@@ -121,3 +121,17 @@ def test_markdown_tables() -> None:
         "grid; 'undef.' counts volumes where a structure is present in only one of "
         "prediction and ground truth.\n"
     )
+
+
+def test_a_table_wider_than_the_terminal_wraps_its_cells_and_cuts_none() -> None:
+    header = ["method", "configuration", "val DSC (%) at 5 %", "val DSC (%) at 10 %", "val DSC (%) at all"]
+    rows = [
+        ["udaiic", "c1: lr = 7.5e-06, radius = [0, 1]", "80.4 chosen", "88.3", ""],
+        ["full", "c0: lr = 7.5e-06", "", "", "93.3 chosen"],
+    ]
+    lines = _render(cli._plain_table(header, rows, "best validation DSC"))
+    text = "\n".join(lines)
+    assert max(map(len, lines)) <= 80 and "…" not in text, text
+    for cell in ("80.4 chosen", "88.3", "93.3 chosen", "radius", "[0, 1]"):
+        assert any(cell in line for line in lines), (cell, text)
+    assert text.count("val DSC (%)") == 3 and text.count("at") >= 3, text  # the headers wrap, whole
