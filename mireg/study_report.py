@@ -124,9 +124,9 @@ def compare_methods(study: Study, records: list[RunRecord], rows: list[Row]) -> 
     held_out = set(study.held_out_seeds)
     comparisons = []
     for method, versus in study.spec.compare:
-        for row in rows:
-            base = by_key.get((versus, row.amount))
-            if row.method != method or base is None:
+        for amount in study.amounts_of(method):
+            row, base = by_key.get((method, amount.label)), by_key.get((versus, amount.label))
+            if row is None or base is None:
                 continue
             difference, unpaired = _paired(records, row, base)
             held_out_difference, _ = _paired(records, row, base, held_out)
