@@ -165,8 +165,9 @@ def cutmix_boxes(
     """One random box per sample, as a boolean mask (CutMix; Yun et al., 2019).
 
     The box's area is a uniform share of the image in ``area``, its aspect ratio (height / width)
-    log-uniform in ``aspect``, its position uniform with the box inside the image. With probability
-    ``1 - p`` a sample gets no box (an all-false mask).
+    log-uniform in ``aspect``, its position uniform with the box inside the image. A side longer
+    than the image's is cut to it (with the defaults about 3 % of the boxes, which then cover about
+    5 % less than drawn). With probability ``1 - p`` a sample gets no box (an all-false mask).
 
     Args:
         n: Number of samples.

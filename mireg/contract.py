@@ -234,6 +234,14 @@ class StepContext:
         """
         return self.run_network(x, taps)
 
+    def rng(self) -> torch.Generator:
+        """The generator for a regulariser's random draws: :attr:`generator` in training; outside
+        it (``generator`` is ``None``: checks, benchmarks) a generator on the images' device seeded
+        by :attr:`step`, so that the draws are still reproducible."""
+        if self.generator is not None:
+            return self.generator
+        return torch.Generator(device=self.x_u.device).manual_seed(self.step)
+
 
 @dataclass
 class RegularizerOutput:

@@ -64,6 +64,23 @@ def _hand_made(
 # ------------------------------------------------------------------------------------- contract
 
 
+def test_the_context_draws_from_the_runs_generator_or_one_seeded_by_the_step() -> None:
+    x_u = torch.rand(2, 1, 8, 8)
+
+    def network(x: torch.Tensor, taps: Sequence[str]) -> Forward:
+        return Forward(torch.zeros(len(x), 3, 8, 8), {})
+
+    ctx = _hand_made(torch.zeros(2, 3, 8, 8), x_u, network)
+    assert ctx.rng() is ctx.generator
+    ctx.generator, ctx.step = None, 7
+    first, second = ctx.rng(), ctx.rng()
+    assert first is not second
+    assert torch.equal(torch.rand(4, generator=first), torch.rand(4, generator=second))
+    assert torch.equal(
+        torch.rand(4, generator=ctx.rng()), torch.rand(4, generator=torch.Generator().manual_seed(7))
+    )
+
+
 CONFIGS: dict[str, RegularizerConfig] = {
     "fixmatch": FixMatchConfig(name="fixmatch", weight=1.0),
     "fixmatch_low_threshold": FixMatchConfig(name="fixmatch", weight=1.0, threshold=0.4),
@@ -166,6 +183,48 @@ def test_only_confident_pixels_count() -> None:
         out = make(0.999)(_hand_made(logits_u, x_u, network))
         assert out.loss.item() == 0.0 and out.logs["confident"].item() == 0.0
         seen.clear()
+
+
+@pytest.mark.parametrize("kind", ["fixmatch", "unimatch"])
+def test_the_confident_share_is_the_weak_views_not_the_mixed_ones(kind: str) -> None:
+    n, h, w = 3, 16, 16
+    confidences = torch.full((n, h, w), 0.5)
+    confidences[0] = 0.99  # one confident sample in three; mixing moves its pixels to its neighbour
+    logits_u = _confidence_logits(confidences)
+    x_u = torch.rand(n, 1, h, w, generator=torch.Generator().manual_seed(0))
+
+    def network(x: torch.Tensor, taps: Sequence[str]) -> Forward:
+        return Forward(torch.zeros(len(x), 3, h, w), {})
+
+    reg: Regularizer = FixMatch(0.95, MIX_ONLY) if kind == "fixmatch" else UniMatch([], 0.95, MIX_ONLY)
+    out = reg(_hand_made(logits_u, x_u, network, seed=2))
+    assert out.logs["confident"].item() == pytest.approx(1 / 3)
+    labels = logits_u.argmax(dim=1)
+    _, _, mixed = MIX_ONLY(x_u, labels, confidences, torch.Generator().manual_seed(2))
+    assert (mixed >= 0.95).float().mean().item() != pytest.approx(1 / 3)  # so the check can fail
+
+
+def test_unimatch_weighs_its_streams_as_documented() -> None:
+    g = torch.Generator().manual_seed(3)
+    n, h, w = 2, 8, 8
+    logits_u = 3 * torch.randn(n, 3, h, w, generator=g)
+    x_u = torch.rand(n, 1, h, w, generator=g)
+    strong = torch.randn(2 * n, 3, h, w, generator=g)  # the two strong views, one pass
+    feature = torch.randn(n, 3, h, w, generator=g)  # the perturbed pass
+    passes = iter([strong, feature])
+
+    def network(x: torch.Tensor, taps: Sequence[str]) -> Forward:
+        return Forward(next(passes), {})
+
+    reg = UniMatch([], 0.0, OFF, feature_weight=0.3, loss="ce")  # every pixel confident
+    out = reg(_hand_made(logits_u, x_u, network))
+    labels = logits_u.argmax(dim=1)
+    first, second = F.cross_entropy(strong[:n], labels), F.cross_entropy(strong[n:], labels)
+    perturbed = F.cross_entropy(feature, labels)
+    expected = (1 - 0.3) / 2 * (first + second) + 0.3 * perturbed
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert out.logs["strong"].item() == pytest.approx(((first + second) / 2).item(), rel=1e-6)
+    assert out.logs["feature"].item() == pytest.approx(perturbed.item(), rel=1e-6)
 
 
 def test_the_dice_loss_counts_the_confident_pixels_only() -> None:
@@ -310,6 +369,21 @@ def test_unimatch_perturbs_the_maps_fed_to_the_decoder_not_the_deeper_encoder() 
     for k, (before, during) in enumerate(outputs, start=1):
         assert torch.equal(before, during), f"Conv{k} saw a perturbed input"
     assert not torch.allclose(perturbed, clean)
+
+
+def test_the_perturbed_pass_drops_channels_in_a_compiled_network_too() -> None:
+    # A network compiled in place reuses its traced graph, which has no dropout hooks in it.
+    torch.manual_seed(0)
+    net = UNetConfig(name="unet", num_classes=3, base_channels=4).create().train()
+    reg = UniMatchConfig(name="unimatch", weight=1.0).build(net)
+    ctx = step_context(net)
+    expected = reg.perturbed(ctx, torch.Generator().manual_seed(1))
+    net.compile(backend="eager")
+    with torch.no_grad():
+        clean = net(ctx.x_u)  # traced here, without the hooks
+        perturbed = reg.perturbed(ctx, torch.Generator().manual_seed(1))
+    assert not torch.allclose(perturbed, clean)
+    torch.testing.assert_close(perturbed, expected)
 
 
 def test_unimatch_perturbs_its_own_weak_pass_only() -> None:

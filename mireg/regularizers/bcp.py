@@ -67,8 +67,8 @@ What differs from BCP's own pipeline:
   jumping), not with scikit-image on the CPU; deciding that the propagation has converged is a host
   sync per round, the only ones of this loss (none with ``largest_component = false``).
 
-The box is drawn from ``ctx.generator`` (the run's checkpointed generator), so a resumed run draws
-the boxes an uninterrupted one would.
+The box is drawn from ``ctx.rng()`` (in training the run's checkpointed generator), so a resumed
+run draws the boxes an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -234,7 +234,7 @@ class BCP(Regularizer):
         x_l, y_l, x_u = ctx.x_l, ctx.y_l, ctx.x_u
         l_a, l_b, u_a, u_b = pair_indices(len(x_l), len(x_u), x_l.device)
         height, width = x_l.shape[-2:]
-        box = copy_paste_box(height, width, self.box_fraction, ctx.generator, x_l.device)
+        box = copy_paste_box(height, width, self.box_fraction, ctx.rng(), x_l.device)
         q_a, q_b = self.pseudo_labels(x_u[u_a]), self.pseudo_labels(x_u[u_b])
         boxes = box.expand(len(l_a), *box.shape)
         inward = (mix(x_u[u_a], x_l[l_a], boxes), mix(q_a, y_l[l_a], boxes))

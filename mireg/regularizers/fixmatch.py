@@ -66,7 +66,6 @@ __all__ = [
     "confident_cross_entropy",
     "confident_share",
     "pseudo_labels",
-    "regularizer_generator",
 ]
 
 #: Range of the blur's standard deviation, in pixels (UniMatch, ``dataset/transform.py`` line 27).
@@ -78,13 +77,6 @@ def pseudo_labels(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     with torch.no_grad():
         confidence, labels = logits.detach().float().softmax(dim=1).max(dim=1)
     return labels, confidence
-
-
-def regularizer_generator(ctx: StepContext) -> torch.Generator:
-    """The run's generator; outside training (``ctx.generator is None``) one seeded by the step."""
-    if ctx.generator is not None:
-        return ctx.generator
-    return torch.Generator(device=ctx.x_u.device).manual_seed(ctx.step)
 
 
 @dataclass(frozen=True)
@@ -175,7 +167,7 @@ class FixMatch(Regularizer):
         self.augment = augment or StrongAugment()
 
     def forward(self, ctx: StepContext) -> RegularizerOutput:
-        g = regularizer_generator(ctx)
+        g = ctx.rng()
         labels, confidence = pseudo_labels(ctx.logits_u)
         strong, strong_labels, strong_confidence = self.augment(ctx.x_u, labels, confidence, g)
         logits = ctx.forward(strong).logits

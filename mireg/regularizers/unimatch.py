@@ -46,10 +46,11 @@ Where this differs from the medical code:
   (``unimatch.py`` 129-139).
 * The perturbed stream is a second pass of the whole network; the code shares one encoder pass and
   runs the decoder on clean and dropped features concatenated in one batch (``model/unet.py``
-  171-173). A hook replaces a tap's output for everything downstream, so where an encoder tap also
-  feeds the next encoder stage (mireg's UNet: ``Conv1 .. Conv4``) that stage sees the dropped map
-  too; smp backbones tap their stages after the encoder, where only the decoder reads them, as in
-  the code.
+  171-173). The dropout hooks sit on the backbone's encoder taps, which carry the encoder maps to
+  the decoder only (``UNet.skips``, the smp backbone's ``encoder_taps``): as in the code, the
+  decoder sees dropped maps and the encoder runs clean.
+* Under ``train.compile`` the perturbed pass runs uncompiled: a compiled graph does not see forward
+  hooks added after it was compiled, and would run the pass without dropout.
 * CutMix boxes have a log-uniform aspect ratio in [0.3, 1/0.3] (the code: uniform,
   ``dataset/transform.py`` 39); the jitter is brightness then contrast (ColorJitter's saturation
   and hue do nothing to grayscale images).
@@ -77,7 +78,6 @@ from mireg.regularizers.fixmatch import (
     confident_cross_entropy,
     confident_share,
     pseudo_labels,
-    regularizer_generator,
 )
 
 __all__ = ["UniMatch", "UniMatchConfig", "channel_dropout", "confident_dice_loss"]
@@ -184,12 +184,16 @@ class UniMatch(Regularizer):
         return confident_cross_entropy(logits, labels, confident, reduction=reduction)
 
     def perturbed(self, ctx: StepContext, generator: torch.Generator) -> torch.Tensor:
-        """Logits of the weak view with channel dropout on every encoder feature map."""
-        with channel_dropout(self.encoder, self.dropout, generator):
+        """Logits of the weak view with channel dropout on every encoder feature map.
+
+        The pass runs eagerly: a network compiled in place (``train.compile``) would reuse its
+        graph, traced without these hooks, and silently skip the dropout.
+        """
+        with channel_dropout(self.encoder, self.dropout, generator), torch.compiler.set_stance("force_eager"):
             return ctx.forward(ctx.x_u).logits
 
     def forward(self, ctx: StepContext) -> RegularizerOutput:
-        g = regularizer_generator(ctx)
+        g = ctx.rng()
         labels, confidence = pseudo_labels(ctx.logits_u)
         s1, y1, c1 = self.augment(ctx.x_u, labels, confidence, g)
         s2, y2, c2 = self.augment(ctx.x_u, labels, confidence, g)
