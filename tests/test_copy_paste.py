@@ -190,6 +190,21 @@ def test_no_gradient_flows_into_the_teacher() -> None:
     assert list(reg.parameters()) == list(reg.teacher.parameters())  # nothing of its own to optimise
 
 
+def test_the_pseudo_labels_are_the_teachers_largest_components() -> None:
+    net = _net()
+    reg = BCPConfig(name="bcp", weight=1.0).build(net)
+    with torch.no_grad():  # the student moves away from its teacher
+        for p in net.parameters():
+            p.add_(torch.randn_like(p))
+    x = torch.rand(3, 1, 32, 32, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        teacher, student = reg.teacher.train()(x).argmax(1), net.train()(x).argmax(1)
+        labels = reg.pseudo_labels(x)
+    assert not torch.equal(largest_components(student, 4), largest_components(teacher, 4))
+    assert torch.equal(labels, largest_components(teacher, 4))
+    assert not torch.equal(labels, teacher)  # the components were cut
+
+
 def test_the_ema_averages_parameters_and_float_buffers_with_bcps_decay() -> None:
     net = _net()
     reg = BCPConfig(name="bcp", weight=1.0).build(net)

@@ -37,6 +37,9 @@ def test_each_network_learns_from_the_others_detached_hard_labels() -> None:
     f, g = torch.cat([ctx.logits_l, ctx.logits_u]), cps.other(x).float()
     expected = F.cross_entropy(f, g.argmax(1)) + F.cross_entropy(g, f.argmax(1))
     assert out.loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    agreement = (f.argmax(1) == g.argmax(1)).float().mean()
+    assert 0 < agreement < 1  # two random networks: the logged share is not trivially 0 or 1
+    assert out.logs["agreement"].item() == pytest.approx(agreement.item())
     assert out.unweighted is not None
     assert out.unweighted.item() == pytest.approx(F.cross_entropy(g[:2], ctx.y_l).item(), rel=1e-6)
     # The second network's gradient comes only from the terms where it predicts: its loss against
