@@ -95,7 +95,7 @@ def copy_paste_box(
     height: int,
     width: int,
     fraction: float,
-    generator: torch.Generator | None,
+    generator: torch.Generator,
     device: torch.device,
 ) -> torch.Tensor:
     """BCP's box: ``floor(fraction * H) x floor(fraction * W)`` pixels, corner uniform as in BCP.
@@ -107,7 +107,7 @@ def copy_paste_box(
         height: Image height.
         width: Image width.
         fraction: Side of the box as a share of the image side.
-        generator: Random generator (``None``: torch's global one); drawn on its own device.
+        generator: Random generator; drawn on its own device.
         device: Where the mask is made.
 
     Returns:
@@ -115,9 +115,9 @@ def copy_paste_box(
     """
     box_h = max(1, math.floor(height * fraction + 1e-6))
     box_w = max(1, math.floor(width * fraction + 1e-6))
-    draw_on = generator.device if generator is not None else device
-    top = torch.randint(max(height - box_h, 1), (1,), generator=generator, device=draw_on).to(device)
-    left = torch.randint(max(width - box_w, 1), (1,), generator=generator, device=draw_on).to(device)
+    top = torch.randint(max(height - box_h, 1), (1,), generator=generator, device=generator.device)
+    left = torch.randint(max(width - box_w, 1), (1,), generator=generator, device=generator.device)
+    top, left = top.to(device), left.to(device)
     rows = torch.arange(height, device=device)[:, None]
     cols = torch.arange(width, device=device)[None, :]
     return (rows >= top) & (rows < top + box_h) & (cols >= left) & (cols < left + box_w)
