@@ -347,14 +347,14 @@ def evaluate(
     tta: Annotated[
         Optional[bool],
         typer.Option(
-            "--tta/--no-tta", help="Flip test-time augmentation (default: the recipe's [inference])."
+            "--tta/--no-tta", help="Flip test-time augmentation (default: the recipe's \\[inference])."
         ),
     ] = None,
     keep_largest: Annotated[
         Optional[bool],
         typer.Option(
             "--keep-largest/--no-keep-largest",
-            help="Keep the largest 3D component of each structure (default: the recipe's [inference]).",
+            help="Keep the largest 3D component of each structure (default: the recipe's \\[inference]).",
         ),
     ] = None,
 ) -> None:
@@ -560,7 +560,7 @@ def study(
         Optional[str], typer.Option(help="train.device for every run, e.g. cpu or cuda.")
     ] = None,
     quick: Annotated[
-        bool, typer.Option(help="The study's [quick] preset: fewer seeds and epochs, minutes not hours.")
+        bool, typer.Option(help="The study's \\[quick] preset: fewer seeds and epochs, minutes not hours.")
     ] = False,
     show_plan: Annotated[
         bool,
