@@ -182,9 +182,10 @@ def preprocess(
             dataset, raw, out, spacing, canvas, options, unlabeled or [], _ProgressReporter(bar), workers
         )
     if not written:
-        console.print(f"{out} is up to date (made from the same input with the same options)")
+        console.print(f"{out} is up to date (made from the same input with the same options)", markup=False)
         return
-    console.print(f"[green]wrote[/] {out}: {store.summary()} ({time.perf_counter() - started:.1f} s)")
+    seconds = time.perf_counter() - started
+    console.print(f"[green]wrote[/] {escape(str(out))}: {escape(store.summary())} ({seconds:.1f} s)")
 
 
 class _RichObserver(Observer):
@@ -196,7 +197,7 @@ class _RichObserver(Observer):
         self.task: TaskID | None = None
 
     def message(self, text: str) -> None:
-        self.bar.console.print(text)
+        self.bar.console.print(text, markup=False)
 
     def progress(self, done: int, total: int, description: str) -> None:
         self.prepare(done, total, description)
@@ -305,10 +306,12 @@ def train(
         trainer.setup()
         if checkpoint is None:
             trainer.start(run)
-            console.print(f"run directory: {run}")
+            console.print(f"run directory: {run}", markup=False)
         else:
             trainer.resume(checkpoint)
-            console.print(f"resuming {run} at epoch {checkpoint.epoch + 1}, step {checkpoint.step}")
+            console.print(
+                f"resuming {run} at epoch {checkpoint.epoch + 1}, step {checkpoint.step}", markup=False
+            )
         with _stop_on_signals(trainer):
             report = trainer.fit(run)
     runtime.close()
@@ -317,7 +320,9 @@ def train(
     console.print(
         metrics_tables(report, f"{recipe.name}: test set, best checkpoint (epoch {report['epoch']})")
     )
-    console.print(f"done in {time.perf_counter() - started:.0f} s; report: {run.file('report.json')}")
+    console.print(
+        f"done in {time.perf_counter() - started:.0f} s; report: {run.file('report.json')}", markup=False
+    )
 
 
 @app.command("eval")
@@ -429,9 +434,9 @@ def _eval_run(
             + (f", {' + '.join(used)}" if used else ""),
         )
     )
-    console.print(f"reports: {', '.join(str(p) for p in paths)}")
+    console.print(f"reports: {', '.join(str(p) for p in paths)}", markup=False)
     if overlays:
-        console.print(f"overlays: {run.overlays(split)}")
+        console.print(f"overlays: {run.overlays(split)}", markup=False)
 
 
 def _eval_folders(pred: Path, gt: Path, out: Path | None) -> None:
@@ -447,7 +452,7 @@ def _eval_folders(pred: Path, gt: Path, out: Path | None) -> None:
     console.print(_plain_table(header, rows, f"{len(result['cases'])} cases: {pred} vs {gt}"))
     if out is not None:
         atomic_write_text(out, json.dumps(result, indent=1) + "\n")
-        console.print(f"report: {out}")
+        console.print(f"report: {out}", markup=False)
 
 
 def _compare(runs: list[Path], out: Path) -> None:
@@ -458,7 +463,7 @@ def _compare(runs: list[Path], out: Path) -> None:
     header, rows = comparison_rows(reports, sep="\n")
     console.print(_plain_table(header, rows, "test set, all phases (mean ± std over volumes)"))
     atomic_write_text(out, markdown_table(header, rows))
-    console.print(f"table: {out}")
+    console.print(f"table: {out}", markup=False)
 
 
 @app.command()
@@ -521,7 +526,7 @@ def predict(
             overlay,
             _ProgressReporter(bar),
         )
-    console.print(f"[green]wrote[/] {len(written)} label maps to {out_dir}")
+    console.print(f"[green]wrote[/] {len(written)} label maps to {escape(str(out_dir))}")
 
 
 @app.command()
@@ -546,7 +551,7 @@ def export(
         raise typer.BadParameter(f"must be one of {', '.join(EXPORT_FORMATS)}", param_hint="--format")
     trained = load_trained(checkpoint_file(run, checkpoint), resolve_device("cpu"))
     written = export_model(trained, out, export_format)
-    console.print(f"[green]wrote[/] {', '.join(str(p) for p in written)}")
+    console.print(f"[green]wrote[/] {escape(', '.join(str(p) for p in written))}")
 
 
 @app.command()
@@ -596,9 +601,11 @@ def study(
         for title, header, cells in tables:
             console.print(_plain_table(header, cells, title))
             console.print()
-        console.print(time_left)
+        console.print(time_left, markup=False)
         return
-    console.print(f"study {spec.name}: {plan.total_runs()} runs, {jobs} at a time, into {plan.out}")
+    console.print(
+        f"study {spec.name}: {plan.total_runs()} runs, {jobs} at a time, into {plan.out}", markup=False
+    )
     with _progress(remaining=False) as bar:
         task = bar.add_task(f"study {spec.name}", total=plan.total_runs(), info="")
 
@@ -613,7 +620,7 @@ def study(
     paths = write_study_report(plan, records, rows)
     header, table = overview(plan, rows)
     console.print(_plain_table(header, table, f"study {spec.name}: test set (details in study.md)"))
-    console.print(f"report: {', '.join(str(p) for p in paths)}")
+    console.print(f"report: {', '.join(str(p) for p in paths)}", markup=False)
     failed = [r for r in records if r.status != "done"]
     if failed:
         raise MiregError(

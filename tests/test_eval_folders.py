@@ -44,6 +44,15 @@ def test_folder_evaluation_writes_the_documented_json(cli, folders, tmp_path: Pa
     assert mean["dice"]["mean"] == 0.5 and mean["hd95"]["undefined"] == 1 and mean["hd95"]["n"] == 1
 
 
+def test_printed_paths_keep_their_brackets(cli, folders, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    pred, gt = folders
+    out = tmp_path / "reports[v1]" / "r.json"  # [v1] read as rich markup would vanish from the line
+    out.parent.mkdir()
+    result = cli("eval", "--pred", pred, "--gt", gt, "--out", out)
+    assert result.code == 0, result
+    assert f"report: {out}" in result.out
+
+
 def test_hidden_files_are_not_cases(folders) -> None:  # type: ignore[no-untyped-def]
     from mireg.evaluate import evaluate_folders
 
