@@ -64,7 +64,8 @@ def _progress(remaining: bool = True) -> Progress:
 
 
 class _ProgressReporter:
-    """Adapts ``progress(done, total, description)`` callbacks to one rich task per description."""
+    """Adapts ``progress(done, total, description)`` callbacks to one rich task per description (shown
+    as written: a folder's name may hold brackets)."""
 
     def __init__(self, bar: Progress) -> None:
         self.bar = bar
@@ -72,7 +73,7 @@ class _ProgressReporter:
 
     def __call__(self, done: int, total: int, description: str) -> None:
         if description not in self.tasks:
-            self.tasks[description] = self.bar.add_task(description, total=total, info="")
+            self.tasks[description] = self.bar.add_task(escape(description), total=total, info="")
         self.bar.update(self.tasks[description], completed=done, total=total)
 
 
