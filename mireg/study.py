@@ -323,7 +323,11 @@ class Study:
                 key = RunKey(method, config, self.amounts_of(method)[0], self.seeds[0])
                 where = f"{self.source}: methods.{method} (configuration {config})"
                 try:
-                    validate_recipe(self.recipe(key), where)
+                    raw = self.recipe(key)  # a missing recipe file or a malformed override
+                except RecipeError as exc:
+                    raise RecipeError(f"{where}: {exc.message}", exc.hint) from None
+                try:
+                    validate_recipe(raw, where)
                 except RecipeError as exc:
                     raise RecipeError(exc.message, exc.hint) from None
 

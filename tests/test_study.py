@@ -349,6 +349,17 @@ def test_bad_study_files_name_the_file_and_every_key(cli, tmp_path: Path) -> Non
     result = cli("study", path)
     assert result.code == 1 and "methods.partial (configuration 1)" in result.err
     assert "optim.lr" in result.err and not (tmp_path / "out").exists()
+    # So does a method whose recipe file is missing, or an override that is not key.path=value.
+    path = _study_file(tmp_path, GRID_STUDY.replace('recipe = "udaiic.toml"', 'recipe = "udaiik.toml"'))
+    result = cli("study", path)
+    err = " ".join(result.err.split())  # as one line, whatever the terminal's width
+    assert result.code == 1 and f"{path}: methods.udaiic (configuration 0): " in err
+    assert "udaiik.toml: recipe file not found" in err and not (tmp_path / "out").exists()
+    path = _study_file(tmp_path, 'set = ["train.epochs"]\n' + GRID_STUDY)
+    result = cli("study", path)
+    err = " ".join(result.err.split())
+    assert result.code == 1 and f"{path}: methods.partial (configuration 0): " in err
+    assert "expected key.path=value" in err and not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow
