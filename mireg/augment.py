@@ -7,7 +7,12 @@ nearest for labels), then brightness and contrast jitter.
 The strong augmentations that pseudo-labelling regularisers apply to their own views of a batch:
 :func:`intensity_jitter`, :func:`gaussian_blur`, and CutMix-style box mixing (:func:`cutmix_boxes`
 draws the boxes, :func:`mix` pastes them, for images and labels alike). All are plain functions of
-device tensors and a generator on that device: nothing runs per sample on the CPU.
+device tensors: nothing runs per sample on the CPU.
+
+Random numbers come from :func:`mireg.contract.uniform`: drawn from the run's generator, which
+lives on the CPU, then moved to the data's device. A seed therefore gives the same draws on the CPU
+and on a GPU (a generator on CUDA draws other numbers than one on the CPU from the same seed), so a
+run trains the same steps on either, up to floating-point rounding.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from mireg.contract import uniform
 from mireg.recipe import AugmentConfig
 
 __all__ = [
@@ -33,7 +39,7 @@ def _affine(
     n: int, canvas: int, cfg: AugmentConfig, g: torch.Generator, device: torch.device
 ) -> torch.Tensor:
     """Random ``(n, 2, 3)`` affines from crop-normalised to canvas-normalised coordinates."""
-    u = torch.rand(n, 5, generator=g, device=device)
+    u = uniform((n, 5), g, device)
     angle = (2 * u[:, 0] - 1) * math.radians(cfg.rotation)
     flip_x = torch.where(u[:, 1] < cfg.flip_prob, -1.0, 1.0)
     flip_y = torch.where(u[:, 2] < cfg.flip_prob, -1.0, 1.0)
@@ -69,7 +75,7 @@ def augment_batch(
         images: ``(N, C, S, S)`` float images on the canvas (values in [0, 1]).
         labels: ``(N, S, S)`` integer labels, or None for unlabelled images.
         cfg: Augmentation settings.
-        generator: Random generator on the images' device.
+        generator: Random generator (on any device, :func:`~mireg.contract.uniform`).
 
     Returns:
         ``(N, C, crop, crop)`` images and ``(N, crop, crop)`` int64 labels (or None).
@@ -108,12 +114,12 @@ def intensity_jitter(
 
     Args:
         x: ``(N, C, H, W)`` images with values in [0, 1].
-        generator: Random generator on ``x``'s device.
+        generator: Random generator (on any device, :func:`~mireg.contract.uniform`).
         brightness: Range the brightness factor is drawn from, uniformly.
         contrast: Range the contrast factor is drawn from, uniformly.
     """
     n = x.shape[0]
-    u = torch.rand(n, 2, generator=generator, device=x.device)
+    u = uniform((n, 2), generator, x.device)
     b = brightness[0] + u[:, 0] * (brightness[1] - brightness[0])
     c = contrast[0] + u[:, 1] * (contrast[1] - contrast[0])
     x = x * b.view(n, 1, 1, 1)
@@ -134,14 +140,14 @@ def gaussian_blur(
 
     Args:
         x: ``(N, C, H, W)`` images.
-        generator: Random generator on ``x``'s device.
+        generator: Random generator (on any device, :func:`~mireg.contract.uniform`).
         sigma: Range the standard deviation is drawn from, uniformly (``0 < low <= high``).
         p: Probability that a sample is blurred.
     """
     if not 0 < sigma[0] <= sigma[1]:
         raise ValueError(f"sigma must be a range (low, high) with 0 < low <= high, got {sigma}")
     n, c, h, w = x.shape
-    u = torch.rand(n, 2, generator=generator, device=x.device)
+    u = uniform((n, 2), generator, x.device)
     sigmas = sigma[0] + u[:, 0] * (sigma[1] - sigma[0])
     radius = min(math.ceil(3 * sigma[1]), (min(h, w) - 1) // 2)
     offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
@@ -161,6 +167,7 @@ def cutmix_boxes(
     area: tuple[float, float] = (0.02, 0.4),
     aspect: tuple[float, float] = (0.3, 1 / 0.3),
     p: float = 0.5,
+    device: torch.device | None = None,
 ) -> torch.Tensor:
     """One random box per sample, as a boolean mask (CutMix; Yun et al., 2019).
 
@@ -173,16 +180,17 @@ def cutmix_boxes(
         n: Number of samples.
         height: Image height.
         width: Image width.
-        generator: Random generator; the masks are made on its device.
+        generator: Random generator (on any device, :func:`~mireg.contract.uniform`).
         area: Range of the box's share of the image area.
         aspect: Range of the box's height / width.
         p: Probability that a sample gets a box.
+        device: Where the masks are made (default: the generator's device).
 
     Returns:
         ``(n, height, width)`` bool masks, true inside the box.
     """
-    device = generator.device
-    u = torch.rand(n, 5, generator=generator, device=device)
+    device = generator.device if device is None else device
+    u = uniform((n, 5), generator, device)
     share = area[0] + u[:, 0] * (area[1] - area[0])
     log_lo, log_hi = math.log(aspect[0]), math.log(aspect[1])
     ratio = torch.exp(log_lo + u[:, 1] * (log_hi - log_lo))

@@ -51,6 +51,7 @@ __all__ = [
     "VolumeInfo",
     "VolumeStore",
     "reject_options",
+    "uniform",
 ]
 
 
@@ -131,6 +132,20 @@ class BackboneConfig(PluginConfig):
 # The equivariant transform T and the step context
 
 
+def uniform(size: tuple[int, ...], generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """Uniform draws on [0, 1) of shape ``size`` from ``generator``, on ``device``.
+
+    The numbers are drawn where the generator lives (the run's is on the CPU) and then copied to
+    ``device``: the same generator state gives the same numbers whatever the training device.
+
+    Args:
+        size: Shape of the draws.
+        generator: Random generator, on any device.
+        device: Where the draws are returned.
+    """
+    return torch.rand(size, generator=generator, device=generator.device).to(device, non_blocking=True)
+
+
 class Transform:
     """A random geometric transform drawn once per sample and replayable on any tensor.
 
@@ -156,8 +171,8 @@ class Transform:
         p_h: float = 0.8,
         p_w: float = 0.8,
     ) -> Transform:
-        """Draw a transform for ``n`` samples from ``generator`` (a generator on ``device``)."""
-        u = torch.rand(2, n, generator=generator, device=device)
+        """Draw a transform for ``n`` samples from ``generator`` (on any device), on ``device``."""
+        u = uniform((2, n), generator, device)
         return cls(u[0] < p_h, u[1] < p_w)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -203,9 +218,12 @@ class StepContext:
         run_network: The function behind :meth:`forward` (set by the step that builds the context).
         reduction: How to reduce a batch statistic over the processes of the run (``sum`` and
             ``mean``, see :class:`~mireg.losses.Reduction`); a single process's by default.
-        generator: The run's random generator, on the training device, for a regulariser's own
-            random draws (strong augmentations, mixing boxes): it is checkpointed, so a resumed run
-            draws what an uninterrupted one would. ``None`` outside training.
+        generator: The run's random generator, for a regulariser's own random draws (strong
+            augmentations, mixing boxes): it is checkpointed, so a resumed run draws what an
+            uninterrupted one would. It lives on the CPU whatever the training device, so that a
+            seed draws the same numbers on any device: draw with :func:`uniform`
+            (on the generator's device, then moved), not ``torch.rand(..., device=x.device)``.
+            ``None`` outside training.
     """
 
     logits_l: torch.Tensor
@@ -236,11 +254,11 @@ class StepContext:
 
     def rng(self) -> torch.Generator:
         """The generator for a regulariser's random draws: :attr:`generator` in training; outside
-        it (``generator`` is ``None``: checks, benchmarks) a generator on the images' device seeded
-        by :attr:`step`, so that the draws are still reproducible."""
+        it (``generator`` is ``None``: checks, benchmarks) a CPU generator seeded by :attr:`step`,
+        so that the draws are still reproducible."""
         if self.generator is not None:
             return self.generator
-        return torch.Generator(device=self.x_u.device).manual_seed(self.step)
+        return torch.Generator().manual_seed(self.step)
 
 
 @dataclass

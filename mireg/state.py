@@ -78,7 +78,8 @@ class TrainState:
         model: The optimised backbone.
         terms: The regularisers, named and weighted, in recipe order.
         optimizer: Adam over the model's and the regularisers' trainable parameters.
-        generator: The random generator of batches, augmentation and ``T`` (on the device).
+        generator: The random generator of augmentation, ``T`` and the regularisers' draws (on the
+            CPU, whatever the device: a seed draws the same numbers on any device).
         epoch: Epochs finished.
         step: Optimisation steps taken (global step index of the next step).
         iteration: Steps taken inside the current epoch.
@@ -107,7 +108,7 @@ class TrainState:
             p for m in (model, *(t.regularizer for t in terms)) for p in m.parameters() if p.requires_grad
         ]  # a mean teacher's weights are not optimised
         optimizer = torch.optim.Adam(params, lr=recipe.optim.lr, weight_decay=recipe.optim.weight_decay)
-        generator = torch.Generator(device=device).manual_seed(recipe.seed)
+        generator = torch.Generator().manual_seed(recipe.seed)  # on the CPU: the same draws on any device
         return cls(recipe, data, model, terms, optimizer, generator)
 
     @property

@@ -54,7 +54,14 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 
 from mireg.augment import cutmix_boxes, gaussian_blur, intensity_jitter, mix
-from mireg.contract import Backbone, Regularizer, RegularizerConfig, RegularizerOutput, StepContext
+from mireg.contract import (
+    Backbone,
+    Regularizer,
+    RegularizerConfig,
+    RegularizerOutput,
+    StepContext,
+    uniform,
+)
 from mireg.losses import SINGLE_PROCESS, Reduction
 
 __all__ = [
@@ -110,10 +117,10 @@ class StrongAugment:
         """
         n, _, height, width = x.shape
         jittered = intensity_jitter(x, generator, self.jitter, self.jitter)
-        chosen = torch.rand(n, generator=generator, device=x.device) < self.jitter_p
+        chosen = uniform((n,), generator, x.device) < self.jitter_p
         x = torch.where(chosen.view(n, 1, 1, 1), jittered, x)
         x = gaussian_blur(x, generator, BLUR_SIGMA, self.blur_p)
-        boxes = cutmix_boxes(n, height, width, generator, p=self.cutmix_p)
+        boxes = cutmix_boxes(n, height, width, generator, p=self.cutmix_p, device=x.device)
         return (
             mix(x, x.roll(1, dims=0), boxes),
             mix(labels, labels.roll(1, dims=0), boxes),

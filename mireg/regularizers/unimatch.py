@@ -70,7 +70,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from mireg.contract import Backbone, Regularizer, RegularizerOutput, StepContext
+from mireg.contract import Backbone, Regularizer, RegularizerOutput, StepContext, uniform
 from mireg.losses import SINGLE_PROCESS, Reduction
 from mireg.regularizers.fixmatch import (
     PseudoLabelConfig,
@@ -132,7 +132,7 @@ def channel_dropout(modules: Sequence[nn.Module], p: float, generator: torch.Gen
         if not module.training or p == 0:
             return None
         n, c = output.shape[:2]
-        keep = torch.rand(n, c, generator=generator, device=output.device) >= p
+        keep = uniform((n, c), generator, output.device) >= p
         scale = keep.to(output.dtype) / (1 - p)
         return output * scale.view(n, c, *([1] * (output.dim() - 2)))
 
