@@ -26,6 +26,7 @@ from mireg.data.store import VolumeInfo, VolumeStore
 from mireg.errors import DataError
 from mireg.inference import InferenceOptions, Network, keep_largest_components, segment_slices
 from mireg.metrics import ClassMetrics, class_metrics, dice_per_class
+from mireg.precision import arithmetic
 from mireg.progress import Progress
 from mireg.report import METRICS, write_reports
 from mireg.rundir import RunDir
@@ -48,7 +49,7 @@ __all__ = [
 
 def logits(model: nn.Module, x: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
     """The network's float32 logits ``(N, C, H, W)`` of a batch ``(N, 1, H, W)`` (bf16: under autocast)."""
-    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+    with arithmetic(precision, x.device):
         out: torch.Tensor = model(x)
     return out.float()
 

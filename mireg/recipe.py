@@ -22,6 +22,7 @@ from mireg.build import check_recipe
 from mireg.contract import BackboneConfig, DatasetConfig, PluginConfig, RegularizerConfig
 from mireg.errors import PluginError, RecipeError, key_path, validation_messages
 from mireg.inference import InferenceOptions
+from mireg.precision import Precision
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -85,7 +86,9 @@ class TrainConfig(_Strict):
     unlabeled_batch: int = Field(10, ge=1)
     transform_prob: float = Field(0.8, ge=0, le=1, description="flip probability of T per axis")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Precision = Field(
+        "fp32", description="fp32: IEEE float32 (no TF32 on CUDA); bf16: the network under bf16 autocast"
+    )
     memory_format: Literal["auto", "channels_last", "contiguous"] = Field(
         "auto", description="layout of images and activations; auto: channels_last on CUDA"
     )

@@ -15,7 +15,6 @@ host syncs. Under ``torchrun`` every process draws the same global batch and tra
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
@@ -28,6 +27,7 @@ from mireg.build import RunData
 from mireg.contract import Backbone, Forward, StepContext, Transform
 from mireg.feed import BatchDraws, Feed, choose_placement, make_feed
 from mireg.losses import SINGLE_PROCESS, Reduction
+from mireg.precision import autocast, ieee_float32
 from mireg.runtime import Runtime
 from mireg.schedule import rampup
 from mireg.state import TrainState
@@ -156,14 +156,12 @@ class TrainStep:
         placement = choose_placement(cfg.data_placement, data.store, runtime.device, cfg.resident_gb)
         self.feed: Feed = make_feed(placement, data.store, draws, runtime.device)
 
-    def _autocast(self) -> AbstractContextManager[Any]:
-        device = self.runtime.device
-        return torch.autocast(
-            device.type, dtype=torch.bfloat16, enabled=self.state.recipe.train.precision == "bf16"
-        )
-
     def __call__(self) -> dict[str, torch.Tensor] | None:
         """One optimisation step; returns the (device) values to log, or None for a skipped step."""
+        with ieee_float32():  # forward and backward: fp32 means IEEE float32 on CUDA too
+            return self._step()
+
+    def _step(self) -> dict[str, torch.Tensor] | None:
         state, runtime = self.state, self.runtime
         cfg, aug, g = state.recipe.train, state.recipe.augment, state.generator
         # The global batch (every process draws the same), then this process's shard of it.
@@ -176,7 +174,7 @@ class TrainStep:
         part_l, part_u = runtime.shard(n_l), runtime.shard(n_u)
         x_l, y_l, x_u = x_l[part_l], y_l[part_l], x_u[part_u]
         transform = Transform(transform.flip_h[part_u], transform.flip_w[part_u])
-        with self._autocast():
+        with autocast(cfg.precision, runtime.device):
             ctx = step_context(
                 self.tapped, x_l, y_l, x_u, transform, state.step, state.epoch, self.reduction, g
             )
