@@ -12,7 +12,9 @@ Use them in a plugin package's own tests::
         check_regularizer(MyLossConfig(name="my_loss", weight=1.0))
 
 Each check raises :class:`ContractError` (an ``AssertionError``) naming the plugin and what is wrong.
-mireg's own test suite runs them over every registered plugin.
+``device="cuda"`` runs a check on a GPU (the plugin's modules moved there, as training moves them).
+mireg's own test suite runs them over every registered plugin, on the CPU and, where there is one, on
+a GPU (``pytest -m cuda``).
 """
 
 from __future__ import annotations
@@ -55,25 +57,31 @@ def step_context(
     n_unlabeled: int = 3,
     size: int = 32,
     seed: int = 0,
+    device: str | torch.device = "cpu",
 ) -> StepContext:
     """A :class:`StepContext` from one real forward pass of ``backbone`` over random images.
 
     It is built by the training step's own builder (:func:`mireg.step.step_context`), so
-    ``ctx.forward`` works as in training; the backbone keeps the forward hooks on ``taps``.
+    ``ctx.forward`` works as in training; the backbone keeps the forward hooks on ``taps``. The
+    images are drawn on the CPU and moved to ``device`` (where ``backbone`` must be): the same seed
+    gives the same context on any device.
     """
-    g = torch.Generator().manual_seed(seed)
+    g, device = torch.Generator().manual_seed(seed), torch.device(device)
     c = backbone.in_channels
-    x_l = torch.rand(n_labeled, c, size, size, generator=g)
-    x_u = torch.rand(n_unlabeled, c, size, size, generator=g)
-    t = Transform.draw(n_unlabeled, g, torch.device("cpu"))
-    y_l = torch.randint(backbone.num_classes, (n_labeled, size, size), generator=g)
+    x_l = torch.rand(n_labeled, c, size, size, generator=g).to(device)
+    x_u = torch.rand(n_unlabeled, c, size, size, generator=g).to(device)
+    t = Transform.draw(n_unlabeled, g, device)
+    y_l = torch.randint(backbone.num_classes, (n_labeled, size, size), generator=g).to(device)
     return build_step_context(TappedNetwork(backbone, taps), x_l, y_l, x_u, t, step=0, epoch=0, generator=g)
 
 
-def check_backbone(config: BackboneConfig, size: int = 64, batch: int = 2) -> Backbone:
-    """Build the backbone and check shapes, taps, gradients and a state-dict round trip."""
+def check_backbone(
+    config: BackboneConfig, size: int = 64, batch: int = 2, device: str | torch.device = "cpu"
+) -> Backbone:
+    """Build the backbone and check shapes, taps, gradients and a state-dict round trip, on ``device``."""
     plugin = f"backbone {config.name!r}"
-    net = config.create()
+    device = torch.device(device)
+    net = config.create().to(device)
     _expect(isinstance(net, Backbone), plugin, f"build() returned {type(net).__name__}, not a Backbone")
     _expect(
         net.in_channels == config.in_channels and net.num_classes == config.num_classes,
@@ -86,6 +94,7 @@ def check_backbone(config: BackboneConfig, size: int = 64, batch: int = 2) -> Ba
         _expect(tap.kind in ("encoder", "decoder") and tap.channels > 0, plugin, f"tap {name}: {tap}")
         net.tap_module(name).register_forward_hook(lambda m, i, o, name=name: seen.__setitem__(name, o))
     x = torch.rand(batch, config.in_channels, size, size, generator=torch.Generator().manual_seed(0))
+    x = x.to(device)
     out = net(x)
     _expect(
         tuple(out.shape) == (batch, config.num_classes, size, size),
@@ -108,6 +117,7 @@ def check_backbone(config: BackboneConfig, size: int = 64, batch: int = 2) -> Ba
     _expect(all(g is None or bool(torch.isfinite(g).all()) for g in grads), plugin, "non-finite gradient")
     twin = net.twin()
     _expect(type(twin) is type(net) and twin is not net, plugin, "twin() must make a new network")
+    twin.to(device)
     twin.load_state_dict(net.state_dict())
     net.eval()
     twin.eval()
@@ -117,20 +127,25 @@ def check_backbone(config: BackboneConfig, size: int = 64, batch: int = 2) -> Ba
 
 
 def check_regularizer(
-    config: RegularizerConfig, backbone: BackboneConfig | None = None, size: int = 32
+    config: RegularizerConfig,
+    backbone: BackboneConfig | None = None,
+    size: int = 32,
+    device: str | torch.device = "cpu",
 ) -> Regularizer:
-    """Build the regulariser on a small backbone; check its loss, gradients, hooks and state dict."""
+    """Build the regulariser on a small backbone; check its loss, gradients, hooks and state dict,
+    on ``device``."""
     from mireg.backbones.unet import UNetConfig
 
     plugin = f"regularizer {config.name!r}"
     backbone = backbone or UNetConfig(name="unet", num_classes=3, base_channels=4)
     torch.manual_seed(0)
-    net = backbone.create()
+    net = backbone.create().to(device)
     reg = config.build(net)
     _expect(isinstance(reg, Regularizer), plugin, f"build() returned {type(reg).__name__}")
+    reg.to(device)
     missing = [t for t in reg.taps if t not in net.taps]
     _expect(not missing, plugin, f"asks for taps {missing} the backbone does not have")
-    out = reg(step_context(net, reg.taps, size=size))
+    out = reg(step_context(net, reg.taps, size=size, device=device))
     _expect(isinstance(out, RegularizerOutput), plugin, "forward must return a RegularizerOutput")
     _expect(out.loss.dim() == 0, plugin, f"loss must be a scalar, got shape {tuple(out.loss.shape)}")
     _expect(math.isfinite(out.loss.item()), plugin, f"loss is not finite: {out.loss.item()}")

@@ -8,7 +8,12 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
+
+#: Parametrize a test over these to run it on the CPU and, marked ``cuda``, on a GPU.
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
 
 
 def load_benchmark(name: str) -> ModuleType:

@@ -15,17 +15,21 @@ from mireg.data.phantom import generate_cohort
 from mireg.data.stored import StoredDatasetConfig
 from mireg.testing import ContractError, check_backbone, check_dataset, check_regularizer
 
+from .helpers import DEVICES
 
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", registry.available("backbone"))
-def test_backbone_contract(name: str) -> None:
+def test_backbone_contract(name: str, device: str) -> None:
     config = registry.load("backbone", name)
-    check_backbone(config.model_validate({"name": name, "num_classes": 3}))
+    check_backbone(config.model_validate({"name": name, "num_classes": 3}), device=device)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", registry.available("regularizer"))
-def test_regularizer_contract(name: str) -> None:
+def test_regularizer_contract(name: str, device: str) -> None:
     config = registry.load("regularizer", name)
-    check_regularizer(config.model_validate({"name": name, "weight": 1.0}))
+    check_regularizer(config.model_validate({"name": name, "weight": 1.0}), device=device)
 
 
 @pytest.fixture(scope="module")

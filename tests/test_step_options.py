@@ -12,7 +12,7 @@ import torch
 from mireg.recipe import validate_recipe
 from mireg.train import Trainer
 
-from .helpers import tiny_recipe
+from .helpers import DEVICES, tiny_recipe
 
 
 def _losses(tmp_path: Path, steps: int, **train: object) -> tuple[list[dict[str, float]], Trainer]:
@@ -36,17 +36,21 @@ def _assert_same(a: list[dict[str, float]], b: list[dict[str, float]]) -> None:
             assert two[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
 
 
-def test_channels_last_trains_the_same_steps(tmp_path: Path) -> None:
-    reference, _ = _losses(tmp_path, 3, memory_format="contiguous")
-    losses, trainer = _losses(tmp_path, 3, memory_format="channels_last")
+@pytest.mark.parametrize("device", DEVICES)
+def test_channels_last_trains_the_same_steps(tmp_path: Path, device: str) -> None:
+    reference, _ = _losses(tmp_path, 3, memory_format="contiguous", device=device)
+    losses, trainer = _losses(tmp_path, 3, memory_format="channels_last", device=device)
     _assert_same(reference, losses)
     conv = next(m for m in trainer.state.model.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
 
 
-def test_compiled_network_trains_the_same_steps_and_keeps_its_checkpoint_keys(tmp_path: Path) -> None:
-    reference, eager = _losses(tmp_path, 2)
-    losses, compiled = _losses(tmp_path, 2, compile=True)
+@pytest.mark.parametrize("device", DEVICES)
+def test_compiled_network_trains_the_same_steps_and_keeps_its_checkpoint_keys(
+    tmp_path: Path, device: str
+) -> None:
+    reference, eager = _losses(tmp_path, 2, device=device)
+    losses, compiled = _losses(tmp_path, 2, compile=True, device=device)
     _assert_same(reference, losses)
     assert list(compiled.state.model.state_dict()) == list(eager.state.model.state_dict())
 
