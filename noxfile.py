@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nox
 
 nox.options.sessions = ["lint", "typecheck", "tests", "plugins"]
@@ -68,9 +70,17 @@ def bench(session: nox.Session) -> None:
 
 @nox.session
 def gpu(session: nox.Session) -> None:
-    """Everything measured only on a GPU (step timings, data paths, loss curve) into gpu.json."""
-    session.install("-e", ".")
-    session.run("python", "benchmarks/gpu.py", *session.posargs)
+    """On a machine with an NVIDIA GPU: every CUDA test (`pytest -m cuda`) and everything measured
+    only on a GPU (step timings, profiles, data paths, loss curve) into gpu-check/ (gpu.json)."""
+    python = str(Path(session.bin) / "python")
+    session.run(
+        "bash",
+        "benchmarks/gpu_check.sh",
+        "gpu-check",
+        *session.posargs,
+        env={"PYTHON": python},
+        external=True,
+    )
 
 
 @nox.session

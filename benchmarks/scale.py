@@ -16,7 +16,9 @@ float16 per 512x512x150 scan). Prints one JSON line per measurement:
 - ``steps``: training steps (``recipes/acdc_partial.toml`` on 224x224 crops, 4 + 10 slices) from
   the pool's store, streamed (its page cache dropped first), against the same recipe on a store of
   the same kind of scans that fits in memory, resident; two alternating rounds after one uncounted
-  round, ms/step of each and the ratio of the totals;
+  round, ms/step of each and the ratio of the totals. Without ``pool`` in ``--only``, the store that
+  fits is streamed too (page cache dropped): the two paths on one store, as on a GPU, where
+  "resident" means in the GPU's memory;
 - ``gather``: reading one step's 14 slices from a store that fits, from the memory map (mireg's
   format) and, when zarr is installed, from a zarr array of one chunk per slice.
 
@@ -178,17 +180,19 @@ def measure_steps(
     from mireg.host_memory import keep_freed_memory
 
     keep_freed_memory()  # as `mireg train` does
-    small, _ = build(scratch / "fits", LABELLED + 20, 1, side, depth)
+    small, _ = build(scratch / "fits", LABELLED + 20, min(4, os.cpu_count() or 1), side, depth)
+    pool = scratch / "pool" if (scratch / "pool").is_dir() else scratch / "fits"
     _steps(scratch / "fits", "resident", device, steps, warmup)
     resident, streamed = [], []
     for _ in range(rounds):
         resident.append(_steps(scratch / "fits", "resident", device, steps, warmup))
-        _drop_page_cache(scratch / "pool")
-        streamed.append(_steps(scratch / "pool", "streamed", device, steps, warmup))
+        _drop_page_cache(pool)
+        streamed.append(_steps(pool, "streamed", device, steps, warmup))
     return {
         "measurement": "steps",
         "device": device,
         "method": "partial",
+        "streamed_store": pool.name,
         "ms_per_step_resident_fits": [round(1000 * x, 1) for x in resident],
         "ms_per_step_streamed_pool": [round(1000 * x, 1) for x in streamed],
         "streamed_over_resident": round(sum(streamed) / sum(resident), 3),

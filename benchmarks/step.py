@@ -12,6 +12,8 @@ line per measurement.
 With --compare-naive it also times, on random maps of the decoder layers' shapes, mireg's local MI
 against the direct formulation (one conv2d per sub-head with the whole map as kernel, as in the
 authors' code), forward + backward, and prints both and their ratio.
+With --profile it then runs one more step under ``torch.profiler`` and prints where its time went:
+the step's wall time, the time the device was busy, and the operators that took the most of it.
 """
 
 from __future__ import annotations
@@ -74,18 +76,61 @@ def time_steps(args: argparse.Namespace, device: torch.device, kept: bool) -> di
     _sync(device)
     seconds = (time.perf_counter() - start) / args.steps
     images = args.labeled_batch + 2 * args.unlabeled_batch
+    peak = _peak_mb(device)
+    profiled = profile_step(trainer, device) if args.profile else None
     return {
         "method": args.method,
         "device": str(device),
         "size": args.size,
         "ms_per_step": round(1000 * seconds, 1),
         "images_per_s": round(images / seconds, 1),
-        "peak_mem_mb": round(_peak_mb(device), 1),
+        "peak_mem_mb": round(peak, 1),
         "steps": args.steps,
         "precision": args.precision,
         "compile": args.compile,
         "torch_threads": torch.get_num_threads(),
         "keep_freed_memory": kept,
+        **({"profile": profiled} if profiled is not None else {}),
+    }
+
+
+def _device_us(event: object) -> float:
+    """An operator's own time on the device (µs); the attribute's name changed across torch versions."""
+    for name in ("self_device_time_total", "self_cuda_time_total"):
+        if hasattr(event, name):
+            return float(getattr(event, name))
+    return 0.0
+
+
+def profile_step(trainer: Trainer, device: torch.device, top: int = 15) -> dict[str, object]:
+    """One step under ``torch.profiler``: wall time, device-busy time and the costliest operators."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    _sync(device)
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        trainer.step()
+        _sync(device)
+        wall = time.perf_counter() - start
+    events = prof.key_averages()
+    on_device = device.type == "cuda"
+    key = _device_us if on_device else (lambda e: float(e.self_cpu_time_total))
+    ranked = sorted(events, key=key, reverse=True)
+    return {
+        "profile": "step",
+        "wall_ms": round(1000 * wall, 2),
+        "device_busy_ms": round(sum(_device_us(e) for e in events) / 1000, 2) if on_device else None,
+        "kernel_launches": sum(e.count for e in events if e.key.startswith("cudaLaunchKernel")),
+        "top": [
+            {
+                "op": e.key[:80],
+                "calls": e.count,
+                "self_device_ms": round(_device_us(e) / 1000, 3),
+                "self_cpu_ms": round(e.self_cpu_time_total / 1000, 3),
+            }
+            for e in ranked[:top]
+        ],
     }
 
 
@@ -167,6 +212,7 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--compile", action="store_true", help="torch.compile the network")
     parser.add_argument("--compare-naive", action="store_true")
+    parser.add_argument("--profile", action="store_true", help="profile one more step (torch.profiler)")
     parser.add_argument(
         "--system-malloc",
         action="store_true",
