@@ -15,6 +15,7 @@ Both give the same batches for the same seed, bit for bit.
 
 from __future__ import annotations
 
+import mmap
 import os
 import queue
 import threading
@@ -107,7 +108,8 @@ class ResidentFeed:
         self.label_rows = torch.from_numpy(store.label_rows()).to(device)
 
     def batch(self, step: int) -> Batch:
-        il, iu = (torch.from_numpy(i).to(self.device) for i in self.draws(step))
+        # Non-blocking: the indices are staged at once, without waiting for the device to finish.
+        il, iu = (torch.from_numpy(i).to(self.device, non_blocking=True) for i in self.draws(step))
         return Batch(self.images[il], self.labels[self.label_rows[il]], self.images[iu])
 
     def close(self) -> None:
@@ -118,6 +120,46 @@ def _gather(array: np.ndarray, index: np.ndarray) -> np.ndarray:
     """``array[index]`` reading each distinct row once, in file order (fewer, forward disk reads)."""
     rows, inverse = np.unique(index, return_inverse=True)
     return np.asarray(array[rows])[inverse]
+
+
+def _file_backed(array: np.ndarray) -> bool:
+    """True for a whole ``.npy`` file memory-mapped by ``np.load`` (rows at known file offsets)."""
+    return (
+        isinstance(array, np.memmap)
+        and isinstance(array.base, mmap.mmap)
+        and array.filename is not None
+        and array.flags.c_contiguous
+        and hasattr(os, "preadv")
+    )
+
+
+def _read_rows(array: np.ndarray, index: np.ndarray, out: np.ndarray) -> None:
+    """``out[:] = array[index]``, each distinct row read once, in file order.
+
+    From a memory-mapped file the rows are read with ``os.preadv``, which releases the GIL while the
+    disk works: a page fault of the memory map holds it, and would stall the training thread for the
+    whole read. Otherwise (an array in memory) by indexing.
+    """
+    if len(index) and (index.min() < 0 or index.max() >= len(array)):
+        raise IndexError(f"rows {index.tolist()} out of range for {len(array)} rows")
+    if not _file_backed(array):
+        out[...] = _gather(array, index)
+        return
+    assert isinstance(array, np.memmap) and array.filename is not None
+    row_bytes, first = array.strides[0], dict[int, int]()
+    with open(array.filename, "rb", buffering=0) as fh:
+        for position in np.argsort(index, kind="stable").tolist():
+            row = int(index[position])
+            if row in first:
+                out[position] = out[first[row]]
+                continue
+            first[row] = position
+            view, offset, got = memoryview(out[position]).cast("B"), array.offset + row * row_bytes, 0
+            while got < row_bytes:
+                n = os.preadv(fh.fileno(), [view[got:]], offset + got)
+                if n == 0:
+                    raise EOFError(f"{array.filename}: ends inside row {row}")
+                got += n
 
 
 class StreamedFeed:
@@ -143,14 +185,19 @@ class StreamedFeed:
         self._next = -1
 
     def _read(self, step: int) -> tuple[torch.Tensor, ...]:
+        """The step's slices, read straight into (on CUDA, pinned) host tensors."""
         il, iu = self.draws(step)
-        arrays = (
-            _gather(self.store.images, il),
-            _gather(self.store.labels, self.label_rows[il]),
-            _gather(self.store.images, iu),
-        )
-        tensors = tuple(torch.from_numpy(a) for a in arrays)
-        return tuple(t.pin_memory() for t in tensors) if self._pin else tensors
+        out = []
+        for array, index in (
+            (self.store.images, il),
+            (self.store.labels, self.label_rows[il]),
+            (self.store.images, iu),
+        ):
+            dtype = torch.from_numpy(np.empty(0, dtype=array.dtype)).dtype
+            tensor = torch.empty((len(index), *array.shape[1:]), dtype=dtype, pin_memory=self._pin)
+            _read_rows(array, index, tensor.numpy())
+            out.append(tensor)
+        return tuple(out)
 
     def _run(self, first: int, out: queue.Queue[_Item]) -> None:
         step = first

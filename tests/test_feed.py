@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from mireg.build import load_data
-from mireg.feed import BatchDraws, ResidentFeed, StreamedFeed, choose_placement, store_bytes
+from mireg.feed import BatchDraws, ResidentFeed, StreamedFeed, _file_backed, choose_placement, store_bytes
 from mireg.recipe import validate_recipe
 
 from .conftest import CliResult
@@ -46,6 +46,8 @@ def test_the_streamed_path_gives_the_resident_batches_from_any_step(tiny_data: A
     streamed = StreamedFeed(data.store, draws, torch.device(device), depth=2)
     # On CUDA the reading thread stages batches in pinned memory, so that copies do not block.
     assert all(t.is_pinned() == (device == "cuda") for t in streamed._read(0))
+    # The store's files are read with preadv (the GIL released), not through the memory map.
+    assert _file_backed(data.store.images) and _file_backed(data.store.labels)
     try:
         for step in [0, 1, 2, 3, 4, 9, 10, 2, 3]:  # a jump (a resume) restarts the reading ahead
             r, s = resident.batch(step), streamed.batch(step)
