@@ -131,6 +131,10 @@ def pair_indices(n_labeled: int, n_unlabeled: int, device: torch.device) -> tupl
     return first, second.clamp(max=n_labeled - 1), first, second.clamp(max=n_unlabeled - 1)
 
 
+#: Propagation rounds between two convergence checks in :func:`largest_components`.
+_ROUNDS_PER_CHECK = 4
+
+
 def largest_components(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Keep, per slice and foreground class, the class's largest 8-connected component.
 
@@ -155,15 +159,17 @@ def largest_components(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     index = torch.arange(pixels, device=labels.device, dtype=torch.float32).view(1, 1, h, w)
     # Every pixel carries the id (raster index) of a pixel of its component; the ids fall to the
     # component's smallest index by 3 x 3 minimum propagation and pointer jumping.
+    # The ids stop changing once converged, so convergence is checked (a host sync) every few rounds.
     ids = torch.where(member, index, outside)
     while True:
-        pooled = -F.max_pool2d(-ids, kernel_size=3, stride=1, padding=1)
-        flat = torch.where(member, pooled, outside).flatten(1)
-        jumped = flat.gather(1, flat.long().clamp(max=pixels - 1))
-        new = torch.where(member.flatten(1), torch.minimum(flat, jumped), outside).view_as(ids)
-        if torch.equal(new, ids):
+        previous = ids
+        for _ in range(_ROUNDS_PER_CHECK):
+            pooled = -F.max_pool2d(-ids, kernel_size=3, stride=1, padding=1)
+            flat = torch.where(member, pooled, outside).flatten(1)
+            jumped = flat.gather(1, flat.long().clamp(max=pixels - 1))
+            ids = torch.where(member.flatten(1), torch.minimum(flat, jumped), outside).view_as(ids)
+        if torch.equal(ids, previous):
             break
-        ids = new
     component = ids.long().flatten(1)
     sizes = torch.zeros(component.shape[0], pixels + 1, device=labels.device)
     sizes.scatter_add_(1, component, member.flatten(1).float())
