@@ -42,7 +42,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm 
 echo "== pytest -m cuda"
 per_test=()
 if "$PYTHON" -c "import pytest_timeout" 2>/dev/null; then
-    per_test=(-p pytest_timeout --timeout=240)
+    per_test=(--timeout=240) # pytest-timeout, where installed, registers itself
 fi
 "$PYTHON" -m pytest -m cuda -q -rs "${per_test[@]}" --junitxml="$out/cuda-tests.xml" 2>&1 |
     tee "$out/cuda-tests.log" || status=1

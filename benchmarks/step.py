@@ -103,7 +103,9 @@ def _device_us(event: object) -> float:
 
 
 def profile_step(trainer: Trainer, device: torch.device, top: int = 15) -> dict[str, object]:
-    """One step under ``torch.profiler``: wall time, device-busy time and the costliest operators."""
+    """One step under ``torch.profiler``: wall time, the time the device ran kernels and copies, and the
+    operators that took the most of it (an operator's own device time: the kernels it launched)."""
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -116,11 +118,15 @@ def profile_step(trainer: Trainer, device: torch.device, top: int = 15) -> dict[
     events = prof.key_averages()
     on_device = device.type == "cuda"
     key = _device_us if on_device else (lambda e: float(e.self_cpu_time_total))
-    ranked = sorted(events, key=key, reverse=True)
+    # Kernels and copies are events of their own (device_type CUDA) besides the operators that
+    # launched them: the busy time sums the former, the ranking lists the latter.
+    kernels = [e for e in events if getattr(e, "device_type", None) == DeviceType.CUDA]
+    ranked = sorted((e for e in events if e not in kernels), key=key, reverse=True)
     return {
         "profile": "step",
         "wall_ms": round(1000 * wall, 2),
-        "device_busy_ms": round(sum(_device_us(e) for e in events) / 1000, 2) if on_device else None,
+        "device_busy_ms": round(sum(_device_us(e) for e in kernels) / 1000, 2) if kernels else None,
+        "kernels": sum(e.count for e in kernels),
         "kernel_launches": sum(e.count for e in events if e.key.startswith("cudaLaunchKernel")),
         "top": [
             {

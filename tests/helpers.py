@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import sys
 from pathlib import Path
@@ -61,6 +62,25 @@ def tiny_recipe(runs_dir: Path, **changes: Any) -> dict[str, Any]:
     for key, value in changes.items():
         recipe[key] = value
     return recipe
+
+
+def train_steps(raw: dict[str, Any], steps: int, **train: Any) -> tuple[list[dict[str, float]], Any]:
+    """Train the first ``steps`` steps of recipe ``raw`` (its ``[train]`` updated with ``train``);
+    the logged values of each step and the trainer."""
+    from mireg.recipe import validate_recipe
+    from mireg.train import Trainer
+
+    raw = copy.deepcopy(raw)
+    raw["train"].update(train)
+    trainer = Trainer(validate_recipe(raw, "test"))
+    trainer.setup()
+    trainer.state.model.train()
+    out = []
+    for _ in range(steps):
+        logs = trainer.step()
+        assert logs is not None
+        out.append({k: float(v) for k, v in logs.items()})
+    return out, trainer
 
 
 def write_dicom_series(

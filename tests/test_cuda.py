@@ -8,7 +8,6 @@ channels-last, ``torch.compile``, the streamed feed with pinned memory).
 
 from __future__ import annotations
 
-import copy
 import json
 import socket
 from collections.abc import Callable
@@ -26,7 +25,7 @@ from mireg.recipe import dump_toml, validate_recipe
 from mireg.train import Trainer
 
 from .conftest import CliResult
-from .helpers import tiny_recipe
+from .helpers import tiny_recipe, train_steps
 
 pytestmark = pytest.mark.cuda
 
@@ -47,17 +46,7 @@ METHODS: dict[str, list[dict[str, Any]]] = {
 
 def _steps(raw: dict[str, Any], device: str, steps: int = 3, **train: Any) -> list[dict[str, float]]:
     """The logged values of the first ``steps`` training steps of ``raw`` on ``device``."""
-    raw = copy.deepcopy(raw)
-    raw["train"].update(device=device, **train)
-    trainer = Trainer(validate_recipe(raw, "test"))
-    trainer.setup()
-    trainer.state.model.train()
-    out = []
-    for _ in range(steps):
-        logs = trainer.step()
-        assert logs is not None
-        out.append({k: float(v) for k, v in logs.items()})
-    return out
+    return train_steps(raw, steps, device=device, **train)[0]
 
 
 @pytest.mark.parametrize("method", METHODS)

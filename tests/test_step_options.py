@@ -12,21 +12,12 @@ import torch
 from mireg.recipe import validate_recipe
 from mireg.train import Trainer
 
-from .helpers import DEVICES, tiny_recipe
+from .helpers import DEVICES, tiny_recipe, train_steps
 
 
 def _losses(tmp_path: Path, steps: int, **train: object) -> tuple[list[dict[str, float]], Trainer]:
-    raw = tiny_recipe(tmp_path / "runs")
-    raw["train"].update(train)
-    trainer = Trainer(validate_recipe(raw, "test"))
-    trainer.setup()
-    trainer.state.model.train()
-    out = []
-    for _ in range(steps):
-        logs = trainer.step()
-        assert logs is not None
-        out.append({k: float(v) for k, v in logs.items()})
-    return out, trainer
+    logs, trainer = train_steps(tiny_recipe(tmp_path / "runs"), steps, **train)
+    return logs, trainer
 
 
 def _assert_same(a: list[dict[str, float]], b: list[dict[str, float]]) -> None:
