@@ -3,6 +3,11 @@
 A file is written to a temporary sibling (same folder, same extension, so writers that pick the
 format from the name still work), flushed to disk, then renamed over the target. A failure or a
 kill at any moment leaves the previous file (or none), never a torn one, and no temporary behind.
+
+The temporary file is created private (mode 0600, so that nobody reads it half-written); before
+the rename it gets the mode any new file of the user gets (0666 less the umask: 0644 under the
+usual 022), or the mode of the file it replaces, so that a PACS sender or a viewer running as
+another user can read the results.
 """
 
 from __future__ import annotations
@@ -12,7 +17,38 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["atomic_write", "atomic_write_text"]
+__all__ = ["atomic_write", "atomic_write_text", "new_dir_mode", "new_file_mode"]
+
+
+def _umask() -> int:
+    """The process's umask, read from ``/proc`` where it tells (setting it to read it back, as the
+    fallback does, is not safe while other threads create files)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def new_file_mode(path: Path | None = None) -> int:
+    """The permission bits a file written at ``path`` gets: those of the file it replaces, else those
+    of any new file (0666 less the umask)."""
+    if path is not None:
+        try:
+            return os.stat(path).st_mode & 0o7777
+        except FileNotFoundError:
+            pass
+    return 0o666 & ~_umask()
+
+
+def new_dir_mode() -> int:
+    """The permission bits of a new folder (0777 less the umask)."""
+    return 0o777 & ~_umask()
 
 
 def _extension(path: Path) -> str:
@@ -30,6 +66,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         write(tmp)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp, new_file_mode(path))
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

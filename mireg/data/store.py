@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from mireg.errors import DataError
+from mireg.files import new_dir_mode
 
 if TYPE_CHECKING:
     import torch
@@ -362,9 +363,11 @@ def _temporary_sibling(path: Path) -> Path:
 
 
 def _publish(tmp: Path, path: Path) -> None:
-    """Make the files of ``tmp`` durable and rename it to ``path``."""
+    """Make the files of ``tmp`` durable and rename it to ``path``, with the mode of a new folder (the
+    temporary one was created private)."""
     for f in tmp.iterdir():
         if f.is_file():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
+    os.chmod(tmp, new_dir_mode())
     os.replace(tmp, path)
