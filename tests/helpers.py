@@ -95,6 +95,11 @@ def write_dicom_series(
     slope: float = 1.0,
     intercept: float = 0.0,
     description: str = "cine",
+    trigger_time: float | list[float] | None = None,
+    temporal_position: int | None = None,
+    photometric: str = "MONOCHROME2",
+    bits_stored: int = 16,
+    position_decimals: int = 6,
 ) -> list[Path]:
     """Write an ``(X, Y, Z)`` volume of stored (uint16) values as a DICOM MR series with pydicom.
 
@@ -102,6 +107,13 @@ def write_dicom_series(
     matching ImagePositionPatient, ImageOrientationPatient and PixelSpacing (DICOM is LPS+).
     ``names[z]`` is the file name of slice ``z`` (default ``slice_z.dcm``); InstanceNumber counts
     down, so that neither names nor instance numbers give the slice order.
+
+    One call writes one frame of a cine series: call it once per frame with one ``folder``,
+    ``series_uid`` and distinct ``names``, giving each frame its ``trigger_time`` (ms; one for
+    all its slices, or one per slice) and/or ``temporal_position`` (TemporalPositionIdentifier);
+    neither is written unless given. ``photometric`` and ``bits_stored`` set
+    PhotometricInterpretation and BitsStored (HighBit follows); ImagePositionPatient is written
+    with ``position_decimals`` decimals.
     """
     import numpy as np
     from pydicom.dataset import Dataset, FileMetaDataset
@@ -130,16 +142,35 @@ def write_dicom_series(
         ds.Modality, ds.SeriesNumber, ds.SeriesDescription = "MR", 3, description
         ds.InstanceNumber = stored.shape[2] - z
         ds.PositionReferenceIndicator = ""
-        ds.ImagePositionPatient = [f"{v:.6f}" for v in lps[:3, 3] + z * lps[:3, 2]]
+        ds.ImagePositionPatient = [f"{v:.{position_decimals}f}" for v in lps[:3, 3] + z * lps[:3, 2]]
         ds.ImageOrientationPatient = [f"{v:.8f}" for v in orientation]
         ds.PixelSpacing = [f"{row_spacing:.6f}", f"{col_spacing:.6f}"]
         ds.SliceThickness = f"{np.linalg.norm(lps[:3, 2]):.6f}"
         ds.Rows, ds.Columns = stored.shape[1], stored.shape[0]
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.BitsStored, ds.HighBit = bits_stored, bits_stored - 1
+        if trigger_time is not None:
+            ds.TriggerTime = f"{trigger_time[z] if isinstance(trigger_time, list) else trigger_time:g}"
+        if temporal_position is not None:
+            ds.TemporalPositionIdentifier = temporal_position
         ds.RescaleSlope, ds.RescaleIntercept = f"{slope:g}", f"{intercept:g}"
         ds.PixelData = np.ascontiguousarray(stored[:, :, z].T.astype(np.uint16)).tobytes()
         path = folder / (names[z] if names else f"slice_{z}.dcm")
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+def strip_attribute(paths: list[Path], keyword: str, how: str) -> None:
+    """Delete ``keyword`` from every DICOM file (``how="deleted"``), or make it empty (``"empty"``),
+    as anonymisers do."""
+    import pydicom
+
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        if how == "deleted":
+            delattr(ds, keyword)
+        else:
+            ds[keyword].value = None
+        ds.save_as(path)
