@@ -17,6 +17,7 @@ from functools import partial
 from pathlib import Path
 
 from mireg.contract import Progress, reject_options
+from mireg.data.cine import read_info
 from mireg.data.nifti import NIFTI_SUFFIXES, read_scan
 from mireg.data.preprocessing import StoreBuilder
 from mireg.data.store import VolumeStore
@@ -45,28 +46,6 @@ def find_patients(raw: Path) -> list[Path]:
             "patientNNN/Info.cfg)"
         )
     return patients
-
-
-def read_info(path: Path) -> dict[str, str]:
-    """Parse an ACDC ``Info.cfg`` (``Key: value`` lines); ED and ES are required."""
-    try:
-        lines = path.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot read ({exc})") from exc
-    info: dict[str, str] = {}
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        key, sep, value = line.partition(":")
-        if not sep:
-            raise DataError(f"{path}:{number}: expected 'Key: value', got {line.strip()!r}")
-        info[key.strip()] = value.strip()
-    for key in ("ED", "ES"):
-        if key not in info:
-            raise DataError(f"{path}: missing key {key!r}")
-        if not info[key].isdigit():
-            raise DataError(f"{path}: {key} must be a frame number, got {info[key]!r}")
-    return info
 
 
 def _frame_files(patient: Path, frame: int) -> tuple[Path, Path]:
