@@ -165,6 +165,7 @@ def preprocess(
     Volumes are written to the store as they are read, so memory does not grow with the data set;
     the store appears only when complete (an error, Ctrl-C or SIGTERM leaves nothing behind).
     """
+    _require_torch("mireg preprocess")
     from mireg.data.prepare import prepare_store
 
     if spacing <= 0:
@@ -282,6 +283,7 @@ def train(
     Under torchrun (torchrun --nproc-per-node N -m mireg train RECIPE) the N processes train one run
     with data-parallel DDP; rank 0 writes the run directory and prints.
     """
+    _require_torch("mireg train")
     from mireg.recipe import load_recipe
     from mireg.runtime import Runtime
     from mireg.train import Trainer, choose_run, resume_point
@@ -386,10 +388,26 @@ def evaluate(
             )
         if split not in ("test", "validation"):
             raise typer.BadParameter("must be test or validation", param_hint="--split")
+        _require_torch("mireg eval RUN_DIR")
         _eval_run(runs[0], split, checkpoint, overlays, tta, keep_largest)
         return
     if tta is not None or keep_largest is not None:
         raise typer.BadParameter("--tta and --keep-largest evaluate a run directory", param_hint="--tta")
+
+
+def _require_torch(what: str) -> None:
+    """A clear error, instead of a ``ModuleNotFoundError`` traceback, where torch is not installed
+    (the torch-free runtime install, which predicts with exported models only)."""
+    try:
+        import torch  # noqa: F401 (the command imports it next anyway)
+    except ImportError:
+        from mireg.errors import MiregError
+
+        raise MiregError(
+            f"{what} needs torch, which is not installed (this is the runtime install, which "
+            "predicts with exported models only)",
+            "install the full mireg (pip install mireg) for training, evaluation and export",
+        ) from None
 
 
 def _options(default: Any, tta: bool | None, keep_largest: bool | None) -> Any:
@@ -503,16 +521,31 @@ def predict(
         bool, typer.Option(help="Also write the class probabilities (NAME_probabilities.nii.gz).")
     ] = False,
     overlay: Annotated[bool, typer.Option(help="Also write PNG overlays to OUT_DIR/overlays/.")] = False,
+    frames: Annotated[
+        Optional[str],
+        typer.Option(help="Cine scans: the frames to segment, from 1 (e.g. 1,12 or 1-5); default: all."),
+    ] = None,
+    ed: Annotated[
+        Optional[int], typer.Option(min=1, help="Cine scans: the end-diastole frame (for the EF).")
+    ] = None,
+    es: Annotated[Optional[int], typer.Option(min=1, help="Cine scans: the end-systole frame.")] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace output files that exist already (inputs are never written).")
+    ] = False,
 ) -> None:
     """Segment NIfTI scans or DICOM series; each label map keeps its input's grid and geometry.
 
     DICOM series give DICOM Segmentation objects that reference them (or NIfTI with --format nifti).
-    An exported ONNX model (mireg export) runs through ONNX Runtime, without torch.
+    Cine scans (4D NIfTI, DICOM with several frames per position) are segmented frame by frame.
+    OUT_DIR/volumes.csv gets each structure's volume (ml). An exported ONNX model (mireg export)
+    runs through ONNX Runtime, without torch.
     """
-    from mireg.predict import FORMATS, collect_inputs, load_predictor, predict_scans
+    from mireg.data.cine import parse_frames
+    from mireg.predict import FORMATS, FrameChoice, collect_inputs, load_predictor, predict_scans
 
     if output_format is not None and output_format not in FORMATS:
         raise typer.BadParameter(f"must be one of {', '.join(FORMATS)}", param_hint="--format")
+    choice = FrameChoice(tuple(parse_frames(frames)) if frames is not None else None, ed, es)
     scans = collect_inputs(inputs, series)
     predictor = load_predictor(run, checkpoint, device)
     options = _options(predictor.options, tta, keep_largest)
@@ -526,8 +559,10 @@ def predict(
             save_probabilities,
             overlay,
             _ProgressReporter(bar),
+            choice,
+            overwrite,
         )
-    console.print(f"[green]wrote[/] {len(written)} label maps to {escape(str(out_dir))}")
+    console.print(f"[green]wrote[/] {len(written)} label maps and volumes.csv to {escape(str(out_dir))}")
 
 
 @app.command()
@@ -536,6 +571,7 @@ def export(
     out: Annotated[Path, typer.Option("--out", "-o", help="Network file to write (model.onnx).")],
     checkpoint: Annotated[str, typer.Option(help="best or last (for a run directory).")] = "best",
     export_format: Annotated[str, typer.Option("--format", help="onnx or torchscript.")] = "onnx",
+    overwrite: Annotated[bool, typer.Option(help="Replace an earlier export at OUT and its card.")] = False,
 ) -> None:
     """Export a trained network (ONNX or TorchScript) and its model card (OUT with .json).
 
@@ -543,14 +579,17 @@ def export(
     normalisation, classes, default inference options, versions and checksums. `mireg predict
     model.onnx SCANS -o OUT` then runs it without torch.
     """
-    from mireg.export import EXPORT_FORMATS, export_model
+    _require_torch("mireg export")
+    from mireg.export import EXPORT_FORMATS, check_export_outputs, export_model
     from mireg.rundir import checkpoint_file
     from mireg.runtime import resolve_device
     from mireg.state import load_trained
 
     if export_format not in EXPORT_FORMATS:
         raise typer.BadParameter(f"must be one of {', '.join(EXPORT_FORMATS)}", param_hint="--format")
-    trained = load_trained(checkpoint_file(run, checkpoint), resolve_device("cpu"))
+    source = checkpoint_file(run, checkpoint)
+    check_export_outputs(out, source, overwrite)
+    trained = load_trained(source, resolve_device("cpu"))
     written = export_model(trained, out, export_format)
     console.print(f"[green]wrote[/] {escape(', '.join(str(p) for p in written))}")
 
@@ -582,6 +621,7 @@ def study(
     Writes study.md, study.json, study.csv and study.png. Finished runs are reused and interrupted
     ones resumed, so a stopped study continues where it stopped when run again.
     """
+    _require_torch("mireg study")
     from mireg.runtime import resolve_device
     from mireg.study import Study, load_study
     from mireg.study_report import overview, standing, summarize_study, write_study_report

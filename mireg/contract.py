@@ -94,6 +94,12 @@ class Backbone(nn.Module):
     #: The config the network was made from (set by :meth:`BackboneConfig.create`).
     config: BackboneConfig | None = None
 
+    @property
+    def size_multiple(self) -> int:
+        """Input height and width must be multiples of this (1: any size). A network that pools
+        ``k`` times by 2 says ``2**k``; exports record it, so that deployers know what it accepts."""
+        return 1
+
     def tap_module(self, name: str) -> nn.Module:
         """Return the module whose output is the feature map ``name``."""
         raise NotImplementedError

@@ -1,8 +1,9 @@
 """``mireg export``: a trained run's network as ONNX or TorchScript, with its model card.
 
 ONNX goes through torch's ``torch.export``-based exporter at opset :data:`OPSET`, with the batch,
-height and width dynamic; a backbone that cannot be exported with a dynamic height and width is
-exported for the canvas size only (the card's ``network.input_shape`` says which). The exported
+height and width dynamic (height and width multiples of the backbone's ``size_multiple``, which the
+card records); a backbone that cannot be exported with a dynamic height and width is exported for
+the canvas size only (the card's ``network.input_shape`` says which). The exported
 network is checked against the torch one on a batch of random slices before anything is written.
 TorchScript (``torch.jit.trace``, deprecated upstream but still what LibTorch loads) is for C++
 users; ``mireg predict`` runs the ONNX export. The card (:class:`~mireg.portable.ModelCard`) is
@@ -12,6 +13,7 @@ written beside the network, as ``<name>.json``; both files are written atomicall
 from __future__ import annotations
 
 import hashlib
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,7 @@ from mireg.files import atomic_write, atomic_write_text
 from mireg.portable import ModelCard, NetworkInfo, PreprocessingInfo, card_path, file_sha256
 from mireg.state import TrainedModel
 
-__all__ = ["EXPORT_FORMATS", "OPSET", "export_model", "weights_sha256"]
+__all__ = ["EXPORT_FORMATS", "OPSET", "check_export_outputs", "export_model", "weights_sha256"]
 
 #: The ONNX opset of exports (ONNX Runtime runs it from version 1.14 on).
 OPSET = 18
@@ -45,6 +47,26 @@ def weights_sha256(model: nn.Module) -> str:
         digest.update(key.encode())
         digest.update(value.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
+
+
+def check_export_outputs(out: Path, checkpoint: Path, overwrite: bool = False) -> None:
+    """Refuse to write the network ``out`` or its card over the checkpoint exported, ever, or over
+    existing files unless ``overwrite``; before anything is read.
+
+    Raises:
+        CheckpointError: Naming the file.
+    """
+    for path in (out, card_path(out)):
+        if path.is_dir():
+            raise CheckpointError(f"{path}: is a folder", "give the network's file name: -o model/model.onnx")
+        if not path.exists():
+            continue
+        if checkpoint.exists() and os.path.samefile(path, checkpoint):
+            raise CheckpointError(f"{path}: is the checkpoint being exported", "choose another name (-o)")
+        if not overwrite:
+            raise CheckpointError(
+                f"{path}: exists already", "choose another file name (-o), or replace it with --overwrite"
+            )
 
 
 def export_model(trained: TrainedModel, out: Path, fmt: str = "onnx") -> list[Path]:
@@ -69,15 +91,21 @@ def export_model(trained: TrainedModel, out: Path, fmt: str = "onnx") -> list[Pa
     if out.suffix == ".json":
         raise CheckpointError(f"{out}: the model card takes the .json name; choose another for the network")
     model = trained.model.cpu().eval()
-    canvas = trained.canvas
-    check = torch.rand(3, 1, canvas, canvas, generator=torch.Generator().manual_seed(0))
+    canvas, multiple = trained.canvas, trained.size_multiple
+    generator = torch.Generator().manual_seed(0)
+    check = torch.rand(3, 1, canvas, canvas, generator=generator)
+    # A second size (other multiples of the network's) checks that a dynamic export is dynamic.
+    other = torch.rand(1, 1, canvas + multiple, canvas + 2 * multiple, generator=generator)
     with torch.no_grad():
         expected = model(check).float().numpy()
+        expected_other = model(other).float().numpy()
     classes = expected.shape[1]
+    got_other = None
     if fmt == "onnx":
         program, dynamic = _onnx_program(model, canvas)
         atomic_write(out, lambda tmp: program.save(str(tmp)))
         got = _run_onnx(out, check.numpy())
+        got_other = _run_onnx(out, other.numpy()) if dynamic else None
         shape: list[int | str] = ["batch", 1, *(("height", "width") if dynamic else (canvas, canvas))]
         out_shape: list[int | str] = ["batch", classes, *shape[2:]]
     else:
@@ -93,6 +121,8 @@ def export_model(trained: TrainedModel, out: Path, fmt: str = "onnx") -> list[Pa
         out_shape = ["batch", classes, canvas, canvas]
     if got is not None:
         worst = float(np.abs(got - expected).max())
+        if got_other is not None:
+            worst = max(worst, float(np.abs(got_other - expected_other).max()))
         if not worst <= TOLERANCE:
             out.unlink(missing_ok=True)
             raise CheckpointError(
@@ -112,6 +142,7 @@ def export_model(trained: TrainedModel, out: Path, fmt: str = "onnx") -> list[Pa
             opset=OPSET if fmt == "onnx" else None,
             input_shape=shape,
             output_shape=out_shape,
+            size_multiple=multiple if "height" in shape else None,
             sha256=file_sha256(out),
         ),
         preprocessing=PreprocessingInfo(

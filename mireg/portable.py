@@ -57,6 +57,12 @@ class NetworkInfo(_Strict):
     output: str = "logits"
     input_shape: list[int | str] = Field(description="dimension sizes, or names of the dynamic ones")
     output_shape: list[int | str]
+    size_multiple: int | None = Field(
+        None,
+        ge=1,
+        description="a dynamic height and width must be multiples of this (None: not recorded, as "
+        "in cards of format version 1)",
+    )
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the network file")
 
 
@@ -74,7 +80,7 @@ class ModelCard(_Strict):
     """``model.json``: everything prediction needs besides the network."""
 
     format: Literal["mireg-model"] = "mireg-model"
-    format_version: Literal[1] = 1
+    format_version: Literal[1, 2] = Field(2, description="2 adds network.size_multiple")
     mireg_version: str
     recipe: str
     dataset: str
@@ -146,7 +152,7 @@ def load_onnx_predictor(path: Path) -> Predictor:
         CheckpointError: Missing or invalid card or network, a checksum mismatch, a card of a
             TorchScript export, or ONNX Runtime not installed.
     """
-    from mireg.predict import Predictor  # here: mireg.predict imports this module lazily too
+    from mireg.predict import Predictor, model_identity  # here: mireg.predict imports this lazily too
 
     card_file = path if path.suffix == ".json" else card_path(path)
     card = read_card(card_file)
@@ -172,6 +178,7 @@ def load_onnx_predictor(path: Path) -> Predictor:
         options=card.options(),
         name=card.recipe,
         version=card.mireg_version,
+        identity=model_identity(card.checkpoint, card.epoch, card.weights_sha256),
     )
 
 

@@ -8,38 +8,59 @@ without torch.
 
 Outputs are named after their input: ``scan.nii.gz`` -> ``OUT/scan.nii.gz``; the DICOM folder
 ``case7/`` -> ``OUT/case7.dcm`` (SEG) or ``OUT/case7.nii.gz``; probabilities go to
-``OUT/<name>_probabilities.nii.gz`` (``(X, Y, Z, C)`` float32 on the scan's grid). Every input is
-found, and every DICOM series' headers and geometry checked, before the first prediction; every
-file is written atomically.
+``OUT/<name>_probabilities.nii.gz`` (``(X, Y, Z, C)`` float32 on the scan's grid). A cine scan (a
+4D NIfTI ``(X, Y, Z, T)``, or a DICOM series with several frames at each position) is segmented
+frame by frame, every frame or the ones asked for: its NIfTI label map is 4D, with one frame per
+frame segmented, and a DICOM cine gets one SEG per frame (``OUT/case7_frame03.dcm``).
+``OUT/volumes.csv`` has the volume of each structure in each scan and frame (ml, on the scan's
+own grid) and, for cardiac classes, ``OUT/cardiac_function.csv`` the ventricles' volumes, stroke
+volumes and ejection fractions and the LV mass of each cine scan whose end-diastole and end-systole
+frames are known (:mod:`mireg.volumes`).
+
+Nothing a user has is replaced: every output file is planned, and the whole plan checked, before
+anything is read or written: no output is an input or lies in an input DICOM folder, no two outputs
+share a name, and none exists already unless ``overwrite`` is given. Every file is written
+atomically, with the permissions of any new file of the user.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from mireg.data.cine import acdc_phases
 from mireg.data.dicom import DicomSeries  # pydicom itself is imported when a series is read
-from mireg.data.nifti import is_nifti, nifti_files, nifti_stem, read_volume, write_label_map
-from mireg.errors import DataError
+from mireg.data.nifti import is_nifti, nifti_files, nifti_shape, nifti_stem, read_frames, write_label_map
+from mireg.errors import DataError, MiregError
 from mireg.inference import InferenceOptions, Network, Preprocessing, predict_volume
 from mireg.progress import Progress
 
 __all__ = [
     "FORMATS",
+    "FrameChoice",
+    "Job",
     "Predictor",
     "Scan",
+    "check_outputs",
     "collect_inputs",
     "is_exported_model",
     "load_predictor",
+    "plan_jobs",
     "predict_scans",
 ]
 
 #: Output formats of label maps.
 FORMATS = ("nifti", "seg")
+
+_FULL_INSTALL = (
+    "install mireg with torch (pip install mireg); an exported model (mireg export) predicts "
+    "without it: mireg predict model.onnx ..."
+)
 
 
 @dataclass(frozen=True)
@@ -53,6 +74,8 @@ class Predictor:
         options: The default test-time augmentation and largest-component settings.
         name: The model's name (its recipe's), recorded in DICOM SEG outputs.
         version: The mireg version that trained or exported it.
+        identity: What identifies the weights (checkpoint, epoch and the weights' SHA-256, equal for
+            a run and its exports), recorded in DICOM SEG outputs as the algorithm's version.
     """
 
     network: Network
@@ -61,6 +84,13 @@ class Predictor:
     options: InferenceOptions
     name: str
     version: str
+    identity: str = ""
+
+
+def model_identity(checkpoint: str, epoch: int, weights_sha256: str) -> str:
+    """``best.pt e87 sha256:0123456789abcdef``: the checkpoint, its epoch and the weights' checksum
+    (its first 16 hex digits; the full one is in the model card), within DICOM's 64 characters."""
+    return f"{checkpoint} e{epoch} sha256:{weights_sha256[:16]}"[:64]
 
 
 def is_exported_model(path: Path) -> bool:
@@ -73,12 +103,21 @@ def load_predictor(model: Path, checkpoint: str = "best", device: str = "auto") 
 
     Raises:
         CheckpointError: No such run, checkpoint or model; or one that does not load.
+        MiregError: A run or checkpoint in an environment without torch (the runtime install).
     """
     if is_exported_model(model):
         from mireg.portable import load_onnx_predictor
 
         return load_onnx_predictor(model)
+    try:
+        import torch  # noqa: F401 (only to tell the runtime install from the full one)
+    except ImportError:
+        raise MiregError(
+            f"{model}: predicting with a run or checkpoint needs torch, which is not installed",
+            _FULL_INSTALL,
+        ) from None
     from mireg.evaluate import network_function
+    from mireg.export import weights_sha256
     from mireg.rundir import checkpoint_file
     from mireg.runtime import resolve_device
     from mireg.state import load_trained
@@ -91,6 +130,9 @@ def load_predictor(model: Path, checkpoint: str = "best", device: str = "auto") 
         options=trained.recipe.inference.options(),
         name=trained.recipe.name,
         version=str(trained.checkpoint.state.get("mireg_version", "")),
+        identity=model_identity(
+            trained.checkpoint.path.name, trained.checkpoint.epoch, weights_sha256(trained.model)
+        ),
     )
 
 
@@ -103,20 +145,42 @@ class Scan:
 
     Attributes:
         path: The NIfTI file, or the DICOM folder.
-        series: The DICOM series (headers read and geometry checked), or None for NIfTI.
+        series: The DICOM series (headers read and geometry checked; a cine's first frame), or None
+            for NIfTI.
+        frames: A DICOM cine's series of each frame, in time order (empty for one volume).
+        shape: A NIfTI file's shape, from its header (read when the outputs are planned).
     """
 
     path: Path
     series: DicomSeries | None = None
+    frames: tuple[DicomSeries, ...] = ()
+    shape: tuple[int, ...] = ()
 
     @property
     def name(self) -> str:
-        """The output file name's stem: the NIfTI file's, or the DICOM folder's name."""
-        return nifti_stem(self.path) if self.series is None else self.path.name
+        """The output file name's stem: the NIfTI file's, or the DICOM folder's name (``.`` is named
+        after the folder it stands for)."""
+        if self.series is None:
+            return nifti_stem(self.path)
+        return _folder_name(self.path)
 
     @property
     def is_dicom(self) -> bool:
         return self.series is not None
+
+    @property
+    def n_frames(self) -> int:
+        """Frames in time: more than one for a cine scan."""
+        if self.series is not None:
+            return max(1, len(self.frames))
+        return self.shape[3] if len(self.shape) == 4 else 1
+
+    @property
+    def input_files(self) -> list[Path]:
+        """The user's files this scan is read from (none of them is ever written)."""
+        if self.series is None:
+            return [self.path]
+        return [f for s in (self.frames or (self.series,)) for f in s.files]
 
 
 def collect_inputs(inputs: Iterable[Path], series_uid: str | None = None) -> list[Scan]:
@@ -127,39 +191,45 @@ def collect_inputs(inputs: Iterable[Path], series_uid: str | None = None) -> lis
 
     Raises:
         DataError: A missing path, a file that is not NIfTI, a folder with neither NIfTI files nor
-            DICOM, a DICOM folder with several series and none chosen (they are listed), a bad
-            DICOM file or series (named), or two inputs with the same output name.
+            DICOM, two inputs with the same output name, a DICOM folder with several series and
+            none chosen (they are listed), a bad DICOM file or series (named), or a NIfTI file of
+            more than 4 dimensions.
     """
-    scans: list[Scan] = []
+    found: list[tuple[Path, bool]] = []  # (path, is a DICOM folder)
     for path in inputs:
         if path.is_dir():
             files = nifti_files(path, optional=True)
             if files:
-                scans.extend(Scan(f) for f in files)
+                found.extend((f, False) for f in files)
             else:
-                scans.append(_dicom_scan(path, series_uid))
+                found.append((path, True))
         elif path.is_file():
             if not is_nifti(path):
                 raise DataError(
                     f"{path}: not a NIfTI file (.nii or .nii.gz)",
                     "give DICOM series as folders (one series per folder, or --series UID)",
                 )
-            scans.append(Scan(path))
+            found.append((path, False))
         else:
             raise DataError(f"{path}: no such file or folder")
-    names = [s.name for s in scans]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        clash = next(s for s in scans if s.name == duplicates[0])
-        raise DataError(
-            f"two inputs share the output name {clash.path.name!r}",
-            "predict them into different output folders",
-        )
-    return scans
+    names = [_folder_name(p) if dicom else nifti_stem(p) for p, dicom in found]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            clash = found[names.index(name)][0]
+            raise DataError(
+                f"two inputs share the output name {clash.name or name!r} ({clash} and {found[i][0]})",
+                "predict them into different output folders",
+            )
+    return [_dicom_scan(p, series_uid) if dicom else Scan(p) for p, dicom in found]
+
+
+def _folder_name(folder: Path) -> str:
+    """A DICOM folder's name, ``.`` and ``..`` included (named after the folder they stand for)."""
+    return Path(os.path.abspath(folder)).name or "dicom"
 
 
 def _dicom_scan(folder: Path, series_uid: str | None) -> Scan:
-    from mireg.data.dicom import dicom_files, find_series, read_series
+    from mireg.data.dicom import dicom_files, find_series, read_frames
 
     if not dicom_files(folder):
         raise DataError(f"{folder}: holds no .nii or .nii.gz files and no DICOM files")
@@ -176,7 +246,8 @@ def _dicom_scan(folder: Path, series_uid: str | None) -> Scan:
         )
     else:
         uid = next(iter(found))
-    return Scan(folder, read_series(folder, uid, found[uid]))
+    frames = read_frames(folder, uid, found[uid])
+    return Scan(folder, frames[0], tuple(frames) if len(frames) > 1 else ())
 
 
 def _describe(uid: str, members: list[tuple[Path, Any]]) -> str:
@@ -185,7 +256,52 @@ def _describe(uid: str, members: list[tuple[Path, Any]]) -> str:
     return f"{uid} ({len(members)} files{', ' + description if description else ''})"
 
 
-# -------------------------------------------------------------------------------------- outputs
+# ------------------------------------------------------------------------------------ the plan
+
+
+@dataclass(frozen=True)
+class FrameChoice:
+    """Which frames of cine scans to segment, and which are end-diastole and end-systole.
+
+    Frames are numbered from 1. ``frames=None`` segments every frame. ``ed`` and ``es`` (both or
+    neither) name the phases for the ejection fractions; without them, a 4D NIfTI scan takes them
+    from an ACDC ``Info.cfg`` beside it, if there is one.
+    """
+
+    frames: tuple[int, ...] | None = None
+    ed: int | None = None
+    es: int | None = None
+
+    @property
+    def given(self) -> bool:
+        return self.frames is not None or self.ed is not None or self.es is not None
+
+
+@dataclass(frozen=True)
+class Job:
+    """What predicting one scan reads and writes.
+
+    Attributes:
+        scan: The input.
+        fmt: ``nifti`` or ``seg``.
+        frames: The frames segmented (indices from 0, in time order; ``(0,)`` for one volume).
+        phases: Frame index -> ``ED`` or ``ES``, where known.
+        labels: The label map, or (cine DICOM to SEG) one SEG per frame segmented.
+        probabilities: The probabilities file, if asked for.
+        overlays: The overlay PNGs (one per frame segmented), if asked for.
+    """
+
+    scan: Scan
+    fmt: str
+    frames: tuple[int, ...]
+    phases: dict[int, str] = field(default_factory=dict)
+    labels: tuple[Path, ...] = ()
+    probabilities: Path | None = None
+    overlays: tuple[Path, ...] = ()
+
+    @property
+    def outputs(self) -> list[Path]:
+        return [*self.labels, *([self.probabilities] if self.probabilities else []), *self.overlays]
 
 
 def _format_of(scan: Scan, output_format: str | None) -> str:
@@ -201,6 +317,179 @@ def _format_of(scan: Scan, output_format: str | None) -> str:
     return output_format
 
 
+def _frames_of(scan: Scan, choice: FrameChoice) -> tuple[tuple[int, ...], dict[int, str]]:
+    """The frames of ``scan`` to segment (from 0) and the known phases, checked against its frames."""
+    count = scan.n_frames
+    if count == 1:
+        if choice.given:
+            raise DataError(
+                f"{scan.path}: one volume, not a cine scan: --frames, --ed and --es apply to cine "
+                "scans (a 4D NIfTI, or a DICOM series with several frames at each position)"
+            )
+        return (0,), {}
+    numbers = list(choice.frames) if choice.frames is not None else list(range(1, count + 1))
+    for option, value in (("--frames", max(numbers)), ("--ed", choice.ed), ("--es", choice.es)):
+        if value is not None and value > count:
+            raise DataError(f"{scan.path}: {option} asks for frame {value}; the scan has frames 1 to {count}")
+    if choice.ed is not None and choice.es is not None:
+        phases = {choice.ed - 1: "ED", choice.es - 1: "ES"}
+        missing = [f"{name} (frame {i + 1})" for i, name in phases.items() if i + 1 not in numbers]
+        if missing:
+            raise DataError(
+                f"{scan.path}: {' and '.join(missing)} not among the frames segmented (--frames)",
+                "add them to --frames",
+            )
+    else:  # from ACDC's Info.cfg beside a 4D NIfTI, where the phases segmented are known
+        ed_es = None if scan.is_dicom else acdc_phases(scan.path)
+        named = zip(("ED", "ES"), ed_es or (), strict=False)
+        phases = {n - 1: name for name, n in named if n <= count and n in numbers}
+    return tuple(n - 1 for n in numbers), phases
+
+
+def _nifti_shape(path: Path) -> tuple[int, ...]:
+    shape = nifti_shape(path)
+    if len(shape) > 4:
+        raise DataError(f"{path}: {len(shape)} dimensions {shape}; a scan is 3D, or 4D (X, Y, Z, T) for cine")
+    return shape
+
+
+def plan_jobs(
+    scans: Sequence[Scan],
+    out_dir: Path,
+    output_format: str | None = None,
+    choice: FrameChoice = FrameChoice(),
+    save_probabilities: bool = False,
+    overlay: bool = False,
+) -> list[Job]:
+    """Every scan's output files and frames, checked for the scans' formats and frames.
+
+    Raises:
+        DataError: A format the scan cannot have, frames it does not have, a NIfTI file that is
+            unreadable or has more than 4 dimensions (its header is read here), or a DICOM series a
+            SEG cannot reference (no study or frame of reference, say).
+    """
+    if (choice.ed is None) != (choice.es is None):
+        raise DataError("--ed and --es: give both or neither")
+    jobs = []
+    for scan in scans:
+        if not scan.is_dicom and not scan.shape:
+            scan = replace(scan, shape=_nifti_shape(scan.path))
+        fmt = _format_of(scan, output_format)
+        frames, phases = _frames_of(scan, choice)
+        name, cine = scan.name, scan.n_frames > 1
+        width = max(2, len(str(scan.n_frames)))
+        tags = [f"_frame{t + 1:0{width}d}" if cine else "" for t in frames]
+        if fmt == "seg":
+            _check_seg_sources(scan, frames)
+            labels = tuple(out_dir / f"{name}{tag}.dcm" for tag in tags)
+        else:
+            labels = (out_dir / (f"{name}.nii.gz" if scan.is_dicom else scan.path.name),)
+        jobs.append(
+            Job(
+                scan,
+                fmt,
+                frames,
+                phases,
+                labels,
+                out_dir / f"{name}_probabilities.nii.gz" if save_probabilities else None,
+                tuple(out_dir / "overlays" / f"{name}{tag}.png" for tag in tags) if overlay else (),
+            )
+        )
+    return jobs
+
+
+def _check_seg_sources(scan: Scan, frames: Sequence[int]) -> None:
+    """Whether a SEG can reference each frame's images (from their headers, before anything is
+    written): a :class:`DataError` naming the file and attribute if not."""
+    from mireg.data.dicom_seg import prepare_sources
+
+    try:
+        import highdicom  # noqa: F401 (only to find out before anything is written)
+    except ImportError:
+        raise DataError(
+            f"{scan.path}: writing DICOM SEG needs highdicom, which is not installed",
+            "install the DICOM support: pip install 'mireg[clinic]', or use --format nifti",
+        ) from None
+    series = scan.frames or ((scan.series,) if scan.series is not None else ())
+    for t in frames:
+        prepare_sources(series[t], series[t].headers())
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return a.resolve() == b.resolve()
+
+
+def check_outputs(jobs: Sequence[Job], tables: Sequence[Path], overwrite: bool = False) -> None:
+    """Refuse a plan that would write over an input, write one file twice, or replace a file.
+
+    Args:
+        jobs: The plan (:func:`plan_jobs`).
+        tables: Further files written once for all scans (the volume tables).
+        overwrite: Replace outputs that exist already (never inputs).
+
+    Raises:
+        DataError: Naming the files: an output that is an input, an output in an input DICOM
+            folder, two outputs of one name, outputs that exist (without ``overwrite``).
+    """
+    producers: dict[Path, str] = {}
+    planned = [(str(j.scan.path), p) for j in jobs for p in j.outputs]
+    planned += [("the volume tables", t) for t in tables]
+    for source, path in planned:
+        key = Path(os.path.normcase(path.resolve()))
+        if key in producers:
+            raise DataError(
+                f"{path}: two outputs would have this name (from {producers[key]} and {source})",
+                "predict them into different output folders",
+            )
+        producers[key] = source
+    inputs = [f for j in jobs for f in j.scan.input_files]
+    folders = [j.scan.path.resolve() for j in jobs if j.scan.is_dicom]
+    for path in producers:
+        for given in inputs:
+            if _same_file(path, given):
+                raise DataError(
+                    f"{path}: is an input; mireg predict never writes over its inputs",
+                    "choose another output folder (-o)",
+                )
+        if path.parent in folders:
+            raise DataError(
+                f"{path.parent}: is an input DICOM folder; outputs written there would mix with the "
+                "series' files",
+                "choose another output folder (-o)",
+            )
+    existing = sorted(str(p) for p in producers if p.exists())
+    if existing and not overwrite:
+        shown = ", ".join(existing[:5]) + (f" and {len(existing) - 5} more" if len(existing) > 5 else "")
+        raise DataError(
+            f"{len(existing)} output file(s) exist already: {shown}",
+            "choose another output folder, or replace them with --overwrite",
+        )
+
+
+# -------------------------------------------------------------------------------------- outputs
+
+
+_Frame = tuple[int, np.ndarray, np.ndarray, tuple[float, float, float]]
+
+
+def _frame_volumes(job: Job, datasets: list[list[Any]]) -> Iterable[_Frame]:
+    """``(frame, image (X, Y, Z), affine, spacing)`` of each frame segmented, read as needed (a DICOM
+    frame's datasets are kept in ``datasets[frame]`` for its SEG)."""
+    scan = job.scan
+    if scan.series is None:
+        data, affine, spacing = read_frames(scan.path)
+        for t in job.frames:
+            yield t, data[..., t], affine, spacing
+        return
+    series = scan.frames or (scan.series,)
+    for t in job.frames:
+        datasets[t] = series[t].datasets()
+        yield t, series[t].volume(datasets[t]), series[t].affine, series[t].spacing
+
+
 def predict_scans(
     predictor: Predictor,
     scans: list[Scan],
@@ -210,8 +499,10 @@ def predict_scans(
     save_probabilities: bool = False,
     overlay: bool = False,
     progress: Progress | None = None,
+    frames: FrameChoice = FrameChoice(),
+    overwrite: bool = False,
 ) -> list[Path]:
-    """Segment every scan into ``out_dir``; each file is written atomically.
+    """Segment every scan into ``out_dir``, after checking the whole plan (:func:`check_outputs`).
 
     Args:
         predictor: The network and its preprocessing (:func:`load_predictor`).
@@ -220,63 +511,81 @@ def predict_scans(
         output_format: ``nifti`` or ``seg``; default: ``seg`` for DICOM inputs, ``nifti`` for NIfTI.
         options: Test-time augmentation and largest components; default: the predictor's.
         save_probabilities: Also write the class probabilities (``<name>_probabilities.nii.gz``).
-        overlay: Also write a PNG of slices with the predicted contours to ``out_dir/overlays/``.
+        overlay: Also write PNGs of slices with the predicted contours to ``out_dir/overlays/``.
         progress: ``progress(done, total, description)``.
+        frames: Which frames of cine scans to segment, and their ED and ES.
+        overwrite: Replace output files that exist already (inputs never).
 
     Returns:
-        The label maps written.
+        The label maps written (SEG files or NIfTI).
     """
     import nibabel as nib
 
-    formats = [_format_of(scan, output_format) for scan in scans]  # every input checked first
+    from mireg.volumes import FUNCTION_CSV, VOLUMES_CSV, VolumeTable, structure_volumes, voxel_volume_ml
+
+    jobs = plan_jobs(scans, out_dir, output_format, frames, save_probabilities, overlay)
+    classes = predictor.preprocessing.classes
+    table = VolumeTable(classes)
+    tables = [out_dir / VOLUMES_CSV] + ([out_dir / FUNCTION_CSV] if table.has_function else [])
+    check_outputs(jobs, tables, overwrite)
     options = predictor.options if options is None else options
-    written = []
-    for i, (scan, fmt) in enumerate(zip(scans, formats, strict=True)):
-        series, datasets = scan.series, []
-        if series is not None:
-            datasets = series.datasets()
-            image, spacing = series.volume(datasets), series.spacing
-            reference = nib.Nifti1Image(np.zeros((1, 1, 1), np.uint8), series.affine)  # geometry only
-        else:
-            image, _, spacing = read_volume(scan.path)
-            loaded = nib.load(str(scan.path))
-            assert isinstance(loaded, nib.Nifti1Image)  # read_volume checked it
-            reference = loaded
-        result = predict_volume(
-            predictor.network, image, spacing, predictor.preprocessing, predictor.batch, options
-        )
-        if fmt == "seg":
+    total, done, written = sum(len(j.frames) for j in jobs), 0, list[Path]()
+    for job in jobs:
+        scan, cine = job.scan, job.scan.n_frames > 1
+        datasets: list[list[Any]] = [[] for _ in range(scan.n_frames)]
+        labels, probabilities = [], []
+        for t, image, affine, spacing in _frame_volumes(job, datasets):
+            result = predict_volume(
+                predictor.network, image, spacing, predictor.preprocessing, predictor.batch, options
+            )
+            labels.append(result.labels)
+            if save_probabilities:
+                probabilities.append(result.probabilities)
+            volumes = structure_volumes(result.labels, voxel_volume_ml(affine), classes)
+            table.add(scan.name, volumes, t + 1 if cine else None, job.phases.get(t))
+            if job.overlays:
+                from mireg.plots import save_overlay
+
+                save_overlay(
+                    job.overlays[len(labels) - 1],
+                    image.transpose(2, 0, 1),
+                    result.labels.transpose(2, 0, 1),
+                    None,
+                    f"{scan.path.name}{f' frame {t + 1}' if cine else ''}",
+                )
+            done += 1
+            if progress is not None:
+                progress(done, total, scan.path.name + (f" frame {t + 1}" if cine else ""))
+        reference = _reference(scan, nib)
+        if job.fmt == "seg":
             from mireg.data.dicom_seg import write_segmentation
 
-            assert series is not None  # _format_of refused seg for NIfTI
-            out = out_dir / f"{scan.name}.dcm"
-            write_segmentation(
-                out,
-                result.labels,
-                series,
-                datasets,
-                predictor.preprocessing.classes,
-                predictor.name,
-                predictor.version,
-            )
+            series = scan.frames or (scan.series,)
+            for path, t, frame_labels in zip(job.labels, job.frames, labels, strict=True):
+                frame_series = series[t]
+                assert frame_series is not None  # a SEG job is a DICOM scan's
+                write_segmentation(
+                    path,
+                    frame_labels,
+                    frame_series,
+                    datasets[t],
+                    predictor.preprocessing.classes,
+                    predictor.name,
+                    predictor.identity or predictor.version,
+                )
         else:
-            out = out_dir / (f"{scan.name}.nii.gz" if series is not None else scan.path.name)
-            write_label_map(out, result.labels, reference)
-        if save_probabilities:
-            write_label_map(
-                out_dir / f"{scan.name}_probabilities.nii.gz", result.probabilities, reference, np.float32
-            )
-        if overlay:
-            from mireg.plots import save_overlay
-
-            save_overlay(
-                out_dir / "overlays" / f"{scan.name}.png",
-                image.transpose(2, 0, 1),
-                result.labels.transpose(2, 0, 1),
-                None,
-                scan.path.name,
-            )
-        written.append(out)
-        if progress is not None:
-            progress(i + 1, len(scans), scan.path.name)
+            stacked = np.stack(labels, axis=3) if cine else labels[0]
+            write_label_map(job.labels[0], stacked, reference)
+        if job.probabilities is not None:
+            stacked = np.stack(probabilities, axis=3) if cine else probabilities[0]
+            write_label_map(job.probabilities, stacked, reference, np.float32)
+        written.extend(job.labels)
+    table.write(out_dir)
     return written
+
+
+def _reference(scan: Scan, nib: Any) -> Any:
+    """The image whose affine and header the NIfTI outputs of ``scan`` take."""
+    if scan.series is None:
+        return nib.load(str(scan.path))
+    return nib.Nifti1Image(np.zeros((1, 1, 1), np.uint8), scan.series.affine)  # geometry only

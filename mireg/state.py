@@ -214,6 +214,11 @@ class TrainedModel:
         return self.checkpoint.data.canvas
 
     @property
+    def size_multiple(self) -> int:
+        """Input height and width must be multiples of this (the backbone's; 1 if it says nothing)."""
+        return int(getattr(self.model, "size_multiple", 1))
+
+    @property
     def preprocessing(self) -> Preprocessing:
         """What prediction needs to know of the training data (spacing, canvas, classes)."""
         return Preprocessing(self.spacing, self.canvas, list(self.classes))

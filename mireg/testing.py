@@ -102,6 +102,22 @@ def check_backbone(
         f"output shape {tuple(out.shape)}, expected {(batch, config.num_classes, size, size)}",
     )
     _expect(bool(torch.isfinite(out).all()), plugin, "output is not finite")
+    multiple = net.size_multiple
+    _expect(isinstance(multiple, int) and multiple >= 1, plugin, f"size_multiple is {multiple!r}")
+    odd = torch.zeros(1, config.in_channels, 3 * multiple, 5 * multiple, device=device)
+    try:
+        with torch.no_grad():
+            odd_out = net(odd)
+    except Exception as exc:  # noqa: BLE001 (any failure breaks the promise)
+        raise ContractError(
+            f"{plugin}: size_multiple is {multiple}, but a {3 * multiple}x{5 * multiple} input fails "
+            f"({type(exc).__name__}: {exc})"
+        ) from None
+    _expect(
+        tuple(odd_out.shape[2:]) == (3 * multiple, 5 * multiple),
+        plugin,
+        f"a {3 * multiple}x{5 * multiple} input gives {tuple(odd_out.shape[2:])} logits",
+    )
     for name, tap in net.taps.items():
         f = seen.get(name)
         _expect(isinstance(f, torch.Tensor), plugin, f"tap {name} did not produce a tensor")

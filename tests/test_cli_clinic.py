@@ -88,7 +88,11 @@ def test_dicom_in_seg_out_labels_the_same_voxels_as_the_nifti_of_the_scan(
     assert _main("predict", run, workdir / "nifti", "-o", out / "nifti") == 0
     from_nifti = np.asarray(nib.load(out / "nifti" / "case.nii.gz").dataobj)
     assert _main("predict", run, workdir / "dicom" / "case", "-o", out / "seg") == 0
-    assert sorted(p.name for p in (out / "seg").iterdir()) == ["case.dcm"]
+    assert sorted(p.name for p in (out / "seg").iterdir()) == [
+        "cardiac_function.csv",
+        "case.dcm",
+        "volumes.csv",
+    ]
     seg_labels = _seg_labels(out / "seg" / "case.dcm", workdir / "dicom" / "case")
     np.testing.assert_array_equal(seg_labels, from_nifti)
     seg = hd.seg.segread(out / "seg" / "case.dcm")
@@ -140,6 +144,7 @@ def test_onnx_export_writes_a_card_and_predicts_like_torch(workdir: Path) -> Non
     assert card["network"]["opset"] == 18 and card["network"]["format"] == "onnx"
     assert card["network"]["input_shape"] == ["batch", 1, "height", "width"]
     assert card["network"]["output_shape"] == ["batch", 4, "height", "width"]
+    assert card["network"]["size_multiple"] == 16 and card["format_version"] == 2  # the UNet pools 4x
     assert card["preprocessing"] == {
         "spacing": 5.0,
         "canvas": 48,
@@ -164,6 +169,28 @@ def test_onnx_export_writes_a_card_and_predicts_like_torch(workdir: Path) -> Non
         b = predict_volume(onnx_path.network, image, spacing, onnx_path.preprocessing, 16, options)
         assert (a.labels == b.labels).mean() >= 0.9999
         np.testing.assert_allclose(a.probabilities, b.probabilities, atol=1e-4)
+
+
+def test_the_onnx_model_segments_scans_of_any_size_over_their_whole_field_of_view(workdir: Path) -> None:
+    """197 x 72 voxels of 1.4 mm: 55 x 20 pixels at the model's 5 mm, more than its 48-pixel canvas
+    along X and no multiple of 16 either way. Every slice is segmented whole, and ONNX and torch give
+    the same labels."""
+    scans = workdir / "odd"
+    scans.mkdir()
+    patient = generate_patient(40, seed=9)
+    image, _ = patient.frames[patient.ed_frame]
+    big = np.zeros((197, 72, image.shape[2]), np.float32)
+    big[: image.shape[0], : min(72, image.shape[1])] = image[:, :72]
+    big[197 - image.shape[0] :, : min(72, image.shape[1])] = image[:, :72]  # a heart at each end
+    nib.save(nib.Nifti1Image(big, np.diag([1.4, 1.4, 7.0, 1.0])), scans / "odd.nii.gz")
+    for model, out in (
+        (workdir / "model" / "model.onnx", "odd-onnx"),
+        (workdir / "runs" / "tiny", "odd-torch"),
+    ):
+        assert _main("predict", model, scans, "-o", workdir / out) == 0
+    onnx_labels = np.asarray(nib.load(workdir / "odd-onnx" / "odd.nii.gz").dataobj)
+    torch_labels = np.asarray(nib.load(workdir / "odd-torch" / "odd.nii.gz").dataobj)
+    assert onnx_labels.shape == big.shape and (onnx_labels == torch_labels).mean() >= 0.9999
 
 
 # Runs `mireg predict` in a fresh interpreter in which importing torch fails.
@@ -275,3 +302,73 @@ def test_eval_and_predict_take_tta_keep_largest_and_save_probabilities(
 
     for k in (1, 2, 3):
         assert ndimage.label(largest == k)[1] <= 1
+
+
+def test_export_never_replaces_a_file_unless_asked_and_never_the_checkpoint(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run, model = workdir / "runs" / "tiny", workdir / "model" / "model.onnx"
+    before = model.read_bytes(), (workdir / "model" / "model.json").read_bytes()
+    capsys.readouterr()
+    assert _main("export", run, "-o", model) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert "model.onnx: exists already" in err and "--overwrite" in err and "Traceback" not in err
+    assert (model.read_bytes(), (workdir / "model" / "model.json").read_bytes()) == before
+    again = workdir / "again"
+    again.mkdir()
+    (again / "model.json").write_text("{}")  # only the card's name is taken: still refused
+    assert _main("export", run, "-o", again / "model.onnx") == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert "model.json: exists already" in err and not (again / "model.onnx").exists()
+    assert _main("export", run, "-o", again / "model.onnx", "--overwrite") == 0
+    assert json.loads((again / "model.json").read_text())["recipe"] == "tiny"
+    checkpoint = (run / "best.pt").read_bytes()
+    code = _main("export", run, "-o", run / "best.pt", "--format", "torchscript", "--overwrite")
+    assert code == 1 and "best.pt: is the checkpoint being exported" in " ".join(
+        capsys.readouterr().err.split()
+    )
+    assert (run / "best.pt").read_bytes() == checkpoint
+
+
+@pytest.mark.parametrize(
+    "command",
+    [("predict", "runs/tiny", "nifti", "-o", "out-run"), ("export", "runs/tiny", "-o", "m/model.onnx")],
+    ids=["predict-run", "export"],
+)
+def test_without_torch_a_command_that_needs_it_says_so(workdir: Path, command: tuple[str, ...]) -> None:
+    root = str(Path(mireg.__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(
+        [sys.executable, "-c", _NO_TORCH, *command],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=workdir,
+        timeout=300,
+    )
+    result = json.loads(done.stdout.strip().splitlines()[-1].removeprefix("RESULT "))
+    err = " ".join(done.stderr.split())
+    assert result["code"] == 1 and "needs torch, which is not installed" in err, err
+    assert "Traceback" not in err and "pip install mireg" in err
+    assert not (workdir / "out-run").exists() and not (workdir / "m").exists()
+
+
+def test_a_seg_names_the_model_that_made_it_the_same_from_the_run_and_its_export(workdir: Path) -> None:
+    import pydicom
+
+    from mireg.export import weights_sha256
+    from mireg.state import load_trained
+
+    outs = {}
+    for label, model in (("run", workdir / "runs" / "tiny"), ("onnx", workdir / "model" / "model.onnx")):
+        outs[label] = workdir / f"seg-id-{label}"
+        assert _main("predict", model, workdir / "dicom" / "case", "-o", outs[label]) == 0
+    import torch
+
+    trained = load_trained(workdir / "runs" / "tiny" / "best.pt", torch.device("cpu"))
+    expected = f"best.pt e{trained.checkpoint.epoch} sha256:{weights_sha256(trained.model)[:16]}"
+    for out in outs.values():
+        seg = pydicom.dcmread(out / "case.dcm")
+        algorithm = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
+        assert algorithm.AlgorithmName == "tiny" and algorithm.AlgorithmVersion == expected
+        assert seg.SoftwareVersions == f"mireg {mireg.__version__}"

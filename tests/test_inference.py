@@ -7,11 +7,14 @@ import numpy as np
 from mireg.inference import (
     FLIPS,
     InferenceOptions,
+    Network,
     Preprocessing,
     keep_largest_components,
     predict_volume,
     segment_slices,
     softmax,
+    window_starts,
+    window_weight,
 )
 
 
@@ -88,3 +91,48 @@ def test_predict_volume_maps_back_to_the_scan_grid_with_both_options() -> None:
     )
     assert (both.labels[26:29, 20:23, 1] == 0).all()
     np.testing.assert_array_equal(both.labels[:24], plain.labels[:24])
+
+
+def fixed_size_network(window: int) -> Network:
+    """A pixelwise network that accepts only ``window`` x ``window`` slices, like an export of fixed
+    input size (or a UNet given a size it cannot pool)."""
+
+    def run(x: np.ndarray) -> np.ndarray:
+        assert x.shape[2:] == (window, window), f"got {x.shape[2:]}, accepts only {window}x{window}"
+        return pixelwise_network(x)
+
+    return run
+
+
+def test_windows_cover_an_axis_evenly_with_the_overlap_asked() -> None:
+    assert window_starts(32, 32) == [0] and window_starts(20, 32) == [0]
+    assert window_starts(48, 32) == [0, 16]
+    starts = window_starts(100, 32)
+    assert starts[0] == 0 and starts[-1] == 100 - 32
+    assert all(0 < b - a <= 16 for a, b in zip(starts, starts[1:], strict=False))  # >= half overlap
+    weight = window_weight(32)
+    assert weight.shape == (32, 32) and weight.min() > 0 and weight.max() == 1.0
+    assert weight[16, 16] > weight[0, 16] > weight[0, 0]
+
+
+def test_slices_larger_than_the_window_are_segmented_window_by_window() -> None:
+    slices = np.random.default_rng(2).random((3, 70, 45)).astype(np.float32)
+    whole = segment_slices(pixelwise_network, slices, batch=2)
+    tiled = segment_slices(fixed_size_network(32), slices, batch=2, window=32)
+    np.testing.assert_allclose(tiled, whole, rtol=1e-5, atol=1e-6)  # a pixelwise network: blending is exact
+    tiled_tta = segment_slices(fixed_size_network(32), slices, batch=2, tta=True, window=32)
+    np.testing.assert_allclose(tiled_tta, whole, rtol=1e-5, atol=1e-6)
+
+
+def test_the_whole_field_of_view_is_segmented_beyond_the_training_canvas() -> None:
+    """A 160 mm field of view and a 32 mm canvas at 1 mm: the structures near the edges, which a crop
+    to the canvas would label background, are found; the network only ever sees 32 x 32 windows."""
+    image = np.zeros((160, 120, 2), dtype=np.float32)
+    image[2:12, 3:15, :] = 100.0  # a corner far outside a central 32 x 32 crop
+    image[150:158, 100:118, :] = 100.0
+    image[75:85, 55:65, :] = 100.0  # the centre
+    prep = Preprocessing(spacing=1.0, canvas=32, classes=["background", "a", "b"])
+    result = predict_volume(fixed_size_network(32), image, (1.0, 1.0, 5.0), prep, batch=4)
+    expected = pixelwise_network(np.moveaxis(image, 2, 0)[:, None] / 100.0).argmax(axis=1)
+    np.testing.assert_array_equal(result.labels, np.moveaxis(expected, 0, 2))
+    assert (result.labels[2:12, 3:15] > 0).all() and (result.labels[150:158, 100:118] > 0).all()

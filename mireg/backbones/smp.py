@@ -181,6 +181,11 @@ class SMPBackbone(Backbone):
         return stride
 
     @property
+    def size_multiple(self) -> int:
+        """:attr:`output_stride`."""
+        return self.output_stride
+
+    @property
     def _smp(self) -> Any:
         # ``self.model`` without its static type: smp's models declare no attribute types.
         return self.model

@@ -86,6 +86,11 @@ class UNet(Backbone):
         module: nn.Module = self.skips[name] if name in self.skips else getattr(self, name)
         return module
 
+    @property
+    def size_multiple(self) -> int:
+        """Four poolings by 2: H and W must be multiples of 16."""
+        return 16
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] % 16 or x.shape[-2] % 16:
             raise ValueError(f"UNet needs H and W divisible by 16, got {tuple(x.shape[-2:])}")

@@ -18,7 +18,9 @@ __all__ = [
     "add_unlabeled_folder",
     "is_nifti",
     "nifti_files",
+    "nifti_shape",
     "nifti_stem",
+    "read_frames",
     "read_label_for",
     "read_scan",
     "read_volume",
@@ -27,6 +29,35 @@ __all__ = [
 
 #: File name endings of NIfTI files (longest first, so that stripping one leaves the stem).
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+def _load(path: Path) -> tuple[np.ndarray, nib.Nifti1Image]:
+    """The file's array (float32) and image, or a :class:`DataError` naming the file."""
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        img = nib.load(str(path))
+        if not isinstance(img, nib.Nifti1Image):  # Nifti2Image is a subclass
+            raise DataError(f"{path}: not a NIfTI image")
+        data = np.asarray(img.dataobj, dtype=np.float32)
+    except DataError:
+        raise
+    except Exception as exc:  # nibabel raises many types for corrupt/truncated files
+        raise DataError(f"{path}: not a readable NIfTI file ({type(exc).__name__}: {exc})") from exc
+    return data, img
+
+
+def _checked(path: Path, data: np.ndarray, img: nib.Nifti1Image) -> tuple[float, float, float]:
+    """Check the values and the spacing of a read array; return the voxel spacing."""
+    if data.size == 0:
+        raise DataError(f"{path}: empty volume (shape {data.shape})")
+    if not np.isfinite(data).all():
+        raise DataError(f"{path}: contains NaN or infinite values")
+    zooms = [float(z) for z in img.header.get_zooms()[:3]] + [1.0] * 3
+    spacing = (zooms[0], zooms[1], zooms[2])
+    if any(s <= 0 for s in spacing):
+        raise DataError(f"{path}: invalid voxel spacing {spacing} in the header")
+    return spacing
 
 
 def read_volume(
@@ -46,17 +77,7 @@ def read_volume(
         DataError: Missing, unreadable or truncated file, wrong dimension, an empty volume,
             non-integer labels.
     """
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    try:
-        img = nib.load(str(path))
-        if not isinstance(img, nib.Nifti1Image):  # Nifti2Image is a subclass
-            raise DataError(f"{path}: not a NIfTI image")
-        data = np.asarray(img.dataobj, dtype=np.float32)
-    except DataError:
-        raise
-    except Exception as exc:  # nibabel raises many types for corrupt/truncated files
-        raise DataError(f"{path}: not a readable NIfTI file ({type(exc).__name__}: {exc})") from exc
+    data, img = _load(path)
     if data.ndim == 4 and channel is not None:
         if not 0 <= channel < data.shape[3]:
             raise DataError(f"{path}: has {data.shape[3]} channels, channel {channel} requested")
@@ -67,19 +88,48 @@ def read_volume(
         data = data[..., None]
     if data.ndim != 3:
         raise DataError(f"{path}: expected a 3D volume, got shape {data.shape}")
-    if data.size == 0:
-        raise DataError(f"{path}: empty volume (shape {data.shape})")
-    if not np.isfinite(data).all():
-        raise DataError(f"{path}: contains NaN or infinite values")
-    zooms = [float(z) for z in img.header.get_zooms()[:3]] + [1.0] * 3
-    spacing = (zooms[0], zooms[1], zooms[2])
-    if any(s <= 0 for s in spacing):
-        raise DataError(f"{path}: invalid voxel spacing {spacing} in the header")
+    spacing = _checked(path, data, img)
     if label:
         if data.min() < 0 or not np.array_equal(data, np.round(data)):
             raise DataError(f"{path}: label map has non-integer or negative values")
         return data.astype(np.int64), img.affine, spacing
     return data, img.affine, spacing
+
+
+def read_frames(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """Read a NIfTI scan as frames in time: a 4D file ``(X, Y, Z, T)`` (cine), or a 3D one as one frame.
+
+    Returns:
+        The array ``(X, Y, Z, T)`` (float32), the affine and the voxel spacing.
+
+    Raises:
+        DataError: Missing, unreadable or truncated file, more than 4 dimensions, an empty volume.
+    """
+    data, img = _load(path)
+    while data.ndim > 4 and data.shape[-1] == 1:  # (X, Y, Z, T, 1): trailing axes of one
+        data = data[..., 0]
+    if data.ndim == 2:
+        data = data[..., None]
+    if data.ndim == 3:
+        data = data[..., None]
+    if data.ndim != 4:
+        raise DataError(f"{path}: expected a 3D volume or a 4D cine (X, Y, Z, T), got shape {data.shape}")
+    return data, img.affine, _checked(path, data, img)
+
+
+def nifti_shape(path: Path) -> tuple[int, ...]:
+    """The array shape a NIfTI file's header declares (the data is not read), without trailing axes of
+    one beyond the fourth (``(X, Y, Z, T, 1)`` is ``(X, Y, Z, T)``)."""
+    try:
+        img = nib.load(str(path))
+    except Exception as exc:  # nibabel raises many types for corrupt files
+        raise DataError(f"{path}: not a readable NIfTI file ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(img, nib.Nifti1Image):
+        raise DataError(f"{path}: not a NIfTI image")
+    shape = [int(n) for n in img.shape]
+    while len(shape) > 4 and shape[-1] == 1:
+        shape.pop()
+    return tuple(shape)
 
 
 def read_label_for(
