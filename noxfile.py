@@ -1,4 +1,5 @@
-"""Developer sessions: ``nox -s tests``, ``nox -s lint``, ``nox -s typecheck``, ``nox -s plugins``."""
+"""Developer sessions: ``nox -s tests``, ``nox -s lint``, ``nox -s typecheck``, ``nox -s plugins``,
+``nox -s runtime`` (the torch-free install), ``nox -s gpu`` (on a machine with an NVIDIA GPU)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ nox.options.sessions = ["lint", "typecheck", "tests", "plugins"]
 nox.options.reuse_existing_virtualenvs = True
 
 #: What ruff lints and formats.
-SOURCES = ("mireg", "tests", "benchmarks", "recipes", "plugins", "noxfile.py")
+SOURCES = ("mireg", "tests", "benchmarks", "recipes", "plugins", "runtime", "noxfile.py")
 
 
 @nox.session
@@ -46,6 +47,17 @@ def plugins(session: nox.Session) -> None:
         "mireg", "train", "plugins/mireg-example/recipes/example.toml", "--set", f"train.runs_dir={runs}/runs"
     )
     session.run("pytest", "tests/test_contract.py", "tests/test_registry.py")
+
+
+@nox.session
+def runtime(session: nox.Session) -> None:
+    """mireg-runtime (runtime/): its tests, then runtime/check.py: a tiny model exported here, `pip
+    install ./runtime` into a fresh virtual environment without torch, and `mireg predict model.onnx`
+    there from NIfTI and from DICOM (SEG out). `nox -s runtime -- --work DIR` keeps what it wrote;
+    `-- --source 'mireg-runtime @ git+URL#subdirectory=runtime'` checks another source."""
+    session.install("-e", ".[dev,clinic,onnx]", "hatchling>=1.27")
+    session.run("pytest", "tests/test_runtime.py")
+    session.run("python", "runtime/check.py", *session.posargs)
 
 
 @nox.session
