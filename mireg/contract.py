@@ -95,10 +95,11 @@ class Backbone(nn.Module):
     config: BackboneConfig | None = None
 
     @property
-    def size_multiple(self) -> int:
-        """Input height and width must be multiples of this (1: any size). A network that pools
-        ``k`` times by 2 says ``2**k``; exports record it, so that deployers know what it accepts."""
-        return 1
+    def size_multiple(self) -> int | None:
+        """Input height and width must be multiples of this (1: any size; None, the default: not
+        declared). A network that pools ``k`` times by 2 says ``2**k``; :func:`mireg.testing.check_backbone`
+        checks the promise, and exports record it, so that deployers know what the network accepts."""
+        return None
 
     def tap_module(self, name: str) -> nn.Module:
         """Return the module whose output is the feature map ``name``."""

@@ -94,8 +94,10 @@ def export_model(trained: TrainedModel, out: Path, fmt: str = "onnx") -> list[Pa
     canvas, multiple = trained.canvas, trained.size_multiple
     generator = torch.Generator().manual_seed(0)
     check = torch.rand(3, 1, canvas, canvas, generator=generator)
-    # A second size (other multiples of the network's) checks that a dynamic export is dynamic.
-    other = torch.rand(1, 1, canvas + multiple, canvas + 2 * multiple, generator=generator)
+    # A second size (other multiples of the network's, if it declares one; else the canvas again)
+    # checks that a dynamic export is dynamic.
+    step = multiple or 0
+    other = torch.rand(1, 1, canvas + step, canvas + 2 * step, generator=generator)
     with torch.no_grad():
         expected = model(check).float().numpy()
         expected_other = model(other).float().numpy()

@@ -214,9 +214,10 @@ class TrainedModel:
         return self.checkpoint.data.canvas
 
     @property
-    def size_multiple(self) -> int:
-        """Input height and width must be multiples of this (the backbone's; 1 if it says nothing)."""
-        return int(getattr(self.model, "size_multiple", 1))
+    def size_multiple(self) -> int | None:
+        """Input height and width must be multiples of this (the backbone's; None: not declared)."""
+        multiple = getattr(self.model, "size_multiple", None)
+        return None if multiple is None else int(multiple)
 
     @property
     def preprocessing(self) -> Preprocessing:

@@ -103,21 +103,24 @@ def check_backbone(
     )
     _expect(bool(torch.isfinite(out).all()), plugin, "output is not finite")
     multiple = net.size_multiple
-    _expect(isinstance(multiple, int) and multiple >= 1, plugin, f"size_multiple is {multiple!r}")
-    odd = torch.zeros(1, config.in_channels, 3 * multiple, 5 * multiple, device=device)
-    try:
-        with torch.no_grad():
-            odd_out = net(odd)
-    except Exception as exc:  # noqa: BLE001 (any failure breaks the promise)
-        raise ContractError(
-            f"{plugin}: size_multiple is {multiple}, but a {3 * multiple}x{5 * multiple} input fails "
-            f"({type(exc).__name__}: {exc})"
-        ) from None
-    _expect(
-        tuple(odd_out.shape[2:]) == (3 * multiple, 5 * multiple),
-        plugin,
-        f"a {3 * multiple}x{5 * multiple} input gives {tuple(odd_out.shape[2:])} logits",
-    )
+    declared = multiple is None or (isinstance(multiple, int) and multiple >= 1)
+    _expect(declared, plugin, f"size_multiple is {multiple!r}; an int >= 1, or None")
+    if multiple is not None:  # a declared size_multiple must hold: 3 and 5 times it, say
+        height, width = 3 * multiple, 5 * multiple
+        odd = torch.zeros(1, config.in_channels, height, width, device=device)
+        try:
+            with torch.no_grad():
+                odd_out = net(odd)
+        except Exception as exc:  # noqa: BLE001 (any failure breaks the promise)
+            raise ContractError(
+                f"{plugin}: size_multiple is {multiple}, but a {height}x{width} input fails "
+                f"({type(exc).__name__}: {exc})"
+            ) from None
+        _expect(
+            tuple(odd_out.shape[2:]) == (height, width),
+            plugin,
+            f"a {height}x{width} input gives {tuple(odd_out.shape[2:])} logits",
+        )
     for name, tap in net.taps.items():
         f = seen.get(name)
         _expect(isinstance(f, torch.Tensor), plugin, f"tap {name} did not produce a tensor")

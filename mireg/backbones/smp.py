@@ -181,7 +181,7 @@ class SMPBackbone(Backbone):
         return stride
 
     @property
-    def size_multiple(self) -> int:
+    def size_multiple(self) -> int | None:
         """:attr:`output_stride`."""
         return self.output_stride
 

@@ -87,7 +87,7 @@ class UNet(Backbone):
         return module
 
     @property
-    def size_multiple(self) -> int:
+    def size_multiple(self) -> int | None:
         """Four poolings by 2: H and W must be multiples of 16."""
         return 16
 

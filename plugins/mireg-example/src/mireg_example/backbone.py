@@ -41,6 +41,12 @@ class TinyUNet(Backbone):
         module: nn.Module = getattr(self, name)
         return module
 
+    @property
+    def size_multiple(self) -> int | None:
+        # Two poolings by 2: the input's height and width must be multiples of 4 (mireg's contract
+        # check tries such a size; exports record it for deployers).
+        return 4
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         up = nn.functional.interpolate
         e1 = self.enc1(x)
