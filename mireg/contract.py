@@ -105,6 +105,14 @@ class Backbone(nn.Module):
         """Return the module whose output is the feature map ``name``."""
         raise NotImplementedError
 
+    def auxiliary_logits(self) -> list[torch.Tensor]:
+        """Deep supervision: the auxiliary logits ``(B, num_classes, h, w)`` of the last forward pass
+        in training mode, from the highest resolution to the lowest (the main output not included);
+        ``[]`` for a backbone without them (the default). Read them right after that forward: the
+        next one replaces them. The training step adds them to the supervised loss with nnU-Net's
+        weights (:func:`mireg.supervised.supervised_loss`) whenever the backbone gives them."""
+        return []
+
     def twin(self) -> Backbone:
         """A new, independently initialised network of the same configuration.
 

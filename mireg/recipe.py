@@ -50,18 +50,48 @@ class _Strict(BaseModel):
 
 
 class OptimConfig(_Strict):
-    """``[optim]``: Adam and the per-epoch warm-up + cosine schedule (method.md)."""
+    """``[optim]``: the optimiser and its per-epoch schedule.
 
+    The paper's (method.md): Adam, a linear warm-up to ``lr * multiplier``, then cosine annealing to
+    ``min_lr``. nnU-Net's (``name = "sgd"``, ``schedule = "poly"``): SGD with Nesterov momentum 0.99,
+    ``lr * multiplier * (1 - epoch / epochs) ** poly_exponent``, gradients clipped to norm 12.
+    """
+
+    name: Literal["adam", "sgd"] = Field("adam", description="adam, or sgd (with momentum)")
     lr: float = Field(1e-7, gt=0, description="base learning rate")
     weight_decay: float = Field(1e-5, ge=0)
+    momentum: float = Field(0.99, ge=0, lt=1, description="sgd: momentum")
+    nesterov: bool = Field(True, description="sgd: Nesterov momentum")
+    schedule: Literal["warmup_cosine", "poly"] = Field(
+        "warmup_cosine", description="warmup_cosine: warm-up then cosine; poly: polynomial decay"
+    )
     warmup_epochs: int = Field(10, ge=0)
     multiplier: float = Field(400.0, ge=1, description="peak lr = lr * multiplier")
     min_lr: float = Field(1e-7, ge=0, description="lr at the end of the cosine")
+    poly_exponent: float = Field(0.9, gt=0, description="poly: the decay's exponent")
+    clip_grad_norm: float | None = Field(None, gt=0, description="clip the gradients' norm to this")
+
+    @model_validator(mode="after")
+    def _poly_has_no_warmup(self) -> OptimConfig:
+        if self.schedule == "poly" and self.warmup_epochs:
+            raise ValueError("the poly schedule has no warm-up: set optim.warmup_epochs = 0")
+        return self
+
+
+#: The keys of ``[augment]`` that only the ``paper`` preset reads.
+_PAPER_AUGMENT_KEYS = ("rotation", "flip_prob", "brightness", "contrast")
 
 
 class AugmentConfig(_Strict):
-    """``[augment]``: training augmentation, one batched affine warp per sample on the device."""
+    """``[augment]``: training augmentation, batched on the device, one affine warp per sample.
 
+    ``preset = "paper"``: rotation, flips and the random crop, then brightness and contrast jitter,
+    with the ranges below (:mod:`mireg.augment`). ``preset = "strong"``: nnU-Net v2's 2D training
+    augmentation with its own probabilities and ranges (:mod:`mireg.augment_strong`); the paper's
+    keys do not apply to it, and set to anything but their defaults they are an error.
+    """
+
+    preset: Literal["paper", "strong"] = Field("paper", description="paper, or strong (nnU-Net's 2D)")
     crop: int = Field(224, ge=16, multiple_of=16, description="random crop side")
     rotation: float = Field(45.0, ge=0, le=180, description="max rotation in degrees")
     flip_prob: float = Field(0.5, ge=0, le=1, description="probability of each axis flip")
@@ -74,6 +104,13 @@ class AugmentConfig(_Strict):
             low, high = getattr(self, key)
             if not 0 < low <= high:
                 raise ValueError(f"{key} must be a range (low, high) with 0 < low <= high")
+        # Compared with the defaults (not with the keys set): a saved recipe writes every key.
+        fields = type(self).model_fields
+        given = [k for k in _PAPER_AUGMENT_KEYS if getattr(self, k) != fields[k].default]
+        if self.preset == "strong" and given:
+            raise ValueError(
+                f"{', '.join(given)}: the strong preset has nnU-Net's own; they apply to preset paper"
+            )
         return self
 
 
@@ -85,6 +122,9 @@ class TrainConfig(_Strict):
     labeled_batch: int = Field(4, ge=1)
     unlabeled_batch: int = Field(10, ge=1)
     transform_prob: float = Field(0.8, ge=0, le=1, description="flip probability of T per axis")
+    loss: Literal["ce", "dice_ce"] = Field(
+        "ce", description="supervised loss: ce (cross-entropy), or dice_ce (nnU-Net's Dice + cross-entropy)"
+    )
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     precision: Precision = Field(
         "fp32", description="fp32: IEEE float32 (no TF32 on CUDA); bf16: the network under bf16 autocast"

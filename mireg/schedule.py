@@ -1,5 +1,5 @@
-"""Schedules: the per-epoch learning rate of method.md (linear warm-up, then cosine annealing), and
-the optional ramp-up of a regulariser's weight."""
+"""Schedules: the per-epoch learning rate (method.md's linear warm-up then cosine annealing, or
+nnU-Net's polynomial decay), and the optional ramp-up of a regulariser's weight."""
 
 from __future__ import annotations
 
@@ -15,9 +15,12 @@ def lr_at_epoch(epoch: int, epochs: int, cfg: OptimConfig) -> float:
 
     Warm-up for ``E = warmup_epochs`` epochs: ``lr_e = base * ((m - 1) * e / E + 1)``, reaching
     ``base * m`` at ``e = E``; then cosine annealing from ``base * m`` to ``min_lr`` over the remaining
-    ``epochs - E`` epochs.
+    ``epochs - E`` epochs. With ``schedule = "poly"`` (nnU-Net's ``PolyLRScheduler``):
+    ``base * m * (1 - epoch / epochs) ** poly_exponent``.
     """
     base, m, warm = cfg.lr, cfg.multiplier, cfg.warmup_epochs
+    if cfg.schedule == "poly":
+        return float(base * m * (1 - epoch / epochs) ** cfg.poly_exponent)
     if epoch < warm:
         return base * ((m - 1) * epoch / warm + 1)
     peak = base * m

@@ -77,7 +77,8 @@ class TrainState:
         data: The data's classes, spacing and canvas.
         model: The optimised backbone.
         terms: The regularisers, named and weighted, in recipe order.
-        optimizer: Adam over the model's and the regularisers' trainable parameters.
+        optimizer: The recipe's optimiser (Adam or SGD) over the model's and the regularisers' trainable
+            parameters.
         generator: The random generator of augmentation, ``T`` and the regularisers' draws (on the
             CPU, whatever the device: a seed draws the same numbers on any device).
         epoch: Epochs finished.
@@ -103,15 +104,26 @@ class TrainState:
     def create(
         cls, recipe: Recipe, data: DataInfo, model: Backbone, terms: list[Term], device: torch.device
     ) -> TrainState:
-        """A fresh state: Adam over every trainable parameter, the generator seeded by the recipe."""
+        """A fresh state: the recipe's optimiser over every trainable parameter, the generator seeded by
+        the recipe."""
         params = [
             p for m in (model, *(t.regularizer for t in terms)) for p in m.parameters() if p.requires_grad
         ]  # a mean teacher's weights are not optimised
-        # On CUDA, Adam's update is one fused kernel rather than a dozen passes over the weights.
+        # On CUDA, the update is one fused kernel rather than a dozen passes over the weights.
         fused = True if device.type == "cuda" else None
-        optimizer = torch.optim.Adam(
-            params, lr=recipe.optim.lr, weight_decay=recipe.optim.weight_decay, fused=fused
-        )
+        cfg = recipe.optim
+        optimizer: torch.optim.Optimizer
+        if cfg.name == "sgd":
+            optimizer = torch.optim.SGD(
+                params,
+                lr=cfg.lr,
+                momentum=cfg.momentum,
+                nesterov=cfg.nesterov,
+                weight_decay=cfg.weight_decay,
+                fused=fused,
+            )
+        else:
+            optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
         generator = torch.Generator().manual_seed(recipe.seed)  # on the CPU: the same draws on any device
         return cls(recipe, data, model, terms, optimizer, generator)
 

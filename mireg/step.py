@@ -18,19 +18,21 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from mireg.augment import augment_batch
+from mireg.augment_strong import augment_strong_batch
 from mireg.build import RunData
 from mireg.contract import Backbone, Forward, StepContext, Transform
 from mireg.feed import BatchDraws, Feed, choose_placement, make_feed
 from mireg.losses import SINGLE_PROCESS, Reduction
 from mireg.precision import autocast, ieee_float32
+from mireg.recipe import AugmentConfig
 from mireg.runtime import Runtime
 from mireg.schedule import rampup
 from mireg.state import TrainState
+from mireg.supervised import supervised_loss
 
 __all__ = ["TappedNetwork", "TrainStep", "step_context"]
 
@@ -57,6 +59,8 @@ class TappedNetwork:
         self.memory_format = memory_format
         self.taps = tuple(sorted(set(taps)))
         self._captured: dict[str, torch.Tensor] = {}
+        #: The auxiliary (deep-supervision) logits of the last main forward.
+        self.auxiliary: list[torch.Tensor] = []
         self._handles: list[RemovableHandle] = [
             model.tap_module(name).register_forward_hook(self._hook(name)) for name in self.taps
         ]
@@ -68,9 +72,12 @@ class TappedNetwork:
         return hook
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The main forward (through ``network``): raw logits and every tapped feature map."""
+        """The main forward (through ``network``): raw logits and every tapped feature map; the
+        backbone's auxiliary logits are kept in :attr:`auxiliary` (before a regulariser's own forward
+        replaces them)."""
         self._captured = {}
         logits = self.network(x.contiguous(memory_format=self.memory_format))
+        self.auxiliary = self.model.auxiliary_logits()
         return logits, self._captured
 
     def extra(self, x: torch.Tensor, taps: Sequence[str] = ()) -> Forward:
@@ -132,6 +139,15 @@ def step_context(
     )
 
 
+def _augment(
+    images: torch.Tensor, labels: torch.Tensor | None, cfg: AugmentConfig, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The recipe's augmentation preset: the paper's, or nnU-Net's 2D one (``augment.preset``)."""
+    if cfg.preset == "strong":
+        return augment_strong_batch(images, labels, cfg.crop, generator)
+    return augment_batch(images, labels, cfg, generator)
+
+
 class TrainStep:
     """The training step of one run, built once; calling it takes one optimisation step.
 
@@ -155,6 +171,8 @@ class TrainStep:
         )
         placement = choose_placement(cfg.data_placement, data.store, runtime.device, cfg.resident_gb)
         self.feed: Feed = make_feed(placement, data.store, draws, runtime.device)
+        #: What gradient clipping (``optim.clip_grad_norm``) clips: every parameter optimised.
+        self.parameters = [p for group in state.optimizer.param_groups for p in group["params"]]
 
     def __call__(self) -> dict[str, torch.Tensor] | None:
         """One optimisation step; returns the (device) values to log, or None for a skipped step."""
@@ -166,9 +184,9 @@ class TrainStep:
         cfg, aug, g = state.recipe.train, state.recipe.augment, state.generator
         # The global batch (every process draws the same), then this process's shard of it.
         batch = self.feed.batch(state.step)
-        x_l, y_l = augment_batch(batch.images_l[:, None].float(), batch.labels_l, aug, g)
+        x_l, y_l = _augment(batch.images_l[:, None].float(), batch.labels_l, aug, g)
         assert y_l is not None
-        x_u, _ = augment_batch(batch.images_u[:, None].float(), None, aug, g)
+        x_u, _ = _augment(batch.images_u[:, None].float(), None, aug, g)
         n_l, n_u = len(batch.images_l), len(batch.images_u)
         transform = Transform.draw(n_u, g, runtime.device, cfg.transform_prob, cfg.transform_prob)
         part_l, part_u = runtime.shard(n_l), runtime.shard(n_u)
@@ -178,7 +196,8 @@ class TrainStep:
             ctx = step_context(
                 self.tapped, x_l, y_l, x_u, transform, state.step, state.epoch, self.reduction, g
             )
-            sup = self.reduction.mean(F.cross_entropy(ctx.logits_l, y_l, reduction="none"))
+            auxiliary = [a[: len(x_l)] for a in self.tapped.auxiliary]  # deep supervision, if any
+            sup = supervised_loss(ctx.logits_l, y_l, cfg.loss, auxiliary, reduction=self.reduction)
             total = sup
             logs = {"sup": sup.detach()}
             epochs_done = state.step / cfg.iterations_per_epoch
@@ -196,6 +215,8 @@ class TrainStep:
             state.step += 1
             return None
         total.backward()
+        if state.recipe.optim.clip_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.parameters, state.recipe.optim.clip_grad_norm)
         state.optimizer.step()
         for reg in state.regularizers:
             reg.after_step(state.model, state.step)

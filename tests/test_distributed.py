@@ -113,6 +113,24 @@ def test_two_processes_compute_the_loss_and_gradients_of_the_whole_batch(tmp_pat
                 torch.testing.assert_close(two["buffers"][name], buffer, rtol=1e-4, atol=1e-6)
 
 
+def test_dice_ce_deep_supervision_and_a_twin_with_auxiliary_heads_across_processes(tmp_path: Path) -> None:
+    """nnU-Net's loss (its Dice sums over the global batch) on plain_unet's deep-supervision heads,
+    with cross pseudo supervision, whose twin computes auxiliary logits it does not train."""
+    raw = tiny_recipe(tmp_path / "runs", regularizers=[{"name": "cps", "weight": 1.0}])
+    raw["backbone"] = {"name": "plain_unet", "num_classes": 4, "stages": 3, "base_channels": 4}
+    raw["train"].update(unlabeled_batch=4, loss="dice_ce")
+    torch.set_num_threads(1)
+    single = _steps(raw)
+    mp.spawn(_worker, args=(2, _free_port(), raw, str(tmp_path)), nprocs=2, join=True)
+    for rank in range(2):
+        multi = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
+        for step, (one, two) in enumerate(zip(single, multi, strict=True)):
+            for key, value in one["logs"].items():
+                assert two["logs"][key] == pytest.approx(value, rel=1e-4, abs=1e-6), (step, key)
+            for name, grad in one["grads"].items():
+                torch.testing.assert_close(two["grads"][name], grad, rtol=1e-3, atol=1e-6)
+
+
 def test_shards_split_the_global_batch_without_overlap(monkeypatch: pytest.MonkeyPatch) -> None:
     assert distributed.shard(6) == slice(0, 6)  # one process: all of it
     monkeypatch.setattr(distributed, "world_size", lambda: 3)
