@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -88,29 +89,38 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_two_processes_compute_the_loss_and_gradients_of_the_whole_batch(tmp_path: Path) -> None:
-    raw = _recipe(tmp_path / "runs")
+def _one_and_two_processes(raw: dict[str, Any], tmp_path: Path) -> Iterator[tuple[int, Any, Any]]:
+    """``(step, one process's, one of two processes')`` steps of ``raw``, for both ranks."""
     torch.set_num_threads(1)
     single = _steps(raw)
     mp.spawn(_worker, args=(2, _free_port(), raw, str(tmp_path)), nprocs=2, join=True)
     for rank in range(2):
         multi = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
         for step, (one, two) in enumerate(zip(single, multi, strict=True)):
-            assert one["logs"].keys() == two["logs"].keys()
-            for key, value in one["logs"].items():
-                assert two["logs"][key] == pytest.approx(value, rel=1e-4, abs=1e-6), (step, key)
-            assert one["grads"].keys() == two["grads"].keys()
-            assert any(g.abs().sum() > 0 for n, g in one["grads"].items() if n.startswith("reg"))
-            for name, grad in one["grads"].items():
-                torch.testing.assert_close(
-                    two["grads"][name],
-                    grad,
-                    rtol=1e-3,
-                    atol=1e-6,
-                    msg=lambda m, s=step, n=name: f"step {s}, {n}: {m}",
-                )
-            for name, buffer in one["buffers"].items():  # batch-norm moments of the global batch
-                torch.testing.assert_close(two["buffers"][name], buffer, rtol=1e-4, atol=1e-6)
+            yield step, one, two
+
+
+def _assert_same_losses_and_gradients(step: int, one: Any, two: Any) -> None:
+    assert one["logs"].keys() == two["logs"].keys()
+    for key, value in one["logs"].items():
+        assert two["logs"][key] == pytest.approx(value, rel=1e-4, abs=1e-6), (step, key)
+    assert one["grads"].keys() == two["grads"].keys()
+    for name, grad in one["grads"].items():
+        torch.testing.assert_close(
+            two["grads"][name],
+            grad,
+            rtol=1e-3,
+            atol=1e-6,
+            msg=lambda m, s=step, n=name: f"step {s}, {n}: {m}",
+        )
+
+
+def test_two_processes_compute_the_loss_and_gradients_of_the_whole_batch(tmp_path: Path) -> None:
+    for step, one, two in _one_and_two_processes(_recipe(tmp_path / "runs"), tmp_path):
+        _assert_same_losses_and_gradients(step, one, two)
+        assert any(g.abs().sum() > 0 for n, g in one["grads"].items() if n.startswith("reg"))
+        for name, buffer in one["buffers"].items():  # batch-norm moments of the global batch
+            torch.testing.assert_close(two["buffers"][name], buffer, rtol=1e-4, atol=1e-6)
 
 
 def test_dice_ce_deep_supervision_and_a_twin_with_auxiliary_heads_across_processes(tmp_path: Path) -> None:
@@ -119,16 +129,8 @@ def test_dice_ce_deep_supervision_and_a_twin_with_auxiliary_heads_across_process
     raw = tiny_recipe(tmp_path / "runs", regularizers=[{"name": "cps", "weight": 1.0}])
     raw["backbone"] = {"name": "plain_unet", "num_classes": 4, "stages": 3, "base_channels": 4}
     raw["train"].update(unlabeled_batch=4, loss="dice_ce")
-    torch.set_num_threads(1)
-    single = _steps(raw)
-    mp.spawn(_worker, args=(2, _free_port(), raw, str(tmp_path)), nprocs=2, join=True)
-    for rank in range(2):
-        multi = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
-        for step, (one, two) in enumerate(zip(single, multi, strict=True)):
-            for key, value in one["logs"].items():
-                assert two["logs"][key] == pytest.approx(value, rel=1e-4, abs=1e-6), (step, key)
-            for name, grad in one["grads"].items():
-                torch.testing.assert_close(two["grads"][name], grad, rtol=1e-3, atol=1e-6)
+    for step, one, two in _one_and_two_processes(raw, tmp_path):
+        _assert_same_losses_and_gradients(step, one, two)
 
 
 def test_shards_split_the_global_batch_without_overlap(monkeypatch: pytest.MonkeyPatch) -> None:
