@@ -26,10 +26,10 @@ atomically, with the permissions of any new file of the user.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -176,11 +176,19 @@ class Scan:
         return self.shape[3] if len(self.shape) == 4 else 1
 
     @property
+    def frame_series(self) -> tuple[DicomSeries, ...]:
+        """A DICOM scan's series of each frame, in time order (one for a plain series); ``()`` for
+        NIfTI."""
+        if self.series is None:
+            return ()
+        return self.frames or (self.series,)
+
+    @property
     def input_files(self) -> list[Path]:
         """The user's files this scan is read from (none of them is ever written)."""
         if self.series is None:
             return [self.path]
-        return [f for s in (self.frames or (self.series,)) for f in s.files]
+        return [f for s in self.frame_series for f in s.files]
 
 
 def collect_inputs(inputs: Iterable[Path], series_uid: str | None = None) -> list[Scan]:
@@ -410,16 +418,15 @@ def _check_seg_sources(scan: Scan, frames: Sequence[int]) -> None:
             f"{scan.path}: writing DICOM SEG needs highdicom, which is not installed",
             "install the DICOM support: pip install 'mireg[clinic]', or use --format nifti",
         ) from None
-    series = scan.frames or ((scan.series,) if scan.series is not None else ())
     for t in frames:
-        prepare_sources(series[t], series[t].headers())
+        series = scan.frame_series[t]
+        prepare_sources(series, series.headers())
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:  # one of them does not exist (yet)
-        return a.resolve() == b.resolve()
+def _file_id(path: Path) -> tuple[int, int]:
+    """What tells a file apart whatever the path to it (a link, another spelling): device and inode."""
+    status = path.stat()
+    return status.st_dev, status.st_ino
 
 
 def check_outputs(jobs: Sequence[Job], tables: Sequence[Path], overwrite: bool = False) -> None:
@@ -445,15 +452,14 @@ def check_outputs(jobs: Sequence[Job], tables: Sequence[Path], overwrite: bool =
                 "predict them into different output folders",
             )
         producers[key] = source
-    inputs = [f for j in jobs for f in j.scan.input_files]
+    inputs = {_file_id(f) for j in jobs for f in j.scan.input_files}  # every input exists: it was read
     folders = [j.scan.path.resolve() for j in jobs if j.scan.is_dicom]
     for path in producers:
-        for given in inputs:
-            if _same_file(path, given):
-                raise DataError(
-                    f"{path}: is an input; mireg predict never writes over its inputs",
-                    "choose another output folder (-o)",
-                )
+        if path.exists() and _file_id(path) in inputs:
+            raise DataError(
+                f"{path}: is an input; mireg predict never writes over its inputs",
+                "choose another output folder (-o)",
+            )
         if path.parent in folders:
             raise DataError(
                 f"{path.parent}: is an input DICOM folder; outputs written there would mix with the "
@@ -472,22 +478,30 @@ def check_outputs(jobs: Sequence[Job], tables: Sequence[Path], overwrite: bool =
 # -------------------------------------------------------------------------------------- outputs
 
 
-_Frame = tuple[int, np.ndarray, np.ndarray, tuple[float, float, float]]
+class _Frame(NamedTuple):
+    """One frame of a scan, read: its index, image ``(X, Y, Z)``, affine and spacing, and (DICOM) its
+    series and datasets, which its SEG references."""
+
+    t: int
+    image: np.ndarray
+    affine: np.ndarray
+    spacing: tuple[float, float, float]
+    series: DicomSeries | None = None
+    datasets: list[Any] | None = None
 
 
-def _frame_volumes(job: Job, datasets: list[list[Any]]) -> Iterable[_Frame]:
-    """``(frame, image (X, Y, Z), affine, spacing)`` of each frame segmented, read as needed (a DICOM
-    frame's datasets are kept in ``datasets[frame]`` for its SEG)."""
+def _frame_volumes(job: Job) -> Iterator[_Frame]:
+    """Each frame of ``job`` to segment, read when its turn comes."""
     scan = job.scan
     if scan.series is None:
         data, affine, spacing = read_frames(scan.path)
         for t in job.frames:
-            yield t, data[..., t], affine, spacing
+            yield _Frame(t, data[..., t], affine, spacing)
         return
-    series = scan.frames or (scan.series,)
     for t in job.frames:
-        datasets[t] = series[t].datasets()
-        yield t, series[t].volume(datasets[t]), series[t].affine, series[t].spacing
+        series = scan.frame_series[t]
+        datasets = series.datasets()
+        yield _Frame(t, series.volume(datasets), series.affine, series.spacing, series, datasets)
 
 
 def predict_scans(
@@ -532,48 +546,50 @@ def predict_scans(
     total, done, written = sum(len(j.frames) for j in jobs), 0, list[Path]()
     for job in jobs:
         scan, cine = job.scan, job.scan.n_frames > 1
-        datasets: list[list[Any]] = [[] for _ in range(scan.n_frames)]
         labels, probabilities = [], []
-        for t, image, affine, spacing in _frame_volumes(job, datasets):
+        for i, frame in enumerate(_frame_volumes(job)):
             result = predict_volume(
-                predictor.network, image, spacing, predictor.preprocessing, predictor.batch, options
+                predictor.network,
+                frame.image,
+                frame.spacing,
+                predictor.preprocessing,
+                predictor.batch,
+                options,
             )
             labels.append(result.labels)
             if save_probabilities:
                 probabilities.append(result.probabilities)
-            volumes = structure_volumes(result.labels, voxel_volume_ml(affine), classes)
-            table.add(scan.name, volumes, t + 1 if cine else None, job.phases.get(t))
+            volumes = structure_volumes(result.labels, voxel_volume_ml(frame.affine), classes)
+            table.add(scan.name, volumes, frame.t + 1 if cine else None, job.phases.get(frame.t))
+            described = scan.path.name + (f" frame {frame.t + 1}" if cine else "")
             if job.overlays:
                 from mireg.plots import save_overlay
 
                 save_overlay(
-                    job.overlays[len(labels) - 1],
-                    image.transpose(2, 0, 1),
+                    job.overlays[i],
+                    frame.image.transpose(2, 0, 1),
                     result.labels.transpose(2, 0, 1),
                     None,
-                    f"{scan.path.name}{f' frame {t + 1}' if cine else ''}",
+                    described,
                 )
-            done += 1
-            if progress is not None:
-                progress(done, total, scan.path.name + (f" frame {t + 1}" if cine else ""))
-        reference = _reference(scan, nib)
-        if job.fmt == "seg":
-            from mireg.data.dicom_seg import write_segmentation
+            if job.fmt == "seg":  # one SEG per frame, written while its datasets are at hand
+                from mireg.data.dicom_seg import write_segmentation
 
-            series = scan.frames or (scan.series,)
-            for path, t, frame_labels in zip(job.labels, job.frames, labels, strict=True):
-                frame_series = series[t]
-                assert frame_series is not None  # a SEG job is a DICOM scan's
+                assert frame.series is not None and frame.datasets is not None  # a DICOM scan's
                 write_segmentation(
-                    path,
-                    frame_labels,
-                    frame_series,
-                    datasets[t],
-                    predictor.preprocessing.classes,
+                    job.labels[i],
+                    result.labels,
+                    frame.series,
+                    frame.datasets,
+                    classes,
                     predictor.name,
                     predictor.identity or predictor.version,
                 )
-        else:
+            done += 1
+            if progress is not None:
+                progress(done, total, described)
+        reference = _reference(scan, nib)
+        if job.fmt == "nifti":
             stacked = np.stack(labels, axis=3) if cine else labels[0]
             write_label_map(job.labels[0], stacked, reference)
         if job.probabilities is not None:

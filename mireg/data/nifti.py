@@ -31,19 +31,30 @@ __all__ = [
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 
+def _unreadable(path: Path, exc: Exception) -> DataError:
+    return DataError(f"{path}: not a readable NIfTI file ({type(exc).__name__}: {exc})")
+
+
+def _open(path: Path) -> nib.Nifti1Image:
+    """The file's image (its header read, its data not yet), or a :class:`DataError` naming it."""
+    try:
+        img = nib.load(str(path))
+    except Exception as exc:  # nibabel raises many types for corrupt files
+        raise _unreadable(path, exc) from exc
+    if not isinstance(img, nib.Nifti1Image):  # Nifti2Image is a subclass
+        raise DataError(f"{path}: not a NIfTI image")
+    return img
+
+
 def _load(path: Path) -> tuple[np.ndarray, nib.Nifti1Image]:
     """The file's array (float32) and image, or a :class:`DataError` naming the file."""
     if not path.is_file():
         raise DataError(f"{path}: file not found")
+    img = _open(path)
     try:
-        img = nib.load(str(path))
-        if not isinstance(img, nib.Nifti1Image):  # Nifti2Image is a subclass
-            raise DataError(f"{path}: not a NIfTI image")
         data = np.asarray(img.dataobj, dtype=np.float32)
-    except DataError:
-        raise
-    except Exception as exc:  # nibabel raises many types for corrupt/truncated files
-        raise DataError(f"{path}: not a readable NIfTI file ({type(exc).__name__}: {exc})") from exc
+    except Exception as exc:  # nibabel raises many types for truncated files
+        raise _unreadable(path, exc) from exc
     return data, img
 
 
@@ -120,13 +131,7 @@ def read_frames(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, float,
 def nifti_shape(path: Path) -> tuple[int, ...]:
     """The array shape a NIfTI file's header declares (the data is not read), without trailing axes of
     one beyond the fourth (``(X, Y, Z, T, 1)`` is ``(X, Y, Z, T)``)."""
-    try:
-        img = nib.load(str(path))
-    except Exception as exc:  # nibabel raises many types for corrupt files
-        raise DataError(f"{path}: not a readable NIfTI file ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(img, nib.Nifti1Image):
-        raise DataError(f"{path}: not a NIfTI image")
-    shape = [int(n) for n in img.shape]
+    shape = [int(n) for n in _open(path).shape]
     while len(shape) > 4 and shape[-1] == 1:
         shape.pop()
     return tuple(shape)
