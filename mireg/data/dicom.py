@@ -36,7 +36,7 @@ import numpy as np
 
 from mireg.errors import DataError
 
-__all__ = ["DicomSeries", "dicom_files", "find_series", "read_frames", "read_series"]
+__all__ = ["DicomSeries", "absence", "dicom_files", "find_series", "read_frames", "read_series"]
 
 #: Direction cosines that differ by more than this are different orientations.
 ORIENTATION_TOLERANCE = 1e-4
@@ -77,7 +77,7 @@ def _pydicom() -> Any:
     return pydicom
 
 
-def _absent(header: Any, keyword: str) -> str | None:
+def absence(header: Any, keyword: str) -> str | None:
     """``"missing"`` or ``"empty"`` if ``header`` has no value for ``keyword``, else None."""
     if keyword not in header:
         return "missing"
@@ -159,7 +159,7 @@ class DicomSeries:
 def _check_pixel_module(path: Path, header: Any) -> str:
     """Raise unless ``header`` has what decoding its pixels needs; its PhotometricInterpretation."""
     for keyword, tag in _PIXEL_MODULE:
-        absent = _absent(header, keyword)
+        absent = absence(header, keyword)
         if absent:
             raise DataError(
                 f"{path}: {keyword} {tag} is {absent}; the pixel data cannot be read without it",
@@ -177,14 +177,24 @@ def _check_pixel_module(path: Path, header: Any) -> str:
     return photometric
 
 
+def _number(path: Path, header: Any, keyword: str, tag: str, integer: bool = False) -> float | None:
+    """A numeric attribute's value, None where it is missing or empty; a :class:`DataError` naming
+    the file and attribute where it is not a number (an integer, if ``integer``)."""
+    if absence(header, keyword):
+        return None
+    value = header.get(keyword)
+    try:
+        return int(value) if integer else float(value)
+    except (TypeError, ValueError):
+        raise DataError(
+            f"{path}: {keyword} {tag} is {value!r}, not {'an integer' if integer else 'a number'}"
+        ) from None
+
+
 def _rescale(path: Path, ds: Any, keyword: str, tag: str, default: float) -> float:
     """RescaleSlope or RescaleIntercept, ``default`` where missing or empty."""
-    if _absent(ds, keyword):
-        return default
-    try:
-        return float(ds.get(keyword))
-    except (TypeError, ValueError):
-        raise DataError(f"{path}: {keyword} {tag} is {ds.get(keyword)!r}, not a number") from None
+    value = _number(path, ds, keyword, tag)
+    return default if value is None else value
 
 
 def _modality_values(path: Path, ds: Any, stored: np.ndarray) -> tuple[np.ndarray, float, float]:
@@ -216,7 +226,7 @@ def _intensities(path: Path, ds: Any) -> np.ndarray:
         ("DoubleFloatPixelData", "(7FE0,0009)"),
     ):
         if keyword in ds:
-            absent = _absent(ds, keyword)
+            absent = absence(ds, keyword)
             if absent:
                 raise DataError(f"{path}: {keyword} {tag} is {absent}; the file holds no image")
             break
@@ -261,7 +271,7 @@ def find_series(folder: Path) -> dict[str, list[tuple[Path, Any]]]:
     for path in dicom_files(folder):
         header = _read_header(path)
         _check_image(path, header)
-        absent = _absent(header, "SeriesInstanceUID")
+        absent = absence(header, "SeriesInstanceUID")
         if absent:
             raise DataError(
                 f"{path}: no SeriesInstanceUID (0020,000E) (it is {absent}); the files of a series are "
@@ -273,7 +283,7 @@ def find_series(folder: Path) -> dict[str, list[tuple[Path, Any]]]:
 
 
 def _require(path: Path, header: Any, keyword: str, tag: str) -> Any:
-    absent = _absent(header, keyword)
+    absent = absence(header, keyword)
     if absent:
         sop = getattr(header, "SOPClassUID", None)
         kind = f" ({sop.name})" if sop is not None and hasattr(sop, "name") else ""
@@ -555,26 +565,11 @@ def _median_trigger_time(frame: list[_Slice]) -> float | None:
 
 
 def _trigger_time(s: _Slice) -> float | None:
-    if _absent(s.header, "TriggerTime"):
-        return None
-    try:
-        return float(s.header.TriggerTime)
-    except (TypeError, ValueError):
-        raise DataError(
-            f"{s.path}: TriggerTime (0018,1060) is {s.header.TriggerTime!r}, not a number"
-        ) from None
+    return _number(s.path, s.header, *_TRIGGER_TIME)
 
 
-def _temporal_position(s: _Slice) -> int | None:
-    if _absent(s.header, "TemporalPositionIdentifier"):
-        return None
-    try:
-        return int(s.header.TemporalPositionIdentifier)
-    except (TypeError, ValueError):
-        raise DataError(
-            f"{s.path}: TemporalPositionIdentifier (0020,0100) is "
-            f"{s.header.TemporalPositionIdentifier!r}, not an integer"
-        ) from None
+def _temporal_position(s: _Slice) -> float | None:
+    return _number(s.path, s.header, *_TEMPORAL_POSITION, integer=True)
 
 
 _FRAME_HINT = "every frame of a cine series must have one slice at each position"
@@ -590,7 +585,7 @@ def _values(positions: list[list[_Slice]], keyword: str) -> tuple[dict[Path, Any
         for s in group:
             value = read(s)
             if value is None:
-                absent = _absent(s.header, keyword)
+                absent = absence(s.header, keyword)
                 return (
                     values,
                     f"{keyword} is {absent} {'from' if absent == 'missing' else 'in'} {s.path.name}",

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from mireg.data.dicom import DicomSeries, _absent
+from mireg.data.dicom import DicomSeries, absence
 from mireg.errors import DataError
 from mireg.files import atomic_write
 
@@ -139,11 +139,11 @@ class _Copy:
 
 def _uid(path: Path, ds: Any, keyword: str, tag: str, meta_keyword: str, meta_tag: str) -> Any:
     """The SOP class or instance UID of ``ds``, from its file meta information where missing."""
-    absent = _absent(ds, keyword)
+    absent = absence(ds, keyword)
     if not absent:
         return ds.get(keyword)
     meta = getattr(ds, "file_meta", None)
-    if meta is not None and not _absent(meta, meta_keyword):
+    if meta is not None and not absence(meta, meta_keyword):
         return meta.get(meta_keyword)
     raise DataError(
         f"{path}: {keyword} {tag} is {absent}, and the file meta information has no "
@@ -155,7 +155,7 @@ def _uid(path: Path, ds: Any, keyword: str, tag: str, meta_keyword: str, meta_ta
 
 def _shared_uid(path: Path, ds: Any, keyword: str, tag: str, why: str, first: tuple[Path, Any] | None) -> Any:
     """A UID every source image must have, the same in all (StudyInstanceUID, FrameOfReferenceUID)."""
-    absent = _absent(ds, keyword)
+    absent = absence(ds, keyword)
     if absent:
         raise DataError(f"{path}: {keyword} {tag} is {absent}; {why}", _NIFTI_HINT)
     value = ds.get(keyword)
@@ -212,7 +212,7 @@ def prepare_sources(series: DicomSeries, datasets: Sequence[Any]) -> list[Any]:
             ("SOPInstanceUID", "(0008,0018)", "MediaStorageSOPInstanceUID", "(0002,0003)"),
         ):
             value = _uid(path, ds, keyword, tag, meta_keyword, meta_tag)
-            if _absent(ds, keyword):
+            if absence(ds, keyword):
                 copy.set(keyword, value)
         instance = str(copy.dataset.SOPInstanceUID)
         if instance in instances:
@@ -231,15 +231,15 @@ def prepare_sources(series: DicomSeries, datasets: Sequence[Any]) -> list[Any]:
         if keyword not in first.original:
             first.set(keyword, "")
     for keyword, valid in CHECKED_SOURCE_VALUES.items():
-        if not _absent(first.original, keyword) and not valid(first.original.get(keyword)):
+        if not absence(first.original, keyword) and not valid(first.original.get(keyword)):
             first.set(keyword, "")
     gap = _ds_number(series.spacing[2])
-    if _absent(first.original, "SliceThickness"):
+    if absence(first.original, "SliceThickness"):
         first.set("SliceThickness", gap)
-    if len(series.files) > 1 and _absent(first.original, "SpacingBetweenSlices"):
+    if len(series.files) > 1 and absence(first.original, "SpacingBetweenSlices"):
         first.set("SpacingBetweenSlices", gap)
     for keyword in ("SpecificCharacterSet", "LossyImageCompression"):
-        if _absent(first.original, keyword) == "empty":
+        if absence(first.original, keyword) == "empty":
             first.delete(keyword)
     return [copy.dataset for copy in copies]
 
