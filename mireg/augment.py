@@ -30,8 +30,10 @@ __all__ = [
     "center_crop",
     "cutmix_boxes",
     "gaussian_blur",
+    "gaussian_kernels",
     "intensity_jitter",
     "mix",
+    "warp_batch",
 ]
 
 
@@ -80,17 +82,43 @@ def augment_batch(
     Returns:
         ``(N, C, crop, crop)`` images and ``(N, crop, crop)`` int64 labels (or None).
     """
-    n, c, size, _ = images.shape
-    theta = _affine(n, size, cfg, generator, images.device)
-    grid = F.affine_grid(theta, [n, c, cfg.crop, cfg.crop], align_corners=False)
+    n, _, size, _ = images.shape
+    out, warped = warp_batch(images, labels, _affine(n, size, cfg, generator, images.device), cfg.crop)
+    return _jitter(out, cfg, generator), warped
+
+
+def warp_batch(
+    images: torch.Tensor, labels: torch.Tensor | None, theta: torch.Tensor, crop: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One affine per sample, one ``grid_sample`` per tensor: images bilinearly with zero padding,
+    labels by nearest neighbour with 0 outside.
+
+    Args:
+        images: ``(N, C, H, W)`` float images.
+        labels: ``(N, H, W)`` integer labels, or None.
+        theta: ``(N, 2, 3)`` affines from crop-normalised to image-normalised coordinates.
+        crop: Side of the output.
+
+    Returns:
+        ``(N, C, crop, crop)`` images and ``(N, crop, crop)`` int64 labels (or None).
+    """
+    n, c = images.shape[:2]
+    grid = F.affine_grid(theta, [n, c, crop, crop], align_corners=False)
     out = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    out = _jitter(out, cfg, generator)
     if labels is None:
         return out, None
     warped = F.grid_sample(
         labels[:, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False
     )
     return out, warped[:, 0].long()
+
+
+def gaussian_kernels(sigmas: torch.Tensor, radius: int) -> torch.Tensor:
+    """``(k, 2 * radius + 1)`` Gaussian kernels of the standard deviations ``sigmas`` ``(k,)``
+    (pixels), each normalised to sum 1."""
+    offsets = torch.arange(-radius, radius + 1, dtype=sigmas.dtype, device=sigmas.device)
+    kernels = torch.exp(-0.5 * (offsets[None] / sigmas[:, None]) ** 2)
+    return kernels / kernels.sum(dim=1, keepdim=True)
 
 
 def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -150,9 +178,7 @@ def gaussian_blur(
     u = uniform((n, 2), generator, x.device)
     sigmas = sigma[0] + u[:, 0] * (sigma[1] - sigma[0])
     radius = min(math.ceil(3 * sigma[1]), (min(h, w) - 1) // 2)
-    offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
-    kernel = torch.exp(-0.5 * (offsets[None] / sigmas[:, None]) ** 2)
-    kernel = (kernel / kernel.sum(dim=1, keepdim=True)).repeat_interleave(c, dim=0)  # (N*C, K)
+    kernel = gaussian_kernels(sigmas.to(x.dtype), radius).repeat_interleave(c, dim=0)  # (N*C, K)
     flat = F.pad(x.reshape(1, n * c, h, w), (radius, radius, radius, radius), mode="reflect")
     flat = F.conv2d(flat, kernel.view(n * c, 1, -1, 1), groups=n * c)
     blurred = F.conv2d(flat, kernel.view(n * c, 1, 1, -1), groups=n * c).view(n, c, h, w)

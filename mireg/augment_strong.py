@@ -53,6 +53,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from mireg.augment import gaussian_kernels, warp_batch
 from mireg.contract import uniform
 
 __all__ = [
@@ -254,16 +255,9 @@ def warp(
     Returns:
         ``(N, C, crop, crop)`` images and ``(N, crop, crop)`` int64 labels (or None).
     """
-    n, c, height, width = images.shape
+    height, width = images.shape[2:]
     theta = spatial_theta(draw, (height, width), crop).to(images.device, images.dtype)
-    grid = F.affine_grid(theta, [n, c, crop, crop], align_corners=False)
-    out = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    if labels is None:
-        return out, None
-    warped = F.grid_sample(
-        labels[:, None].to(grid.dtype), grid, mode="nearest", padding_mode="zeros", align_corners=False
-    )
-    return out, warped[:, 0].round().long()
+    return warp_batch(images, labels, theta, crop)
 
 
 def spatial(
@@ -326,13 +320,6 @@ def gaussian_noise(
     return _on_planes(x, fire, add)
 
 
-def _gaussian_kernels(sigmas: torch.Tensor, radius: int) -> torch.Tensor:
-    """``(k, 2 * radius + 1)`` Gaussian kernels of the given widths, each normalised to sum 1."""
-    offsets = torch.arange(-radius, radius + 1, dtype=sigmas.dtype, device=sigmas.device)
-    kernels = torch.exp(-0.5 * (offsets[None] / sigmas[:, None]) ** 2)
-    return kernels / kernels.sum(dim=1, keepdim=True)
-
-
 def gaussian_blur(
     x: torch.Tensor,
     generator: torch.Generator,
@@ -369,8 +356,8 @@ def gaussian_blur(
 
     def blur(planes: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         k = len(rows)
-        kernel_h = _gaussian_kernels(sigmas[rows, 0], radius_h).to(planes.device, planes.dtype)
-        kernel_w = _gaussian_kernels(sigmas[rows, 1], radius_w).to(planes.device, planes.dtype)
+        kernel_h = gaussian_kernels(sigmas[rows, 0], radius_h).to(planes.device, planes.dtype)
+        kernel_w = gaussian_kernels(sigmas[rows, 1], radius_w).to(planes.device, planes.dtype)
         padded = F.pad(planes[None], (radius_w, radius_w, radius_h, radius_h), mode="reflect")
         out = F.conv2d(padded, kernel_h.view(k, 1, -1, 1), groups=k)
         return F.conv2d(out, kernel_w.view(k, 1, 1, -1), groups=k)[0]

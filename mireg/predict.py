@@ -490,7 +490,7 @@ class _Frame(NamedTuple):
     datasets: list[Any] | None = None
 
 
-def _frame_volumes(job: Job) -> Iterator[_Frame]:
+def _frames_to_segment(job: Job) -> Iterator[_Frame]:
     """Each frame of ``job`` to segment, read when its turn comes."""
     scan = job.scan
     if scan.series is None:
@@ -547,7 +547,7 @@ def predict_scans(
     for job in jobs:
         scan, cine = job.scan, job.scan.n_frames > 1
         labels, probabilities = [], []
-        for i, frame in enumerate(_frame_volumes(job)):
+        for i, frame in enumerate(_frames_to_segment(job)):
             result = predict_volume(
                 predictor.network,
                 frame.image,
