@@ -19,7 +19,7 @@ On one GPU, in about 7 minutes (an H200):
   yardstick of rounding, the same difference between the CPU run and one with a single thread (the
   same steps summed in other orders: training amplifies rounding, so curves drift apart with no
   error anywhere);
-- ``goals``: each goal of the README's speed section, its target, the measured value and whether it
+- ``goals``: each goal of `docs/speed.md`, its target, the measured value and whether it
   is met.
 
 Each measurement runs in its own process; one that fails is recorded with its error and the rest go
@@ -45,11 +45,11 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 
-#: The methods timed, in the order of the README's tables.
+#: The methods timed, in the order of `docs/speed.md`'s tables.
 METHODS = ("partial", "udaiic", "cps", "bcp", "fixmatch", "unimatch")
 #: The methods also timed under ``torch.compile`` (bf16).
 COMPILED = ("partial", "udaiic")
-#: The goals at the paper's shapes on one H200 (README, "Speed").
+#: The goals at the paper's shapes on one H200 (`docs/speed.md`).
 GOAL_MS = {"partial": 10.0, "udaiic": 20.0}
 GOAL_PEAK_GB = 8.0
 GOAL_STREAMED_RATIO = 1.1
@@ -209,7 +209,7 @@ def _goal(goal: str, measured: Any, target: float, at_most: bool, how: str | Non
 
 
 def goals(report: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each goal of the README's speed section against what was measured (None: not measured)."""
+    """Each goal of `docs/speed.md` against what was measured (None: not measured)."""
     out = []
     rows = report.get("steps", []) + report.get("profiles", [])  # both time steps at the paper's shapes
     for method, target in GOAL_MS.items():

@@ -2,7 +2,7 @@
 
 A CPU training step allocates and frees gigabytes of large tensors. glibc's malloc serves every
 block above its mmap threshold (32 MB at most) with a fresh ``mmap`` and unmaps it on ``free``, so
-each step faults in brand-new pages that the kernel must zero first (the README's "Speed" section
+each step faults in brand-new pages that the kernel must zero first (`docs/speed.md`
 has the measured cost). Serving large blocks from malloc's heap and never trimming it keeps those
 pages mapped from one step to the next; the price is that the process holds on to its peak memory
 until it exits, which is what GPU frameworks' caching allocators do too.
