@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -174,3 +177,28 @@ def strip_attribute(paths: list[Path], keyword: str, how: str) -> None:
         else:
             ds[keyword].value = None
         ds.save_as(path)
+
+
+def run_fresh_python(
+    script: str, *args: str | Path, cwd: Path | None = None, timeout: float = 300, **env: str
+) -> tuple[dict[str, Any], subprocess.CompletedProcess[str]]:
+    """Run ``python -c script ARGS`` in a fresh interpreter that imports the mireg these tests import
+    (and ``env`` set); the JSON its last line prints after ``RESULT ``, and the finished process."""
+    import mireg
+
+    root = str(Path(mireg.__file__).resolve().parent.parent)
+    path = os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])
+    environment = {**os.environ, "PYTHONPATH": path, **env}
+    done = subprocess.run(
+        [sys.executable, "-c", script, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=environment,
+        cwd=cwd,
+        timeout=timeout,
+        check=False,
+    )
+    last = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
+    assert last.startswith("RESULT "), (done.stdout[-3000:], done.stderr[-3000:])
+    result: dict[str, Any] = json.loads(last.removeprefix("RESULT "))
+    return result, done

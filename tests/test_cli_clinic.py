@@ -4,8 +4,6 @@ prediction without torch, test-time augmentation and largest components in eval 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +19,7 @@ from mireg.inference import InferenceOptions, predict_volume
 from mireg.predict import load_predictor
 from mireg.recipe import dump_toml
 
-from .helpers import tiny_recipe, write_dicom_series
+from .helpers import run_fresh_python, tiny_recipe, write_dicom_series
 
 pytestmark = pytest.mark.slow
 
@@ -219,15 +217,8 @@ print("\\nRESULT " + json.dumps({"code": code, "torch": torch_loaded}))
 
 def test_the_onnx_model_predicts_in_a_process_where_torch_cannot_be_imported(workdir: Path) -> None:
     out = workdir / "out-notorch"
-    root = str(Path(mireg.__file__).resolve().parent.parent)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
     args = ["predict", str(workdir / "model" / "model.onnx"), str(workdir / "dicom" / "case"), "-o", str(out)]
-    done = subprocess.run(
-        [sys.executable, "-c", _NO_TORCH, *args], capture_output=True, text=True, env=env, timeout=300
-    )
-    last = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
-    assert last.startswith("RESULT "), (done.stdout[-2000:], done.stderr[-2000:])
-    result = json.loads(last.removeprefix("RESULT "))
+    result, done = run_fresh_python(_NO_TORCH, *args)
     assert result == {"code": 0, "torch": []}, done.stderr[-2000:]
     assert (
         _main("predict", workdir / "runs" / "tiny", workdir / "dicom" / "case", "-o", workdir / "out-torch")
@@ -336,17 +327,7 @@ def test_export_never_replaces_a_file_unless_asked_and_never_the_checkpoint(
     ids=["predict-run", "export"],
 )
 def test_without_torch_a_command_that_needs_it_says_so(workdir: Path, command: tuple[str, ...]) -> None:
-    root = str(Path(mireg.__file__).resolve().parent.parent)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run(
-        [sys.executable, "-c", _NO_TORCH, *command],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=workdir,
-        timeout=300,
-    )
-    result = json.loads(done.stdout.strip().splitlines()[-1].removeprefix("RESULT "))
+    result, done = run_fresh_python(_NO_TORCH, *command, cwd=workdir)
     err = " ".join(done.stderr.split())
     assert result["code"] == 1 and "needs torch, which is not installed" in err, err
     assert "Traceback" not in err and "pip install mireg" in err

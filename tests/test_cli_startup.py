@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-import mireg
+from .helpers import run_fresh_python
 
 # Runs `mireg ARGS` through the real entry point in a fresh interpreter, then reports its exit code
 # and which heavy modules the command imported.
@@ -30,20 +24,7 @@ print("\\nRESULT " + json.dumps({"code": code, "heavy": heavy}))
 
 
 def _run_fresh(*args: str) -> dict[str, object]:
-    root = str(Path(mireg.__file__).resolve().parent.parent)  # the mireg these tests import
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run(
-        [sys.executable, "-c", _SCRIPT, *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
-    last = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
-    assert last.startswith("RESULT "), (done.stdout[-2000:], done.stderr[-2000:])
-    result: dict[str, object] = json.loads(last.removeprefix("RESULT "))
-    return result
+    return run_fresh_python(_SCRIPT, *args, timeout=120)[0]
 
 
 @pytest.mark.parametrize(

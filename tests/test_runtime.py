@@ -15,7 +15,6 @@ import json
 import os
 import pkgutil
 import re
-import subprocess
 import sys
 import zipfile
 from collections.abc import Iterator
@@ -26,9 +25,7 @@ from typing import Any
 
 import pytest
 
-import mireg
-
-from .helpers import REPO
+from .helpers import REPO, run_fresh_python
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -239,25 +236,8 @@ print("\\nRESULT " + json.dumps({"code": code, "refused": sorted(set(refused)), 
 
 def run_with_only(allowed: list[str], *args: str | Path, cwd: Path) -> dict[str, Any]:
     """``mireg ARGS`` in a fresh interpreter that can import only ``allowed`` (top-level modules)."""
-    root = str(Path(mireg.__file__).resolve().parent.parent)  # the mireg these tests import
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]),
-        "COLUMNS": "200",
-    }
     given = json.dumps({"allowed": allowed, "torch": sorted(TORCH_MODULES)})
-    done = subprocess.run(
-        [sys.executable, "-c", _ONLY, given, *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        timeout=300,
-        check=False,
-    )
-    last = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
-    assert last.startswith("RESULT "), (done.stdout[-3000:], done.stderr[-3000:])
-    result: dict[str, Any] = json.loads(last.removeprefix("RESULT "))
+    result, done = run_fresh_python(_ONLY, given, *args, cwd=cwd, COLUMNS="200")
     result["stderr"] = done.stderr
     return result
 
