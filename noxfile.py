@@ -17,7 +17,7 @@ SOURCES = ("mireg", "tests", "benchmarks", "recipes", "plugins", "runtime", "nox
 @nox.session
 def tests(session: nox.Session) -> None:
     """The test suite (CPU, a few minutes), the optional extras' tests included."""
-    session.install("-e", ".[dev,clinic,onnx]")
+    session.install("-e", ".[dev,clinic,onnx,nnunet]")
     session.run("pytest", *session.posargs)
 
 

@@ -328,6 +328,49 @@ def train(
     )
 
 
+@app.command()
+def nnunet(
+    recipe_path: Annotated[
+        Optional[Path],
+        typer.Argument(metavar="[RECIPE]", help="Recipe TOML file (not with --resume)."),
+    ] = None,
+    overrides: Annotated[
+        Optional[list[str]],
+        typer.Option("--set", "-s", help="Override a recipe value: key.path=value (repeatable)."),
+    ] = None,
+    fresh: Annotated[
+        bool, typer.Option(help="If the run directory exists, start a new numbered one beside it.")
+    ] = False,
+    resume: Annotated[
+        Optional[Path],
+        typer.Option(metavar="RUN_DIR", help="Continue a stopped nnU-Net run where it stopped."),
+    ] = None,
+) -> None:
+    """Train nnU-Net v2 (2d) on a recipe's labelled patients and budget; score it like a mireg run.
+
+    The recipe gives the data, the split, epochs x iterations, the device and the test-time flips;
+    nnU-Net plans, preprocesses and trains as it does (needs: pip install 'mireg\\[nnunet]').
+    """
+    _require_torch("mireg nnunet")
+    from mireg.nnunet.workflow import train_nnunet
+    from mireg.recipe import load_recipe
+
+    if resume is not None and (recipe_path is not None or overrides or fresh):
+        raise typer.BadParameter(
+            "--resume takes the run directory only: its recipe is used as is", param_hint="--resume"
+        )
+    if resume is None and recipe_path is None:
+        raise typer.BadParameter("give a recipe file, or --resume RUN_DIR", param_hint="RECIPE")
+    recipe = None if recipe_path is None else load_recipe(recipe_path, overrides or [])
+    started = time.perf_counter()
+    with _progress() as bar:
+        run, report = train_nnunet(recipe, resume, fresh, _RichObserver(bar))
+    console.print(metrics_tables(report, f"{run.path.name}: test set, nnU-Net (checkpoint_final)"))
+    console.print(
+        f"done in {time.perf_counter() - started:.0f} s; report: {run.file('report.json')}", markup=False
+    )
+
+
 @app.command("eval")
 def evaluate(
     runs: Annotated[

@@ -41,6 +41,7 @@ __all__ = [
     "evaluate_volumes",
     "logits",
     "network_function",
+    "score_volume",
     "segment",
     "summarize",
     "validation_dice",
@@ -142,6 +143,20 @@ class VolumeResult:
     metrics: dict[str, ClassMetrics]
 
 
+def score_volume(
+    store: VolumeStore, volume: VolumeInfo, prediction: np.ndarray, truth: np.ndarray
+) -> VolumeResult:
+    """Every metric of one volume's predicted label map ``(Z, H, W)`` on the store's grid, against
+    its ground truth: how every prediction is scored, whatever segmented it."""
+    spacing = (volume.spacing[2], store.spacing, store.spacing)  # (Z, H, W) of the canvas grid
+    metrics = {
+        name: class_metrics(prediction == k, truth == k, spacing)
+        for k, name in enumerate(store.classes)
+        if k > 0
+    }
+    return VolumeResult(volume.id, volume.patient, volume.phase, metrics)
+
+
 def evaluate_volumes(
     model: nn.Module,
     store: VolumeStore,
@@ -175,13 +190,7 @@ def evaluate_volumes(
             if options.keep_largest:
                 pred_np = keep_largest_components(pred_np, len(store.classes))
             gt_np = np.asarray(store.volume_labels(v))
-            spacing = (v.spacing[2], store.spacing, store.spacing)  # (Z, H, W) of the canvas grid
-            metrics = {
-                name: class_metrics(pred_np == k, gt_np == k, spacing)
-                for k, name in enumerate(store.classes)
-                if k > 0
-            }
-            results.append(VolumeResult(v.id, v.patient, v.phase, metrics))
+            results.append(score_volume(store, v, pred_np, gt_np))
             if on_volume is not None:
                 on_volume(v, image_np, pred_np, gt_np)
     finally:

@@ -232,6 +232,14 @@ class MetricsLog:
                     self._board.add_scalar(key, value, row["epoch"])
             self._board.flush()
 
+    def amend_last(self, values: dict[str, Any]) -> None:
+        """Add ``values`` to the last row (new columns are appended; other rows leave them empty)."""
+        if not self.rows:
+            raise MiregError(f"{self.path}: no epoch row to add {sorted(values)} to")
+        self.fields += [k for k in values if k not in self.fields]
+        self.rows[-1].update(values)
+        self._write()
+
     def __enter__(self) -> MetricsLog:
         return self
 

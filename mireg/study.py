@@ -29,12 +29,13 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mireg.errors import MiregError, RecipeError
 from mireg.files import atomic_write_text
+from mireg.processes import ending_with_parent
 from mireg.recipe import (
     TrainConfig,
     apply_override,
@@ -66,6 +67,11 @@ class MethodSpec(_Strict):
     """``[methods.NAME]``: a recipe, overrides for every run, and an optional grid of settings."""
 
     recipe: Path = Field(description="recipe file, relative to the study file")
+    engine: Literal["mireg", "nnunet"] = Field(
+        "mireg",
+        description="what trains the runs: mireg (the recipe), or nnU-Net v2 on the recipe's data, "
+        "split, budget and device (mireg nnunet; the nnunet extra)",
+    )
     set: list[str] = Field(default_factory=list, description="key.path=value overrides")
     grid: dict[str, list[Any]] = Field(
         default_factory=dict,
@@ -331,6 +337,23 @@ class Study:
                 except RecipeError as exc:
                     raise RecipeError(exc.message, exc.hint) from None
 
+    def require_engines(self) -> None:
+        """Check that what trains each method is installed (before any run starts).
+
+        Raises:
+            RecipeError: A method's engine is not installed, naming the study file and the method.
+        """
+        nnunet = [m for m, spec in self.spec.methods.items() if spec.engine == "nnunet"]
+        if nnunet:
+            from mireg.nnunet.workflow import nnunet_version
+
+            if nnunet_version() is None:
+                raise RecipeError(
+                    f'{self.source}: methods.{nnunet[0]}: engine = "nnunet" needs nnU-Net v2, '
+                    "which is not installed",
+                    "pip install 'mireg[nnunet]'",
+                )
+
     # ---------------------------------------------------------------------------------------- plan
 
     def selection_runs(self) -> list[RunKey]:
@@ -438,7 +461,7 @@ class Study:
         run_dir = self.out / "runs" / key.name
         if (run_dir / "report.json").is_file():
             return "done", 1.0
-        if not (run_dir / "last.pt").is_file():
+        if not self.resumable(key):
             return "train", 0.0
         train = self.recipe(key).get("train", {})
         epochs = train.get("epochs", TrainConfig.model_fields["epochs"].default)
@@ -448,6 +471,31 @@ class Study:
         except OSError:
             trained = 0
         return "resume", min(trained / epochs, 1.0)
+
+    def engine(self, key: RunKey) -> str:
+        """What trains the run: ``mireg`` or ``nnunet``."""
+        return self.spec.methods[key.method].engine
+
+    def resumable(self, key: RunKey) -> bool:
+        """Whether the run started and can continue (a mireg run from its last checkpoint, an
+        nnU-Net run from its last finished stage)."""
+        run_dir = self.out / "runs" / key.name
+        if self.engine(key) == "nnunet":
+            from mireg.nnunet.workflow import NnUNetRun
+
+            return NnUNetRun.resumable(run_dir)
+        return (run_dir / "last.pt").is_file()
+
+    def compared(self) -> list[tuple[str, str]]:
+        """The pairs whose paired test-DSC difference the report gives beyond the baseline's: the
+        study file's ``compare``, then every other method against each nnU-Net method."""
+        pairs = list(self.spec.compare)
+        for reference, spec in self.spec.methods.items():
+            if spec.engine != "nnunet":
+                continue
+            others = [m for m in self.spec.methods if m != reference]
+            pairs += [(m, reference) for m in others if (m, reference) not in pairs]
+        return pairs
 
     def standing(self) -> tuple[list[PlannedRun], list[RunRecord]]:
         """Every run of the plan with its state, and the records of the finished ones. Reads the
@@ -487,6 +535,7 @@ class Study:
             jobs: Runs at a time. On CUDA each running job gets its own GPU, round-robin.
             progress: ``progress(done, total, description)``.
         """
+        self.require_engines()
         self.out.mkdir(parents=True, exist_ok=True)
         total = self.total_runs()
         done: list[RunRecord] = []
@@ -550,14 +599,6 @@ def _toml_literal(value: Any) -> str:
 _LEFTOVERS = {"recipe.toml", "versions.json", "split.json", "metrics.csv", "tensorboard"}
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Linux: the child gets SIGTERM (and so checkpoints and stops) if the study is killed."""
-    import ctypes
-
-    libc = ctypes.CDLL(None)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 def _gpu_count() -> int:
     import torch
 
@@ -578,16 +619,17 @@ class _Runner:
         study = self.study
         run_dir = study.out / "runs" / key.name
         atomic_write_text(study.recipe_file(key), study.recipe_text(key))
+        command = "nnunet" if study.engine(key) == "nnunet" else "train"
         if (run_dir / "report.json").is_file():
             return None
-        if (run_dir / "last.pt").is_file():
-            return ["train", "--resume", str(run_dir)]
+        if study.resumable(key):
+            return [command, "--resume", str(run_dir)]
         if run_dir.exists():  # started, killed before its first checkpoint: nothing to keep
             extra = {p.name for p in run_dir.iterdir()} - _LEFTOVERS
             if extra:
                 raise MiregError(f"{run_dir}: holds {sorted(extra)} but no checkpoint; not touching it")
             shutil.rmtree(run_dir)
-        return ["train", str(study.recipe_file(key))]
+        return [command, str(study.recipe_file(key))]
 
     def run(self, keys: list[RunKey], report: Callable[[RunRecord, bool], None]) -> list[RunRecord]:
         """Train every run not finished yet; ``report(record, reused)`` as each one ends."""
@@ -638,7 +680,7 @@ class _Runner:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env=env,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+                preexec_fn=ending_with_parent(),
             )
 
 
@@ -654,7 +696,7 @@ def _record(study: Study, key: RunKey, status: str) -> RunRecord:
         with open(metrics, newline="") as fh:
             rows = list(csv.DictReader(fh))
         summary = json.loads((run_dir / "report.json").read_text())["summary"]
-        record.val_dice = max(float(r["val_dice/mean"]) for r in rows)
+        record.val_dice = max(float(r["val_dice/mean"]) for r in rows if r.get("val_dice/mean"))
         record.minutes = sum(float(r["seconds"]) for r in rows) / 60
         record.test_dice = float(summary["dice"]["all"]["mean"]["mean"])
         hd95 = summary["hd95"]["all"]["mean"]["mean"]  # None where no volume had one

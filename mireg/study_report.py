@@ -1,8 +1,8 @@
 """A study's report: per method and labelled amount, the test DSC and HD95 over seeds (mean, std,
 95 % interval), the paired difference to the baseline (and between the pairs the study file names in
-``compare``), the share of the partial-to-full gap, the configuration chosen on validation and what
-the runs cost. Written as ``study.md``, ``study.json``, ``study.csv`` (one row per run) and
-``study.png``.
+``compare``, and of every method to an nnU-Net method), the share of the partial-to-full gap, the
+configuration chosen on validation and what the runs cost. Written as ``study.md``, ``study.json``,
+``study.csv`` (one row per run) and ``study.png``.
 """
 
 from __future__ import annotations
@@ -54,13 +54,17 @@ class Row:
     held_out_dice: Estimate | None = None
     held_out_versus_baseline: PairedDifference | None = None
     held_out_gap: float = math.nan
+    # A gridded method: each configuration's mean best-validation DSC over the selection seeds (None
+    # until all its selection runs finished), and the spread of those means (max - min; NaN below two).
+    grid_val: list[float | None] = field(default_factory=list)
+    grid_spread: float = math.nan
 
 
 @dataclass
 class Comparison:
-    """A pair of the study file's ``compare`` at one labelled amount both methods train at: the
-    paired test-DSC difference ``method - versus`` over the seeds both finished, and over the seeds
-    no configuration was chosen on."""
+    """A compared pair (:meth:`~mireg.study.Study.compared`) at one labelled amount both methods
+    train at: the paired test-DSC difference ``method - versus`` over the seeds both finished, and
+    over the seeds no configuration was chosen on."""
 
     method: str
     versus: str
@@ -104,6 +108,9 @@ def summarize_study(study: Study, records: list[RunRecord]) -> list[Row]:
                     held_out_dice=estimate([r.test_dice for r in kept]) if kept else None,
                 )
             )
+            if gridded:
+                grid = _grid_validation(study, records, method, amount.label)
+                rows[-1].grid_val, rows[-1].grid_spread = grid
     by_key = {(row.method, row.amount): row for row in rows}
     full = next((row for row in rows if row.method == spec.full), None)
     for row in rows:
@@ -119,11 +126,12 @@ def summarize_study(study: Study, records: list[RunRecord]) -> list[Row]:
 
 
 def compare_methods(study: Study, records: list[RunRecord], rows: list[Row]) -> list[Comparison]:
-    """The study file's ``compare`` pairs, at every labelled amount both methods have a row for."""
+    """The study's compared pairs (:meth:`~mireg.study.Study.compared`), at every labelled amount both
+    methods have a row for."""
     by_key = {(row.method, row.amount): row for row in rows}
     held_out = set(study.held_out_seeds)
     comparisons = []
-    for method, versus in study.spec.compare:
+    for method, versus in study.compared():
         for amount in study.amounts_of(method):
             row, base = by_key.get((method, amount.label)), by_key.get((versus, amount.label))
             if row is None or base is None:
@@ -136,6 +144,19 @@ def compare_methods(study: Study, records: list[RunRecord], rows: list[Row]) -> 
                 )
             )
     return comparisons
+
+
+def _grid_validation(
+    study: Study, records: list[RunRecord], method: str, amount: str
+) -> tuple[list[float | None], float]:
+    """Each configuration's mean best-validation DSC over the selection seeds (None where a
+    selection run did not finish), and their spread (max - min, NaN with fewer than two)."""
+    means: list[float | None] = []
+    for config in range(len(study.configs(method))):
+        scores = study.validation_scores(records, method, config, amount)
+        means.append(_mean(scores) if len(scores) == len(study.select_seeds) else None)
+    known = [m for m in means if m is not None]
+    return means, (max(known) - min(known) if len(known) > 1 else math.nan)
 
 
 def _gap_of(method: Estimate | None, partial: Estimate | None, full: Estimate | None) -> float:
@@ -274,6 +295,7 @@ def markdown(study: Study, rows: list[Row], comparisons: list[Comparison] | None
             f"Not paired with {spec.baseline}, because the runs of a seed were validated or tested on "
             f"different patients (their recipes' data differ): {'; '.join(unpaired)}.",
         ]
+    lines += _grid_table(study, rows)
     lines += _held_out_table(study, rows)
     lines += _comparison_table(study, comparisons or [])
     failed = [log for row in rows for log in row.failed]
@@ -313,7 +335,7 @@ def _held_out_table(study: Study, rows: list[Row]) -> list[str]:
 
 
 def _comparison_table(study: Study, comparisons: list[Comparison]) -> list[str]:
-    """The study file's ``compare`` pairs, as lines of ``study.md``."""
+    """The compared pairs, as lines of ``study.md``."""
     if not comparisons:
         return []
     held_out = study.held_out_seeds
@@ -345,6 +367,37 @@ def _comparison_table(study: Study, comparisons: list[Comparison]) -> list[str]:
     if unpaired:
         lines += ["", f"Not paired (tested on different patients): {'; '.join(unpaired)}."]
     return lines
+
+
+def _grid_table(study: Study, rows: list[Row]) -> list[str]:
+    """How far each gridded method's validation DSC moves across its grid, as lines of ``study.md``."""
+    gridded = [row for row in rows if row.grid_val]
+    if not gridded:
+        return []
+    table = []
+    for row in gridded:
+        configs = study.configs(row.method)
+        cells = [
+            f"{_short_settings(settings)}: "
+            + ("unfinished" if val is None else f"{100 * val:.1f}")
+            + (" (chosen)" if config == row.config else "")
+            for config, (settings, val) in enumerate(zip(configs, row.grid_val, strict=True))
+        ]
+        spread = "n/a" if math.isnan(row.grid_spread) else f"{100 * row.grid_spread:.1f}"
+        table.append([row.method, row.amount_text, "; ".join(cells), spread])
+    header = ["method", "labelled", "mean val DSC (%) of each configuration", "spread (points)"]
+    return [
+        "",
+        "## How far validation moves across each grid",
+        "",
+        "Mean best-validation DSC over the selection seeds "
+        f"({', '.join(map(str, study.select_seeds))}) of each configuration, and the spread (highest "
+        "minus lowest). A method whose spread is large next to its gain over the baseline depends on a "
+        "setting that does not travel: choose it on the validation split of your own data "
+        "(docs/study.md).",
+        "",
+        markdown_table(header, table).rstrip("\n"),
+    ]
 
 
 def _seed_count(d: PairedDifference | None) -> str:

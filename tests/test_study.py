@@ -4,6 +4,7 @@ the CPU (a failed run reported while the rest completes; a killed study resumed)
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -130,6 +131,30 @@ def test_the_study_chooses_on_validation_even_where_test_would_choose_otherwise(
     assert rows["udaiic"].versus_baseline is not None
     assert rows["udaiic"].versus_baseline.difference.mean == pytest.approx(0.7 - 0.61)
     assert rows["udaiic"].gap == pytest.approx((0.7 - 0.61) / (0.7 - 0.61))
+
+
+def test_the_report_shows_how_far_validation_moves_across_each_grid(tmp_path: Path) -> None:
+    _recipes(tmp_path)
+    study = Study(load_study(_study_file(tmp_path, GRID_STUDY)), tmp_path / "study.toml")
+    keys = {k.name: k for k in study.selection_runs()}
+    records = [
+        _record(keys["partial-c0-50pct-s1"], 0.70, 0.90),
+        _record(keys["partial-c0-50pct-s2"], 0.72, 0.92),
+        _record(keys["partial-c1-50pct-s1"], 0.80, 0.60),
+    ]
+    records += [_record(k, 0.8, 0.7) for name, k in keys.items() if not name.startswith("partial")]
+    rows = {row.method: row for row in summarize_study(study, records)}
+    # configuration 1 has one of its two selection runs: it has no mean yet, and no spread
+    assert rows["partial"].grid_val == [pytest.approx(0.71), None]
+    assert math.isnan(rows["partial"].grid_spread) and rows["udaiic"].grid_val == []
+    records.append(_record(keys["partial-c1-50pct-s2"], 0.82, 0.62))
+    rows_list = summarize_study(study, records)
+    rows = {row.method: row for row in rows_list}
+    assert rows["partial"].grid_val == [pytest.approx(0.71), pytest.approx(0.81)]
+    assert rows["partial"].grid_spread == pytest.approx(0.10)
+    md = markdown(study, rows_list)
+    assert "## How far validation moves across each grid" in md
+    assert "| partial | 50 % | lr = 1e-05: 71.0; lr = 3e-05: 81.0 (chosen) | 10.0 |" in md
 
 
 def test_the_report_keeps_the_held_out_seeds_apart_and_never_reports_an_unmade_choice(
