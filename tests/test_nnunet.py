@@ -153,7 +153,16 @@ def test_a_stopped_nnunet_run_continues_from_its_last_epoch(tmp_path: Path) -> N
         proc = subprocess.Popen(
             [sys.executable, "-m", "mireg", "nnunet", str(path)], stdout=log, stderr=log, env=env
         )
-        _wait_for(lambda: (run / "metrics.csv").is_file() and len(_rows(run)) >= 1)
+        # stopped once nnU-Net has written a checkpoint (after its first epoch)
+        fold = (
+            run
+            / "nnunet"
+            / "results"
+            / "Dataset001_mireg"
+            / "MiregBudgetTrainer__nnUNetPlans__2d"
+            / "fold_all"
+        )
+        _wait_for(lambda: (fold / "checkpoint_latest.pth").is_file())
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=120)
     output = (tmp_path / "log.txt").read_text()
