@@ -23,10 +23,12 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff: lint and formatting of the package, tests, benchmarks, recipes, plugins and this file."""
-    session.install("ruff>=0.5")
+    """ruff: lint and formatting of the package, tests, benchmarks, recipes, plugins and this file;
+    import-linter: the architecture's rules (pyproject.toml, [tool.importlinter])."""
+    session.install("ruff>=0.5", "import-linter>=2.1", "-e", ".")
     session.run("ruff", "check", *SOURCES)
     session.run("ruff", "format", "--check", *SOURCES)
+    session.run("lint-imports")
 
 
 @nox.session

@@ -22,8 +22,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mireg.build import build_network, load_data
+from mireg.build import load_data
 from mireg.errors import MiregError
+from mireg.network import build_network
 from mireg.regularizers.mutual_information import MutualInformation
 from mireg.rundir import RunDir
 from mireg.state import Checkpoint, TrainState

@@ -40,8 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mireg.data.preprocessing import RawVolume, StoreBuilder
-from mireg.data.store import VolumeStore
+from mireg.preprocessing.store import VolumeStore
+from mireg.preprocessing.volume import RawVolume, StoreBuilder
 
 SPACING = (1.0, 1.0, 2.5)
 LABELLED = 20

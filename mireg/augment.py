@@ -27,7 +27,6 @@ from mireg.recipe import AugmentConfig
 
 __all__ = [
     "augment_batch",
-    "center_crop",
     "cutmix_boxes",
     "gaussian_blur",
     "gaussian_kernels",
@@ -119,13 +118,6 @@ def gaussian_kernels(sigmas: torch.Tensor, radius: int) -> torch.Tensor:
     offsets = torch.arange(-radius, radius + 1, dtype=sigmas.dtype, device=sigmas.device)
     kernels = torch.exp(-0.5 * (offsets[None] / sigmas[:, None]) ** 2)
     return kernels / kernels.sum(dim=1, keepdim=True)
-
-
-def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Centre crop the last two dimensions to ``size``."""
-    h, w = x.shape[-2:]
-    top, left = (h - size) // 2, (w - size) // 2
-    return x[..., top : top + size, left : left + size]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,91 +1,25 @@
-"""Building a run's components from a recipe: the network, its loss terms, and the data pools.
+"""Building a run's data from a recipe (its network: :mod:`mireg.network`).
 
-:func:`check_recipe` builds the network and every regulariser on the meta device (no memory, no
-data), so a wrong tap, radius count, class count or plugin option fails in a second, naming its
-key, before any data is read or generated. :func:`build_network` builds them for real and
-:func:`load_data` opens the store, splits its patients and puts the slices on the device.
+:func:`load_data` opens the store (memory-mapped), splits its patients and lists the slices each
+pool draws from; :mod:`mireg.feed` brings the slices of each step to the device.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
 
-from mireg.contract import Backbone, Regularizer
 from mireg.data.splits import Split, make_split
-from mireg.data.store import VolumeStore
 from mireg.errors import RecipeError
+from mireg.preprocessing.store import VolumeStore
 from mireg.progress import Progress
 
 if TYPE_CHECKING:
     from mireg.recipe import Recipe
 
-__all__ = [
-    "RunData",
-    "Term",
-    "build_network",
-    "check_recipe",
-    "evaluation_model",
-    "load_data",
-]
-
-
-class Term(NamedTuple):
-    """One regulariser of the total loss: its log name, weight, weight ramp-up and module."""
-
-    name: str
-    weight: float
-    rampup_epochs: float
-    regularizer: Regularizer
-
-
-def build_network(recipe: Recipe) -> tuple[Backbone, list[Term]]:
-    """The backbone and the named, weighted regularisers of ``recipe`` (on the default device).
-
-    Raises:
-        RecipeError: A plugin rejects its options (the message names the recipe key).
-    """
-    try:
-        backbone = recipe.backbone.create()
-    except ValueError as exc:
-        raise RecipeError(f"backbone ({recipe.backbone.name}): {exc}") from None
-    terms: list[Term] = []
-    for i, cfg in enumerate(recipe.regularizers):
-        try:
-            reg = cfg.build(backbone)
-        except ValueError as exc:
-            raise RecipeError(f"regularizers[{i}] ({cfg.name}): {exc}") from None
-        same = sum(c.name == cfg.name for c in recipe.regularizers[:i])
-        name = cfg.name if same == 0 else f"{cfg.name}_{same + 1}"
-        terms.append(Term(name, cfg.weight, cfg.rampup_epochs, reg))
-    return backbone, terms
-
-
-def evaluation_model(model: Backbone, terms: list[Term]) -> nn.Module:
-    """The network validated, tested and checkpointed: the model, or a regulariser's substitute
-    (a mean teacher's teacher). At most one regulariser may substitute it."""
-    substitutes = [(t.name, t.regularizer.evaluation_model(model)) for t in terms]
-    substitutes = [(name, m) for name, m in substitutes if m is not model]
-    if len(substitutes) > 1:
-        raise RecipeError(
-            f"regularizers {[n for n, _ in substitutes]} each replace the evaluated model; at most one may"
-        )
-    return substitutes[0][1] if substitutes else model
-
-
-def check_recipe(recipe: Recipe) -> None:
-    """Build the backbone and every regulariser on the meta device, where nothing is allocated.
-
-    Raises:
-        RecipeError: What :func:`build_network` or :func:`evaluation_model` would raise later.
-    """
-    with torch.device("meta"):
-        model, terms = build_network(recipe)
-        evaluation_model(model, terms)
+__all__ = ["RunData", "load_data"]
 
 
 @dataclass

@@ -324,7 +324,7 @@ def train(
         metrics_tables(report, f"{recipe.name}: test set, best checkpoint (epoch {report['epoch']})")
     )
     console.print(
-        f"done in {time.perf_counter() - started:.0f} s; report: {run.file('report.json')}", markup=False
+        f"done in {time.perf_counter() - started:.0f} s; report: {run.file(run.REPORT)}", markup=False
     )
 
 
@@ -367,7 +367,7 @@ def nnunet(
         run, report = train_nnunet(recipe, resume, fresh, _RichObserver(bar))
     console.print(metrics_tables(report, f"{run.path.name}: test set, nnU-Net (checkpoint_final)"))
     console.print(
-        f"done in {time.perf_counter() - started:.0f} s; report: {run.file('report.json')}", markup=False
+        f"done in {time.perf_counter() - started:.0f} s; report: {run.file(run.REPORT)}", markup=False
     )
 
 
@@ -583,7 +583,7 @@ def predict(
     OUT_DIR/volumes.csv gets each structure's volume (ml). An exported ONNX model (mireg export)
     runs through ONNX Runtime, without torch.
     """
-    from mireg.data.cine import parse_frames
+    from mireg.io.cine import parse_frames
     from mireg.predict import FORMATS, FrameChoice, collect_inputs, load_predictor, predict_scans
 
     if output_format is not None and output_format not in FORMATS:

@@ -26,11 +26,12 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
+from mireg.losses import SINGLE_PROCESS, Reduction
+from mireg.preprocessing.store import VolumeInfo, VolumeStore
+
 # What a dataset plugin builds and fills, re-exported so that plugins import from here alone. The store
 # modules import nothing from this one, so these imports close no cycle.
-from mireg.data.preprocessing import RawVolume, StoreBuilder
-from mireg.data.store import VolumeInfo, VolumeStore
-from mireg.losses import SINGLE_PROCESS, Reduction
+from mireg.preprocessing.volume import RawVolume, StoreBuilder
 from mireg.progress import Progress
 
 __all__ = [
@@ -165,7 +166,7 @@ class Transform:
     """A random geometric transform drawn once per sample and replayable on any tensor.
 
     ``T`` flips each sample along H with probability ``p_h`` and along W with probability ``p_w``
-    (method.md). Flips commute with resizing, so the same draw applies to images, logits and feature
+    (docs/methods.md). Flips commute with resizing, so the same draw applies to images, logits and feature
     maps of any resolution with shape ``(N, *, H, W)``.
 
     Args:

@@ -21,12 +21,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from mireg.data.nifti import nifti_files, read_volume
-from mireg.data.store import VolumeInfo, VolumeStore
 from mireg.errors import DataError
 from mireg.inference import InferenceOptions, Network, keep_largest_components, segment_slices
+from mireg.io.nifti import nifti_files, read_volume
 from mireg.metrics import ClassMetrics, class_metrics, dice_per_class
 from mireg.precision import arithmetic
+from mireg.preprocessing.store import VolumeInfo, VolumeStore
 from mireg.progress import Progress
 from mireg.report import METRICS, write_reports
 from mireg.rundir import RunDir

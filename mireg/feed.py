@@ -25,7 +25,7 @@ from typing import Literal, Protocol
 import numpy as np
 import torch
 
-from mireg.data.store import VolumeStore
+from mireg.preprocessing.store import VolumeStore
 
 __all__ = [
     "Batch",

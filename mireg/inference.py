@@ -10,7 +10,7 @@ or an ONNX Runtime session (:mod:`mireg.portable`). Everything around it happens
   (:func:`window_starts`) whose probabilities are blended with a Gaussian weight (:func:`window_weight`);
 * :func:`keep_largest_components`: each structure reduced to its largest connected component in 3D
   (6-connected), the rest set to background;
-* :func:`predict_volume`: a scan from its own grid to the canvas (:mod:`mireg.data.preprocessing`),
+* :func:`predict_volume`: a scan from its own grid to the canvas (:mod:`mireg.preprocessing.volume`),
   through the network, and back to a label map on its own grid. The whole field of view is
   segmented: a slice that the training canvas cannot hold at the training spacing is placed on a
   larger canvas and segmented window by window, each window the training canvas's size (which any
@@ -26,15 +26,17 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from mireg.data.preprocessing import PERCENTILES, SliceGeometry, preprocess_volume, restore_probabilities
+from mireg.preprocessing.volume import PERCENTILES, SliceGeometry, preprocess_volume, restore_probabilities
 
 __all__ = [
     "FLIPS",
     "InferenceOptions",
     "Network",
+    "Predictor",
     "Preprocessing",
     "VolumePrediction",
     "keep_largest_components",
+    "model_identity",
     "predict_volume",
     "segment_slices",
     "softmax",
@@ -92,6 +94,36 @@ class VolumePrediction:
 
     labels: np.ndarray
     probabilities: np.ndarray
+
+
+@dataclass(frozen=True)
+class Predictor:
+    """A network and what is needed to apply it to a scan.
+
+    Attributes:
+        network: Slices ``(N, 1, H, W)`` -> logits (:data:`Network`).
+        preprocessing: The training data's spacing, canvas, classes and intensity percentiles.
+        batch: Slices per network call.
+        options: The default test-time augmentation and largest-component settings.
+        name: The model's name (its recipe's), recorded in DICOM SEG outputs.
+        version: The mireg version that trained or exported it.
+        identity: What identifies the weights (checkpoint, epoch and the weights' SHA-256, equal for
+            a run and its exports), recorded in DICOM SEG outputs as the algorithm's version.
+    """
+
+    network: Network
+    preprocessing: Preprocessing
+    batch: int
+    options: InferenceOptions
+    name: str
+    version: str
+    identity: str = ""
+
+
+def model_identity(checkpoint: str, epoch: int, weights_sha256: str) -> str:
+    """``best.pt e87 sha256:0123456789abcdef``: the checkpoint, its epoch and the weights' checksum
+    (its first 16 hex digits; the full one is in the model card), within DICOM's 64 characters."""
+    return f"{checkpoint} e{epoch} sha256:{weights_sha256[:16]}"[:64]
 
 
 def softmax(logits: np.ndarray, axis: int = 1) -> np.ndarray:
@@ -211,9 +243,9 @@ def predict_volume(
 ) -> VolumePrediction:
     """Segment one scan ``(X, Y, Z)`` on its own grid.
 
-    The scan is preprocessed as the training data was (:func:`~mireg.data.preprocessing.preprocess_volume`),
+    The scan is preprocessed as the training data was (:func:`~mireg.preprocessing.volume.preprocess_volume`),
     its slices segmented (:func:`segment_slices`), the probabilities mapped back onto the scan's grid
-    (:func:`~mireg.data.preprocessing.restore_probabilities`) and the argmax taken there, then
+    (:func:`~mireg.preprocessing.volume.restore_probabilities`) and the argmax taken there, then
     reduced to the largest components if asked. A slice larger than the training canvas at the
     training spacing goes on a canvas that holds it whole and is segmented window by window.
     """

@@ -1,4 +1,4 @@
-"""The pure loss math of the method (method.md), free of modules, recipes and training state.
+"""The pure loss math of the method (docs/methods.md), free of modules, recipes and training state.
 
 Global and local mutual information (Peng, Pedersoli, Desrosiers, "Boosting Semi-supervised Image
 Segmentation with Global and Local Mutual Information Regularization"; Ji et al., "Invariant
@@ -101,7 +101,7 @@ def global_mi_loss(
         reduction: How the joint is summed over processes.
 
     Returns:
-        Scalar ``L_global(z1, z2)`` of method.md: the joint ``sum_n z1_n z2_n^T`` is symmetrised and
+        Scalar ``L_global(z1, z2)`` of docs/methods.md: the joint ``sum_n z1_n z2_n^T`` is symmetrised and
         normalised, and ``-I`` is computed with ``e = 1e-10``.
     """
     if z1.shape != z2.shape or z1.dim() != 2:
@@ -365,7 +365,7 @@ def local_mi_loss(
         reduction: How the joints are summed over processes.
 
     Returns:
-        Scalar ``L_local(z1, z2; r)`` of method.md for ``(N, K, H, W)`` maps; ``(S,)`` losses, one per
+        Scalar ``L_local(z1, z2; r)`` of docs/methods.md for ``(N, K, H, W)`` maps; ``(S,)`` losses, one per
         sub-head, for ``(N, S, K, H, W)`` maps.
     """
     if z1.shape != z2.shape or z1.dim() not in (4, 5):

@@ -1,4 +1,4 @@
-"""Segmentation metrics on 3D volumes (method.md, "Evaluation").
+"""Segmentation metrics on 3D volumes (docs/methods.md, "Reading the numbers").
 
 All metrics are computed per volume and per class:
 

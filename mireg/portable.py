@@ -17,16 +17,14 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from mireg.errors import CheckpointError, validation_messages
-from mireg.inference import InferenceOptions, Network, Preprocessing
-
-if TYPE_CHECKING:
-    from mireg.predict import Predictor
+from mireg.inference import InferenceOptions, Network, Predictor, Preprocessing, model_identity
+from mireg.schema import Strict
 
 __all__ = [
     "CARD_FORMAT",
@@ -43,11 +41,7 @@ CARD_FORMAT = "mireg-model"
 _ONNX_HINT = "install the ONNX support: pip install 'mireg[onnx]'"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class NetworkInfo(_Strict):
+class NetworkInfo(Strict):
     """The network file: its format, interface and checksum."""
 
     file: str = Field(description="file name, beside the card")
@@ -66,8 +60,8 @@ class NetworkInfo(_Strict):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the network file")
 
 
-class PreprocessingInfo(_Strict):
-    """How a scan becomes the network's input (:mod:`mireg.data.preprocessing`)."""
+class PreprocessingInfo(Strict):
+    """How a scan becomes the network's input (:mod:`mireg.preprocessing.volume`)."""
 
     spacing: float = Field(gt=0, description="in-plane spacing (mm) slices are resampled to, bilinearly")
     canvas: int = Field(ge=1, description="side of the square canvas slices are centred on")
@@ -76,7 +70,7 @@ class PreprocessingInfo(_Strict):
     slice_axis: int = Field(2, ge=0, le=2, description="voxel axis slices are taken along")
 
 
-class ModelCard(_Strict):
+class ModelCard(Strict):
     """``model.json``: everything prediction needs besides the network."""
 
     format: Literal["mireg-model"] = "mireg-model"
@@ -144,7 +138,8 @@ def read_card(path: Path) -> ModelCard:
 
 
 def load_onnx_predictor(path: Path) -> Predictor:
-    """The :class:`~mireg.predict.Predictor` of an exported ONNX model (``model.onnx`` or its ``model.json``).
+    """The :class:`~mireg.inference.Predictor` of an exported ONNX model (``model.onnx`` or its
+    ``model.json``).
 
     The network file's checksum is checked against the card before it is loaded.
 
@@ -152,8 +147,6 @@ def load_onnx_predictor(path: Path) -> Predictor:
         CheckpointError: Missing or invalid card or network, a checksum mismatch, a card of a
             TorchScript export, or ONNX Runtime not installed.
     """
-    from mireg.predict import Predictor, model_identity  # here: mireg.predict imports this lazily too
-
     card_file = path if path.suffix == ".json" else card_path(path)
     card = read_card(card_file)
     network_file = card_file.parent / card.network.file

@@ -33,18 +33,22 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from mireg.data.cine import acdc_phases
-from mireg.data.dicom import DicomSeries  # pydicom itself is imported when a series is read
-from mireg.data.nifti import is_nifti, nifti_files, nifti_shape, nifti_stem, read_frames, write_label_map
 from mireg.errors import DataError, MiregError
-from mireg.inference import InferenceOptions, Network, Preprocessing, predict_volume
+from mireg.inference import (
+    InferenceOptions,
+    Predictor,
+    model_identity,
+    predict_volume,
+)
+from mireg.io.cine import acdc_phases
+from mireg.io.dicom import DicomSeries  # pydicom itself is imported when a series is read
+from mireg.io.nifti import is_nifti, nifti_files, nifti_shape, nifti_stem, read_frames, write_label_map
 from mireg.progress import Progress
 
 __all__ = [
     "FORMATS",
     "FrameChoice",
     "Job",
-    "Predictor",
     "Scan",
     "check_outputs",
     "collect_inputs",
@@ -61,36 +65,6 @@ _FULL_INSTALL = (
     "install mireg with torch (pip install mireg); an exported model (mireg export) predicts "
     "without it: mireg predict model.onnx ..."
 )
-
-
-@dataclass(frozen=True)
-class Predictor:
-    """A network and what is needed to apply it to a scan.
-
-    Attributes:
-        network: Slices ``(N, 1, H, W)`` -> logits (:data:`~mireg.inference.Network`).
-        preprocessing: The training data's spacing, canvas, classes and intensity percentiles.
-        batch: Slices per network call.
-        options: The default test-time augmentation and largest-component settings.
-        name: The model's name (its recipe's), recorded in DICOM SEG outputs.
-        version: The mireg version that trained or exported it.
-        identity: What identifies the weights (checkpoint, epoch and the weights' SHA-256, equal for
-            a run and its exports), recorded in DICOM SEG outputs as the algorithm's version.
-    """
-
-    network: Network
-    preprocessing: Preprocessing
-    batch: int
-    options: InferenceOptions
-    name: str
-    version: str
-    identity: str = ""
-
-
-def model_identity(checkpoint: str, epoch: int, weights_sha256: str) -> str:
-    """``best.pt e87 sha256:0123456789abcdef``: the checkpoint, its epoch and the weights' checksum
-    (its first 16 hex digits; the full one is in the model card), within DICOM's 64 characters."""
-    return f"{checkpoint} e{epoch} sha256:{weights_sha256[:16]}"[:64]
 
 
 def is_exported_model(path: Path) -> bool:
@@ -237,7 +211,7 @@ def _folder_name(folder: Path) -> str:
 
 
 def _dicom_scan(folder: Path, series_uid: str | None) -> Scan:
-    from mireg.data.dicom import dicom_files, find_series, read_frames
+    from mireg.io.dicom import dicom_files, find_series, read_frames
 
     if not dicom_files(folder):
         raise DataError(f"{folder}: holds no .nii or .nii.gz files and no DICOM files")
@@ -409,7 +383,7 @@ def plan_jobs(
 def _check_seg_sources(scan: Scan, frames: Sequence[int]) -> None:
     """Whether a SEG can reference each frame's images (from their headers, before anything is
     written): a :class:`DataError` naming the file and attribute if not."""
-    from mireg.data.dicom_seg import prepare_sources
+    from mireg.io.dicom_seg import prepare_sources
 
     try:
         import highdicom  # noqa: F401 (only to find out before anything is written)
@@ -573,7 +547,7 @@ def predict_scans(
                     described,
                 )
             if job.fmt == "seg":  # one SEG per frame, written while its datasets are at hand
-                from mireg.data.dicom_seg import write_segmentation
+                from mireg.io.dicom_seg import write_segmentation
 
                 assert frame.series is not None and frame.datasets is not None  # a DICOM scan's
                 write_segmentation(

@@ -15,14 +15,15 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, model_validator
+from pydantic import Field, SerializeAsAny, ValidationError, model_validator
 
 from mireg import registry
-from mireg.build import check_recipe
 from mireg.contract import BackboneConfig, DatasetConfig, PluginConfig, RegularizerConfig
 from mireg.errors import PluginError, RecipeError, key_path, validation_messages
 from mireg.inference import InferenceOptions
+from mireg.network import check_recipe
 from mireg.precision import Precision
+from mireg.schema import Strict
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -45,14 +46,10 @@ __all__ = [
 ]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class OptimConfig(_Strict):
+class OptimConfig(Strict):
     """``[optim]``: the optimiser and its per-epoch schedule.
 
-    The paper's (method.md): Adam, a linear warm-up to ``lr * multiplier``, then cosine annealing to
+    The paper's (docs/methods.md): Adam, a linear warm-up to ``lr * multiplier``, then cosine annealing to
     ``min_lr``. nnU-Net's (``name = "sgd"``, ``schedule = "poly"``): SGD with Nesterov momentum 0.99,
     ``lr * multiplier * (1 - epoch / epochs) ** poly_exponent``, gradients clipped to norm 12.
     """
@@ -82,7 +79,7 @@ class OptimConfig(_Strict):
 _PAPER_AUGMENT_KEYS = ("rotation", "flip_prob", "brightness", "contrast")
 
 
-class AugmentConfig(_Strict):
+class AugmentConfig(Strict):
     """``[augment]``: training augmentation, batched on the device, one affine warp per sample.
 
     ``preset = "paper"``: rotation, flips and the random crop, then brightness and contrast jitter,
@@ -114,7 +111,7 @@ class AugmentConfig(_Strict):
         return self
 
 
-class TrainConfig(_Strict):
+class TrainConfig(Strict):
     """``[train]``: loop sizes, device and precision."""
 
     epochs: int = Field(100, ge=1)
@@ -152,7 +149,7 @@ class TrainConfig(_Strict):
     )
 
 
-class InferenceConfig(_Strict):
+class InferenceConfig(Strict):
     """``[inference]``: how evaluation and prediction segment a volume by default.
 
     ``mireg eval`` and ``mireg predict`` take these unless told otherwise (``--tta/--no-tta``,
@@ -166,7 +163,7 @@ class InferenceConfig(_Strict):
         return InferenceOptions(tta=self.tta, keep_largest=self.keep_largest)
 
 
-class _RecipeSettings(_Strict):
+class _RecipeSettings(Strict):
     """The recipe's own keys (everything but the plugin tables)."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -219,7 +216,7 @@ def validate_recipe(raw: dict[str, Any], source: str) -> Recipe:
     """Validate a parsed recipe; every problem is collected into one :class:`RecipeError`.
 
     Once the schema holds, the backbone and every regulariser are built on the meta device
-    (:func:`mireg.build.check_recipe`), so a wrong tap, radius count or plugin option fails here,
+    (:func:`mireg.network.check_recipe`), so a wrong tap, radius count or plugin option fails here,
     before any data is read.
     """
     errors: list[str] = []

@@ -147,10 +147,12 @@ def write_reports(report: dict[str, Any], folder: Path, stem: str = "report") ->
 
 def read_run_report(run_dir: Path) -> dict[str, Any]:
     """The test report a run wrote (``report.json``)."""
-    path = run_dir / "report.json"
+    from mireg.rundir import RunDir
+
+    path = RunDir(run_dir).file(RunDir.REPORT)
     if not path.is_file():
         raise RunError(
-            f"{run_dir}: no report.json in this run directory", f"evaluate it first: mireg eval {run_dir}"
+            f"{run_dir}: no {path.name} in this run directory", f"evaluate it first: mireg eval {run_dir}"
         )
     try:
         report: dict[str, Any] = json.loads(path.read_text())

@@ -47,6 +47,13 @@ class RunDir:
     SPLIT = "split.json"
     METRICS = "metrics.csv"
     CURVES = "curves.png"
+    TENSORBOARD = "tensorboard"
+    LAST = "last.pt"
+    BEST = "best.pt"
+    #: The test report of the run's model (``report.json``): a run that has one is finished.
+    REPORT = "report.json"
+    #: What a run holds before its first checkpoint (nothing worth keeping: it can start over).
+    BEFORE_CHECKPOINT = frozenset({RECIPE, VERSIONS, SPLIT, METRICS, TENSORBOARD})
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -118,6 +125,16 @@ class RunDir:
         """The path of a file of the run."""
         return self.path / name
 
+    @property
+    def finished(self) -> bool:
+        """Whether the run wrote its test report."""
+        return self.file(self.REPORT).is_file()
+
+    @property
+    def checkpointed(self) -> bool:
+        """Whether the run wrote its last checkpoint (it can resume)."""
+        return self.file(self.LAST).is_file()
+
     def checkpoint(self, which: str = "best") -> Path:
         """The checkpoint file ``best``, ``last`` or a ``.pt`` file name of the run.
 
@@ -139,7 +156,7 @@ class RunDir:
     def report_stem(self, split: str, checkpoint: str) -> str:
         """``report`` for the test split of ``best``, else ``report_<split>_<checkpoint>``."""
         name = Path(checkpoint).stem
-        return "report" if (split, name) == ("test", "best") else f"report_{split}_{name}"
+        return Path(self.REPORT).stem if (split, name) == ("test", "best") else f"report_{split}_{name}"
 
     def overlays(self, split: str) -> Path:
         return self.file(f"overlays_{split}")
@@ -210,7 +227,7 @@ class MetricsLog:
         if importlib.util.find_spec("tensorboard") is not None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._board = SummaryWriter(str(run_dir / "tensorboard"))
+            self._board = SummaryWriter(str(run_dir / RunDir.TENSORBOARD))
 
     def _write(self) -> None:
         buffer = io.StringIO()

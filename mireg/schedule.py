@@ -1,4 +1,4 @@
-"""Schedules: the per-epoch learning rate (method.md's linear warm-up then cosine annealing, or
+"""Schedules: the per-epoch learning rate (the paper's linear warm-up then cosine annealing, or
 nnU-Net's polynomial decay), and the optional ramp-up of a regulariser's weight."""
 
 from __future__ import annotations

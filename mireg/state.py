@@ -19,11 +19,11 @@ import torch
 from torch import nn
 
 import mireg
-from mireg.build import Term, build_network, evaluation_model
 from mireg.checkpoint import load_checkpoint
 from mireg.contract import Backbone, Regularizer
 from mireg.errors import CheckpointError, MiregError
 from mireg.inference import Preprocessing
+from mireg.network import Term, build_network, evaluation_model
 from mireg.recipe import Recipe, validate_recipe
 
 __all__ = ["Checkpoint", "DataInfo", "RunningMeans", "TrainState", "TrainedModel", "load_trained"]

@@ -1,7 +1,8 @@
-"""One optimisation step (design.md, "The training core").
+"""One optimisation step (docs/architecture.md, "A training step").
 
-1. Labelled and unlabelled slices are drawn from the tensors already on the device and augmented
-   there in one batched warp; ``T`` is drawn once.
+1. The step's labelled and unlabelled slices come from the feed (:mod:`mireg.feed`: gathered on
+   the device, or streamed from disk ahead of the step) and are augmented on the device in one
+   batched warp; ``T`` is drawn once.
 2. One forward pass over ``[x_l, x_u, T(x_u)]`` with the feature taps the regularisers asked for
    (hooks registered once, :class:`TappedNetwork`); :func:`step_context` splits the result into the
    :class:`~mireg.contract.StepContext` every regulariser reads.
@@ -123,19 +124,19 @@ def step_context(
         f_l, f_u, f_tu = value.split(sizes)
         split[name] = (f_l, f_u, f_tu)
     return StepContext(
-        logits_l,
-        logits_u,
-        logits_tu,
-        split,
-        transform,
-        step,
-        epoch,
-        x_u,
-        x_l,
-        y_l,
-        tapped.extra,
-        reduction,
-        generator,
+        logits_l=logits_l,
+        logits_u=logits_u,
+        logits_tu=logits_tu,
+        features=split,
+        transform=transform,
+        step=step,
+        epoch=epoch,
+        x_u=x_u,
+        x_l=x_l,
+        y_l=y_l,
+        run_network=tapped.extra,
+        reduction=reduction,
+        generator=generator,
     )
 
 
@@ -153,7 +154,7 @@ class TrainStep:
 
     Args:
         state: The training state (network, regularisers, optimiser, generator, position).
-        data: The run's data on the device.
+        data: The run's data (the store and the pools its feed draws from).
         runtime: The process set-up (sharding, the DDP wrapper).
     """
 

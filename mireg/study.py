@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from mireg.errors import MiregError, RecipeError
 from mireg.files import atomic_write_text
@@ -45,6 +45,8 @@ from mireg.recipe import (
     validate_recipe,
     validation_messages,
 )
+from mireg.rundir import RunDir
+from mireg.schema import Strict
 
 __all__ = [
     "Amount",
@@ -59,11 +61,7 @@ __all__ = [
 ]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class MethodSpec(_Strict):
+class MethodSpec(Strict):
     """``[methods.NAME]``: a recipe, overrides for every run, and an optional grid of settings."""
 
     recipe: Path = Field(description="recipe file, relative to the study file")
@@ -86,7 +84,7 @@ class MethodSpec(_Strict):
         return self
 
 
-class QuickSpec(_Strict):
+class QuickSpec(Strict):
     """``[quick]``: the ``--quick`` preset, for a check that finishes in minutes."""
 
     seeds: int = Field(2, ge=1, description="the first N seeds")
@@ -97,7 +95,7 @@ class QuickSpec(_Strict):
     grid: bool = Field(False, description="keep the grids (false: each method's first configuration)")
 
 
-class StudySpec(_Strict):
+class StudySpec(Strict):
     """A study file."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -458,19 +456,23 @@ class Study:
             MiregError: As :meth:`recipe_text`, when the study file changed since the run was planned.
         """
         self.recipe_text(key)
-        run_dir = self.out / "runs" / key.name
-        if (run_dir / "report.json").is_file():
+        run = self.run_dir(key)
+        if run.finished:
             return "done", 1.0
         if not self.resumable(key):
             return "train", 0.0
         train = self.recipe(key).get("train", {})
         epochs = train.get("epochs", TrainConfig.model_fields["epochs"].default)
         try:
-            with open(run_dir / "metrics.csv", newline="") as fh:
+            with open(run.file(RunDir.METRICS), newline="") as fh:
                 trained = len(list(csv.DictReader(fh)))
         except OSError:
             trained = 0
         return "resume", min(trained / epochs, 1.0)
+
+    def run_dir(self, key: RunKey) -> RunDir:
+        """The run's folder."""
+        return RunDir(self.out / "runs" / key.name)
 
     def engine(self, key: RunKey) -> str:
         """What trains the run: ``mireg`` or ``nnunet``."""
@@ -479,12 +481,12 @@ class Study:
     def resumable(self, key: RunKey) -> bool:
         """Whether the run started and can continue (a mireg run from its last checkpoint, an
         nnU-Net run from its last finished stage)."""
-        run_dir = self.out / "runs" / key.name
+        run = self.run_dir(key)
         if self.engine(key) == "nnunet":
             from mireg.nnunet.workflow import NnUNetRun
 
-            return NnUNetRun.resumable(run_dir)
-        return (run_dir / "last.pt").is_file()
+            return NnUNetRun.resumable(run.path)
+        return run.checkpointed
 
     def compared(self) -> list[tuple[str, str]]:
         """The pairs whose paired test-DSC difference the report gives beyond the baseline's: the
@@ -596,9 +598,6 @@ def _toml_literal(value: Any) -> str:
 # Running the runs
 
 
-_LEFTOVERS = {"recipe.toml", "versions.json", "split.json", "metrics.csv", "tensorboard"}
-
-
 def _gpu_count() -> int:
     import torch
 
@@ -617,18 +616,18 @@ class _Runner:
     def _command(self, key: RunKey) -> list[str] | None:
         """The ``mireg`` arguments that train or resume the run, or None if it is finished."""
         study = self.study
-        run_dir = study.out / "runs" / key.name
+        run = study.run_dir(key)
         atomic_write_text(study.recipe_file(key), study.recipe_text(key))
         command = "nnunet" if study.engine(key) == "nnunet" else "train"
-        if (run_dir / "report.json").is_file():
+        if run.finished:
             return None
         if study.resumable(key):
-            return [command, "--resume", str(run_dir)]
-        if run_dir.exists():  # started, killed before its first checkpoint: nothing to keep
-            extra = {p.name for p in run_dir.iterdir()} - _LEFTOVERS
+            return [command, "--resume", str(run)]
+        if run.path.exists():  # started, killed before its first checkpoint: nothing to keep
+            extra = {p.name for p in run.path.iterdir()} - RunDir.BEFORE_CHECKPOINT
             if extra:
-                raise MiregError(f"{run_dir}: holds {sorted(extra)} but no checkpoint; not touching it")
-            shutil.rmtree(run_dir)
+                raise MiregError(f"{run}: holds {sorted(extra)} but no checkpoint; not touching it")
+            shutil.rmtree(run.path)
         return [command, str(study.recipe_file(key))]
 
     def run(self, keys: list[RunKey], report: Callable[[RunRecord, bool], None]) -> list[RunRecord]:
@@ -686,28 +685,27 @@ class _Runner:
 
 def _record(study: Study, key: RunKey, status: str) -> RunRecord:
     """The run's record, read from its folder when it finished."""
-    run_dir = study.out / "runs" / key.name
+    run = study.run_dir(key)
     log = study.out / "logs" / f"{key.name}.log"
     record = RunRecord(key.name, key.method, key.config, key.amount.label, key.seed, status, log=str(log))
-    metrics = run_dir / "metrics.csv"
     if status != "done":
         return record
     try:
-        with open(metrics, newline="") as fh:
+        with open(run.file(RunDir.METRICS), newline="") as fh:
             rows = list(csv.DictReader(fh))
-        summary = json.loads((run_dir / "report.json").read_text())["summary"]
+        summary = json.loads(run.file(RunDir.REPORT).read_text())["summary"]
         record.val_dice = max(float(r["val_dice/mean"]) for r in rows if r.get("val_dice/mean"))
         record.minutes = sum(float(r["seconds"]) for r in rows) / 60
         record.test_dice = float(summary["dice"]["all"]["mean"]["mean"])
         hd95 = summary["hd95"]["all"]["mean"]["mean"]  # None where no volume had one
         record.test_hd95 = math.nan if hd95 is None else float(hd95)
-        if (run_dir / "split.json").is_file():
-            split = json.loads((run_dir / "split.json").read_text())
+        if run.file(RunDir.SPLIT).is_file():
+            split = json.loads(run.file(RunDir.SPLIT).read_text())
             held = json.dumps([sorted(split["validation"]), sorted(split["test"])])
             record.split = hashlib.sha256(held.encode()).hexdigest()[:12]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         record.status = "failed"
-        record.log = f"{log} ({run_dir}: unreadable results: {exc})"
+        record.log = f"{log} ({run}: unreadable results: {exc})"
     return record
 
 

@@ -34,7 +34,7 @@ from mireg.contract import (
     StepContext,
     Transform,
 )
-from mireg.data.store import VolumeStore
+from mireg.preprocessing.store import VolumeStore
 from mireg.step import TappedNetwork
 from mireg.step import step_context as build_step_context
 

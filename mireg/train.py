@@ -2,8 +2,9 @@
 
 The pieces, each in its own module:
 
-* :mod:`mireg.build`: the recipe's network and loss terms (checked first on the meta device) and
-  its data on the device;
+* :mod:`mireg.network`: the recipe's network and loss terms (checked first on the meta device);
+* :mod:`mireg.build`: its data (the store and its pools; :mod:`mireg.feed` brings each step's
+  slices to the device);
 * :mod:`mireg.state`: :class:`~mireg.state.TrainState`, everything a checkpoint holds;
 * :mod:`mireg.step`: one optimisation step;
 * :mod:`mireg.rundir`: the run folder and every write in it;
@@ -26,10 +27,11 @@ from typing import Any
 
 import torch
 
-from mireg.build import RunData, build_network, load_data
+from mireg.build import RunData, load_data
 from mireg.checkpoint import save_checkpoint
 from mireg.errors import RunError, RunInterrupted
 from mireg.evaluate import evaluate_run, validation_dice
+from mireg.network import build_network
 from mireg.plots import plot_curves
 from mireg.progress import Observer
 from mireg.recipe import Recipe, load_recipe
@@ -116,7 +118,7 @@ class Trainer:
             term = bad[0] if bad else "total"
             raise RunError(
                 f"non-finite loss in term {term!r} at epoch {self.state.epoch + 1}, around step "
-                f"{self.state.step}; the last good checkpoint is {run.file('last.pt')}",
+                f"{self.state.step}; the last good checkpoint is {run.file(RunDir.LAST)}",
                 "lower the learning rate or the regulariser weights, or set train.skip_nonfinite = true",
             )
 
@@ -138,10 +140,10 @@ class Trainer:
                 self.obs.step(state.iteration, means)
             if self.runtime.stop_agreed(self._stop_requested, boundary=state.iteration % cfg.log_every == 0):
                 if self.runtime.is_main:
-                    save_checkpoint(state.state_dict(), run.file("last.pt"))
+                    save_checkpoint(state.state_dict(), run.file(RunDir.LAST))
                 raise RunInterrupted(
                     f"{run}: stopped at epoch {state.epoch + 1}, step {state.step}; "
-                    f"checkpoint saved to {run.file('last.pt')}",
+                    f"checkpoint saved to {run.file(RunDir.LAST)}",
                     f"continue with: mireg train --resume {run}",
                 )
         means = state.running.means()
@@ -195,8 +197,8 @@ class Trainer:
                 if main:
                     checkpoint = state.state_dict()
                     if improved:
-                        save_checkpoint(checkpoint, run.file("best.pt"))
-                    save_checkpoint(checkpoint, run.file("last.pt"))
+                        save_checkpoint(checkpoint, run.file(RunDir.BEST))
+                    save_checkpoint(checkpoint, run.file(RunDir.LAST))
                 self.obs.epoch_end(row)
         if not main:
             return {}

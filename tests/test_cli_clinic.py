@@ -14,9 +14,9 @@ import pytest
 
 import mireg
 from mireg.data.phantom import generate_patient
-from mireg.data.preprocessing import preprocess_volume
 from mireg.inference import InferenceOptions, predict_volume
 from mireg.predict import load_predictor
+from mireg.preprocessing.volume import preprocess_volume
 from mireg.recipe import dump_toml
 
 from .helpers import run_fresh_python, tiny_recipe, write_dicom_series

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from mireg.build import build_network
 from mireg.checkpoint import load_checkpoint
 from mireg.evaluate import segment
+from mireg.network import build_network
 from mireg.recipe import validate_recipe
 
 from .helpers import load_benchmark

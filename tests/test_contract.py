@@ -72,7 +72,7 @@ def test_a_broken_plugin_is_reported_with_its_name() -> None:
 def test_the_store_imports_nothing_of_the_contract() -> None:
     # The contract re-exports the store types; the store importing the contract back would be a cycle.
     code = (
-        "import sys, mireg.data.store, mireg.data.preprocessing; "
+        "import sys, mireg.preprocessing.store, mireg.preprocessing.volume; "
         "assert 'mireg.contract' not in sys.modules, 'mireg.contract was imported'"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
@@ -81,8 +81,8 @@ def test_the_store_imports_nothing_of_the_contract() -> None:
 
 def test_the_contract_exposes_what_a_dataset_plugin_needs() -> None:
     import mireg.contract as contract
-    from mireg.data.preprocessing import StoreBuilder
-    from mireg.data.store import VolumeInfo, VolumeStore
+    from mireg.preprocessing.store import VolumeInfo, VolumeStore
+    from mireg.preprocessing.volume import StoreBuilder
     from mireg.progress import Progress
 
     expected = {

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from mireg.backbones.unet import UNetConfig
-from mireg.build import RunData, Term, build_network, load_data
+from mireg.build import RunData, load_data
+from mireg.network import Term, build_network
 from mireg.recipe import validate_recipe
 from mireg.regularizers.bcp import (
     BCP,

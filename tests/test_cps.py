@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from mireg.backbones.unet import UNetConfig
-from mireg.build import Term, build_network, load_data
+from mireg.build import load_data
+from mireg.network import Term, build_network
 from mireg.recipe import validate_recipe
 from mireg.regularizers.cps import CPSConfig, CrossPseudoSupervision, MeanOfTwo
 from mireg.runtime import Runtime

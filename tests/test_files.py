@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mireg.data.store import StoreWriter
 from mireg.files import atomic_write, atomic_write_text
+from mireg.preprocessing.store import StoreWriter
 
 
 @pytest.fixture

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from mireg.errors import DataError
-from mireg.inference import InferenceOptions, Preprocessing
-from mireg.predict import FrameChoice, Predictor, collect_inputs, predict_scans
+from mireg.inference import InferenceOptions, Predictor, Preprocessing
+from mireg.predict import FrameChoice, collect_inputs, predict_scans
 
 from .helpers import write_dicom_series
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from mireg.backbones.smp import SMPConfig
 from mireg.backbones.unet import UNet, UNetConfig
-from mireg.build import RunData, Term, build_network, load_data
+from mireg.build import RunData, load_data
 from mireg.contract import (
     BackboneConfig,
     Forward,
@@ -22,6 +22,7 @@ from mireg.contract import (
     StepContext,
     Transform,
 )
+from mireg.network import Term, build_network
 from mireg.recipe import Recipe, validate_recipe
 from mireg.regularizers.fixmatch import FixMatch, FixMatchConfig, StrongAugment
 from mireg.regularizers.unimatch import UniMatch, UniMatchConfig, channel_dropout, confident_dice_loss

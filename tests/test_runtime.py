@@ -124,7 +124,7 @@ def test_the_build_takes_mireg_version_and_every_module_from_the_repository_or_a
     files = build_hook.source_files(sources)
     assert set(files.values()) == check.mireg_modules()
     assert all(Path(source).is_file() and "__pycache__" not in source for source in files)
-    assert files[str(REPO / "mireg" / "data" / "dicom.py")] == "mireg/data/dicom.py"
+    assert files[str(REPO / "mireg" / "io" / "dicom.py")] == "mireg/io/dicom.py"
 
     sdist = tmp_path / "mireg_runtime-0.1.0"
     (sdist / "mireg").mkdir(parents=True)

@@ -1,4 +1,4 @@
-"""The paper's 2D UNet (method.md, "Network"), with feature taps named after its blocks.
+"""The paper's 2D UNet (docs/methods.md), with feature taps named after its blocks.
 
 Encoder blocks ``Conv1..Conv5`` (16..256 channels with the default ``base_channels = 16``), 2x2 max
 pooling between them; decoder ``Up5..Up2`` (nearest x2 upsampling + 3x3 conv + BN + ReLU), each

@@ -7,8 +7,8 @@ Raw layout (the download, or mireg's synthetic cohort, which mimics it)::
     RAW/testing/patient101/...                         (labels optional: unlabelled data)
 
 ``RAW`` may also be the folder holding the patient folders directly. The ED and ES frames are read
-(``_4d`` files are ignored), preprocessed by :func:`mireg.data.preprocessing.preprocess_volume` and
-written as a :class:`~mireg.data.store.VolumeStore`.
+(``_4d`` files are ignored), preprocessed by :func:`mireg.preprocessing.volume.preprocess_volume` and
+written as a :class:`~mireg.preprocessing.store.VolumeStore`.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ from functools import partial
 from pathlib import Path
 
 from mireg.contract import Progress, reject_options
-from mireg.data.cine import read_info
-from mireg.data.nifti import NIFTI_SUFFIXES, read_scan
-from mireg.data.preprocessing import StoreBuilder
-from mireg.data.store import VolumeStore
 from mireg.data.stored import StoredDatasetConfig
 from mireg.errors import DataError
+from mireg.io.cine import read_info
+from mireg.io.nifti import NIFTI_SUFFIXES, read_scan
+from mireg.preprocessing.store import VolumeStore
+from mireg.preprocessing.volume import StoreBuilder
 
 __all__ = ["ACDC_CLASSES", "ACDCConfig", "add_acdc", "find_patients", "preprocess_acdc", "read_info"]
 

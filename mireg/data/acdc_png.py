@@ -15,9 +15,9 @@ import numpy as np
 
 from mireg.contract import Progress, reject_options
 from mireg.data.acdc import ACDC_CLASSES
-from mireg.data.preprocessing import StoreBuilder
 from mireg.data.stored import StoredDatasetConfig
 from mireg.errors import DataError
+from mireg.preprocessing.volume import StoreBuilder
 
 __all__ = ["ACDCPngConfig", "add_acdc_png"]
 

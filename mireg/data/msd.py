@@ -24,10 +24,10 @@ import numpy as np
 from pydantic import Field
 
 from mireg.contract import Progress, reject_options
-from mireg.data.nifti import NIFTI_SUFFIXES, nifti_files, nifti_stem, read_scan
-from mireg.data.preprocessing import RawVolume, StoreBuilder
 from mireg.data.stored import StoredDatasetConfig
 from mireg.errors import DataError
+from mireg.io.nifti import NIFTI_SUFFIXES, nifti_files, nifti_stem, read_scan
+from mireg.preprocessing.volume import RawVolume, StoreBuilder
 
 __all__ = ["MSDConfig", "add_msd", "read_dataset_json"]
 

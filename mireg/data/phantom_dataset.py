@@ -23,7 +23,7 @@ from pydantic import Field
 from mireg.contract import DatasetConfig, Progress
 from mireg.data.acdc import preprocess_acdc
 from mireg.data.phantom import generate_cohort
-from mireg.data.store import VolumeStore
+from mireg.preprocessing.store import VolumeStore
 
 __all__ = ["COHORT_VERSION", "PhantomConfig", "default_cache_dir"]
 
@@ -80,7 +80,7 @@ class PhantomConfig(DatasetConfig):
         path = self.store_path()
         path.parent.mkdir(parents=True, exist_ok=True)
         with _exclusive(path.parent / f".{path.name}.lock"):  # parallel runs wait for one writer
-            if not (path / "store.json").is_file():
+            if not VolumeStore.exists(path):
                 self._generate(path, progress)
         return VolumeStore.load(path)
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 from mireg import registry
 from mireg.contract import DatasetConfig
-from mireg.data.nifti import add_unlabeled_folder
-from mireg.data.preprocessing import StoreBuilder
-from mireg.data.store import VolumeStore
 from mireg.errors import MiregError, PluginError
+from mireg.io.nifti import add_unlabeled_folder
+from mireg.preprocessing.store import VolumeStore
+from mireg.preprocessing.volume import StoreBuilder
 from mireg.progress import Progress
 
 __all__ = ["prepare_store", "preprocessable"]
@@ -80,7 +80,7 @@ def prepare_store(
         "unlabeled": [str(p.resolve()) for p in unlabeled],
     }
     if out.exists():
-        if (out / "store.json").is_file():
+        if VolumeStore.exists(out):
             existing = VolumeStore.load(out)
             if existing.provenance == provenance:
                 return existing, False

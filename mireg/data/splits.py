@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from mireg.contract import DatasetConfig
-from mireg.data.store import VolumeStore
 from mireg.errors import DataError
+from mireg.preprocessing.store import VolumeStore
 
 __all__ = ["Split", "make_split"]
 

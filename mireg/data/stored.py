@@ -1,6 +1,6 @@
 """Datasets trained from a store on disk: the base of every dataset that ``mireg preprocess`` fills.
 
-This lives apart from :mod:`mireg.data.store` so that the store format depends on nothing above it,
+This lives apart from :mod:`mireg.preprocessing.store` so that the store format depends on nothing above it,
 while dataset configs (which subclass the plugin contract's :class:`~mireg.contract.DatasetConfig`)
 may use it.
 """
@@ -12,8 +12,8 @@ from pathlib import Path
 from pydantic import Field
 
 from mireg.contract import DatasetConfig
-from mireg.data.store import VolumeStore
 from mireg.errors import DataError
+from mireg.preprocessing.store import VolumeStore
 from mireg.progress import Progress
 
 __all__ = ["StoredDatasetConfig"]

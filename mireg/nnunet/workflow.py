@@ -41,11 +41,11 @@ import nibabel as nib
 import numpy as np
 
 from mireg.data.splits import Split, make_split
-from mireg.data.store import VolumeInfo, VolumeStore
 from mireg.errors import MiregError, RunError, RunInterrupted
 from mireg.evaluate import VolumeResult, build_report, score_volume
 from mireg.files import atomic_write, atomic_write_text
 from mireg.inference import keep_largest_components
+from mireg.preprocessing.store import VolumeInfo, VolumeStore
 from mireg.processes import ending_with_parent
 from mireg.progress import Observer
 from mireg.recipe import Recipe
@@ -304,7 +304,9 @@ class NnUNetRun:
             "method": f"nnU-Net v2 {version}, 2d, fold all, {TRAINER}",
         }
         report = build_report(results, store.classes[1:], meta)
-        write_reports(report, self.run.path, "report" if split == "test" else f"report_{split}_final")
+        # the test report is the run's report.json (a study takes the run as finished by it)
+        stem = Path(RunDir.REPORT).stem if split == "test" else self.run.report_stem(split, "final")
+        write_reports(report, self.run.path, stem)
         return report
 
     # --------------------------------------------------------------------------- nnU-Net's commands

@@ -28,7 +28,7 @@ class EntropyMin(Regularizer):
 
 
 class EntropyMinConfig(RegularizerConfig):
-    """``[[regularizers]] name = "entropy_min"``: only ``weight`` (method.md: 1e-5 .. 1e-3)."""
+    """``[[regularizers]] name = "entropy_min"``: only ``weight`` (docs/methods.md: 1e-5 .. 1e-3)."""
 
     def build(self, backbone: Backbone) -> EntropyMin:
         return EntropyMin()

@@ -48,7 +48,7 @@ class MeanTeacher(Regularizer):
 
 
 class MeanTeacherConfig(RegularizerConfig):
-    """``[[regularizers]] name = "mean_teacher"``: ``weight`` (method.md: 10) and ``max_decay``."""
+    """``[[regularizers]] name = "mean_teacher"``: ``weight`` (docs/methods.md: 10) and ``max_decay``."""
 
     max_decay: float = Field(0.999, gt=0, lt=1)
 

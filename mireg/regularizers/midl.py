@@ -1,6 +1,6 @@
 """The MIDL 2020 variant: local mutual information on the network's softmax outputs, no heads.
 
-``L = L_local(T(p(x_u)), p(T(x_u)); r)`` with ``r = 1`` by default (method.md, "midl"); the recipe
+``L = L_local(T(p(x_u)), p(T(x_u)); r)`` with ``r = 1`` by default (docs/methods.md, "midl"); the recipe
 adds the transform consistency as its own regulariser.
 """
 

@@ -1,4 +1,4 @@
-"""Global and local mutual-information regularisation with cluster heads (method.md, "MI regulariser").
+"""Global and local mutual-information regularisation with cluster heads (docs/methods.md).
 
 On an encoder tap ``F``: ``L = L_global(head(F(x_u)), head(F(T(x_u))))`` (pooling makes it an
 invariance). On a decoder tap: ``L = L_local(head(T(F(x_u))), head(F(T(x_u))); r)`` (equivariance).

@@ -10,10 +10,10 @@ import pytest
 from mireg.contract import DatasetConfig
 from mireg.data.acdc import preprocess_acdc
 from mireg.data.phantom import generate_cohort
-from mireg.data.preprocessing import SliceGeometry, preprocess_volume, restore_labels
 from mireg.data.splits import Split, make_split
-from mireg.data.store import VolumeStore
 from mireg.errors import DataError
+from mireg.preprocessing.store import VolumeStore
+from mireg.preprocessing.volume import SliceGeometry, preprocess_volume, restore_labels
 
 
 @pytest.fixture(scope="module")

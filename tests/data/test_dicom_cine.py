@@ -15,7 +15,7 @@ from .test_dicom import oblique_affine
 
 pydicom = pytest.importorskip("pydicom", reason="DICOM input needs the clinic extra (pydicom)")
 
-from mireg.data.dicom import find_series, read_frames, read_series  # noqa: E402
+from mireg.io.dicom import find_series, read_frames, read_series  # noqa: E402
 
 SHAPE = (10, 8, 5)  # X, Y, Z of each frame
 FRAMES = 4
@@ -186,7 +186,7 @@ def test_equal_timings_at_one_position_are_refused(tmp_path: Path) -> None:
 
 def test_the_seg_of_one_frame_references_exactly_its_instances(tmp_path: Path) -> None:
     hd = pytest.importorskip("highdicom", reason="DICOM SEG output needs the clinic extra (highdicom)")
-    from mireg.data.dicom_seg import write_segmentation
+    from mireg.io.dicom_seg import write_segmentation
 
     write_cine(tmp_path / "cine", "trigger")
     frames = frames_of(tmp_path / "cine")

@@ -16,7 +16,7 @@ from .test_dicom import SHAPE, oblique_affine, stored_volume
 
 hd = pytest.importorskip("highdicom", reason="DICOM SEG output needs the clinic extra (highdicom)")
 
-from mireg.data.dicom_seg import prepare_sources, write_segmentation  # noqa: E402
+from mireg.io.dicom_seg import prepare_sources, write_segmentation  # noqa: E402
 
 pydicom = pytest.importorskip("pydicom")
 

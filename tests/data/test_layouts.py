@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from mireg.data.phantom import generate_cohort, generate_patient
-from mireg.data.store import VolumeStore
+from mireg.preprocessing.store import VolumeStore
 
 
 def _organ_case(seed: int, shape: tuple[int, int, int] = (40, 36, 5)) -> tuple[np.ndarray, np.ndarray]:

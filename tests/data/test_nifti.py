@@ -9,9 +9,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from mireg.data.nifti import add_unlabeled_folder, is_nifti, nifti_files, nifti_stem, read_volume
-from mireg.data.preprocessing import StoreBuilder
 from mireg.errors import DataError
+from mireg.io.nifti import add_unlabeled_folder, is_nifti, nifti_files, nifti_stem, read_volume
+from mireg.preprocessing.volume import StoreBuilder
 
 
 def _scan(path: Path, seed: int = 0) -> Path:

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mireg.data.preprocessing import resample_slices
+from mireg.preprocessing.volume import resample_slices
 
 
 @pytest.mark.parametrize("size", [(7, 9), (31, 20), (64, 64), (130, 154)])

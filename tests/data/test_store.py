@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mireg.data.store import VolumeInfo, VolumeStore
+from mireg.preprocessing.store import VolumeInfo, VolumeStore
 
 
 @pytest.fixture

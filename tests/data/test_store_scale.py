@@ -20,8 +20,8 @@ import pytest
 
 from mireg.data.phantom import generate_cohort
 from mireg.data.prepare import prepare_store
-from mireg.data.store import VolumeStore
 from mireg.errors import DataError
+from mireg.preprocessing.store import VolumeStore
 
 from ..conftest import CliResult
 
@@ -114,7 +114,7 @@ def test_preprocessing_memory_does_not_grow_with_the_data_set(tmp_path: Path) ->
         import resource, sys
         from functools import partial
         import numpy as np
-        from mireg.data.preprocessing import RawVolume, StoreBuilder
+        from mireg.preprocessing.volume import RawVolume, StoreBuilder
 
         def scan(seed):
             rng = np.random.default_rng(seed)

@@ -205,10 +205,19 @@ class VolumeStore:
             writer.discard()
             raise
 
+    #: The store's description (classes, grid, volumes, provenance), written last: a folder that
+    #: has it holds a complete store.
+    META = "store.json"
+
+    @classmethod
+    def exists(cls, path: Path) -> bool:
+        """Whether ``path`` holds a complete store."""
+        return (path / cls.META).is_file()
+
     @classmethod
     def load(cls, path: Path) -> VolumeStore:
         """Open a store folder (arrays memory-mapped read-only)."""
-        meta_file = path / "store.json"
+        meta_file = path / cls.META
         if not meta_file.is_file():
             raise DataError(
                 f"{path}: not a preprocessed mireg store (no store.json)",
@@ -327,7 +336,7 @@ class StoreWriter:
             "volumes": [asdict(v) for v in volumes],
             "provenance": provenance,
         }
-        (self.tmp / "store.json").write_text(json.dumps(meta, indent=1))
+        (self.tmp / VolumeStore.META).write_text(json.dumps(meta, indent=1))
         _publish(self.tmp, self.path)
 
     def discard(self) -> None:

@@ -28,8 +28,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from mireg.data.store import StoreWriter, VolumeInfo, VolumeStore
 from mireg.errors import DataError
+from mireg.preprocessing.store import StoreWriter, VolumeInfo, VolumeStore
 
 __all__ = [
     "PERCENTILES",

@@ -8,9 +8,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from mireg.data.preprocessing import RawVolume, StoreBuilder
 from mireg.errors import DataError
 from mireg.files import atomic_write
+from mireg.preprocessing.volume import RawVolume, StoreBuilder
 from mireg.progress import Progress
 
 __all__ = [
@@ -160,7 +160,7 @@ def read_scan(
     channel: int | None = None,
 ) -> RawVolume:
     """Read a scan, and its label map when given (checked with :func:`read_label_for`): the reader
-    that datasets hand to :meth:`StoreBuilder.add_file <mireg.data.preprocessing.StoreBuilder.add_file>`
+    that datasets hand to :meth:`StoreBuilder.add_file <mireg.preprocessing.volume.StoreBuilder.add_file>`
     (through ``functools.partial``)."""
     image, affine, spacing = read_volume(image_file, channel=channel)
     label = None

@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from mireg.data.dicom import DicomSeries, absence
 from mireg.errors import DataError
 from mireg.files import atomic_write
+from mireg.io.dicom import DicomSeries, absence
 
 __all__ = ["CARDIAC_CODES", "prepare_sources", "segment_codes", "write_segmentation"]
 
