@@ -22,13 +22,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mireg.build import load_data
 from mireg.errors import MiregError
 from mireg.network import build_network
 from mireg.regularizers.mutual_information import MutualInformation
-from mireg.rundir import RunDir
-from mireg.state import Checkpoint, TrainState
-from mireg.step import TappedNetwork
+from mireg.training.data import load_data
+from mireg.training.rundir import RunDir
+from mireg.training.state import Checkpoint, TrainState
+from mireg.training.step import TappedNetwork
 
 
 def uncertainty_coefficient(counts: np.ndarray) -> float:

@@ -25,8 +25,8 @@ import torch
 
 from mireg.evaluate import evaluate_volumes, summarize
 from mireg.inference import InferenceOptions
-from mireg.rundir import RunDir
-from mireg.state import load_trained
+from mireg.training.rundir import RunDir
+from mireg.training.state import load_trained
 
 OPTIONS = {
     "plain": InferenceOptions(),

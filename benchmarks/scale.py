@@ -127,7 +127,7 @@ def _steps(store: Path, placement: str, device: str, steps: int, warmup: int) ->
     """Seconds per training step of acdc_partial on ``store``."""
     from mireg.progress import Observer
     from mireg.recipe import load_recipe
-    from mireg.train import Trainer
+    from mireg.training.loop import Trainer
 
     recipes = Path(__file__).resolve().parents[1] / "recipes"
     overrides = [

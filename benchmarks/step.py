@@ -32,8 +32,8 @@ from mireg.host_memory import keep_freed_memory
 from mireg.losses import local_mi_loss
 from mireg.progress import Observer
 from mireg.recipe import load_recipe
-from mireg.runtime import resolve_device
-from mireg.train import Trainer
+from mireg.training.loop import Trainer
+from mireg.training.runtime import resolve_device
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 

@@ -36,11 +36,10 @@ from mireg.errors import MiregError, RunInterrupted
 from mireg.progress import Observer
 
 if TYPE_CHECKING:
-    from mireg.train import Trainer
+    from mireg.training.loop import Trainer
 
 # Help, --version and `plugins` import nothing heavy: whatever pulls in torch (mireg.contract,
-# mireg.train, mireg.distributed, mireg.evaluate, the data modules) is imported by the command that
-# uses it.
+# mireg.training, mireg.evaluate, the data modules) is imported by the command that uses it.
 
 app = typer.Typer(
     name="mireg",
@@ -285,8 +284,8 @@ def train(
     """
     _require_torch("mireg train")
     from mireg.recipe import load_recipe
-    from mireg.runtime import Runtime
-    from mireg.train import Trainer, choose_run, resume_point
+    from mireg.training.loop import Trainer, choose_run, resume_point
+    from mireg.training.runtime import Runtime
 
     checkpoint = None
     if resume is not None:
@@ -466,10 +465,10 @@ def _options(default: Any, tta: bool | None, keep_largest: bool | None) -> Any:
 def _eval_run(
     run_dir: Path, split: str, checkpoint: str, overlays: bool, tta: bool | None, keep_largest: bool | None
 ) -> None:
-    from mireg.evaluate import evaluate_run
     from mireg.plots import save_overlay
     from mireg.recipe import load_recipe
-    from mireg.rundir import RunDir
+    from mireg.training.evaluation import evaluate_run
+    from mireg.training.rundir import RunDir
 
     run = RunDir.open(run_dir)
     options = None
@@ -519,7 +518,8 @@ def _eval_folders(pred: Path, gt: Path, out: Path | None) -> None:
 
 def _compare(runs: list[Path], out: Path) -> None:
     from mireg.files import atomic_write_text
-    from mireg.report import comparison_rows, markdown_table, read_run_report
+    from mireg.report import comparison_rows, markdown_table
+    from mireg.training.evaluation import read_run_report
 
     reports = [(run.name, read_run_report(run)) for run in runs]
     header, rows = comparison_rows(reports, sep="\n")
@@ -624,9 +624,9 @@ def export(
     """
     _require_torch("mireg export")
     from mireg.export import EXPORT_FORMATS, check_export_outputs, export_model
-    from mireg.rundir import checkpoint_file
-    from mireg.runtime import resolve_device
-    from mireg.state import load_trained
+    from mireg.training.rundir import checkpoint_file
+    from mireg.training.runtime import resolve_device
+    from mireg.training.state import load_trained
 
     if export_format not in EXPORT_FORMATS:
         raise typer.BadParameter(f"must be one of {', '.join(EXPORT_FORMATS)}", param_hint="--format")
@@ -665,9 +665,9 @@ def study(
     ones resumed, so a stopped study continues where it stopped when run again.
     """
     _require_torch("mireg study")
-    from mireg.runtime import resolve_device
     from mireg.study import Study, load_study
     from mireg.study_report import overview, standing, summarize_study, write_study_report
+    from mireg.training.runtime import resolve_device
 
     spec = load_study(study_file)
     if device is not None:

@@ -111,7 +111,7 @@ class Backbone(nn.Module):
         in training mode, from the highest resolution to the lowest (the main output not included);
         ``[]`` for a backbone without them (the default). Read them right after that forward: the
         next one replaces them. The training step adds them to the supervised loss with nnU-Net's
-        weights (:func:`mireg.supervised.supervised_loss`) whenever the backbone gives them."""
+        weights (:func:`mireg.training.supervised.supervised_loss`) whenever the backbone gives them."""
         return []
 
     def twin(self) -> Backbone:

@@ -27,7 +27,7 @@ from mireg.errors import CheckpointError
 from mireg.files import atomic_write, atomic_write_text
 from mireg.portable import ModelCard, NetworkInfo, PreprocessingInfo, card_path, file_sha256
 from mireg.preprocessing.volume import PERCENTILES, SLICE_AXIS
-from mireg.state import TrainedModel
+from mireg.training.state import TrainedModel
 
 __all__ = ["EXPORT_FORMATS", "OPSET", "check_export_outputs", "export_model", "weights_sha256"]
 

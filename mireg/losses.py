@@ -9,7 +9,7 @@ under autocast: the joints are sums of up to millions of products and the MI val
 The losses that reduce over the batch take a :class:`Reduction`: how a batch statistic (a joint, a
 batch mean) is reduced over the processes of a run. The default, :data:`SINGLE_PROCESS`, reduces over
 this process's batch only; a multi-process run passes the one of its process group
-(``mireg.distributed.reduction()``), so every process computes the loss of the global batch.
+(``mireg.training.distributed.reduction()``), so every process computes the loss of the global batch.
 """
 
 from __future__ import annotations

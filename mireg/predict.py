@@ -92,9 +92,9 @@ def load_predictor(model: Path, checkpoint: str = "best", device: str = "auto") 
         ) from None
     from mireg.evaluate import network_function
     from mireg.export import weights_sha256
-    from mireg.rundir import checkpoint_file
-    from mireg.runtime import resolve_device
-    from mireg.state import load_trained
+    from mireg.training.rundir import checkpoint_file
+    from mireg.training.runtime import resolve_device
+    from mireg.training.state import load_trained
 
     trained = load_trained(checkpoint_file(model, checkpoint), resolve_device(device, "--device"))
     return Predictor(

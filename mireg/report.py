@@ -26,7 +26,6 @@ __all__ = [
     "format_stat",
     "markdown_summary",
     "markdown_table",
-    "read_run_report",
     "summary_note",
     "summary_tables",
     "write_reports",
@@ -143,23 +142,6 @@ def write_reports(report: dict[str, Any], folder: Path, stem: str = "report") ->
     atomic_write_text(paths[1], _csv_text(report))
     atomic_write_text(paths[2], markdown_summary(report))
     return paths
-
-
-def read_run_report(run_dir: Path) -> dict[str, Any]:
-    """The test report a run wrote (``report.json``)."""
-    from mireg.rundir import RunDir
-
-    path = RunDir(run_dir).file(RunDir.REPORT)
-    if not path.is_file():
-        raise RunError(
-            f"{run_dir}: no {path.name} in this run directory", f"evaluate it first: mireg eval {run_dir}"
-        )
-    try:
-        report: dict[str, Any] = json.loads(path.read_text())
-        report["summary"]["dice"]["all"]
-    except (OSError, ValueError, KeyError) as exc:
-        raise RunError(f"{path}: not a mireg report ({type(exc).__name__}: {exc})") from exc
-    return report
 
 
 def comparison_rows(

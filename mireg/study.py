@@ -45,8 +45,8 @@ from mireg.recipe import (
     validate_recipe,
     validation_messages,
 )
-from mireg.rundir import RunDir
 from mireg.schema import Strict
+from mireg.training.rundir import RunDir
 
 __all__ = [
     "Amount",

@@ -35,8 +35,8 @@ from mireg.contract import (
     Transform,
 )
 from mireg.preprocessing.store import VolumeStore
-from mireg.step import TappedNetwork
-from mireg.step import step_context as build_step_context
+from mireg.training.step import TappedNetwork
+from mireg.training.step import step_context as build_step_context
 
 __all__ = ["ContractError", "check_backbone", "check_dataset", "check_regularizer", "step_context"]
 
@@ -61,7 +61,7 @@ def step_context(
 ) -> StepContext:
     """A :class:`StepContext` from one real forward pass of ``backbone`` over random images.
 
-    It is built by the training step's own builder (:func:`mireg.step.step_context`), so
+    It is built by the training step's own builder (:func:`mireg.training.step.step_context`), so
     ``ctx.forward`` works as in training; the backbone keeps the forward hooks on ``taps``. The
     images are drawn on the CPU and moved to ``device`` (where ``backbone`` must be): the same seed
     gives the same context on any device.

@@ -71,7 +71,7 @@ def train_steps(raw: dict[str, Any], steps: int, **train: Any) -> tuple[list[dic
     """Train the first ``steps`` steps of recipe ``raw`` (its ``[train]`` updated with ``train``);
     the logged values of each step and the trainer."""
     from mireg.recipe import validate_recipe
-    from mireg.train import Trainer
+    from mireg.training.loop import Trainer
 
     raw = copy.deepcopy(raw)
     raw["train"].update(train)

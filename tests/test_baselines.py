@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from mireg.backbones.unet import UNet
-from mireg.checkpoint import load_checkpoint
 from mireg.losses import consistency_loss, local_mi_loss
 from mireg.regularizers.entropy import EntropyMinConfig, mean_entropy
 from mireg.regularizers.mean_teacher import MeanTeacherConfig
 from mireg.regularizers.midl import OutputMIConfig
+from mireg.training.checkpoint import load_checkpoint
 
 from .test_regularizers import _context
 

@@ -338,7 +338,7 @@ def test_a_seg_names_the_model_that_made_it_the_same_from_the_run_and_its_export
     import pydicom
 
     from mireg.export import weights_sha256
-    from mireg.state import load_trained
+    from mireg.training.state import load_trained
 
     outs = {}
     for label, model in (("run", workdir / "runs" / "tiny"), ("onnx", workdir / "model" / "model.onnx")):

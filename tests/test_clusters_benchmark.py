@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from mireg.checkpoint import load_checkpoint
 from mireg.evaluate import segment
 from mireg.network import build_network
 from mireg.recipe import validate_recipe
+from mireg.training.checkpoint import load_checkpoint
 
 from .helpers import load_benchmark
 

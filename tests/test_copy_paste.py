@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from mireg.backbones.unet import UNetConfig
-from mireg.build import RunData, load_data
 from mireg.network import Term, build_network
 from mireg.recipe import validate_recipe
 from mireg.regularizers.bcp import (
@@ -25,10 +24,11 @@ from mireg.regularizers.bcp import (
     largest_components,
     pair_indices,
 )
-from mireg.runtime import Runtime
-from mireg.state import DataInfo, TrainState
-from mireg.step import TrainStep
 from mireg.testing import check_regularizer, step_context
+from mireg.training.data import RunData, load_data
+from mireg.training.runtime import Runtime
+from mireg.training.state import DataInfo, TrainState
+from mireg.training.step import TrainStep
 
 from .helpers import tiny_recipe
 

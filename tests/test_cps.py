@@ -11,14 +11,14 @@ import torch
 import torch.nn.functional as F
 
 from mireg.backbones.unet import UNetConfig
-from mireg.build import load_data
 from mireg.network import Term, build_network
 from mireg.recipe import validate_recipe
 from mireg.regularizers.cps import CPSConfig, CrossPseudoSupervision, MeanOfTwo
-from mireg.runtime import Runtime
-from mireg.state import DataInfo, TrainState
-from mireg.step import TrainStep
 from mireg.testing import check_regularizer, step_context
+from mireg.training.data import load_data
+from mireg.training.runtime import Runtime
+from mireg.training.state import DataInfo, TrainState
+from mireg.training.step import TrainStep
 
 from .helpers import tiny_recipe
 

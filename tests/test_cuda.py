@@ -22,7 +22,7 @@ import torch
 from mireg.data.phantom import generate_patient
 from mireg.evaluate import segment
 from mireg.recipe import dump_toml, validate_recipe
-from mireg.train import Trainer
+from mireg.training.loop import Trainer
 
 from .conftest import CliResult
 from .helpers import tiny_recipe, train_steps
@@ -116,8 +116,8 @@ def test_one_process_joins_an_nccl_group_and_trains_through_ddp(monkeypatch: pyt
     import torch.distributed.nn.functional as dist_nn
     from torch.nn.parallel import DistributedDataParallel
 
-    from mireg import distributed
     from mireg.backbones.unet import UNet
+    from mireg.training import distributed
 
     if not dist.is_nccl_available():
         pytest.skip("this torch build has no NCCL")

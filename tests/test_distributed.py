@@ -16,9 +16,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from mireg import distributed
 from mireg.recipe import dump_toml, validate_recipe
-from mireg.train import Trainer
+from mireg.training import distributed
+from mireg.training.loop import Trainer
 
 from .helpers import REPO, tiny_recipe
 

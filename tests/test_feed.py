@@ -11,9 +11,16 @@ import numpy as np
 import pytest
 import torch
 
-from mireg.build import load_data
-from mireg.feed import BatchDraws, ResidentFeed, StreamedFeed, _file_backed, choose_placement, store_bytes
 from mireg.recipe import validate_recipe
+from mireg.training.data import load_data
+from mireg.training.feed import (
+    BatchDraws,
+    ResidentFeed,
+    StreamedFeed,
+    _file_backed,
+    choose_placement,
+    store_bytes,
+)
 
 from .conftest import CliResult
 from .helpers import DEVICES, tiny_recipe

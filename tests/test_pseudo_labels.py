@@ -13,7 +13,6 @@ from torch import nn
 
 from mireg.backbones.smp import SMPConfig
 from mireg.backbones.unet import UNet, UNetConfig
-from mireg.build import RunData, load_data
 from mireg.contract import (
     BackboneConfig,
     Forward,
@@ -26,10 +25,11 @@ from mireg.network import Term, build_network
 from mireg.recipe import Recipe, validate_recipe
 from mireg.regularizers.fixmatch import FixMatch, FixMatchConfig, StrongAugment
 from mireg.regularizers.unimatch import UniMatch, UniMatchConfig, channel_dropout, confident_dice_loss
-from mireg.runtime import Runtime
-from mireg.state import DataInfo, TrainState
-from mireg.step import TrainStep
 from mireg.testing import check_regularizer, step_context
+from mireg.training.data import RunData, load_data
+from mireg.training.runtime import Runtime
+from mireg.training.state import DataInfo, TrainState
+from mireg.training.step import TrainStep
 
 from .helpers import tiny_recipe
 

@@ -15,15 +15,15 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mireg.checkpoint import load_checkpoint, save_checkpoint
 from mireg.contract import Regularizer, RegularizerOutput, StepContext
 from mireg.errors import CheckpointError, DataError, MiregError, RecipeError, RunError
 from mireg.io.nifti import read_volume
 from mireg.network import Term
 from mireg.recipe import apply_override, read_toml, validate_recipe
-from mireg.rundir import RunDir, checkpoint_file
-from mireg.state import load_trained
-from mireg.train import Trainer
+from mireg.training.checkpoint import load_checkpoint, save_checkpoint
+from mireg.training.loop import Trainer
+from mireg.training.rundir import RunDir, checkpoint_file
+from mireg.training.state import load_trained
 
 from .helpers import tiny_recipe
 

@@ -8,7 +8,7 @@ import torch
 from mireg.augment import augment_batch
 from mireg.contract import Transform
 from mireg.recipe import AugmentConfig, OptimConfig
-from mireg.schedule import lr_at_epoch, rampup
+from mireg.training.schedule import lr_at_epoch, rampup
 
 
 def test_lr_schedule_warms_up_linearly_then_anneals_to_the_minimum() -> None:

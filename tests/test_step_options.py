@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mireg.recipe import validate_recipe
-from mireg.train import Trainer
+from mireg.training.loop import Trainer
 
 from .helpers import DEVICES, tiny_recipe, train_steps
 

@@ -11,9 +11,9 @@ import torch.nn.functional as F
 
 from mireg.errors import RecipeError
 from mireg.recipe import OptimConfig, validate_recipe
-from mireg.schedule import lr_at_epoch
-from mireg.supervised import deep_supervision_weights, soft_dice_loss, supervised_loss
-from mireg.train import Trainer
+from mireg.training.loop import Trainer
+from mireg.training.schedule import lr_at_epoch
+from mireg.training.supervised import deep_supervision_weights, soft_dice_loss, supervised_loss
 
 from .helpers import tiny_recipe, train_steps
 from .test_losses import recording_reduction

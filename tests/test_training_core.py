@@ -12,15 +12,15 @@ import torch.nn.functional as F
 
 from mireg.augment import _jitter, cutmix_boxes, gaussian_blur, intensity_jitter, mix
 from mireg.backbones.unet import UNetConfig
-from mireg.build import load_data
 from mireg.contract import Backbone, Regularizer, RegularizerOutput, StepContext
 from mireg.errors import RecipeError
 from mireg.network import Term, build_network, check_recipe
 from mireg.recipe import AugmentConfig, dump_toml, validate_recipe
-from mireg.runtime import Runtime
-from mireg.state import DataInfo, TrainState
-from mireg.step import TrainStep
 from mireg.testing import step_context
+from mireg.training.data import load_data
+from mireg.training.runtime import Runtime
+from mireg.training.state import DataInfo, TrainState
+from mireg.training.step import TrainStep
 
 from .helpers import REPO, tiny_recipe
 from .test_recipe import RECIPES

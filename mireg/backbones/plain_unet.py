@@ -14,7 +14,7 @@ channels (32, 64, 128, 256, 512, 512 by default).
   default; ``false`` builds the stride-1 head only). ``forward`` returns the stride-1 head's logits;
   in training mode the other heads run too and :meth:`PlainUNet.auxiliary_logits` returns them, at
   strides 2, 4, ..., ``2**(stages-2)`` (``stages - 2`` maps), which the training step's supervised loss
-  then weighs as nnU-Net does (:mod:`mireg.supervised`). In eval mode only the main head runs.
+  then weighs as nnU-Net does (:mod:`mireg.training.supervised`). In eval mode only the main head runs.
 * Convolution and transposed-convolution weights are He-normal initialised for leaky ReLU
   (``a = 0.01``), biases zero.
 

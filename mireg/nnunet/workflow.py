@@ -50,7 +50,7 @@ from mireg.processes import ending_with_parent
 from mireg.progress import Observer
 from mireg.recipe import Recipe
 from mireg.report import write_reports
-from mireg.rundir import MetricsLog, RunDir
+from mireg.training.rundir import MetricsLog, RunDir
 
 __all__ = ["NNUNET_DIR", "NnUNetRun", "nnunet_version", "require_nnunet", "train_nnunet"]
 
@@ -127,7 +127,7 @@ class _Device:
 
 
 def _device(name: str) -> _Device:
-    from mireg.runtime import resolve_device
+    from mireg.training.runtime import resolve_device
 
     device = resolve_device(name)
     return _Device(device.type, device.index)

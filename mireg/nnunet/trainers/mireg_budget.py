@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from mireg.rundir import MetricsLog
+from mireg.training.rundir import MetricsLog
 
 BUDGET_VARIABLE = "MIREG_NNUNET_BUDGET"
 

@@ -2,7 +2,7 @@
 
 :class:`Runtime` is the only object the training core asks about processes. In a single process
 its methods are the identity (the whole batch, no exchange, the model itself); in a ``torchrun``
-job (``mireg.distributed``) they shard the global batch, wrap the networks in DDP, convert batch
+job (``mireg.training.distributed``) they shard the global batch, wrap the networks in DDP, convert batch
 norm to global-batch moments and agree on stop requests.
 """
 
@@ -14,9 +14,9 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from mireg import distributed
 from mireg.errors import RecipeError
 from mireg.losses import Reduction
+from mireg.training import distributed
 
 __all__ = ["Runtime", "resolve_device"]
 

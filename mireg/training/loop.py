@@ -3,12 +3,12 @@
 The pieces, each in its own module:
 
 * :mod:`mireg.network`: the recipe's network and loss terms (checked first on the meta device);
-* :mod:`mireg.build`: its data (the store and its pools; :mod:`mireg.feed` brings each step's
+* :mod:`mireg.training.data`: its data (the store and its pools; :mod:`mireg.training.feed` brings each step's
   slices to the device);
-* :mod:`mireg.state`: :class:`~mireg.state.TrainState`, everything a checkpoint holds;
-* :mod:`mireg.step`: one optimisation step;
-* :mod:`mireg.rundir`: the run folder and every write in it;
-* :mod:`mireg.runtime`: one process or a ``torchrun`` job, chosen once.
+* :mod:`mireg.training.state`: :class:`~mireg.training.state.TrainState`, everything a checkpoint holds;
+* :mod:`mireg.training.step`: one optimisation step;
+* :mod:`mireg.training.rundir`: the run folder and every write in it;
+* :mod:`mireg.training.runtime`: one process or a ``torchrun`` job, chosen once.
 
 Here: :meth:`Trainer.fit`, the loop. Per epoch it sets the learning rate, takes the epoch's steps
 (stopping cleanly on request), validates (3D DSC on whole validation volumes), writes the
@@ -27,19 +27,20 @@ from typing import Any
 
 import torch
 
-from mireg.build import RunData, load_data
-from mireg.checkpoint import save_checkpoint
 from mireg.errors import RunError, RunInterrupted
-from mireg.evaluate import evaluate_run, validation_dice
+from mireg.evaluate import validation_dice
 from mireg.network import build_network
 from mireg.plots import plot_curves
 from mireg.progress import Observer
 from mireg.recipe import Recipe, load_recipe
-from mireg.rundir import RunDir
-from mireg.runtime import Runtime
-from mireg.schedule import lr_at_epoch
-from mireg.state import Checkpoint, DataInfo, RunningMeans, TrainState
-from mireg.step import TrainStep
+from mireg.training.checkpoint import save_checkpoint
+from mireg.training.data import RunData, load_data
+from mireg.training.evaluation import evaluate_run
+from mireg.training.rundir import RunDir
+from mireg.training.runtime import Runtime
+from mireg.training.schedule import lr_at_epoch
+from mireg.training.state import Checkpoint, DataInfo, RunningMeans, TrainState
+from mireg.training.step import TrainStep
 
 __all__ = ["Trainer", "choose_run", "resume_point"]
 

@@ -1,6 +1,6 @@
 """One optimisation step (docs/architecture.md, "A training step").
 
-1. The step's labelled and unlabelled slices come from the feed (:mod:`mireg.feed`: gathered on
+1. The step's labelled and unlabelled slices come from the feed (:mod:`mireg.training.feed`: gathered on
    the device, or streamed from disk ahead of the step) and are augmented on the device in one
    batched warp; ``T`` is drawn once.
 2. One forward pass over ``[x_l, x_u, T(x_u)]`` with the feature taps the regularisers asked for
@@ -24,16 +24,16 @@ from torch.utils.hooks import RemovableHandle
 
 from mireg.augment import augment_batch
 from mireg.augment_strong import augment_strong_batch
-from mireg.build import RunData
 from mireg.contract import Backbone, Forward, StepContext, Transform
-from mireg.feed import BatchDraws, Feed, choose_placement, make_feed
 from mireg.losses import SINGLE_PROCESS, Reduction
 from mireg.precision import autocast, ieee_float32
 from mireg.recipe import AugmentConfig
-from mireg.runtime import Runtime
-from mireg.schedule import rampup
-from mireg.state import TrainState
-from mireg.supervised import supervised_loss
+from mireg.training.data import RunData
+from mireg.training.feed import BatchDraws, Feed, choose_placement, make_feed
+from mireg.training.runtime import Runtime
+from mireg.training.schedule import rampup
+from mireg.training.state import TrainState
+from mireg.training.supervised import supervised_loss
 
 __all__ = ["TappedNetwork", "TrainStep", "step_context"]
 

@@ -1,7 +1,7 @@
 """Building a run's data from a recipe (its network: :mod:`mireg.network`).
 
 :func:`load_data` opens the store (memory-mapped), splits its patients and lists the slices each
-pool draws from; :mod:`mireg.feed` brings the slices of each step to the device.
+pool draws from; :mod:`mireg.training.feed` brings the slices of each step to the device.
 """
 
 from __future__ import annotations

@@ -70,7 +70,7 @@ def init_from_environment(device: torch.device, key: str = "train.device") -> to
     """Join the ``torchrun`` job (NCCL on CUDA, gloo on CPU); return this process's device.
 
     Args:
-        device: The recipe's resolved device (``mireg.train.resolve_device``); CUDA becomes
+        device: The recipe's resolved device (``mireg.training.loop.resolve_device``); CUDA becomes
             ``cuda:LOCAL_RANK``, and a numbered ``cuda:N`` is refused (``torchrun`` assigns the GPUs).
         key: The recipe key named in errors.
     """

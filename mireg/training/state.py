@@ -1,6 +1,6 @@
 """What a checkpoint holds: :class:`TrainState`, the one checkpoint format, and its typed reader.
 
-A checkpoint is ``TrainState.state_dict()`` saved with :func:`mireg.checkpoint.save_checkpoint`:
+A checkpoint is ``TrainState.state_dict()`` saved with :func:`mireg.training.checkpoint.save_checkpoint`:
 the evaluated network (``model``; a mean teacher's teacher), the optimised one when it differs
 (``student``), every regulariser's state (cluster heads, teachers, second networks), the
 optimiser, both random generators, the position in training (epoch, global step, step inside the
@@ -19,12 +19,12 @@ import torch
 from torch import nn
 
 import mireg
-from mireg.checkpoint import load_checkpoint
 from mireg.contract import Backbone, Regularizer
 from mireg.errors import CheckpointError, MiregError
 from mireg.inference import Preprocessing
 from mireg.network import Term, build_network, evaluation_model
 from mireg.recipe import Recipe, validate_recipe
+from mireg.training.checkpoint import load_checkpoint
 
 __all__ = ["Checkpoint", "DataInfo", "RunningMeans", "TrainState", "TrainedModel", "load_trained"]
 

@@ -7,7 +7,7 @@
     split.json       the patients of each part
     metrics.csv      one row per epoch (rewritten whole, atomically, after each epoch)
     tensorboard/     event files, when tensorboard is installed
-    last.pt best.pt  checkpoints (mireg.state.TrainState)
+    last.pt best.pt  checkpoints (mireg.training.state.TrainState)
     curves.png       the training curves
     report.json|csv|md, report_<split>_<checkpoint>.*   evaluation reports
     overlays_<split>/  PNG overlays of ``mireg eval --overlays``
