@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mireg.evaluate import evaluate_volumes, summarize
+from mireg.evaluation.evaluate import evaluate_volumes, summarize
 from mireg.inference import InferenceOptions
 from mireg.training.rundir import RunDir
 from mireg.training.state import load_trained

@@ -15,7 +15,7 @@ import time
 import numpy as np
 from scipy import ndimage
 
-from mireg.metrics import volume_metrics
+from mireg.evaluation.metrics import volume_metrics
 
 
 def blobs(seed: int, shape: tuple[int, int, int] = (10, 256, 256)) -> np.ndarray:

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from mireg.training.loop import Trainer
 
 # Help, --version and `plugins` import nothing heavy: whatever pulls in torch (mireg.contract,
-# mireg.training, mireg.evaluate, the data modules) is imported by the command that uses it.
+# mireg.training, mireg.evaluation.evaluate, the data modules) is imported by the command that uses it.
 
 app = typer.Typer(
     name="mireg",
@@ -79,14 +79,14 @@ class _ProgressReporter:
 # --------------------------------------------------------------------------------------- tables
 
 
-# The tables' content comes from mireg.report (cells with a line break before "(n undef.)"); these
+# The tables' content comes from mireg.evaluation.report (cells with a line break before "(n undef.)"); these
 # only draw it, compactly enough for an 80-column terminal: no vertical rules, and a value never
 # wraps (only the first column, the row names, may).
 
 
 def metrics_tables(report: dict[str, Any], title: str) -> Group:
     """``title``, then a report's DSC and HD95 tables (structure x phase, mean ± std), then its note."""
-    from mireg.report import summary_note, summary_tables
+    from mireg.evaluation.report import summary_note, summary_tables
 
     parts: list[Table | Text] = [Text(title, style="bold")]
     for table in summary_tables(report, ("dice", "hd95"), sep="\n"):
@@ -503,9 +503,9 @@ def _eval_run(
 def _eval_folders(pred: Path, gt: Path, out: Path | None) -> None:
     import json
 
-    from mireg.evaluate import evaluate_folders
+    from mireg.evaluation.evaluate import evaluate_folders
+    from mireg.evaluation.report import folder_rows
     from mireg.files import atomic_write_text
-    from mireg.report import folder_rows
 
     with _progress() as bar:
         result = evaluate_folders(pred, gt, progress=_ProgressReporter(bar))
@@ -517,8 +517,8 @@ def _eval_folders(pred: Path, gt: Path, out: Path | None) -> None:
 
 
 def _compare(runs: list[Path], out: Path) -> None:
+    from mireg.evaluation.report import comparison_rows, markdown_table
     from mireg.files import atomic_write_text
-    from mireg.report import comparison_rows, markdown_table
     from mireg.training.evaluation import read_run_report
 
     reports = [(run.name, read_run_report(run)) for run in runs]
@@ -623,7 +623,7 @@ def export(
     model.onnx SCANS -o OUT` then runs it without torch.
     """
     _require_torch("mireg export")
-    from mireg.export import EXPORT_FORMATS, check_export_outputs, export_model
+    from mireg.export.exporters import EXPORT_FORMATS, check_export_outputs, export_model
     from mireg.training.rundir import checkpoint_file
     from mireg.training.runtime import resolve_device
     from mireg.training.state import load_trained

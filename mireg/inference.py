@@ -3,7 +3,7 @@
 Torch-free (numpy and scipy): a network is any function from a batch of slices ``(N, 1, H, W)``
 (float32) to logits ``(N, C, H, W)``, whether a torch module
 (:meth:`mireg.training.state.TrainedModel.network`) or an ONNX Runtime session
-(:mod:`mireg.portable`). Everything around it happens here, once:
+(:mod:`mireg.export.portable`). Everything around it happens here, once:
 
 * :func:`segment_slices`: batches, softmax, and flip test-time augmentation (``tta``): the
   probabilities of the slice and of its flips along each in-plane axis and both, flipped back and

@@ -80,7 +80,7 @@ def load_predictor(model: Path, checkpoint: str = "best", device: str = "auto") 
         MiregError: A run or checkpoint in an environment without torch (the runtime install).
     """
     if is_exported_model(model):
-        from mireg.portable import load_onnx_predictor
+        from mireg.export.portable import load_onnx_predictor
 
         return load_onnx_predictor(model)
     try:
@@ -90,8 +90,8 @@ def load_predictor(model: Path, checkpoint: str = "best", device: str = "auto") 
             f"{model}: predicting with a run or checkpoint needs torch, which is not installed",
             _FULL_INSTALL,
         ) from None
-    from mireg.evaluate import network_function
-    from mireg.export import weights_sha256
+    from mireg.evaluation.evaluate import network_function
+    from mireg.export.exporters import weights_sha256
     from mireg.training.rundir import checkpoint_file
     from mireg.training.runtime import resolve_device
     from mireg.training.state import load_trained

@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mireg.evaluation.report import markdown_table
 from mireg.files import atomic_write, atomic_write_text
-from mireg.report import markdown_table
 from mireg.stats import Estimate, PairedDifference, estimate, gap_share, paired_difference
 from mireg.study import Amount, PlannedRun, RunRecord, Study, duration, minutes_left, records_to_json
 

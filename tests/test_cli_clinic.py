@@ -202,7 +202,7 @@ class _NoTorch(importlib.abc.MetaPathFinder):
         return None
 
 sys.meta_path.insert(0, _NoTorch())
-import mireg.portable, mireg.predict, mireg.inference
+import mireg.export.portable, mireg.predict, mireg.inference
 sys.argv = ["mireg", *sys.argv[1:]]
 from mireg.cli import main
 try:
@@ -337,7 +337,7 @@ def test_without_torch_a_command_that_needs_it_says_so(workdir: Path, command: t
 def test_a_seg_names_the_model_that_made_it_the_same_from_the_run_and_its_export(workdir: Path) -> None:
     import pydicom
 
-    from mireg.export import weights_sha256
+    from mireg.export.exporters import weights_sha256
     from mireg.training.state import load_trained
 
     outs = {}

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from mireg.evaluate import segment
+from mireg.evaluation.evaluate import segment
 from mireg.network import build_network
 from mireg.recipe import validate_recipe
 from mireg.training.checkpoint import load_checkpoint

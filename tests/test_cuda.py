@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from mireg.data.phantom import generate_patient
-from mireg.evaluate import segment
+from mireg.evaluation.evaluate import segment
 from mireg.recipe import dump_toml, validate_recipe
 from mireg.training.loop import Trainer
 

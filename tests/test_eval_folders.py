@@ -54,7 +54,7 @@ def test_printed_paths_keep_their_brackets(cli, folders, tmp_path: Path) -> None
 
 
 def test_hidden_files_are_not_cases(folders) -> None:  # type: ignore[no-untyped-def]
-    from mireg.evaluate import evaluate_folders
+    from mireg.evaluation.evaluate import evaluate_folders
 
     pred, gt = folders
     (gt / "._case_a.nii.gz").write_bytes(b"macOS resource fork")  # no partner, not even NIfTI

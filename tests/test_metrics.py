@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mireg.metrics import dice_per_class
+from mireg.evaluation.metrics import dice_per_class
 
 
 def test_dice_by_hand() -> None:

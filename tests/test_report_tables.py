@@ -1,4 +1,5 @@
-"""Report tables: built as text by mireg.report, readable in an 80-column terminal, and as Markdown."""
+"""Report tables: built as text by mireg.evaluation.report, readable in an 80-column terminal, and as
+Markdown."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from rich.console import Console
 
 from mireg import cli
-from mireg.report import comparison_rows, markdown_summary, markdown_table, summary_tables
+from mireg.evaluation.report import comparison_rows, markdown_summary, markdown_table, summary_tables
 
 PHASES = ("ED", "ES", "all")
 

@@ -1,4 +1,4 @@
-"""Surface metrics (DSC, HD95, HD, ASSD) of ``mireg.metrics`` against hand-computed values."""
+"""Surface metrics (DSC, HD95, HD, ASSD) of ``mireg.evaluation.metrics`` against hand-computed values."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from mireg.metrics import ClassMetrics, class_metrics, surface_distances, volume_metrics
+from mireg.evaluation.metrics import ClassMetrics, class_metrics, surface_distances, volume_metrics
 
 
 def _approx(m: ClassMetrics, dice: float, hd95: float, hd: float, assd: float) -> None:

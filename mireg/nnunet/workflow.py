@@ -42,14 +42,14 @@ import numpy as np
 
 from mireg.data.splits import Split, make_split
 from mireg.errors import MiregError, RunError, RunInterrupted
-from mireg.evaluate import VolumeResult, build_report, score_volume
+from mireg.evaluation.evaluate import VolumeResult, build_report, score_volume
+from mireg.evaluation.report import write_reports
 from mireg.files import atomic_write, atomic_write_text
 from mireg.inference import keep_largest_components
 from mireg.preprocessing.store import VolumeInfo, VolumeStore
 from mireg.processes import ending_with_parent
 from mireg.progress import Observer
 from mireg.recipe import Recipe
-from mireg.report import write_reports
 from mireg.training.rundir import MetricsLog, RunDir
 
 __all__ = ["NNUNET_DIR", "NnUNetRun", "nnunet_version", "require_nnunet", "train_nnunet"]

@@ -12,11 +12,11 @@ import numpy as np
 import torch
 
 from mireg.errors import RunError
-from mireg.evaluate import build_report, evaluate_volumes
+from mireg.evaluation.evaluate import build_report, evaluate_volumes
+from mireg.evaluation.report import write_reports
 from mireg.inference import InferenceOptions
 from mireg.preprocessing.store import VolumeInfo, VolumeStore
 from mireg.progress import Progress
-from mireg.report import write_reports
 from mireg.training.rundir import RunDir
 from mireg.training.runtime import resolve_device
 from mireg.training.state import load_trained
@@ -46,7 +46,7 @@ def evaluate_run(
         device: Where to evaluate (default: CUDA when available).
         store: The run's store, when already open.
         progress: Progress of loading or generating the store, then of the volumes evaluated.
-        on_volume: Called for each volume (see :func:`~mireg.evaluate.evaluate_volumes`).
+        on_volume: Called for each volume (see :func:`~mireg.evaluation.evaluate.evaluate_volumes`).
         options: Test-time augmentation and largest components; default: the recipe's
             ``[inference]``. Options other than the recipe's add a suffix to the report's name
             (``report_test_best_tta``), so the training report is never replaced by another kind.

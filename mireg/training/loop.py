@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from mireg.errors import RunError, RunInterrupted
-from mireg.evaluate import validation_dice
+from mireg.evaluation.evaluate import validation_dice
 from mireg.network import build_network
 from mireg.plots import plot_curves
 from mireg.progress import Observer

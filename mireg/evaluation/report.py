@@ -31,7 +31,7 @@ __all__ = [
     "write_reports",
 ]
 
-#: The metrics of every evaluation (:mod:`mireg.metrics`), their units and display names.
+#: The metrics of every evaluation (:mod:`mireg.evaluation.metrics`), their units and display names.
 METRICS = ("dice", "hd95", "hd", "assd")
 UNITS = {"dice": "%", "hd95": "mm", "hd": "mm", "assd": "mm"}
 NAMES = {"dice": "DSC", "hd95": "HD95", "hd": "HD", "assd": "ASSD"}
@@ -170,7 +170,8 @@ def comparison_rows(
 
 
 def folder_rows(result: dict[str, Any], sep: str = " ") -> tuple[list[str], list[list[str]]]:
-    """One row per label of a folder evaluation (``mireg.evaluate.evaluate_folders``): every metric.
+    """One row per label of a folder evaluation (:func:`mireg.evaluation.evaluate.evaluate_folders`):
+    every metric.
 
     Returns:
         The header and the rows; ``sep`` is passed to :func:`format_stat`.

@@ -1,6 +1,6 @@
 """Exported models: the model card (``model.json``) and prediction through ONNX Runtime, without torch.
 
-``mireg export RUN -o model.onnx`` (:mod:`mireg.export`) writes the network and, beside it, a card
+``mireg export RUN -o model.onnx`` (:mod:`mireg.export.exporters`) writes the network and, beside it, a card
 with everything prediction needs besides the network: the training data's in-plane spacing, canvas,
 intensity percentiles and slice axis, the class names, the default inference options, the mireg
 version, the recipe, and SHA-256 checksums of the network file and of the weights. This module reads

@@ -1,9 +1,9 @@
 """Evaluation on whole volumes: segmentation, per-volume per-class metrics, and their summary.
 
-Metrics (:mod:`mireg.metrics`: DSC, HD95, HD, ASSD) are computed in 3D per volume and per structure,
-in mm. For a run's store the grid is the preprocessed one: in-plane spacing = the store's spacing,
-between slices = the scan's own slice spacing. ``evaluate_folders`` compares NIfTI label maps on their
-own grids, with the spacing of their headers.
+Metrics (:mod:`mireg.evaluation.metrics`: DSC, HD95, HD, ASSD) are computed in 3D per volume and
+per structure, in mm. For a run's store the grid is the preprocessed one: in-plane spacing = the
+store's spacing, between slices = the scan's own slice spacing. ``evaluate_folders`` compares NIfTI
+label maps on their own grids, with the spacing of their headers.
 
 Validation during training segments on the device (:func:`segment`); reports
 (:func:`evaluate_volumes`, for a run: :func:`mireg.training.evaluation.evaluate_run`) go through
@@ -23,13 +23,13 @@ import torch
 from torch import nn
 
 from mireg.errors import DataError
+from mireg.evaluation.metrics import ClassMetrics, class_metrics, dice_per_class
+from mireg.evaluation.report import METRICS
 from mireg.inference import InferenceOptions, Network, keep_largest_components, segment_slices
 from mireg.io.nifti import nifti_files, read_volume
-from mireg.metrics import ClassMetrics, class_metrics, dice_per_class
 from mireg.precision import arithmetic
 from mireg.preprocessing.store import VolumeInfo, VolumeStore
 from mireg.progress import Progress
-from mireg.report import METRICS
 
 __all__ = [
     "VolumeResult",
@@ -132,7 +132,7 @@ def validation_dice(
 
 @dataclass(frozen=True)
 class VolumeResult:
-    """Metrics of one volume: structure name -> :class:`~mireg.metrics.ClassMetrics`."""
+    """Metrics of one volume: structure name -> :class:`~mireg.evaluation.metrics.ClassMetrics`."""
 
     id: str
     patient: str

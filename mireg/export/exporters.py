@@ -6,7 +6,7 @@ card records); a backbone that cannot be exported with a dynamic height and widt
 the canvas size only (the card's ``network.input_shape`` says which). The exported
 network is checked against the torch one on a batch of random slices before anything is written.
 TorchScript (``torch.jit.trace``, deprecated upstream but still what LibTorch loads) is for C++
-users; ``mireg predict`` runs the ONNX export. The card (:class:`~mireg.portable.ModelCard`) is
+users; ``mireg predict`` runs the ONNX export. The card (:class:`~mireg.export.portable.ModelCard`) is
 written beside the network, as ``<name>.json``; both files are written atomically.
 """
 
@@ -24,8 +24,8 @@ from torch import nn
 
 import mireg
 from mireg.errors import CheckpointError
+from mireg.export.portable import ModelCard, NetworkInfo, PreprocessingInfo, card_path, file_sha256
 from mireg.files import atomic_write, atomic_write_text
-from mireg.portable import ModelCard, NetworkInfo, PreprocessingInfo, card_path, file_sha256
 from mireg.preprocessing.volume import PERCENTILES, SLICE_AXIS
 from mireg.training.state import TrainedModel
 
