@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import json
 import os
 import socket
@@ -99,38 +100,22 @@ def record(out: Path) -> None:
     _export(out)
 
 
-def _scan() -> tuple[np.ndarray, np.ndarray]:
-    """One synthetic scan (uint16) and an oblique affine, as a scanner would write them."""
-    from mireg.data.phantom import generate_patient
-
-    patient = generate_patient(40, seed=9)
-    image, _ = patient.frames[patient.ed_frame]
-    stored = np.round(image / image.max() * 4000).astype(np.uint16)
-    a = np.deg2rad(30.0)
-    affine = np.array(
-        [
-            [np.cos(a) * 1.4, -np.sin(a) * 1.6, 0, 10.0],
-            [np.sin(a) * 1.4, np.cos(a) * 1.6, 0, -3.0],
-            [0, 0, 7.0, 2.0],
-            [0, 0, 0, 1],
-        ]
-    )
-    return stored, affine
-
-
 def _predictions(out: Path) -> None:
-    stored, affine = _scan()
+    """One synthetic scan (the clinic tests' oblique scan) as NIfTI and as a DICOM series."""
+    sys.path.insert(0, str(REPO))
+    from tests.helpers import synthetic_scan
+
+    stored, affine = synthetic_scan()
     scans = out / "scans"
     (scans / "nifti").mkdir(parents=True)
     nib.save(nib.Nifti1Image(stored.astype(np.float32), affine), scans / "nifti" / "case.nii.gz")
     run = out / "runs" / "udaiic"
     _mireg("predict", run, scans / "nifti", "-o", out / "predict" / "nifti")
-    try:
-        sys.path.insert(0, str(REPO))
-        from tests.helpers import write_dicom_series
-    except ImportError as exc:  # pydicom missing: the clinic extra
-        print(f"no DICOM SEG check ({exc})")
+    if importlib.util.find_spec("pydicom") is None:
+        print("no DICOM SEG check: pydicom is not installed (the clinic extra)")
         return
+    from tests.helpers import write_dicom_series
+
     write_dicom_series(scans / "dicom" / "case", stored, affine)
     _mireg("predict", run, scans / "dicom" / "case", "-o", out / "predict" / "seg")
 

@@ -259,19 +259,40 @@ def _stop_on_signals(trainer: Trainer) -> Iterator[None]:
             signal.signal(sig, old)
 
 
+# Parameters that `train` and `nnunet` share.
+_RecipeArgument = Annotated[
+    Optional[Path], typer.Argument(metavar="[RECIPE]", help="Recipe TOML file (not with --resume).")
+]
+_Overrides = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", "-s", help="Override a recipe value: key.path=value (repeatable)."),
+]
+_Fresh = Annotated[
+    bool, typer.Option(help="If the run directory exists, start a new numbered one beside it.")
+]
+
+
+def _recipe_or_resume(
+    recipe_path: Optional[Path], overrides: Optional[list[str]], fresh: bool, resume: Optional[Path]
+) -> None:
+    """A recipe (with overrides, --fresh) or --resume RUN_DIR alone.
+
+    Raises:
+        typer.BadParameter: Both, or neither.
+    """
+    if resume is not None and (recipe_path is not None or overrides or fresh):
+        raise typer.BadParameter(
+            "--resume takes the run directory only: its recipe is used as is", param_hint="--resume"
+        )
+    if resume is None and recipe_path is None:
+        raise typer.BadParameter("give a recipe file, or --resume RUN_DIR", param_hint="RECIPE")
+
+
 @app.command()
 def train(
-    recipe_path: Annotated[
-        Optional[Path],
-        typer.Argument(metavar="[RECIPE]", help="Recipe TOML file (not with --resume)."),
-    ] = None,
-    overrides: Annotated[
-        Optional[list[str]],
-        typer.Option("--set", "-s", help="Override a recipe value: key.path=value (repeatable)."),
-    ] = None,
-    fresh: Annotated[
-        bool, typer.Option(help="If the run directory exists, start a new numbered one beside it.")
-    ] = False,
+    recipe_path: _RecipeArgument = None,
+    overrides: _Overrides = None,
+    fresh: _Fresh = False,
     resume: Annotated[
         Optional[Path],
         typer.Option(metavar="RUN_DIR", help="Continue an interrupted run from its last checkpoint."),
@@ -287,16 +308,12 @@ def train(
     from mireg.training.loop import Trainer, choose_run, resume_point
     from mireg.training.runtime import Runtime
 
+    _recipe_or_resume(recipe_path, overrides, fresh, resume)
     checkpoint = None
     if resume is not None:
-        if recipe_path is not None or overrides or fresh:
-            raise typer.BadParameter(
-                "--resume takes the run directory only: its recipe is used as is", param_hint="--resume"
-            )
         run, recipe, checkpoint = resume_point(resume)
-    elif recipe_path is None:
-        raise typer.BadParameter("give a recipe file, or --resume RUN_DIR", param_hint="RECIPE")
     else:
+        assert recipe_path is not None
         recipe = load_recipe(recipe_path, overrides or [])
     runtime = Runtime.start(recipe.train.device)
     console.quiet = not runtime.is_main  # in a torchrun job only rank 0 prints
@@ -329,17 +346,9 @@ def train(
 
 @app.command()
 def nnunet(
-    recipe_path: Annotated[
-        Optional[Path],
-        typer.Argument(metavar="[RECIPE]", help="Recipe TOML file (not with --resume)."),
-    ] = None,
-    overrides: Annotated[
-        Optional[list[str]],
-        typer.Option("--set", "-s", help="Override a recipe value: key.path=value (repeatable)."),
-    ] = None,
-    fresh: Annotated[
-        bool, typer.Option(help="If the run directory exists, start a new numbered one beside it.")
-    ] = False,
+    recipe_path: _RecipeArgument = None,
+    overrides: _Overrides = None,
+    fresh: _Fresh = False,
     resume: Annotated[
         Optional[Path],
         typer.Option(metavar="RUN_DIR", help="Continue a stopped nnU-Net run where it stopped."),
@@ -354,12 +363,7 @@ def nnunet(
     from mireg.nnunet.workflow import train_nnunet
     from mireg.recipe import load_recipe
 
-    if resume is not None and (recipe_path is not None or overrides or fresh):
-        raise typer.BadParameter(
-            "--resume takes the run directory only: its recipe is used as is", param_hint="--resume"
-        )
-    if resume is None and recipe_path is None:
-        raise typer.BadParameter("give a recipe file, or --resume RUN_DIR", param_hint="RECIPE")
+    _recipe_or_resume(recipe_path, overrides, fresh, resume)
     recipe = None if recipe_path is None else load_recipe(recipe_path, overrides or [])
     started = time.perf_counter()
     with _progress() as bar:

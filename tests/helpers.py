@@ -86,6 +86,28 @@ def train_steps(raw: dict[str, Any], steps: int, **train: Any) -> tuple[list[dic
     return out, trainer
 
 
+def synthetic_scan() -> tuple[Any, Any]:
+    """One synthetic cardiac scan as a scanner would store it (uint16, ``(X, Y, Z)``) and an oblique
+    affine (30 degrees in-plane, anisotropic, offset)."""
+    import numpy as np
+
+    from mireg.data.phantom import generate_patient
+
+    patient = generate_patient(40, seed=9)
+    image, _ = patient.frames[patient.ed_frame]
+    stored = np.round(image / image.max() * 4000).astype(np.uint16)
+    a = np.deg2rad(30.0)
+    affine = np.array(
+        [
+            [np.cos(a) * 1.4, -np.sin(a) * 1.6, 0, 10.0],
+            [np.sin(a) * 1.4, np.cos(a) * 1.6, 0, -3.0],
+            [0, 0, 7.0, 2.0],
+            [0, 0, 0, 1],
+        ]
+    )
+    return stored, affine
+
+
 def write_dicom_series(
     folder: Path,
     stored: Any,

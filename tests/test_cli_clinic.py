@@ -19,7 +19,7 @@ from mireg.predict import load_predictor
 from mireg.preprocessing.volume import preprocess_volume
 from mireg.recipe import dump_toml
 
-from .helpers import run_fresh_python, tiny_recipe, write_dicom_series
+from .helpers import run_fresh_python, synthetic_scan, tiny_recipe, write_dicom_series
 
 pytestmark = pytest.mark.slow
 
@@ -50,18 +50,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     recipe.write_text(dump_toml(tiny_recipe(root / "runs")))
     assert _main("train", recipe) == 0
     assert _main("export", root / "runs" / "tiny", "-o", root / "model" / "model.onnx") == 0
-    patient = generate_patient(40, seed=9)
-    image, _ = patient.frames[patient.ed_frame]
-    stored = np.round(image / image.max() * 4000).astype(np.uint16)
-    a = np.deg2rad(30.0)
-    affine = np.array(
-        [
-            [np.cos(a) * 1.4, -np.sin(a) * 1.6, 0, 10.0],
-            [np.sin(a) * 1.4, np.cos(a) * 1.6, 0, -3.0],
-            [0, 0, 7.0, 2.0],
-            [0, 0, 0, 1],
-        ]
-    )
+    stored, affine = synthetic_scan()
     names = [f"IM{stored.shape[2] - z:03d}" for z in range(stored.shape[2])]  # reversed file order
     write_dicom_series(root / "dicom" / "case", stored, affine, names=names)
     (root / "nifti").mkdir()

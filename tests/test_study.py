@@ -64,6 +64,13 @@ recipe = "full.toml"
 """
 
 
+def _grid_study(tmp_path: Path) -> tuple[Study, dict[str, RunKey]]:
+    """GRID_STUDY on the tiny recipes, and its selection runs by name."""
+    _recipes(tmp_path)
+    study = Study(load_study(_study_file(tmp_path, GRID_STUDY)), tmp_path / "study.toml")
+    return study, {k.name: k for k in study.selection_runs()}
+
+
 def _record(key: RunKey, val: float, test: float) -> RunRecord:
     return RunRecord(
         key.name, key.method, key.config, key.amount.label, key.seed, "done", val, test, 10.0, 1.0
@@ -107,9 +114,7 @@ def test_the_plan_trains_every_configuration_on_the_selection_seeds_then_the_cho
 
 
 def test_the_study_chooses_on_validation_even_where_test_would_choose_otherwise(tmp_path: Path) -> None:
-    _recipes(tmp_path)
-    study = Study(load_study(_study_file(tmp_path, GRID_STUDY)), tmp_path / "study.toml")
-    keys = {k.name: k for k in study.selection_runs()}
+    study, keys = _grid_study(tmp_path)
     records = [
         # configuration 0: worse on validation, better on test
         _record(keys["partial-c0-50pct-s1"], 0.70, 0.90),
@@ -134,9 +139,7 @@ def test_the_study_chooses_on_validation_even_where_test_would_choose_otherwise(
 
 
 def test_the_report_shows_how_far_validation_moves_across_each_grid(tmp_path: Path) -> None:
-    _recipes(tmp_path)
-    study = Study(load_study(_study_file(tmp_path, GRID_STUDY)), tmp_path / "study.toml")
-    keys = {k.name: k for k in study.selection_runs()}
+    study, keys = _grid_study(tmp_path)
     records = [
         _record(keys["partial-c0-50pct-s1"], 0.70, 0.90),
         _record(keys["partial-c0-50pct-s2"], 0.72, 0.92),
@@ -160,9 +163,7 @@ def test_the_report_shows_how_far_validation_moves_across_each_grid(tmp_path: Pa
 def test_the_report_keeps_the_held_out_seeds_apart_and_never_reports_an_unmade_choice(
     tmp_path: Path,
 ) -> None:
-    _recipes(tmp_path)
-    study = Study(load_study(_study_file(tmp_path, GRID_STUDY)), tmp_path / "study.toml")
-    keys = {k.name: k for k in study.selection_runs()}
+    study, keys = _grid_study(tmp_path)
     test = {  # test DSC per seed: partial's chosen configuration (c1), udaiic and full
         "partial": {1: 0.60, 2: 0.70, 3: 0.50},
         "udaiic": {1: 0.70, 2: 0.75, 3: 0.70},
@@ -200,9 +201,7 @@ def test_the_report_keeps_the_held_out_seeds_apart_and_never_reports_an_unmade_c
 
 
 def test_runs_tested_on_other_patients_than_the_baseline_are_not_paired(tmp_path: Path) -> None:
-    _recipes(tmp_path)
-    study = Study(load_study(_study_file(tmp_path, GRID_STUDY)), tmp_path / "study.toml")
-    keys = {k.name: k for k in study.selection_runs()}
+    study, keys = _grid_study(tmp_path)
     records = [_record(k, 0.8, 0.6) for n, k in keys.items() if not n.startswith("udaiic")]
     records += [_record(keys[f"udaiic-c0-50pct-s{s}"], 0.8, 0.6 + 0.1 * s) for s in (1, 2, 3)]
     records += [_record(r, 0.8, 0.6) for r in study.evaluation_runs(study.choose(records))]
@@ -265,9 +264,7 @@ def test_the_full_method_trains_with_every_label_and_amounts_do_not_repeat(tmp_p
 
 
 def test_a_configuration_missing_a_selection_run_does_not_compete(tmp_path: Path) -> None:
-    _recipes(tmp_path)
-    study = Study(load_study(_study_file(tmp_path, GRID_STUDY)), tmp_path / "study.toml")
-    keys = {k.name: k for k in study.selection_runs()}
+    study, keys = _grid_study(tmp_path)
     records = [
         _record(keys["partial-c0-50pct-s1"], 0.5, 0.5),
         _record(keys["partial-c0-50pct-s2"], 0.5, 0.5),

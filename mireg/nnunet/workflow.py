@@ -40,7 +40,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from mireg.data.splits import Split, make_split
+from mireg.data.splits import Split
 from mireg.errors import MiregError, RunError, RunInterrupted
 from mireg.evaluation.evaluate import VolumeResult, build_report, score_volume
 from mireg.evaluation.report import write_reports
@@ -50,6 +50,7 @@ from mireg.preprocessing.store import VolumeInfo, VolumeStore
 from mireg.processes import ending_with_parent
 from mireg.progress import Observer
 from mireg.recipe import Recipe
+from mireg.training.data import load_data
 from mireg.training.rundir import MetricsLog, RunDir
 
 __all__ = ["NNUNET_DIR", "NnUNetRun", "nnunet_version", "require_nnunet", "train_nnunet"]
@@ -162,11 +163,9 @@ class NnUNetRun:
         return RunDir(run_dir).file(RunDir.RECIPE).is_file() and (run_dir / NNUNET_DIR).is_dir()
 
     def load(self) -> tuple[VolumeStore, Split]:
-        """The recipe's store and its split (the split a mireg run of the recipe gets)."""
-        data = self.recipe.data
-        store = data.load(self.obs.progress)
-        seed = self.recipe.seed if data.split_seed is None else data.split_seed
-        return store, make_split(store, data, seed)
+        """The recipe's store and its split: those a mireg run of the recipe gets."""
+        data = load_data(self.recipe, self.obs.progress)
+        return data.store, data.split
 
     def start(self, split: Split) -> None:
         """Create the run folder (recipe, versions, split) and its nnU-Net tree."""
