@@ -15,8 +15,10 @@ import argparse
 from pathlib import Path
 
 from mireg.errors import MiregError
-from mireg.study import MethodSpec, Study, StudySpec
-from mireg.study_report import summarize_study, write_study_report
+from mireg.study.plan import Study
+from mireg.study.report import summarize_study, write_study_report
+from mireg.study.runner import run_study
+from mireg.study.spec import MethodSpec, StudySpec
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -57,7 +59,7 @@ def main() -> None:
     try:
         study = Study(spec, Path(__file__))
         study.check()
-        records = study.run(args.jobs)
+        records = run_study(study, args.jobs)
         paths = write_study_report(study, records, summarize_study(study, records))
     except MiregError as exc:
         raise SystemExit(f"error: {exc}") from None

@@ -119,7 +119,7 @@ def plugins(
         ),
     ] = False,
 ) -> None:
-    """List installed backbones, datasets and regularisers: distribution, version, entry point.
+    """List installed backbones, datasets, regularisers and file formats: distribution, version, target.
 
     Listing imports no plugin; --check imports each one and adds its status (ok, or why it is broken).
     """
@@ -538,7 +538,10 @@ def predict(
         Path, typer.Argument(help="Run directory, checkpoint file, or exported model (model.onnx).")
     ],
     inputs: Annotated[
-        list[Path], typer.Argument(help="NIfTI files, folders of them, or folders of DICOM series.")
+        list[Path],
+        typer.Argument(
+            help="NIfTI files, folders of them, or folders of DICOM series (and formats plugins add)."
+        ),
     ],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
     checkpoint: Annotated[str, typer.Option(help="best or last (for a run directory).")] = "best",
@@ -546,7 +549,9 @@ def predict(
     output_format: Annotated[
         Optional[str],
         typer.Option(
-            "--format", help="nifti or seg (DICOM Segmentation); default: seg for DICOM, nifti for NIfTI."
+            "--format",
+            help="nifti or seg (DICOM Segmentation), or a writer a plugin adds; default: seg for DICOM, "
+            "nifti otherwise.",
         ),
     ] = None,
     series: Annotated[
@@ -588,10 +593,11 @@ def predict(
     runs through ONNX Runtime, without torch.
     """
     from mireg.io.cine import parse_frames
-    from mireg.predict import FORMATS, FrameChoice, collect_inputs, load_predictor, predict_scans
+    from mireg.predict import FrameChoice, collect_inputs, load_predictor, predict_scans
 
-    if output_format is not None and output_format not in FORMATS:
-        raise typer.BadParameter(f"must be one of {', '.join(FORMATS)}", param_hint="--format")
+    writers = registry.available("writer")
+    if output_format is not None and output_format not in writers:
+        raise typer.BadParameter(f"must be one of {', '.join(writers)}", param_hint="--format")
     choice = FrameChoice(tuple(parse_frames(frames)) if frames is not None else None, ed, es)
     scans = collect_inputs(inputs, series)
     predictor = load_predictor(run, checkpoint, device)
@@ -617,7 +623,9 @@ def export(
     run: Annotated[Path, typer.Argument(help="Run directory or checkpoint file.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Network file to write (model.onnx).")],
     checkpoint: Annotated[str, typer.Option(help="best or last (for a run directory).")] = "best",
-    export_format: Annotated[str, typer.Option("--format", help="onnx or torchscript.")] = "onnx",
+    export_format: Annotated[
+        str, typer.Option("--format", help="onnx or torchscript, or an exporter a plugin adds.")
+    ] = "onnx",
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier export at OUT and its card.")] = False,
 ) -> None:
     """Export a trained network (ONNX or TorchScript) and its model card (OUT with .json).
@@ -627,13 +635,14 @@ def export(
     model.onnx SCANS -o OUT` then runs it without torch.
     """
     _require_torch("mireg export")
-    from mireg.export.exporters import EXPORT_FORMATS, check_export_outputs, export_model
+    from mireg.export.exporters import check_export_outputs, export_model
     from mireg.training.rundir import checkpoint_file
     from mireg.training.runtime import resolve_device
     from mireg.training.state import load_trained
 
-    if export_format not in EXPORT_FORMATS:
-        raise typer.BadParameter(f"must be one of {', '.join(EXPORT_FORMATS)}", param_hint="--format")
+    exporters = registry.available("exporter")
+    if export_format not in exporters:
+        raise typer.BadParameter(f"must be one of {', '.join(exporters)}", param_hint="--format")
     source = checkpoint_file(run, checkpoint)
     check_export_outputs(out, source, overwrite)
     trained = load_trained(source, resolve_device("cpu"))
@@ -669,8 +678,10 @@ def study(
     ones resumed, so a stopped study continues where it stopped when run again.
     """
     _require_torch("mireg study")
-    from mireg.study import Study, load_study
-    from mireg.study_report import overview, standing, summarize_study, write_study_report
+    from mireg.study.plan import Study
+    from mireg.study.report import overview, standing, summarize_study, write_study_report
+    from mireg.study.runner import run_study
+    from mireg.study.spec import load_study
     from mireg.training.runtime import resolve_device
 
     spec = load_study(study_file)
@@ -703,7 +714,7 @@ def study(
                 elapsed = bar.tasks[task].elapsed or 0.0
                 console.print(f"[{done}/{total}] {escape(description)} ({elapsed / 60:.0f} min elapsed)")
 
-        records = plan.run(jobs, progress)
+        records = run_study(plan, jobs, progress)
     rows = summarize_study(plan, records)
     paths = write_study_report(plan, records, rows)
     header, table = overview(plan, rows)

@@ -26,13 +26,13 @@ atomically, with the permissions of any new file of the user.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
 
 import numpy as np
 
+from mireg import registry
 from mireg.errors import DataError, MiregError
 from mireg.inference import (
     InferenceOptions,
@@ -40,13 +40,11 @@ from mireg.inference import (
     model_identity,
     predict_volume,
 )
-from mireg.io.cine import acdc_phases
-from mireg.io.dicom import DicomSeries  # pydicom itself is imported when a series is read
-from mireg.io.nifti import is_nifti, nifti_files, nifti_shape, nifti_stem, read_frames, write_label_map
+from mireg.io.formats import LabelMapWriter, ModelInfo, Scan, ScanReader
+from mireg.io.nifti import nifti_reference, write_label_map
 from mireg.progress import Progress
 
 __all__ = [
-    "FORMATS",
     "FrameChoice",
     "Job",
     "Scan",
@@ -57,9 +55,6 @@ __all__ = [
     "plan_jobs",
     "predict_scans",
 ]
-
-#: Output formats of label maps.
-FORMATS = ("nifti", "seg")
 
 _FULL_INSTALL = (
     "install mireg with torch (pip install mireg); an exported model (mireg export) predicts "
@@ -113,88 +108,56 @@ def load_predictor(model: Path, checkpoint: str = "best", device: str = "auto") 
 # --------------------------------------------------------------------------------------- inputs
 
 
-@dataclass(frozen=True)
-class Scan:
-    """One input: a NIfTI file, or one DICOM series of a folder.
+def _is_own(reader: ScanReader) -> bool:
+    return registry.discover("reader")[reader.name][0].distribution == "mireg"
 
-    Attributes:
-        path: The NIfTI file, or the DICOM folder.
-        series: The DICOM series (headers read and geometry checked; a cine's first frame), or None
-            for NIfTI.
-        frames: A DICOM cine's series of each frame, in time order (empty for one volume).
-        shape: A NIfTI file's shape, from its header (read when the outputs are planned).
-    """
 
-    path: Path
-    series: DicomSeries | None = None
-    frames: tuple[DicomSeries, ...] = ()
-    shape: tuple[int, ...] = ()
+def _readers() -> list[ScanReader]:
+    """The scan readers in the order they are asked: file formats (their folders' files) before
+    folder formats (DICOM), mireg's own before those of plugins, then by name."""
+    readers: list[ScanReader] = [registry.format_of("reader", name) for name in registry.available("reader")]
+    return sorted(readers, key=lambda reader: (reader.reads_folders, not _is_own(reader)))
 
-    @property
-    def name(self) -> str:
-        """The output file name's stem: the NIfTI file's, or the DICOM folder's name (``.`` is named
-        after the folder it stands for)."""
-        if self.series is None:
-            return nifti_stem(self.path)
-        return _folder_name(self.path)
 
-    @property
-    def is_dicom(self) -> bool:
-        return self.series is not None
-
-    @property
-    def n_frames(self) -> int:
-        """Frames in time: more than one for a cine scan."""
-        if self.series is not None:
-            return max(1, len(self.frames))
-        return self.shape[3] if len(self.shape) == 4 else 1
-
-    @property
-    def frame_series(self) -> tuple[DicomSeries, ...]:
-        """A DICOM scan's series of each frame, in time order (one for a plain series); ``()`` for
-        NIfTI."""
-        if self.series is None:
-            return ()
-        return self.frames or (self.series,)
-
-    @property
-    def input_files(self) -> list[Path]:
-        """The user's files this scan is read from (none of them is ever written)."""
-        if self.series is None:
-            return [self.path]
-        return [f for s in self.frame_series for f in s.files]
+def _nothing_read(path: Path, readers: list[ScanReader]) -> DataError:
+    """The error for a path no reader reads: what mireg's own readers read, then what plugins' do."""
+    if path.is_dir():
+        own = " and no ".join(r.contents for r in readers if _is_own(r))
+        added = "".join(f", nor {r.contents}" for r in readers if not _is_own(r))
+        return DataError(f"{path}: holds no {own}{added}")
+    kinds = " or ".join(r.file_kind for r in readers if r.file_kind is not None)
+    return DataError(
+        f"{path}: not {kinds}", "give DICOM series as folders (one series per folder, or --series UID)"
+    )
 
 
 def collect_inputs(inputs: Iterable[Path], series_uid: str | None = None) -> list[Scan]:
     """The scans named directly or found (non-recursively) in the folders given.
 
-    A folder holding NIfTI files contributes them (hidden files skipped); any other folder is read
-    as DICOM: its one series, or the one ``series_uid`` names. A file named directly must be NIfTI.
+    A folder is read by the first reader that finds something in it (:mod:`mireg.io.formats`): a
+    folder holding NIfTI files contributes them (hidden files skipped); any other folder is read as
+    DICOM: its one series, or the one ``series_uid`` names. A file named directly must be of a file
+    format (NIfTI, or one a plugin adds).
 
     Raises:
-        DataError: A missing path, a file that is not NIfTI, a folder with neither NIfTI files nor
-            DICOM, two inputs with the same output name, a DICOM folder with several series and
-            none chosen (they are listed), a bad DICOM file or series (named), or a NIfTI file of
-            more than 4 dimensions.
+        DataError: A missing path, a file no reader reads, a folder with nothing any reader reads,
+            two inputs with the same output name, a DICOM folder with several series and none chosen
+            (they are listed), a bad DICOM file or series (named), or a NIfTI file of more than 4
+            dimensions.
     """
-    found: list[tuple[Path, bool]] = []  # (path, is a DICOM folder)
+    readers = _readers()
+    found: list[tuple[Path, ScanReader]] = []
     for path in inputs:
-        if path.is_dir():
-            files = nifti_files(path, optional=True)
-            if files:
-                found.extend((f, False) for f in files)
-            else:
-                found.append((path, True))
-        elif path.is_file():
-            if not is_nifti(path):
-                raise DataError(
-                    f"{path}: not a NIfTI file (.nii or .nii.gz)",
-                    "give DICOM series as folders (one series per folder, or --series UID)",
-                )
-            found.append((path, False))
-        else:
+        if not path.exists():
             raise DataError(f"{path}: no such file or folder")
-    names = [_folder_name(p) if dicom else nifti_stem(p) for p, dicom in found]
+        for reader in readers:
+            paths = reader.find(path)
+            if paths:
+                found.extend((p, reader) for p in paths)
+                break
+        else:
+            raise _nothing_read(path, readers)
+    names = [reader.output_name(p) for p, reader in found]
     for i, name in enumerate(names):
         if name in names[:i]:
             clash = found[names.index(name)][0]
@@ -202,40 +165,7 @@ def collect_inputs(inputs: Iterable[Path], series_uid: str | None = None) -> lis
                 f"two inputs share the output name {clash.name or name!r} ({clash} and {found[i][0]})",
                 "predict them into different output folders",
             )
-    return [_dicom_scan(p, series_uid) if dicom else Scan(p) for p, dicom in found]
-
-
-def _folder_name(folder: Path) -> str:
-    """A DICOM folder's name, ``.`` and ``..`` included (named after the folder they stand for)."""
-    return Path(os.path.abspath(folder)).name or "dicom"
-
-
-def _dicom_scan(folder: Path, series_uid: str | None) -> Scan:
-    from mireg.io.dicom import dicom_files, find_series, read_frames
-
-    if not dicom_files(folder):
-        raise DataError(f"{folder}: holds no .nii or .nii.gz files and no DICOM files")
-    found = find_series(folder)
-    listing = "; ".join(_describe(uid, members) for uid, members in found.items())
-    if series_uid is not None:
-        if series_uid not in found:
-            raise DataError(f"{folder}: no series {series_uid} (--series); it holds {listing}")
-        uid = series_uid
-    elif len(found) > 1:
-        raise DataError(
-            f"{folder}: holds {len(found)} DICOM series: {listing}",
-            "choose one with --series UID",
-        )
-    else:
-        uid = next(iter(found))
-    frames = read_frames(folder, uid, found[uid])
-    return Scan(folder, frames[0], tuple(frames) if len(frames) > 1 else ())
-
-
-def _describe(uid: str, members: list[tuple[Path, Any]]) -> str:
-    """``UID (N files, description)`` of a series found in a folder."""
-    description = str(members[0][1].get("SeriesDescription", "") or "")
-    return f"{uid} ({len(members)} files{', ' + description if description else ''})"
+    return [reader.open(p, series_uid) for p, reader in found]
 
 
 # ------------------------------------------------------------------------------------ the plan
@@ -265,7 +195,7 @@ class Job:
 
     Attributes:
         scan: The input.
-        fmt: ``nifti`` or ``seg``.
+        writer: The label maps' format.
         frames: The frames segmented (indices from 0, in time order; ``(0,)`` for one volume).
         phases: Frame index -> ``ED`` or ``ES``, where known.
         labels: The label map, or (cine DICOM to SEG) one SEG per frame segmented.
@@ -274,7 +204,7 @@ class Job:
     """
 
     scan: Scan
-    fmt: str
+    writer: LabelMapWriter
     frames: tuple[int, ...]
     phases: dict[int, str] = field(default_factory=dict)
     labels: tuple[Path, ...] = ()
@@ -286,17 +216,12 @@ class Job:
         return [*self.labels, *([self.probabilities] if self.probabilities else []), *self.overlays]
 
 
-def _format_of(scan: Scan, output_format: str | None) -> str:
-    if output_format is None:
-        return "seg" if scan.is_dicom else "nifti"
-    if output_format not in FORMATS:
-        raise DataError(f"--format: {output_format!r} is not one of {', '.join(FORMATS)}")
-    if output_format == "seg" and not scan.is_dicom:
-        raise DataError(
-            f"{scan.path}: --format seg needs a DICOM series to reference; this input is NIfTI",
-            "use --format nifti for NIfTI inputs",
-        )
-    return output_format
+def _writer(scan: Scan, output_format: str | None) -> LabelMapWriter:
+    name = scan.default_writer if output_format is None else output_format
+    if name not in registry.available("writer"):
+        raise DataError(f"--format: {name!r} is not one of {', '.join(registry.available('writer'))}")
+    writer: LabelMapWriter = registry.format_of("writer", name)
+    return writer
 
 
 def _frames_of(scan: Scan, choice: FrameChoice) -> tuple[tuple[int, ...], dict[int, str]]:
@@ -322,17 +247,10 @@ def _frames_of(scan: Scan, choice: FrameChoice) -> tuple[tuple[int, ...], dict[i
                 "add them to --frames",
             )
     else:  # from ACDC's Info.cfg beside a 4D NIfTI, where the phases segmented are known
-        ed_es = None if scan.is_dicom else acdc_phases(scan.path)
+        ed_es = scan.phases()
         named = zip(("ED", "ES"), ed_es or (), strict=False)
         phases = {n - 1: name for name, n in named if n <= count and n in numbers}
     return tuple(n - 1 for n in numbers), phases
-
-
-def _nifti_shape(path: Path) -> tuple[int, ...]:
-    shape = nifti_shape(path)
-    if len(shape) > 4:
-        raise DataError(f"{path}: {len(shape)} dimensions {shape}; a scan is 3D, or 4D (X, Y, Z, T) for cine")
-    return shape
 
 
 def plan_jobs(
@@ -354,47 +272,25 @@ def plan_jobs(
         raise DataError("--ed and --es: give both or neither")
     jobs = []
     for scan in scans:
-        if not scan.is_dicom and not scan.shape:
-            scan = replace(scan, shape=_nifti_shape(scan.path))
-        fmt = _format_of(scan, output_format)
+        count = scan.n_frames  # a NIfTI file's header is read here
+        writer = _writer(scan, output_format)
         frames, phases = _frames_of(scan, choice)
-        name, cine = scan.name, scan.n_frames > 1
-        width = max(2, len(str(scan.n_frames)))
+        name, cine = scan.name, count > 1
+        width = max(2, len(str(count)))
         tags = [f"_frame{t + 1:0{width}d}" if cine else "" for t in frames]
-        if fmt == "seg":
-            _check_seg_sources(scan, frames)
-            labels = tuple(out_dir / f"{name}{tag}.dcm" for tag in tags)
-        else:
-            labels = (out_dir / (f"{name}.nii.gz" if scan.is_dicom else scan.path.name),)
+        writer.check(scan, frames)
         jobs.append(
             Job(
                 scan,
-                fmt,
+                writer,
                 frames,
                 phases,
-                labels,
+                writer.paths(scan, out_dir, tags),
                 out_dir / f"{name}_probabilities.nii.gz" if save_probabilities else None,
                 tuple(out_dir / "overlays" / f"{name}{tag}.png" for tag in tags) if overlay else (),
             )
         )
     return jobs
-
-
-def _check_seg_sources(scan: Scan, frames: Sequence[int]) -> None:
-    """Whether a SEG can reference each frame's images (from their headers, before anything is
-    written): a :class:`DataError` naming the file and attribute if not."""
-    from mireg.io.dicom_seg import prepare_sources
-
-    try:
-        import highdicom  # noqa: F401 (only to find out before anything is written)
-    except ImportError:
-        raise DataError(
-            f"{scan.path}: writing DICOM SEG needs highdicom, which is not installed",
-            "install the DICOM support: pip install 'mireg[clinic]', or use --format nifti",
-        ) from None
-    for t in frames:
-        series = scan.frame_series[t]
-        prepare_sources(series, series.headers())
 
 
 def _file_id(path: Path) -> tuple[int, int]:
@@ -427,7 +323,7 @@ def check_outputs(jobs: Sequence[Job], tables: Sequence[Path], overwrite: bool =
             )
         producers[key] = source
     inputs = {_file_id(f) for j in jobs for f in j.scan.input_files}  # every input exists: it was read
-    folders = [j.scan.path.resolve() for j in jobs if j.scan.is_dicom]
+    folders = [j.scan.path.resolve() for j in jobs if j.scan.path.is_dir()]
     for path in producers:
         if path.exists() and _file_id(path) in inputs:
             raise DataError(
@@ -450,32 +346,6 @@ def check_outputs(jobs: Sequence[Job], tables: Sequence[Path], overwrite: bool =
 
 
 # -------------------------------------------------------------------------------------- outputs
-
-
-class _Frame(NamedTuple):
-    """One frame of a scan, read: its index, image ``(X, Y, Z)``, affine and spacing, and (DICOM) its
-    series and datasets, which its SEG references."""
-
-    t: int
-    image: np.ndarray
-    affine: np.ndarray
-    spacing: tuple[float, float, float]
-    series: DicomSeries | None = None
-    datasets: list[Any] | None = None
-
-
-def _frames_to_segment(job: Job) -> Iterator[_Frame]:
-    """Each frame of ``job`` to segment, read when its turn comes."""
-    scan = job.scan
-    if scan.series is None:
-        data, affine, spacing = read_frames(scan.path)
-        for t in job.frames:
-            yield _Frame(t, data[..., t], affine, spacing)
-        return
-    for t in job.frames:
-        series = scan.frame_series[t]
-        datasets = series.datasets()
-        yield _Frame(t, series.volume(datasets), series.affine, series.spacing, series, datasets)
 
 
 def predict_scans(
@@ -507,8 +377,6 @@ def predict_scans(
     Returns:
         The label maps written (SEG files or NIfTI).
     """
-    import nibabel as nib
-
     from mireg.volumes import FUNCTION_CSV, VOLUMES_CSV, VolumeTable, structure_volumes, voxel_volume_ml
 
     jobs = plan_jobs(scans, out_dir, output_format, frames, save_probabilities, overlay)
@@ -518,10 +386,11 @@ def predict_scans(
     check_outputs(jobs, tables, overwrite)
     options = predictor.options if options is None else options
     total, done, written = sum(len(j.frames) for j in jobs), 0, list[Path]()
+    model = ModelInfo(tuple(classes), predictor.name, predictor.identity or predictor.version)
     for job in jobs:
         scan, cine = job.scan, job.scan.n_frames > 1
         labels, probabilities = [], []
-        for i, frame in enumerate(_frames_to_segment(job)):
+        for i, frame in enumerate(scan.read(job.frames)):
             result = predict_volume(
                 predictor.network,
                 frame.image,
@@ -546,36 +415,17 @@ def predict_scans(
                     None,
                     described,
                 )
-            if job.fmt == "seg":  # one SEG per frame, written while its datasets are at hand
-                from mireg.io.dicom_seg import write_segmentation
-
-                assert frame.series is not None and frame.datasets is not None  # a DICOM scan's
-                write_segmentation(
-                    job.labels[i],
-                    result.labels,
-                    frame.series,
-                    frame.datasets,
-                    classes,
-                    predictor.name,
-                    predictor.identity or predictor.version,
-                )
+            if job.writer.per_frame:  # written while the frame's sources are at hand
+                job.writer.write(job.labels[i], result.labels, scan, frame, model)
             done += 1
             if progress is not None:
                 progress(done, total, described)
-        reference = _reference(scan, nib)
-        if job.fmt == "nifti":
+        if not job.writer.per_frame:
             stacked = np.stack(labels, axis=3) if cine else labels[0]
-            write_label_map(job.labels[0], stacked, reference)
+            job.writer.write(job.labels[0], stacked, scan, None, model)
         if job.probabilities is not None:
             stacked = np.stack(probabilities, axis=3) if cine else probabilities[0]
-            write_label_map(job.probabilities, stacked, reference, np.float32)
+            write_label_map(job.probabilities, stacked, nifti_reference(scan), np.float32)
         written.extend(job.labels)
     table.write(out_dir)
     return written
-
-
-def _reference(scan: Scan, nib: Any) -> Any:
-    """The image whose affine and header the NIfTI outputs of ``scan`` take."""
-    if scan.series is None:
-        return nib.load(str(scan.path))
-    return nib.Nifti1Image(np.zeros((1, 1, 1), np.uint8), scan.series.affine)  # geometry only

@@ -1,4 +1,5 @@
-"""Contract checks for plugin authors: does a backbone, regulariser or dataset obey mireg's contract?
+"""Contract checks for plugin authors: does a backbone, regulariser, dataset or scan reader obey
+mireg's contract?
 
 Use them in a plugin package's own tests::
 
@@ -20,7 +21,9 @@ a GPU (``pytest -m cuda``).
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -34,11 +37,19 @@ from mireg.contract import (
     StepContext,
     Transform,
 )
+from mireg.io.formats import Scan, ScanReader
 from mireg.preprocessing.store import VolumeStore
 from mireg.training.step import TappedNetwork
 from mireg.training.step import step_context as build_step_context
 
-__all__ = ["ContractError", "check_backbone", "check_dataset", "check_regularizer", "step_context"]
+__all__ = [
+    "ContractError",
+    "check_backbone",
+    "check_dataset",
+    "check_reader",
+    "check_regularizer",
+    "step_context",
+]
 
 
 class ContractError(AssertionError):
@@ -238,3 +249,50 @@ def check_dataset(config: DatasetConfig) -> VolumeStore:
     )
     make_split(store, small, seed=0)
     return store
+
+
+def check_reader(reader: ScanReader, path: Path) -> list[Scan]:
+    """Find and open the scans ``path`` is or holds (a sample file or folder of the reader's format),
+    and check what ``mireg predict`` relies on: names, frames, geometry and every frame's arrays.
+
+    Returns:
+        The scans, for further checks of their values.
+    """
+    plugin = f"reader {getattr(reader, 'name', type(reader).__name__)!r}"
+    _expect(isinstance(reader, ScanReader), plugin, "does not subclass mireg.io.formats.ScanReader")
+    found = reader.find(path)
+    _expect(bool(found), plugin, f"find({path}) found nothing")
+    scans = [reader.open(p) for p in found]
+    for p, scan in zip(found, scans, strict=True):
+        what = f"{plugin}, {p}"
+        _expect(isinstance(scan, Scan), what, f"open() returned {type(scan).__name__}, not a Scan")
+        _expect(
+            bool(scan.name) and scan.name == reader.output_name(p), what, "name differs from output_name()"
+        )
+        _expect(scan.n_frames >= 1, what, f"n_frames is {scan.n_frames}")
+        _expect(all(f.exists() for f in scan.input_files), what, "input_files names missing files")
+        affine = np.asarray(scan.affine)
+        _expect(
+            affine.shape == (4, 4) and bool(np.isfinite(affine).all()) and abs(np.linalg.det(affine)) > 0,
+            what,
+            f"affine {affine.tolist()} is not an invertible 4 x 4 matrix",
+        )
+        frames = list(range(scan.n_frames))
+        read = list(scan.read(frames[::-1]))
+        _expect(
+            [f.t for f in read] == frames[::-1], what, "read() did not give the frames asked for, in order"
+        )
+        for frame in read:
+            image = frame.image
+            _expect(
+                image.ndim == 3 and image.dtype == np.float32 and bool(np.isfinite(image).all()),
+                what,
+                f"frame {frame.t}: image {image.shape} {image.dtype}, expected a finite float32 (X, Y, Z)",
+            )
+            sizes = np.linalg.norm(np.asarray(frame.affine)[:3, :3], axis=0)
+            _expect(
+                len(frame.spacing) == 3 and np.allclose(sizes, frame.spacing, rtol=1e-4),
+                what,
+                f"frame {frame.t}: spacing {frame.spacing} is not the affine's voxel size {sizes.tolist()}",
+            )
+    return scans

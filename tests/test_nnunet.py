@@ -23,7 +23,8 @@ import pytest
 from mireg.data.splits import Split, make_split
 from mireg.errors import RecipeError
 from mireg.recipe import dump_toml, load_recipe
-from mireg.study import Study, load_study
+from mireg.study.plan import Study
+from mireg.study.spec import load_study
 
 from .helpers import tiny_recipe
 

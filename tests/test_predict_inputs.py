@@ -49,3 +49,19 @@ def test_a_dicom_folder_without_the_clinic_extra_says_what_to_install(
     with pytest.raises(DataError, match="reading DICOM needs pydicom") as info:
         collect_inputs([tmp_path / "series"])
     assert info.value.hint is not None and "mireg[clinic]" in info.value.hint
+
+
+def test_the_nifti_reader_obeys_the_reader_contract(tmp_path: Path) -> None:
+    import nibabel as nib
+    import numpy as np
+
+    from mireg import registry
+    from mireg.testing import check_reader
+
+    affine = np.diag([1.5, 1.5, 8.0, 1.0])
+    cine = np.random.default_rng(0).random((12, 10, 3, 4)).astype(np.float32)
+    nib.save(nib.Nifti1Image(cine, affine), str(tmp_path / "cine.nii.gz"))
+    nib.save(nib.Nifti1Image(cine[..., 0], affine), str(tmp_path / "volume.nii"))
+    cine_scan, volume = check_reader(registry.format_of("reader", "nifti"), tmp_path)
+    assert (cine_scan.n_frames, volume.n_frames) == (4, 1)
+    np.testing.assert_array_equal(next(cine_scan.read([2])).image, cine[..., 2])

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mireg.study import RunKey, Study
+from mireg.study.plan import Study
+from mireg.study.runs import RunKey
 
 from .helpers import REPO, load_benchmark
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from mireg.stats import estimate, gap_share, paired_difference
+from mireg.study.stats import estimate, gap_share, paired_difference
 
 
 def test_estimate_is_the_mean_the_sample_std_and_a_t_interval() -> None:

@@ -18,8 +18,10 @@ import pytest
 
 from mireg.errors import RecipeError
 from mireg.recipe import dump_toml
-from mireg.study import RunKey, RunRecord, Study, load_study
-from mireg.study_report import compare_methods, markdown, summarize_study
+from mireg.study.plan import Study
+from mireg.study.report import compare_methods, markdown, summarize_study
+from mireg.study.runs import RunKey, RunRecord
+from mireg.study.spec import load_study
 
 from .helpers import tiny_recipe
 

@@ -15,26 +15,34 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
+from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
 import mireg
+from mireg import registry
 from mireg.errors import CheckpointError
 from mireg.export.portable import ModelCard, NetworkInfo, PreprocessingInfo, card_path, file_sha256
 from mireg.files import atomic_write, atomic_write_text
 from mireg.preprocessing.volume import PERCENTILES, SLICE_AXIS
 from mireg.training.state import TrainedModel
 
-__all__ = ["EXPORT_FORMATS", "OPSET", "check_export_outputs", "export_model", "weights_sha256"]
+__all__ = [
+    "OPSET",
+    "Exporter",
+    "OnnxExporter",
+    "TorchScriptExporter",
+    "check_export_outputs",
+    "export_model",
+    "weights_sha256",
+]
 
 #: The ONNX opset of exports (ONNX Runtime runs it from version 1.14 on).
 OPSET = 18
-
-EXPORT_FORMATS = ("onnx", "torchscript")
 
 #: Largest difference allowed between the exported network's logits and torch's on the check batch.
 TOLERANCE = 1e-4
@@ -75,7 +83,7 @@ def export_model(trained: TrainedModel, out: Path, fmt: str = "onnx") -> list[Pa
     Args:
         trained: The network (on the CPU) and its checkpoint.
         out: The network file (``.onnx`` for ONNX); the card goes to ``out`` with ``.json``.
-        fmt: ``onnx`` or ``torchscript``.
+        fmt: The exporter's name: ``onnx``, ``torchscript``, or one a plugin adds (:class:`Exporter`).
 
     Returns:
         The network file and the card.
@@ -84,10 +92,11 @@ def export_model(trained: TrainedModel, out: Path, fmt: str = "onnx") -> list[Pa
         CheckpointError: An unknown format, a file name the card would clash with, or a network
             the exporter cannot translate or whose export computes other logits.
     """
-    if fmt not in EXPORT_FORMATS:
-        raise CheckpointError(f"--format: {fmt!r} is not one of {', '.join(EXPORT_FORMATS)}")
-    if fmt == "onnx" and out.suffix != ".onnx":
-        raise CheckpointError(f"{out}: an ONNX export's file name must end in .onnx")
+    if fmt not in registry.available("exporter"):
+        raise CheckpointError(f"--format: {fmt!r} is not one of {', '.join(registry.available('exporter'))}")
+    exporter: Exporter = registry.format_of("exporter", fmt)
+    if exporter.suffix is not None and out.suffix != exporter.suffix:
+        raise CheckpointError(f"{out}: {exporter.described} file name must end in {exporter.suffix}")
     if out.suffix == ".json":
         raise CheckpointError(f"{out}: the model card takes the .json name; choose another for the network")
     model = trained.model.cpu().eval()
@@ -102,25 +111,11 @@ def export_model(trained: TrainedModel, out: Path, fmt: str = "onnx") -> list[Pa
         expected = model(check).float().numpy()
         expected_other = model(other).float().numpy()
     classes = expected.shape[1]
-    got_other = None
-    if fmt == "onnx":
-        program, dynamic = _onnx_program(model, canvas)
-        atomic_write(out, lambda tmp: program.save(str(tmp)))
-        got = _run_onnx(out, check.numpy())
-        got_other = _run_onnx(out, other.numpy()) if dynamic else None
-        shape: list[int | str] = ["batch", 1, *(("height", "width") if dynamic else (canvas, canvas))]
-        out_shape: list[int | str] = ["batch", classes, *shape[2:]]
-    else:
-        with warnings.catch_warnings():
-            # The tracer's deprecation and its note that shape checks become constants (the input
-            # size is fixed by the canvas anyway).
-            warnings.simplefilter("ignore")
-            traced = torch.jit.trace(model, check[:2])
-            atomic_write(out, lambda tmp: torch.jit.save(traced, str(tmp)))
-            with torch.no_grad():
-                got = torch.jit.load(str(out))(check).float().numpy()
-        shape = ["batch", 1, canvas, canvas]
-        out_shape = ["batch", classes, canvas, canvas]
+    dynamic = exporter.save(model, check, out)
+    got = exporter.run(out, check)
+    got_other = exporter.run(out, other) if dynamic else None
+    shape: list[int | str] = ["batch", 1, *(("height", "width") if dynamic else (canvas, canvas))]
+    out_shape: list[int | str] = ["batch", classes, *shape[2:]]
     if got is not None:
         worst = float(np.abs(got - expected).max())
         if got_other is not None:
@@ -140,8 +135,8 @@ def export_model(trained: TrainedModel, out: Path, fmt: str = "onnx") -> list[Pa
         classes=list(trained.classes),
         network=NetworkInfo(
             file=out.name,
-            format="onnx" if fmt == "onnx" else "torchscript",
-            opset=OPSET if fmt == "onnx" else None,
+            format=exporter.name,
+            opset=exporter.opset,
             input_shape=shape,
             output_shape=out_shape,
             size_multiple=multiple if "height" in shape else None,
@@ -159,6 +154,75 @@ def export_model(trained: TrainedModel, out: Path, fmt: str = "onnx") -> list[Pa
     card_file = card_path(out)
     atomic_write_text(card_file, card.to_json())
     return [out, card_file]
+
+
+class Exporter(ABC):
+    """A format of exported networks (``mireg export --format NAME``): writes a network that maps
+    slices ``(batch, 1, height, width)`` to logits ``(batch, classes, height, width)``, and runs the
+    written file so that :func:`export_model` can check it against torch."""
+
+    #: The name registered, which ``--format`` takes and the model card records.
+    name: ClassVar[str]
+    #: How messages name its files (``an ONNX export's``).
+    described: ClassVar[str]
+    #: The ending the file name must have, if any (``.onnx``).
+    suffix: ClassVar[str | None] = None
+    #: The ONNX opset, for ONNX formats (the card records it).
+    opset: ClassVar[int | None] = None
+
+    @abstractmethod
+    def save(self, model: nn.Module, example: torch.Tensor, out: Path) -> bool:
+        """Write ``model`` (on the CPU, in eval mode) to ``out`` atomically; ``example`` is a batch of
+        canvas-sized slices. Returns whether its height and width are dynamic (else the canvas').
+
+        Raises:
+            CheckpointError: The network cannot be exported in this format.
+        """
+
+    @abstractmethod
+    def run(self, out: Path, x: torch.Tensor) -> np.ndarray | None:
+        """The written network's logits of ``x``, or None where its runtime is not installed."""
+
+
+class OnnxExporter(Exporter):
+    """ONNX through torch's ``torch.export``-based exporter, at opset :data:`OPSET`; run with ONNX
+    Runtime."""
+
+    name = "onnx"
+    described = "an ONNX export's"
+    suffix = ".onnx"
+    opset = OPSET
+
+    def save(self, model: nn.Module, example: torch.Tensor, out: Path) -> bool:
+        program, dynamic = _onnx_program(model, example.shape[-1])
+        atomic_write(out, lambda tmp: program.save(str(tmp)))
+        return dynamic
+
+    def run(self, out: Path, x: torch.Tensor) -> np.ndarray | None:
+        return _run_onnx(out, x.numpy())
+
+
+class TorchScriptExporter(Exporter):
+    """TorchScript through ``torch.jit.trace`` (for LibTorch), for the canvas' size only."""
+
+    name = "torchscript"
+    described = "a TorchScript export's"
+
+    def save(self, model: nn.Module, example: torch.Tensor, out: Path) -> bool:
+        with warnings.catch_warnings():
+            # The tracer's deprecation and its note that shape checks become constants (the input
+            # size is fixed by the canvas anyway).
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(model, example[:2])
+            atomic_write(out, lambda tmp: torch.jit.save(traced, str(tmp)))
+        return False
+
+    def run(self, out: Path, x: torch.Tensor) -> np.ndarray | None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with torch.no_grad():
+                logits: np.ndarray = torch.jit.load(str(out))(x).float().numpy()
+        return logits
 
 
 def _onnx_program(model: nn.Module, canvas: int) -> tuple[Any, bool]:

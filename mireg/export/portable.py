@@ -45,7 +45,7 @@ class NetworkInfo(Strict):
     """The network file: its format, interface and checksum."""
 
     file: str = Field(description="file name, beside the card")
-    format: Literal["onnx", "torchscript"]
+    format: str = Field(description="the exporter's name: onnx, torchscript, or one a plugin adds")
     opset: int | None = Field(None, description="ONNX opset (onnx only)")
     input: str = "image"
     output: str = "logits"

@@ -30,8 +30,10 @@ import numpy as np
 from mireg.errors import DataError
 from mireg.files import atomic_write
 from mireg.io.dicom import DicomSeries, absence
+from mireg.io.dicom_scan import DicomScan
+from mireg.io.formats import Frame, LabelMapWriter, ModelInfo, Scan
 
-__all__ = ["CARDIAC_CODES", "prepare_sources", "segment_codes", "write_segmentation"]
+__all__ = ["CARDIAC_CODES", "SegWriter", "prepare_sources", "segment_codes", "write_segmentation"]
 
 #: SNOMED CT codes of the cardiac classes: name -> (code value, code meaning). ACDC's ``MYO`` is the
 #: left-ventricular myocardium and its ``LV`` the left-ventricular cavity, coded as the ventricle.
@@ -339,3 +341,39 @@ def _segmentation(
         series_description=f"{algorithm} segmentation"[:64],
         content_label=_content_label(str(first.get("Modality", "") or "")),
     )
+
+
+class SegWriter(LabelMapWriter):
+    """``mireg predict``'s DICOM SEG output: one SEG per frame segmented, referencing the frame's
+    series; for DICOM inputs only."""
+
+    name = "seg"
+    per_frame = True
+
+    def check(self, scan: Scan, frames: Sequence[int]) -> None:
+        """Whether a SEG can reference each frame's images (from their headers)."""
+        if not isinstance(scan, DicomScan):
+            raise DataError(
+                f"{scan.path}: --format seg needs a DICOM series to reference; this input is {scan.kind}",
+                f"use --format nifti for {scan.kind} inputs",
+            )
+        try:
+            import highdicom  # noqa: F401 (only to find out before anything is written)
+        except ImportError:
+            raise DataError(
+                f"{scan.path}: writing DICOM SEG needs highdicom, which is not installed",
+                "install the DICOM support: pip install 'mireg[clinic]', or use --format nifti",
+            ) from None
+        for t in frames:
+            series = scan.frame_series[t]
+            prepare_sources(series, series.headers())
+
+    def paths(self, scan: Scan, out_dir: Path, tags: Sequence[str]) -> tuple[Path, ...]:
+        return tuple(out_dir / f"{scan.name}{tag}.dcm" for tag in tags)
+
+    def write(
+        self, path: Path, labels: np.ndarray, scan: Scan, frame: Frame | None, model: ModelInfo
+    ) -> None:
+        assert frame is not None and frame.source is not None  # a DICOM frame, per frame
+        series, datasets = frame.source
+        write_segmentation(path, labels, series, datasets, list(model.classes), model.name, model.identity)

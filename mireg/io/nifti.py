@@ -1,8 +1,11 @@
-"""Reading and writing NIfTI volumes with errors that name the file."""
+"""Reading and writing NIfTI volumes with errors that name the file; the NIfTI scan reader and
+label-map writer of ``mireg predict`` (:mod:`mireg.io.formats`)."""
 
 from __future__ import annotations
 
-from functools import partial
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import cached_property, partial
 from pathlib import Path
 
 import nibabel as nib
@@ -10,15 +13,21 @@ import numpy as np
 
 from mireg.errors import DataError
 from mireg.files import atomic_write
+from mireg.io.cine import acdc_phases
+from mireg.io.formats import Frame, LabelMapWriter, ModelInfo, Scan, ScanReader
 from mireg.preprocessing.volume import RawVolume, StoreBuilder
 from mireg.progress import Progress
 
 __all__ = [
     "NIFTI_SUFFIXES",
+    "NiftiReader",
+    "NiftiScan",
+    "NiftiWriter",
     "add_unlabeled_folder",
     "is_nifti",
     "nifti_files",
     "nifti_shape",
+    "nifti_reference",
     "nifti_stem",
     "read_frames",
     "read_label_for",
@@ -230,3 +239,96 @@ def add_unlabeled_folder(folder: Path, builder: StoreBuilder, progress: Progress
         builder.add_file(id=patient, patient=patient, read=partial(read_scan, path), source=str(path))
         if progress is not None:
             progress(i + 1, len(files), f"reading unlabelled scans of {folder.name}")
+
+
+# ------------------------------------------------------------------------ mireg predict's format
+
+
+@dataclass(frozen=True)
+class NiftiScan(Scan):
+    """A NIfTI file: one volume ``(X, Y, Z)``, or a cine scan ``(X, Y, Z, T)``."""
+
+    kind = "NIfTI"
+    path: Path
+
+    @cached_property
+    def shape(self) -> tuple[int, ...]:
+        """The array shape its header declares (read once, the data not read).
+
+        Raises:
+            DataError: An unreadable file, or one of more than 4 dimensions.
+        """
+        shape = nifti_shape(self.path)
+        if len(shape) > 4:
+            raise DataError(
+                f"{self.path}: {len(shape)} dimensions {shape}; a scan is 3D, or 4D (X, Y, Z, T) for cine"
+            )
+        return shape
+
+    @property
+    def name(self) -> str:
+        return nifti_stem(self.path)
+
+    @property
+    def n_frames(self) -> int:
+        return self.shape[3] if len(self.shape) == 4 else 1
+
+    @property
+    def affine(self) -> np.ndarray:
+        affine: np.ndarray = _open(self.path).affine
+        return affine
+
+    @property
+    def input_files(self) -> list[Path]:
+        return [self.path]
+
+    def read(self, frames: Sequence[int]) -> Iterator[Frame]:
+        data, affine, spacing = read_frames(self.path)
+        for t in frames:
+            yield Frame(t, data[..., t], affine, spacing)
+
+    def phases(self) -> tuple[int, int] | None:
+        """From ACDC's ``Info.cfg`` beside the file, where the phases segmented are known."""
+        return acdc_phases(self.path)
+
+
+class NiftiReader(ScanReader):
+    """NIfTI files (``.nii``, ``.nii.gz``), named or found directly in a folder."""
+
+    name = "nifti"
+    file_kind = "a NIfTI file (.nii or .nii.gz)"
+    contents = ".nii or .nii.gz files"
+
+    def find(self, path: Path) -> list[Path]:
+        if path.is_dir():
+            return nifti_files(path, optional=True)
+        return [path] if is_nifti(path) else []
+
+    def output_name(self, path: Path) -> str:
+        return nifti_stem(path)
+
+    def open(self, path: Path, series: str | None = None) -> NiftiScan:
+        return NiftiScan(path)
+
+
+def nifti_reference(scan: Scan) -> nib.Nifti1Image:
+    """The image whose affine and header NIfTI outputs of ``scan`` take: a NIfTI input's own, else
+    one with the scan's geometry only."""
+    if isinstance(scan, NiftiScan):
+        return _open(scan.path)
+    return nib.Nifti1Image(np.zeros((1, 1, 1), np.uint8), scan.affine)
+
+
+class NiftiWriter(LabelMapWriter):
+    """Label maps as NIfTI (uint8) on the scan's grid, with its geometry: one file per scan, 4D for
+    the frames segmented of a cine scan. A NIfTI input's label map takes its file name."""
+
+    name = "nifti"
+
+    def paths(self, scan: Scan, out_dir: Path, tags: Sequence[str]) -> tuple[Path, ...]:
+        return (out_dir / (scan.path.name if isinstance(scan, NiftiScan) else f"{scan.name}.nii.gz"),)
+
+    def write(
+        self, path: Path, labels: np.ndarray, scan: Scan, frame: Frame | None, model: ModelInfo
+    ) -> None:
+        write_label_map(path, labels, nifti_reference(scan))

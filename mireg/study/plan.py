@@ -1,233 +1,27 @@
-"""``mireg study``: does a method help on my data? Every method over labelled amounts and seeds,
-settings chosen on validation only, reported with intervals and paired differences.
-
-A study file (TOML, validated like a recipe) names the methods, each a recipe with overrides and an
-optional small grid of settings; the labelled amounts (ratios or patient counts); and the seeds. A
-seed draws the patient split and every method of a seed trains on that split. For a method with a
-grid, every configuration trains on the selection seeds (all seeds unless ``select_seeds`` says
-otherwise), the one with the best mean validation DSC is chosen, per labelled amount, and only it
-trains on the other seeds. The test split is read only for the report.
-
-Each run is a ``mireg train`` subprocess on a recipe file the study writes first; a finished run
-(one with a test report) is reused, an interrupted one resumed, a failed one reported with its log
-and the rest of the study goes on. A killed study continues where it stopped when run again.
-"""
+"""A study file made concrete (:class:`Study`): its configurations, runs, recipes and folders, the
+choice on validation, and where the study stands."""
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import itertools
-import json
 import math
-import os
-import shutil
-import signal
-import subprocess
-import sys
-import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
-
-from pydantic import Field, ValidationError, model_validator
+from typing import Any
 
 from mireg.errors import MiregError, RecipeError
-from mireg.files import atomic_write_text
-from mireg.processes import ending_with_parent
 from mireg.recipe import (
     TrainConfig,
     apply_override,
     dump_toml,
-    format_problems,
     read_toml,
     validate_recipe,
-    validation_messages,
 )
-from mireg.schema import Strict
+from mireg.study.runs import ALL_LABELS, Amount, PlannedRun, RunKey, RunRecord, read_record
+from mireg.study.spec import StudySpec
 from mireg.training.rundir import RunDir
 
-__all__ = [
-    "Amount",
-    "PlannedRun",
-    "RunKey",
-    "RunRecord",
-    "Study",
-    "StudySpec",
-    "duration",
-    "load_study",
-    "minutes_left",
-]
-
-
-class MethodSpec(Strict):
-    """``[methods.NAME]``: a recipe, overrides for every run, and an optional grid of settings."""
-
-    recipe: Path = Field(description="recipe file, relative to the study file")
-    engine: Literal["mireg", "nnunet"] = Field(
-        "mireg",
-        description="what trains the runs: mireg (the recipe), or nnU-Net v2 on the recipe's data, "
-        "split, budget and device (mireg nnunet; the nnunet extra)",
-    )
-    set: list[str] = Field(default_factory=list, description="key.path=value overrides")
-    grid: dict[str, list[Any]] = Field(
-        default_factory=dict,
-        description="key.path -> values; the configurations are all their combinations, chosen on validation",
-    )
-
-    @model_validator(mode="after")
-    def _non_empty_grid(self) -> MethodSpec:
-        for key, values in self.grid.items():
-            if not values:
-                raise ValueError(f"grid.{key} has no values")
-        return self
-
-
-class QuickSpec(Strict):
-    """``[quick]``: the ``--quick`` preset, for a check that finishes in minutes."""
-
-    seeds: int = Field(2, ge=1, description="the first N seeds")
-    set: list[str] = Field(
-        default_factory=lambda: ["train.epochs=2", "train.iterations_per_epoch=5"],
-        description="overrides for every run",
-    )
-    grid: bool = Field(False, description="keep the grids (false: each method's first configuration)")
-
-
-class StudySpec(Strict):
-    """A study file."""
-
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    methods: dict[str, MethodSpec] = Field(min_length=1)
-    baseline: str = Field("partial", description="the method the others are compared with, pairwise")
-    full: str | None = Field("full", description="the method with every label (top of the gap)")
-    compare: list[tuple[str, str]] = Field(
-        default_factory=list,
-        description="[method, versus] pairs whose paired test-DSC difference is reported too",
-    )
-    labeled_ratios: list[float] | None = None
-    labeled_patients: list[int] | None = None
-    seeds: list[int] = Field(min_length=1)
-    select_seeds: list[int] | None = Field(None, description="seeds the grids are chosen on")
-    set: list[str] = Field(default_factory=list, description="overrides for every run")
-    runs_dir: Path = Field(Path("runs/studies"), description="the study writes runs_dir/<name>/")
-    quick: QuickSpec = QuickSpec()
-
-    @model_validator(mode="after")
-    def _consistent(self) -> StudySpec:
-        if (self.labeled_ratios is None) == (self.labeled_patients is None):
-            raise ValueError("give labeled_ratios or labeled_patients (one of them)")
-        ratios = self.labeled_ratios or []
-        if any(not 0 < r <= 1 for r in ratios):
-            raise ValueError(f"labeled_ratios must be in (0, 1], got {ratios}")
-        if any(n < 1 for n in self.labeled_patients or []):
-            raise ValueError(f"labeled_patients must be >= 1, got {self.labeled_patients}")
-        labels = [f"{r * 100:g}" for r in ratios] + [str(n) for n in self.labeled_patients or []]
-        if len(set(labels)) != len(labels):
-            raise ValueError(f"the labelled amounts repeat: {self.labeled_ratios or self.labeled_patients}")
-        if len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"seeds has duplicates: {self.seeds}")
-        if self.select_seeds is not None and not set(self.select_seeds) <= set(self.seeds):
-            raise ValueError(f"select_seeds {self.select_seeds} must be among the seeds {self.seeds}")
-        for role, method in (("baseline", self.baseline), ("full", self.full)):
-            if method is not None and method not in self.methods:
-                raise ValueError(f"{role}: {method!r} is not one of the methods {list(self.methods)}")
-        for method, versus in self.compare:
-            for name in (method, versus):
-                if name not in self.methods:
-                    raise ValueError(f"compare: {name!r} is not one of the methods {list(self.methods)}")
-            if method == versus:
-                raise ValueError(f"compare: {method!r} is compared with itself")
-        return self
-
-
-def load_study(path: Path) -> StudySpec:
-    """Read and validate a study file; every problem is reported at once with its key path.
-
-    Raises:
-        RecipeError: Unreadable TOML or invalid keys and values.
-    """
-    raw = read_toml(path)
-    try:
-        return StudySpec.model_validate(raw)
-    except ValidationError as exc:
-        raise RecipeError(format_problems(str(path), validation_messages(exc))) from None
-
-
-# --------------------------------------------------------------------------------------------------
-# The plan
-
-
-@dataclass(frozen=True)
-class Amount:
-    """A labelled amount: a ratio of the training patients, a patient count, or every label."""
-
-    kind: str  # "ratio", "patients" or "all"
-    value: float
-
-    @property
-    def label(self) -> str:
-        if self.kind == "all":
-            return "all"
-        if self.kind == "ratio":
-            return f"{self.value * 100:g}pct"
-        return f"{int(self.value)}pat"
-
-    @property
-    def text(self) -> str:
-        """As a table shows it."""
-        if self.kind == "all":
-            return "all"
-        return f"{self.value * 100:g} %" if self.kind == "ratio" else f"{int(self.value)} patients"
-
-
-ALL_LABELS = Amount("all", 1.0)
-
-
-@dataclass(frozen=True)
-class RunKey:
-    """One training run of a study."""
-
-    method: str
-    config: int
-    amount: Amount
-    seed: int
-
-    @property
-    def name(self) -> str:
-        return f"{self.method}-c{self.config}-{self.amount.label}-s{self.seed}"
-
-
-@dataclass
-class RunRecord:
-    """What a run gave: its status and, when done, its best validation and its test numbers."""
-
-    name: str
-    method: str
-    config: int
-    amount: str
-    seed: int
-    status: str  # "done", "failed" or "interrupted"
-    val_dice: float = math.nan
-    test_dice: float = math.nan
-    test_hd95: float = math.nan
-    minutes: float = math.nan
-    log: str = ""
-    split: str = ""  # fingerprint of the validation and test patients ("": not known)
-
-
-@dataclass(frozen=True)
-class PlannedRun:
-    """A run of the plan and where it stands."""
-
-    phase: str  # "selection" or "evaluation"
-    method: str
-    amount: Amount
-    config: int | None  # None: to be chosen on validation, once the selection runs finished
-    seed: int
-    state: str  # "done", "resume" or "train"
-    share: float  # of its epochs trained
+__all__ = ["Study", "duration", "minutes_left"]
 
 
 class Study:
@@ -511,7 +305,7 @@ class Study:
             state, share = self.state(key)
             plan.append(PlannedRun(phase, key.method, key.amount, key.config, key.seed, state, share))
             if state == "done":
-                records.append(_record(self, key, "done"))
+                records.append(self.record(key, "done"))
 
         for key in self.selection_runs():
             add("selection", key)
@@ -528,36 +322,13 @@ class Study:
                         plan.append(PlannedRun("evaluation", method, amount, None, seed, "train", 0.0))
         return plan, records
 
-    # ------------------------------------------------------------------------------------- running
+    def log(self, key: RunKey) -> Path:
+        """The run's log file."""
+        return self.out / "logs" / f"{key.name}.log"
 
-    def run(self, jobs: int = 1, progress: Callable[[int, int, str], None] | None = None) -> list[RunRecord]:
-        """Train (or reuse, or resume) every run; returns their records, in plan order.
-
-        Args:
-            jobs: Runs at a time. On CUDA each running job gets its own GPU, round-robin.
-            progress: ``progress(done, total, description)``.
-        """
-        self.require_engines()
-        self.out.mkdir(parents=True, exist_ok=True)
-        total = self.total_runs()
-        done: list[RunRecord] = []
-
-        def report(record: RunRecord, reused: bool) -> None:
-            done.append(record)
-            if progress is None:
-                return
-            text = f"{self.spec.name}: {record.name} {'reused' if reused else record.status}"
-            if not reused and len(done) < total:
-                left = minutes_left(*self.standing(), jobs)
-                if left is not None:
-                    text += f", about {duration(60 * left)} left"
-            progress(len(done), total, text)
-
-        if progress is not None:
-            progress(0, total, f"{self.spec.name}: starting")
-        first = _Runner(self, jobs).run(self.selection_runs(), report)
-        second = _Runner(self, jobs).run(self.evaluation_runs(self.choose(first)), report)
-        return first + second
+    def record(self, key: RunKey, status: str) -> RunRecord:
+        """The run's record (read from its folder when it finished)."""
+        return read_record(key, self.run_dir(key), self.log(key), status)
 
 
 def minutes_left(plan: list[PlannedRun], records: list[RunRecord], jobs: int) -> float | None:
@@ -592,126 +363,3 @@ def duration(seconds: float) -> str:
 def _toml_literal(value: Any) -> str:
     """A value as the right-hand side of a ``--set`` override."""
     return dump_toml({"v": value}).strip().removeprefix("v = ")
-
-
-# --------------------------------------------------------------------------------------------------
-# Running the runs
-
-
-def _gpu_count() -> int:
-    import torch
-
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
-class _Runner:
-    """Runs ``mireg train`` subprocesses, at most ``jobs`` at a time, from one thread."""
-
-    def __init__(self, study: Study, jobs: int) -> None:
-        self.study = study
-        self.jobs = max(1, jobs)
-        self.threads = max(1, (os.cpu_count() or 1) // self.jobs)
-        self.gpus = _gpu_count() if (study.device or "").startswith("cuda") else 0
-
-    def _command(self, key: RunKey) -> list[str] | None:
-        """The ``mireg`` arguments that train or resume the run, or None if it is finished."""
-        study = self.study
-        run = study.run_dir(key)
-        atomic_write_text(study.recipe_file(key), study.recipe_text(key))
-        command = "nnunet" if study.engine(key) == "nnunet" else "train"
-        if run.finished:
-            return None
-        if study.resumable(key):
-            return [command, "--resume", str(run)]
-        if run.path.exists():  # started, killed before its first checkpoint: nothing to keep
-            extra = {p.name for p in run.path.iterdir()} - RunDir.BEFORE_CHECKPOINT
-            if extra:
-                raise MiregError(f"{run}: holds {sorted(extra)} but no checkpoint; not touching it")
-            shutil.rmtree(run.path)
-        return [command, str(study.recipe_file(key))]
-
-    def run(self, keys: list[RunKey], report: Callable[[RunRecord, bool], None]) -> list[RunRecord]:
-        """Train every run not finished yet; ``report(record, reused)`` as each one ends."""
-        records: dict[RunKey, RunRecord] = {}
-        queue = list(keys)
-        running: dict[RunKey, tuple[subprocess.Popen[bytes], int]] = {}
-        free_slots = list(range(self.jobs))
-        try:
-            while queue or running:
-                while queue and free_slots:
-                    key = queue.pop(0)
-                    command = self._command(key)
-                    if command is None:
-                        records[key] = _record(self.study, key, "done")
-                        report(records[key], True)
-                        continue
-                    slot = free_slots.pop(0)
-                    running[key] = (self._start(key, command, slot), slot)
-                for key, (proc, slot) in list(running.items()):
-                    code = proc.poll()
-                    if code is None:
-                        continue
-                    del running[key]
-                    free_slots.append(slot)
-                    status = "done" if code == 0 else ("interrupted" if code in (130, -2, -15) else "failed")
-                    records[key] = _record(self.study, key, status)
-                    report(records[key], False)
-                if running:
-                    time.sleep(0.2)
-        except BaseException:
-            for proc, _ in running.values():  # they checkpoint and stop; a rerun resumes them
-                proc.send_signal(signal.SIGTERM)
-            for proc, _ in running.values():
-                proc.wait()
-            raise
-        return [records[k] for k in keys]
-
-    def _start(self, key: RunKey, command: list[str], slot: int) -> subprocess.Popen[bytes]:
-        log = self.study.out / "logs" / f"{key.name}.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "COLUMNS": "120"}
-        if self.gpus:
-            env["CUDA_VISIBLE_DEVICES"] = str(slot % self.gpus)
-        with open(log, "ab") as fh:
-            return subprocess.Popen(
-                [sys.executable, "-m", "mireg", *command],
-                stdout=fh,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                preexec_fn=ending_with_parent(),
-            )
-
-
-def _record(study: Study, key: RunKey, status: str) -> RunRecord:
-    """The run's record, read from its folder when it finished."""
-    run = study.run_dir(key)
-    log = study.out / "logs" / f"{key.name}.log"
-    record = RunRecord(key.name, key.method, key.config, key.amount.label, key.seed, status, log=str(log))
-    if status != "done":
-        return record
-    try:
-        with open(run.file(RunDir.METRICS), newline="") as fh:
-            rows = list(csv.DictReader(fh))
-        summary = json.loads(run.file(RunDir.REPORT).read_text())["summary"]
-        record.val_dice = max(float(r["val_dice/mean"]) for r in rows if r.get("val_dice/mean"))
-        record.minutes = sum(float(r["seconds"]) for r in rows) / 60
-        record.test_dice = float(summary["dice"]["all"]["mean"]["mean"])
-        hd95 = summary["hd95"]["all"]["mean"]["mean"]  # None where no volume had one
-        record.test_hd95 = math.nan if hd95 is None else float(hd95)
-        if run.file(RunDir.SPLIT).is_file():
-            split = json.loads(run.file(RunDir.SPLIT).read_text())
-            held = json.dumps([sorted(split["validation"]), sorted(split["test"])])
-            record.split = hashlib.sha256(held.encode()).hexdigest()[:12]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        record.status = "failed"
-        record.log = f"{log} ({run}: unreadable results: {exc})"
-    return record
-
-
-def records_to_json(records: list[RunRecord]) -> list[dict[str, Any]]:
-    """Records as plain data (NaN as null)."""
-    return [
-        {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(r).items()}
-        for r in records
-    ]

@@ -17,8 +17,9 @@ from typing import Any
 
 from mireg.evaluation.report import markdown_table
 from mireg.files import atomic_write, atomic_write_text
-from mireg.stats import Estimate, PairedDifference, estimate, gap_share, paired_difference
-from mireg.study import Amount, PlannedRun, RunRecord, Study, duration, minutes_left, records_to_json
+from mireg.study.plan import Study, duration, minutes_left
+from mireg.study.runs import Amount, PlannedRun, RunRecord, records_to_json
+from mireg.study.stats import Estimate, PairedDifference, estimate, gap_share, paired_difference
 
 __all__ = [
     "Comparison",

@@ -1,0 +1,118 @@
+"""What identifies a study's run, and what a run gave: its record, read from its folder."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from mireg.training.rundir import RunDir
+
+__all__ = ["ALL_LABELS", "Amount", "PlannedRun", "RunKey", "RunRecord", "read_record", "records_to_json"]
+
+
+@dataclass(frozen=True)
+class Amount:
+    """A labelled amount: a ratio of the training patients, a patient count, or every label."""
+
+    kind: str  # "ratio", "patients" or "all"
+    value: float
+
+    @property
+    def label(self) -> str:
+        if self.kind == "all":
+            return "all"
+        if self.kind == "ratio":
+            return f"{self.value * 100:g}pct"
+        return f"{int(self.value)}pat"
+
+    @property
+    def text(self) -> str:
+        """As a table shows it."""
+        if self.kind == "all":
+            return "all"
+        return f"{self.value * 100:g} %" if self.kind == "ratio" else f"{int(self.value)} patients"
+
+
+ALL_LABELS = Amount("all", 1.0)
+
+
+@dataclass(frozen=True)
+class RunKey:
+    """One training run of a study."""
+
+    method: str
+    config: int
+    amount: Amount
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.method}-c{self.config}-{self.amount.label}-s{self.seed}"
+
+
+@dataclass
+class RunRecord:
+    """What a run gave: its status and, when done, its best validation and its test numbers."""
+
+    name: str
+    method: str
+    config: int
+    amount: str
+    seed: int
+    status: str  # "done", "failed" or "interrupted"
+    val_dice: float = math.nan
+    test_dice: float = math.nan
+    test_hd95: float = math.nan
+    minutes: float = math.nan
+    log: str = ""
+    split: str = ""  # fingerprint of the validation and test patients ("": not known)
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """A run of the plan and where it stands."""
+
+    phase: str  # "selection" or "evaluation"
+    method: str
+    amount: Amount
+    config: int | None  # None: to be chosen on validation, once the selection runs finished
+    seed: int
+    state: str  # "done", "resume" or "train"
+    share: float  # of its epochs trained
+
+
+def read_record(key: RunKey, run: RunDir, log: Path, status: str) -> RunRecord:
+    """The run's record, read from its folder ``run`` when it finished (``log``: its log file)."""
+    record = RunRecord(key.name, key.method, key.config, key.amount.label, key.seed, status, log=str(log))
+    if status != "done":
+        return record
+    try:
+        with open(run.file(RunDir.METRICS), newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        summary = json.loads(run.file(RunDir.REPORT).read_text())["summary"]
+        record.val_dice = max(float(r["val_dice/mean"]) for r in rows if r.get("val_dice/mean"))
+        record.minutes = sum(float(r["seconds"]) for r in rows) / 60
+        record.test_dice = float(summary["dice"]["all"]["mean"]["mean"])
+        hd95 = summary["hd95"]["all"]["mean"]["mean"]  # None where no volume had one
+        record.test_hd95 = math.nan if hd95 is None else float(hd95)
+        if run.file(RunDir.SPLIT).is_file():
+            split = json.loads(run.file(RunDir.SPLIT).read_text())
+            held = json.dumps([sorted(split["validation"]), sorted(split["test"])])
+            record.split = hashlib.sha256(held.encode()).hexdigest()[:12]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        record.status = "failed"
+        record.log = f"{log} ({run}: unreadable results: {exc})"
+    return record
+
+
+def records_to_json(records: list[RunRecord]) -> list[dict[str, Any]]:
+    """Records as plain data (NaN as null)."""
+    return [
+        {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(r).items()}
+        for r in records
+    ]
