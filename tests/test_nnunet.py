@@ -24,6 +24,7 @@ from mireg.data.splits import Split, make_split
 from mireg.errors import RecipeError
 from mireg.recipe import dump_toml, load_recipe
 from mireg.study.plan import Study
+from mireg.study.runner import run_study
 from mireg.study.spec import load_study
 
 from .helpers import tiny_recipe
@@ -95,7 +96,7 @@ def test_without_nnunet_the_command_and_a_study_that_needs_it_say_how_to_install
     assert not (tmp_path / "runs").exists()
     study_file = _study_file(tmp_path)
     with pytest.raises(RecipeError, match=r"methods\.nnunet: engine = \"nnunet\" needs nnU-Net v2"):
-        Study(load_study(study_file), study_file).run()
+        run_study(Study(load_study(study_file), study_file))
     assert not (tmp_path / "out").exists()  # nothing started
     Study(load_study(study_file), study_file).check()  # the recipes themselves are valid
 
