@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from mireg import registry
-from mireg.errors import DataError, MiregError
+from mireg.errors import DataError, MiregError, PluginError
 from mireg.inference import (
     InferenceOptions,
     Predictor,
@@ -112,22 +112,34 @@ def _is_own(reader: ScanReader) -> bool:
     return registry.discover("reader")[reader.name][0].distribution == "mireg"
 
 
-def _readers() -> list[ScanReader]:
+def _readers() -> tuple[list[ScanReader], list[str]]:
     """The scan readers in the order they are asked: file formats (their folders' files) before
-    folder formats (DICOM), mireg's own before those of plugins, then by name."""
-    readers: list[ScanReader] = [registry.format_of("reader", name) for name in registry.available("reader")]
-    return sorted(readers, key=lambda reader: (reader.reads_folders, not _is_own(reader)))
+    folder formats (DICOM), mireg's own before those of plugins, then by name; and why each plugin
+    reader that does not load does not (it is left out: a broken plugin breaks no other format)."""
+    readers: list[ScanReader] = []
+    broken: list[str] = []
+    for name in registry.available("reader"):
+        try:
+            readers.append(registry.format_of("reader", name))
+        except PluginError as exc:
+            if registry.discover("reader")[name][0].distribution == "mireg":
+                raise
+            broken.append(exc.message)
+    return sorted(readers, key=lambda reader: (reader.reads_folders, not _is_own(reader))), broken
 
 
-def _nothing_read(path: Path, readers: list[ScanReader]) -> DataError:
-    """The error for a path no reader reads: what mireg's own readers read, then what plugins' do."""
+def _nothing_read(path: Path, readers: list[ScanReader], broken: list[str]) -> DataError:
+    """The error for a path no reader reads: what mireg's own readers read, then what plugins' do,
+    and the plugin readers left out."""
+    unloaded = f" ({'; '.join(broken)})" if broken else ""
     if path.is_dir():
         own = " and no ".join(r.contents for r in readers if _is_own(r))
         added = "".join(f", nor {r.contents}" for r in readers if not _is_own(r))
-        return DataError(f"{path}: holds no {own}{added}")
+        return DataError(f"{path}: holds no {own}{added}{unloaded}")
     kinds = " or ".join(r.file_kind for r in readers if r.file_kind is not None)
     return DataError(
-        f"{path}: not {kinds}", "give DICOM series as folders (one series per folder, or --series UID)"
+        f"{path}: not {kinds}{unloaded}",
+        "give DICOM series as folders (one series per folder, or --series UID)",
     )
 
 
@@ -145,7 +157,7 @@ def collect_inputs(inputs: Iterable[Path], series_uid: str | None = None) -> lis
             (they are listed), a bad DICOM file or series (named), or a NIfTI file of more than 4
             dimensions.
     """
-    readers = _readers()
+    readers, broken = _readers()
     found: list[tuple[Path, ScanReader]] = []
     for path in inputs:
         if not path.exists():
@@ -156,7 +168,7 @@ def collect_inputs(inputs: Iterable[Path], series_uid: str | None = None) -> lis
                 found.extend((p, reader) for p in paths)
                 break
         else:
-            raise _nothing_read(path, readers)
+            raise _nothing_read(path, readers, broken)
     names = [reader.output_name(p) for p, reader in found]
     for i, name in enumerate(names):
         if name in names[:i]:
