@@ -108,35 +108,33 @@ def load_predictor(model: Path, checkpoint: str = "best", device: str = "auto") 
 # --------------------------------------------------------------------------------------- inputs
 
 
-def _is_own(reader: ScanReader) -> bool:
-    return registry.discover("reader")[reader.name][0].distribution == "mireg"
-
-
-def _readers() -> tuple[list[ScanReader], list[str]]:
-    """The scan readers in the order they are asked: file formats (their folders' files) before
-    folder formats (DICOM), mireg's own before those of plugins, then by name; and why each plugin
-    reader that does not load does not (it is left out: a broken plugin breaks no other format)."""
-    readers: list[ScanReader] = []
+def _readers() -> tuple[list[tuple[ScanReader, bool]], list[str]]:
+    """The scan readers, each with whether it is mireg's own, in the order they are asked: file
+    formats (their folders' files) before folder formats (DICOM), mireg's own before those of
+    plugins, then by name; and why each plugin reader that does not load does not (it is left out: a
+    broken plugin breaks no other format)."""
+    readers: list[tuple[ScanReader, bool]] = []
     broken: list[str] = []
     for name in registry.available("reader"):
+        own = registry.is_own("reader", name)
         try:
-            readers.append(registry.format_of("reader", name))
+            readers.append((registry.format_of("reader", name), own))
         except PluginError as exc:
-            if registry.discover("reader")[name][0].distribution == "mireg":
+            if own:
                 raise
             broken.append(exc.message)
-    return sorted(readers, key=lambda reader: (reader.reads_folders, not _is_own(reader))), broken
+    return sorted(readers, key=lambda pair: (pair[0].reads_folders, not pair[1])), broken
 
 
-def _nothing_read(path: Path, readers: list[ScanReader], broken: list[str]) -> DataError:
+def _nothing_read(path: Path, readers: list[tuple[ScanReader, bool]], broken: list[str]) -> DataError:
     """The error for a path no reader reads: what mireg's own readers read, then what plugins' do,
     and the plugin readers left out."""
     unloaded = f" ({'; '.join(broken)})" if broken else ""
     if path.is_dir():
-        own = " and no ".join(r.contents for r in readers if _is_own(r))
-        added = "".join(f", nor {r.contents}" for r in readers if not _is_own(r))
+        own = " and no ".join(r.contents for r, is_own in readers if is_own)
+        added = "".join(f", nor {r.contents}" for r, is_own in readers if not is_own)
         return DataError(f"{path}: holds no {own}{added}{unloaded}")
-    kinds = " or ".join(r.file_kind for r in readers if r.file_kind is not None)
+    kinds = " or ".join(r.file_kind for r, _ in readers if r.file_kind is not None)
     return DataError(
         f"{path}: not {kinds}{unloaded}",
         "give DICOM series as folders (one series per folder, or --series UID)",
@@ -162,7 +160,7 @@ def collect_inputs(inputs: Iterable[Path], series_uid: str | None = None) -> lis
     for path in inputs:
         if not path.exists():
             raise DataError(f"{path}: no such file or folder")
-        for reader in readers:
+        for reader, _ in readers:
             paths = reader.find(path)
             if paths:
                 found.extend((p, reader) for p in paths)

@@ -38,6 +38,7 @@ __all__ = [
     "discover",
     "format_of",
     "installed",
+    "is_own",
     "load",
     "plugin_status",
 ]
@@ -66,6 +67,8 @@ BUILT_IN_FORMATS: dict[str, dict[str, str]] = {
     },
 }
 DISABLE_ENV = "MIREG_DISABLE_PLUGIN_AUTOLOAD"
+#: The distribution of mireg's own plugins and formats.
+OWN = "mireg"
 
 
 @dataclass(frozen=True)
@@ -95,11 +98,11 @@ def discover(kind: str) -> dict[str, list[PluginInfo]]:
     found: dict[str, list[PluginInfo]] = {}
     third_party_off = os.environ.get(DISABLE_ENV, "") not in ("", "0")
     built_in = [
-        PluginInfo(kind, name, value, "mireg", _own_version())
+        PluginInfo(kind, name, value, OWN, _own_version())
         for name, value in BUILT_IN_FORMATS.get(kind, {}).items()
     ]
     for info in built_in + [_info(kind, ep) for ep in entry_points(group=group)]:
-        if third_party_off and info.distribution != "mireg":
+        if third_party_off and info.distribution != OWN:
             continue
         same = found.setdefault(info.name, [])
         if all(i.distribution != info.distribution for i in same):  # the same dist seen twice
@@ -116,6 +119,11 @@ def _own_version() -> str:
 
 def available(kind: str) -> list[str]:
     return list(discover(kind))
+
+
+def is_own(kind: str, name: str) -> bool:
+    """Whether plugin ``name`` of ``kind`` is mireg's own (no other distribution registers it)."""
+    return all(info.distribution == OWN for info in discover(kind)[name])
 
 
 def installed() -> list[PluginInfo]:

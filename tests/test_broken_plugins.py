@@ -95,3 +95,34 @@ def test_autoloading_third_party_plugins_can_be_switched_off(
     registry.discover.cache_clear()
     assert "explodes" not in registry.available("regularizer")
     assert registry.load("backbone", "unet")  # no duplicate once the third party is ignored
+
+
+def test_a_broken_reader_plugin_breaks_no_other_format_and_is_named_where_nothing_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import nibabel as nib
+    import numpy as np
+
+    from mireg.errors import DataError
+    from mireg.predict import collect_inputs
+
+    site = tmp_path / "site"
+    _install_fake_distribution(
+        site,
+        "mireg-broken-reader",
+        "[mireg.readers]\nexplodes = broken_reader_mod:Reader\n",
+        {"broken_reader_mod": "raise RuntimeError('boom at import')\n"},
+    )
+    monkeypatch.syspath_prepend(str(site))
+    registry.discover.cache_clear()
+    try:
+        nib.save(nib.Nifti1Image(np.zeros((4, 4, 2), np.float32), np.eye(4)), str(tmp_path / "scan.nii.gz"))
+        assert [s.name for s in collect_inputs([tmp_path / "scan.nii.gz"])] == ["scan"]
+        (tmp_path / "scan.txt").write_text("x")
+        with pytest.raises(
+            DataError, match=r"scan.txt: not a NIfTI file .*mireg-broken-reader\[explodes\] failed"
+        ):
+            collect_inputs([tmp_path / "scan.txt"])
+    finally:
+        registry.discover.cache_clear()
+        sys.modules.pop("broken_reader_mod", None)
