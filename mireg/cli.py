@@ -36,7 +36,7 @@ from mireg.errors import MiregError, RunInterrupted
 from mireg.progress import Observer
 
 if TYPE_CHECKING:
-    from mireg.training.loop import Trainer
+    pass
 
 # Help, --version and `plugins` import nothing heavy: whatever pulls in torch (mireg.contract,
 # mireg.training, mireg.evaluation.evaluate, the data modules) is imported by the command that uses it.
@@ -167,10 +167,6 @@ def preprocess(
     _require_torch("mireg preprocess")
     from mireg.data.prepare import prepare_store
 
-    if spacing <= 0:
-        raise typer.BadParameter("must be > 0", param_hint="--spacing")
-    if canvas < 16 or canvas % 16:
-        raise typer.BadParameter("must be a positive multiple of 16", param_hint="--canvas")
     options = {}
     for item in option or []:
         key, sep, value = item.partition("=")
@@ -221,6 +217,11 @@ class _RichObserver(Observer):
             f"  val DSC {100 * val:.1f}{best}  ({row['seconds']:.0f} s)"
         )
 
+    def stopping(self, signal_name: str) -> None:
+        err_console.print(
+            f"[yellow]{signal_name}: saving a checkpoint after this step (Ctrl-C again to stop at once)[/]"
+        )
+
 
 @contextmanager
 def _interrupt_on_sigterm() -> Iterator[None]:
@@ -234,29 +235,6 @@ def _interrupt_on_sigterm() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-@contextmanager
-def _stop_on_signals(trainer: Trainer) -> Iterator[None]:
-    """SIGINT/SIGTERM ask the trainer to checkpoint and stop; a second Ctrl-C stops at once."""
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-    def handler(signum: int, frame: Any) -> None:
-        if trainer.runtime.is_main:
-            err_console.print(
-                f"[yellow]{signal.Signals(signum).name}: saving a checkpoint after "
-                "this step (Ctrl-C again to stop at once)[/]"
-            )
-        trainer.request_stop()
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-    for sig in previous:
-        signal.signal(sig, handler)
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 # Parameters that `train` and `nnunet` share.
@@ -305,39 +283,19 @@ def train(
     """
     _require_torch("mireg train")
     from mireg.recipe import load_recipe
-    from mireg.training.loop import Trainer, choose_run, resume_point
-    from mireg.training.runtime import Runtime
+    from mireg.training.workflow import train as train_run
 
     _recipe_or_resume(recipe_path, overrides, fresh, resume)
-    checkpoint = None
-    if resume is not None:
-        run, recipe, checkpoint = resume_point(resume)
-    else:
-        assert recipe_path is not None
-        recipe = load_recipe(recipe_path, overrides or [])
-    runtime = Runtime.start(recipe.train.device)
-    console.quiet = not runtime.is_main  # in a torchrun job only rank 0 prints
-    if checkpoint is None:
-        run = choose_run(recipe, fresh, runtime)
+    recipe = None if recipe_path is None else load_recipe(recipe_path, overrides or [])
+    console.quiet = _rank() != 0  # in a torchrun job only rank 0 prints
     started = time.perf_counter()
     with _progress() as bar:
-        trainer = Trainer(recipe, _RichObserver(bar), runtime)
-        trainer.setup()
-        if checkpoint is None:
-            trainer.start(run)
-            console.print(f"run directory: {run}", markup=False)
-        else:
-            trainer.resume(checkpoint)
-            console.print(
-                f"resuming {run} at epoch {checkpoint.epoch + 1}, step {checkpoint.step}", markup=False
-            )
-        with _stop_on_signals(trainer):
-            report = trainer.fit(run)
-    runtime.close()
-    if not runtime.is_main:
+        trained = train_run(recipe, resume, fresh, _RichObserver(bar))
+    if not trained.is_main:
         return
+    report, run = trained.report, trained.run
     console.print(
-        metrics_tables(report, f"{recipe.name}: test set, best checkpoint (epoch {report['epoch']})")
+        metrics_tables(report, f"{trained.recipe.name}: test set, best checkpoint (epoch {report['epoch']})")
     )
     console.print(
         f"done in {time.perf_counter() - started:.0f} s; report: {run.file(run.REPORT)}", markup=False
@@ -456,28 +414,14 @@ def _require_torch(what: str) -> None:
         ) from None
 
 
-def _options(default: Any, tta: bool | None, keep_largest: bool | None) -> Any:
-    """``default`` (InferenceOptions) with the options given on the command line."""
-    from mireg.inference import InferenceOptions
-
-    return InferenceOptions(
-        tta=default.tta if tta is None else tta,
-        keep_largest=default.keep_largest if keep_largest is None else keep_largest,
-    )
-
-
 def _eval_run(
     run_dir: Path, split: str, checkpoint: str, overlays: bool, tta: bool | None, keep_largest: bool | None
 ) -> None:
     from mireg.plots import save_overlay
-    from mireg.recipe import load_recipe
     from mireg.training.evaluation import evaluate_run
     from mireg.training.rundir import RunDir
 
     run = RunDir.open(run_dir)
-    options = None
-    if tta is not None or keep_largest is not None:
-        options = _options(load_recipe(run.file(run.RECIPE)).inference.options(), tta, keep_largest)
     with _progress() as bar:
 
         def on_volume(volume: Any, image: Any, prediction: Any, truth: Any) -> None:
@@ -489,7 +433,8 @@ def _eval_run(
             checkpoint,
             progress=_ProgressReporter(bar),
             on_volume=on_volume if overlays else None,
-            options=options,
+            tta=tta,
+            keep_largest=keep_largest,
         )
     used = [name for name, on in report["inference"].items() if on]
     console.print(
@@ -601,7 +546,7 @@ def predict(
     choice = FrameChoice(tuple(parse_frames(frames)) if frames is not None else None, ed, es)
     scans = collect_inputs(inputs, series)
     predictor = load_predictor(run, checkpoint, device)
-    options = _options(predictor.options, tta, keep_largest)
+    options = predictor.options.overridden(tta, keep_largest)
     with _progress() as bar:
         written = predict_scans(
             predictor,

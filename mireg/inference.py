@@ -67,6 +67,14 @@ class InferenceOptions:
     tta: bool = False
     keep_largest: bool = False
 
+    def overridden(self, tta: bool | None = None, keep_largest: bool | None = None) -> InferenceOptions:
+        """These options, with each one given (not None) in its place (a command line's choices
+        over a recipe's)."""
+        return InferenceOptions(
+            tta=self.tta if tta is None else tta,
+            keep_largest=self.keep_largest if keep_largest is None else keep_largest,
+        )
+
     def suffix(self) -> str:
         """``_tta``, ``_largest``, ``_tta_largest`` or ``""``: names reports made with these options."""
         return ("_tta" if self.tta else "") + ("_largest" if self.keep_largest else "")

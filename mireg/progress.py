@@ -33,3 +33,7 @@ class Observer:
 
     def epoch_end(self, row: dict[str, Any]) -> None:
         """The epoch's metrics row (also written to ``metrics.csv``)."""
+
+    def stopping(self, signal_name: str) -> None:
+        """A signal (``SIGINT``, ``SIGTERM``) asked training to stop: it saves a checkpoint after
+        the current step (a second Ctrl-C stops at once)."""

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from mireg.backbones.unet import UNetConfig
+from mireg.inference import Preprocessing
 from mireg.network import Term, build_network
 from mireg.recipe import validate_recipe
 from mireg.regularizers.bcp import (
@@ -26,8 +27,9 @@ from mireg.regularizers.bcp import (
 )
 from mireg.testing import check_regularizer, step_context
 from mireg.training.data import RunData, load_data
+from mireg.training.feed import open_feed
 from mireg.training.runtime import Runtime
-from mireg.training.state import DataInfo, TrainState
+from mireg.training.state import TrainState
 from mireg.training.step import TrainStep
 
 from .helpers import tiny_recipe
@@ -235,9 +237,10 @@ def _training(tmp_path: Path, data: RunData | None = None) -> tuple[TrainState, 
     data = data if data is not None else load_data(recipe)
     model, terms = build_network(recipe)
     terms.append(Term("bcp", 1.0, 0.0, BCPConfig(name="bcp", weight=1.0).build(model)))
-    info = DataInfo(data.store.classes, data.store.spacing, data.store.canvas)
+    info = Preprocessing(data.store.spacing, data.store.canvas, data.store.classes)
     state = TrainState.create(recipe, info, model, terms, runtime.device)
-    return state, TrainStep(state, data, runtime, torch.contiguous_format), data
+    step = TrainStep(state, open_feed(recipe, data, runtime.device), runtime, torch.contiguous_format)
+    return state, step, data
 
 
 def test_training_steps_are_finite_and_leave_the_teacher_the_ema_of_the_student(tmp_path: Path) -> None:

@@ -11,13 +11,15 @@ import torch
 import torch.nn.functional as F
 
 from mireg.backbones.unet import UNetConfig
+from mireg.inference import Preprocessing
 from mireg.network import Term, build_network
 from mireg.recipe import validate_recipe
 from mireg.regularizers.cps import CPSConfig, CrossPseudoSupervision, MeanOfTwo
 from mireg.testing import check_regularizer, step_context
 from mireg.training.data import load_data
+from mireg.training.feed import open_feed
 from mireg.training.runtime import Runtime
-from mireg.training.state import DataInfo, TrainState
+from mireg.training.state import TrainState
 from mireg.training.step import TrainStep
 
 from .helpers import tiny_recipe
@@ -62,9 +64,9 @@ def _state(tmp_path: Path, evaluate: str = "first") -> tuple[TrainState, TrainSt
     data = load_data(recipe)
     model, terms = build_network(recipe)
     terms.append(Term("cps", 1.5, 0.0, CrossPseudoSupervision(model, evaluate)))  # type: ignore[arg-type]
-    info = DataInfo(data.store.classes, data.store.spacing, data.store.canvas)
+    info = Preprocessing(data.store.spacing, data.store.canvas, data.store.classes)
     state = TrainState.create(recipe, info, model, terms, runtime.device)
-    return state, TrainStep(state, data, runtime, torch.contiguous_format)
+    return state, TrainStep(state, open_feed(recipe, data, runtime.device), runtime, torch.contiguous_format)
 
 
 def test_the_second_network_is_optimised_checkpointed_and_resumes_exactly(tmp_path: Path) -> None:

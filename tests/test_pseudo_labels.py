@@ -21,14 +21,16 @@ from mireg.contract import (
     StepContext,
     Transform,
 )
+from mireg.inference import Preprocessing
 from mireg.network import Term, build_network
 from mireg.recipe import Recipe, validate_recipe
 from mireg.regularizers.fixmatch import FixMatch, FixMatchConfig, StrongAugment
 from mireg.regularizers.unimatch import UniMatch, UniMatchConfig, channel_dropout, confident_dice_loss
 from mireg.testing import check_regularizer, step_context
 from mireg.training.data import RunData, load_data
+from mireg.training.feed import open_feed
 from mireg.training.runtime import Runtime
-from mireg.training.state import DataInfo, TrainState
+from mireg.training.state import TrainState
 from mireg.training.step import TrainStep
 
 from .helpers import tiny_recipe
@@ -424,7 +426,7 @@ def _state(recipe: Recipe, data: RunData, runtime: Runtime, config: RegularizerC
     torch.manual_seed(recipe.seed)
     model, terms = build_network(recipe)
     terms.append(Term(config.name, config.weight, config.rampup_epochs, config.build(model)))
-    info = DataInfo(data.store.classes, data.store.spacing, data.store.canvas)
+    info = Preprocessing(data.store.spacing, data.store.canvas, data.store.classes)
     return TrainState.create(recipe, info, model, terms, runtime.device)
 
 
@@ -455,7 +457,7 @@ def test_training_steps_give_finite_losses_and_move_the_network(
     recipe, data, runtime = tiny
     state = _state(recipe, data, runtime, TRAINED[kind])
     before = [p.detach().clone() for p in state.model.parameters()]
-    step = TrainStep(state, data, runtime, torch.contiguous_format)
+    step = TrainStep(state, open_feed(recipe, data, runtime.device), runtime, torch.contiguous_format)
     history = [_logs(step) for _ in range(3)]
     for logs in history:
         assert all(math.isfinite(v) for v in logs.values())
@@ -468,15 +470,17 @@ def test_training_steps_give_finite_losses_and_move_the_network(
 def test_a_resumed_run_takes_the_same_steps(kind: str, tiny: tuple[Recipe, RunData, Runtime]) -> None:
     recipe, data, runtime = tiny
     config = TRAINED[kind]
-    uninterrupted = TrainStep(_state(recipe, data, runtime, config), data, runtime, torch.contiguous_format)
+    state = _state(recipe, data, runtime, config)
+    feed = open_feed(recipe, data, runtime.device)
+    uninterrupted = TrainStep(state, feed, runtime, torch.contiguous_format)
     expected = [_logs(uninterrupted) for _ in range(3)][-1]
     first = _state(recipe, data, runtime, config)
-    step = TrainStep(first, data, runtime, torch.contiguous_format)
+    step = TrainStep(first, open_feed(recipe, data, runtime.device), runtime, torch.contiguous_format)
     for _ in range(2):
         _logs(step)
     saved: dict[str, Any] = first.state_dict()
     resumed = _state(recipe, data, runtime, config)
     resumed.load_state_dict(saved)
     torch.rand(1000)  # the global generator moves: the regularisers must not draw from it
-    got = _logs(TrainStep(resumed, data, runtime, torch.contiguous_format))
+    got = _logs(TrainStep(resumed, open_feed(recipe, data, runtime.device), runtime, torch.contiguous_format))
     assert got == expected

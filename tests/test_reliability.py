@@ -91,7 +91,7 @@ def test_corrupt_and_mismatched_checkpoints_are_explained(tmp_path: Path) -> Non
     run = run_dir.path
     save_checkpoint(state, run / "best.pt")
     trained = load_trained(checkpoint_file(run), torch.device("cpu"))
-    assert trained.classes == ["background", "RV", "MYO", "LV"] and not trained.model.training
+    assert trained.preprocessing.classes == ["background", "RV", "MYO", "LV"] and not trained.model.training
     other = dict(
         state, recipe={**state["recipe"], "backbone": {"name": "unet", "num_classes": 3, "base_channels": 4}}
     )

@@ -14,12 +14,14 @@ from mireg.augment import _jitter, cutmix_boxes, gaussian_blur, intensity_jitter
 from mireg.backbones.unet import UNetConfig
 from mireg.contract import Backbone, Regularizer, RegularizerOutput, StepContext
 from mireg.errors import RecipeError
+from mireg.inference import Preprocessing
 from mireg.network import Term, build_network, check_recipe
 from mireg.recipe import AugmentConfig, dump_toml, validate_recipe
 from mireg.testing import step_context
 from mireg.training.data import load_data
+from mireg.training.feed import open_feed
 from mireg.training.runtime import Runtime
-from mireg.training.state import DataInfo, TrainState
+from mireg.training.state import TrainState
 from mireg.training.step import TrainStep
 
 from .helpers import REPO, tiny_recipe
@@ -76,12 +78,12 @@ def test_a_regulariser_can_own_a_second_network_trained_and_checkpointed_with_th
     model, terms = build_network(recipe)
     co = _CoTraining(model)
     terms.append(Term("co", 1.0, 0.0, co))
-    info = DataInfo(data.store.classes, data.store.spacing, data.store.canvas)
+    info = Preprocessing(data.store.spacing, data.store.canvas, data.store.classes)
     state = TrainState.create(recipe, info, model, terms, runtime.device)
     optimised = {id(p) for group in state.optimizer.param_groups for p in group["params"]}
     assert all(id(p) in optimised for p in co.other.parameters())
     before = [p.detach().clone() for p in co.other.parameters()]
-    step = TrainStep(state, data, runtime, torch.contiguous_format)
+    step = TrainStep(state, open_feed(recipe, data, runtime.device), runtime, torch.contiguous_format)
     logs = step()
     assert logs is not None and math.isfinite(float(logs["co"])) and "co/feature_norm" in logs
     assert any(not torch.equal(a, b) for a, b in zip(before, co.other.parameters(), strict=True))

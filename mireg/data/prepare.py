@@ -62,8 +62,13 @@ def prepare_store(
         input with the same options, and is returned as it is).
 
     Raises:
-        MiregError: The dataset has no preprocess step, or ``out`` holds something else.
+        MiregError: ``spacing`` is not positive, ``canvas`` not a positive multiple of 16, the
+            dataset has no preprocess step, or ``out`` holds something else.
     """
+    if not spacing > 0:
+        raise MiregError(f"spacing {spacing}: the target in-plane spacing must be > 0 (mm)")
+    if canvas < 16 or canvas % 16:
+        raise MiregError(f"canvas {canvas}: the side of the slices must be a positive multiple of 16")
     config = registry.load("dataset", dataset)
     assert issubclass(config, DatasetConfig)  # the registry checks each kind's base class
     if not config.can_preprocess:

@@ -28,7 +28,7 @@ from mireg import registry
 from mireg.errors import CheckpointError
 from mireg.export.portable import ModelCard, NetworkInfo, PreprocessingInfo, card_path, file_sha256
 from mireg.files import atomic_write, atomic_write_text
-from mireg.preprocessing.volume import PERCENTILES, SLICE_AXIS
+from mireg.preprocessing.volume import SLICE_AXIS
 from mireg.training.state import TrainedModel
 
 __all__ = [
@@ -100,7 +100,8 @@ def export_model(trained: TrainedModel, out: Path, fmt: str = "onnx") -> list[Pa
     if out.suffix == ".json":
         raise CheckpointError(f"{out}: the model card takes the .json name; choose another for the network")
     model = trained.model.cpu().eval()
-    canvas, multiple = trained.canvas, trained.size_multiple
+    prep = trained.preprocessing
+    canvas, multiple = prep.canvas, trained.size_multiple
     generator = torch.Generator().manual_seed(0)
     check = torch.rand(3, 1, canvas, canvas, generator=generator)
     # A second size (other multiples of the network's, if it declares one; else the canvas again)
@@ -132,7 +133,7 @@ def export_model(trained: TrainedModel, out: Path, fmt: str = "onnx") -> list[Pa
         checkpoint=trained.checkpoint.path.name,
         epoch=trained.checkpoint.epoch,
         weights_sha256=weights_sha256(model),
-        classes=list(trained.classes),
+        classes=list(prep.classes),
         network=NetworkInfo(
             file=out.name,
             format=exporter.name,
@@ -143,7 +144,7 @@ def export_model(trained: TrainedModel, out: Path, fmt: str = "onnx") -> list[Pa
             sha256=file_sha256(out),
         ),
         preprocessing=PreprocessingInfo(
-            spacing=trained.spacing, canvas=canvas, percentiles=PERCENTILES, slice_axis=SLICE_AXIS
+            spacing=prep.spacing, canvas=canvas, percentiles=prep.percentiles, slice_axis=SLICE_AXIS
         ),
         inference={
             "tta": trained.recipe.inference.tta,

@@ -4,19 +4,17 @@ time, selection runs first, then the configurations chosen on validation (:func:
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 
-from mireg.errors import MiregError
 from mireg.files import atomic_write_text
 from mireg.processes import ending_with_parent
 from mireg.study.plan import Study, duration, minutes_left
 from mireg.study.runs import RunKey, RunRecord
-from mireg.training.rundir import RunDir
+from mireg.training.workflow import next_step
 
 __all__ = ["Runner", "gpu_count", "run_study"]
 
@@ -74,15 +72,11 @@ class Runner:
         run = study.run_dir(key)
         atomic_write_text(study.recipe_file(key), study.recipe_text(key))
         command = "nnunet" if study.engine(key) == "nnunet" else "train"
-        if run.finished:
+        step = next_step(run, study.resumable(key))
+        if step == "finished":
             return None
-        if study.resumable(key):
+        if step == "resume":
             return [command, "--resume", str(run)]
-        if run.path.exists():  # started, killed before its first checkpoint: nothing to keep
-            extra = {p.name for p in run.path.iterdir()} - RunDir.BEFORE_CHECKPOINT
-            if extra:
-                raise MiregError(f"{run}: holds {sorted(extra)} but no checkpoint; not touching it")
-            shutil.rmtree(run.path)
         return [command, str(study.recipe_file(key))]
 
     def run(self, keys: list[RunKey], report: Callable[[RunRecord, bool], None]) -> list[RunRecord]:

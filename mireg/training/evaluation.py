@@ -14,7 +14,6 @@ import torch
 from mireg.errors import RunError
 from mireg.evaluation.evaluate import build_report, evaluate_volumes
 from mireg.evaluation.report import write_reports
-from mireg.inference import InferenceOptions
 from mireg.preprocessing.store import VolumeInfo, VolumeStore
 from mireg.progress import Progress
 from mireg.training.rundir import RunDir
@@ -32,7 +31,8 @@ def evaluate_run(
     store: VolumeStore | None = None,
     progress: Progress | None = None,
     on_volume: Callable[[VolumeInfo, np.ndarray, np.ndarray, np.ndarray], None] | None = None,
-    options: InferenceOptions | None = None,
+    tta: bool | None = None,
+    keep_largest: bool | None = None,
 ) -> tuple[dict[str, Any], list[Path]]:
     """Evaluate a run's checkpoint on one split of its patients and write the report files.
 
@@ -47,8 +47,9 @@ def evaluate_run(
         store: The run's store, when already open.
         progress: Progress of loading or generating the store, then of the volumes evaluated.
         on_volume: Called for each volume (see :func:`~mireg.evaluation.evaluate.evaluate_volumes`).
-        options: Test-time augmentation and largest components; default: the recipe's
-            ``[inference]``. Options other than the recipe's add a suffix to the report's name
+        tta: Test-time flips on or off; None: as the recipe's ``[inference]`` says.
+        keep_largest: Largest connected components only, or not; None: as the recipe says.
+            Options other than the recipe's add a suffix to the report's name
             (``report_test_best_tta``), so the training report is never replaced by another kind.
 
     Returns:
@@ -57,7 +58,7 @@ def evaluate_run(
     device = device or resolve_device("auto")
     trained = load_trained(run.checkpoint(checkpoint), device)
     default = trained.recipe.inference.options()
-    options = default if options is None else options
+    options = default.overridden(tta, keep_largest)
     if store is None:
         store = trained.recipe.data.load(progress)
     patients = getattr(run.split(), split)

@@ -20,12 +20,16 @@ import os
 import queue
 import threading
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 import torch
 
 from mireg.preprocessing.store import VolumeStore
+
+if TYPE_CHECKING:
+    from mireg.recipe import Recipe
+    from mireg.training.data import RunData
 
 __all__ = [
     "Batch",
@@ -35,6 +39,7 @@ __all__ = [
     "StreamedFeed",
     "choose_placement",
     "make_feed",
+    "open_feed",
     "resident_budget",
 ]
 
@@ -279,3 +284,12 @@ def make_feed(placement: str, store: VolumeStore, draws: BatchDraws, device: tor
     if placement == "resident":
         return ResidentFeed(store, draws, device)
     return StreamedFeed(store, draws, device)
+
+
+def open_feed(recipe: Recipe, data: RunData, device: torch.device) -> Feed:
+    """The feed of a run's data: the draws of the recipe's seed and batch sizes from the data's
+    pools, placed as ``train.data_placement`` says."""
+    cfg = recipe.train
+    draws = BatchDraws(recipe.seed, data.labeled, data.unlabeled, cfg.labeled_batch, cfg.unlabeled_batch)
+    placement = choose_placement(cfg.data_placement, data.store, device, cfg.resident_gb)
+    return make_feed(placement, data.store, draws, device)

@@ -22,27 +22,28 @@ from __future__ import annotations
 import math
 import time
 from contextlib import closing, nullcontext
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from mireg.errors import RunError, RunInterrupted
 from mireg.evaluation.evaluate import validation_dice
+from mireg.inference import Preprocessing
 from mireg.network import build_network
 from mireg.plots import plot_curves
 from mireg.progress import Observer
-from mireg.recipe import Recipe, load_recipe
+from mireg.recipe import Recipe
 from mireg.training.checkpoint import save_checkpoint
 from mireg.training.data import RunData, load_data
 from mireg.training.evaluation import evaluate_run
+from mireg.training.feed import Feed, open_feed
 from mireg.training.rundir import RunDir
 from mireg.training.runtime import Runtime
 from mireg.training.schedule import lr_at_epoch
-from mireg.training.state import Checkpoint, DataInfo, RunningMeans, TrainState
+from mireg.training.state import Checkpoint, RunningMeans, TrainState
 from mireg.training.step import TrainStep
 
-__all__ = ["Trainer", "choose_run", "resume_point"]
+__all__ = ["Trainer"]
 
 
 def _memory_format(name: str, device: torch.device) -> torch.memory_format:
@@ -86,15 +87,16 @@ class Trainer:
         for term in terms:
             term.regularizer.to(runtime.device)
         store = self.data.store
-        info = DataInfo(store.classes, store.spacing, store.canvas)
+        info = Preprocessing(store.spacing, store.canvas, list(store.classes))
         self.state = TrainState.create(recipe, info, model, terms, runtime.device)
-        self.step = TrainStep(self.state, self.data, runtime, memory_format)
+        self.feed: Feed = open_feed(recipe, self.data, runtime.device)
+        self.step = TrainStep(self.state, self.feed, runtime, memory_format)
         split = self.data.split
         self.obs.message(
             f"{recipe.name}: {len(split.labeled)} labelled / {len(split.unlabeled)} "
             f"unlabelled / {len(split.validation)} validation / {len(split.test)} test "
             f"patients ({len(self.data.labeled)} labelled slices) on {runtime.device}, "
-            f"data {self.step.feed.placement}"
+            f"data {self.feed.placement}"
         )
 
     def start(self, run: RunDir) -> None:
@@ -171,7 +173,7 @@ class Trainer:
         cfg, state = self.recipe.train, self.state
         main = self.runtime.is_main
         log_file = run.metrics_log(keep_epochs=state.epoch) if main else nullcontext()
-        with log_file as log, closing(self.step.feed):  # the feed's reading thread stops either way
+        with log_file as log, closing(self.feed):  # the feed's reading thread stops either way
             while state.epoch < cfg.epochs:
                 lr = lr_at_epoch(state.epoch, cfg.epochs, self.recipe.optim)
                 for group in state.optimizer.param_groups:
@@ -206,17 +208,3 @@ class Trainer:
         plot_curves(run.file(RunDir.METRICS), run.file(RunDir.CURVES))
         report, _ = evaluate_run(run, "test", "best", self.runtime.device, self.data.store)
         return report
-
-
-def choose_run(recipe: Recipe, fresh: bool, runtime: Runtime) -> RunDir:
-    """The new run's folder under ``recipe.train.runs_dir``, chosen by rank 0 for every process
-    (nothing is created until :meth:`Trainer.start`)."""
-    chosen = RunDir.choose(recipe.train.runs_dir, recipe.name, fresh).path if runtime.is_main else None
-    return RunDir(Path(str(runtime.broadcast(chosen))))
-
-
-def resume_point(path: Path) -> tuple[RunDir, Recipe, Checkpoint]:
-    """An interrupted run's folder, its recipe (as saved, without overrides) and last checkpoint."""
-    run = RunDir.open(path)
-    recipe = load_recipe(run.file(RunDir.RECIPE))
-    return run, recipe, Checkpoint.read(run.checkpoint("last"))

@@ -26,19 +26,7 @@ from mireg.network import Term, build_network, evaluation_model
 from mireg.recipe import Recipe, validate_recipe
 from mireg.training.checkpoint import load_checkpoint
 
-__all__ = ["Checkpoint", "DataInfo", "RunningMeans", "TrainState", "TrainedModel", "load_trained"]
-
-
-@dataclass(frozen=True)
-class DataInfo:
-    """What a trained network needs to know of its data to be applied to new scans."""
-
-    classes: list[str]
-    spacing: float
-    canvas: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"classes": self.classes, "spacing": self.spacing, "canvas": self.canvas}
+__all__ = ["Checkpoint", "RunningMeans", "TrainState", "TrainedModel", "load_trained"]
 
 
 @dataclass
@@ -74,7 +62,8 @@ class TrainState:
 
     Attributes:
         recipe: The run's recipe.
-        data: The data's classes, spacing and canvas.
+        data: What the network needs to know of its data to be applied to new scans (the
+            checkpoint keeps its classes, spacing and canvas; the percentiles are mireg's fixed ones).
         model: The optimised backbone.
         terms: The regularisers, named and weighted, in recipe order.
         optimizer: The recipe's optimiser (Adam or SGD) over the model's and the regularisers' trainable
@@ -89,7 +78,7 @@ class TrainState:
     """
 
     recipe: Recipe
-    data: DataInfo
+    data: Preprocessing
     model: Backbone
     terms: list[Term]
     optimizer: torch.optim.Optimizer
@@ -102,7 +91,7 @@ class TrainState:
 
     @classmethod
     def create(
-        cls, recipe: Recipe, data: DataInfo, model: Backbone, terms: list[Term], device: torch.device
+        cls, recipe: Recipe, data: Preprocessing, model: Backbone, terms: list[Term], device: torch.device
     ) -> TrainState:
         """A fresh state: the recipe's optimiser over every trainable parameter, the generator seeded by
         the recipe."""
@@ -150,7 +139,7 @@ class TrainState:
             "running": self.running.state_dict(),
             "best": self.best,
             "recipe": self.recipe.to_dict(),
-            "data": self.data.to_dict(),
+            "data": {"classes": self.data.classes, "spacing": self.data.spacing, "canvas": self.data.canvas},
             "rng": {"torch": torch.get_rng_state(), "generator": self.generator.get_state()},
             "mireg_version": mireg.__version__,
         }
@@ -177,7 +166,7 @@ class Checkpoint:
 
     path: Path
     recipe: Recipe
-    data: DataInfo
+    data: Preprocessing
     epoch: int
     step: int
     state: dict[str, Any]
@@ -194,7 +183,7 @@ class Checkpoint:
         try:
             recipe = validate_recipe(state["recipe"], f"{path} (embedded recipe)")
             data = state["data"]
-            info = DataInfo(list(data["classes"]), float(data["spacing"]), int(data["canvas"]))
+            info = Preprocessing(float(data["spacing"]), int(data["canvas"]), list(data["classes"]))
             return cls(path, recipe, info, int(state["epoch"]), int(state["step"]), state)
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(
@@ -214,18 +203,6 @@ class TrainedModel:
         return self.checkpoint.recipe
 
     @property
-    def classes(self) -> list[str]:
-        return self.checkpoint.data.classes
-
-    @property
-    def spacing(self) -> float:
-        return self.checkpoint.data.spacing
-
-    @property
-    def canvas(self) -> int:
-        return self.checkpoint.data.canvas
-
-    @property
     def size_multiple(self) -> int | None:
         """Input height and width must be multiples of this (the backbone's; None: not declared)."""
         multiple = getattr(self.model, "size_multiple", None)
@@ -234,7 +211,7 @@ class TrainedModel:
     @property
     def preprocessing(self) -> Preprocessing:
         """What prediction needs to know of the training data (spacing, canvas, classes)."""
-        return Preprocessing(self.spacing, self.canvas, list(self.classes))
+        return self.checkpoint.data
 
 
 def load_trained(path: Path, device: torch.device) -> TrainedModel:

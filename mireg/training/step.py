@@ -28,8 +28,7 @@ from mireg.contract import Backbone, Forward, StepContext, Transform
 from mireg.losses import SINGLE_PROCESS, Reduction
 from mireg.precision import autocast, ieee_float32
 from mireg.recipe import AugmentConfig
-from mireg.training.data import RunData
-from mireg.training.feed import BatchDraws, Feed, choose_placement, make_feed
+from mireg.training.feed import Feed
 from mireg.training.runtime import Runtime
 from mireg.training.schedule import rampup
 from mireg.training.state import TrainState
@@ -154,24 +153,18 @@ class TrainStep:
 
     Args:
         state: The training state (network, regularisers, optimiser, generator, position).
-        data: The run's data (the store and the pools its feed draws from).
+        feed: Brings each step's slices to the device (:func:`~mireg.training.feed.open_feed`).
         runtime: The process set-up (sharding, the DDP wrapper).
     """
 
     def __init__(
-        self, state: TrainState, data: RunData, runtime: Runtime, memory_format: torch.memory_format
+        self, state: TrainState, feed: Feed, runtime: Runtime, memory_format: torch.memory_format
     ) -> None:
-        self.state, self.data, self.runtime = state, data, runtime
+        self.state, self.feed, self.runtime = state, feed, runtime
         taps = {t for reg in state.regularizers for t in reg.taps}
         network = runtime.wrap(state.model, list(state.regularizers))
         self.tapped = TappedNetwork(state.model, taps, network, memory_format)
         self.reduction = runtime.reduction()
-        cfg = state.recipe.train
-        draws = BatchDraws(
-            state.recipe.seed, data.labeled, data.unlabeled, cfg.labeled_batch, cfg.unlabeled_batch
-        )
-        placement = choose_placement(cfg.data_placement, data.store, runtime.device, cfg.resident_gb)
-        self.feed: Feed = make_feed(placement, data.store, draws, runtime.device)
         #: What gradient clipping (``optim.clip_grad_norm``) clips: every parameter optimised.
         self.parameters = [p for group in state.optimizer.param_groups for p in group["params"]]
 
