@@ -83,8 +83,8 @@ class AugmentConfig(Strict):
     """``[augment]``: training augmentation, batched on the device, one affine warp per sample.
 
     ``preset = "paper"``: rotation, flips and the random crop, then brightness and contrast jitter,
-    with the ranges below (:mod:`mireg.augment`). ``preset = "strong"``: nnU-Net v2's 2D training
-    augmentation with its own probabilities and ranges (:mod:`mireg.augment_strong`); the paper's
+    with the ranges below (:mod:`mireg.augment.paper`). ``preset = "strong"``: nnU-Net v2's 2D training
+    augmentation with its own probabilities and ranges (:mod:`mireg.augment.strong`); the paper's
     keys do not apply to it, and set to anything but their defaults they are an error.
     """
 

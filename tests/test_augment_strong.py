@@ -1,4 +1,4 @@
-"""nnU-Net v2's 2D training augmentation (mireg.augment_strong): geometry, draws, statistics."""
+"""nnU-Net v2's 2D training augmentation (mireg.augment.strong): geometry, draws, statistics."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mireg import augment_strong as aug
-from mireg.augment_strong import (
+from mireg.augment import strong as aug
+from mireg.augment.strong import (
     SpatialDraw,
     augment_strong_batch,
     bg_contrast,

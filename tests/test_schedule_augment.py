@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from mireg.augment import augment_batch
+from mireg.augment.paper import augment_batch
 from mireg.contract import Transform
 from mireg.recipe import AugmentConfig, OptimConfig
 from mireg.training.schedule import lr_at_epoch, rampup

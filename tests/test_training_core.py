@@ -10,7 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mireg.augment import _jitter, cutmix_boxes, gaussian_blur, intensity_jitter, mix
+from mireg.augment.paper import _jitter
+from mireg.augment.views import cutmix_boxes, gaussian_blur, intensity_jitter, mix
 from mireg.backbones.unet import UNetConfig
 from mireg.contract import Backbone, Regularizer, RegularizerOutput, StepContext
 from mireg.errors import RecipeError

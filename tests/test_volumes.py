@@ -12,9 +12,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-import mireg.volumes as volumes_module
+import mireg.predict.volumes as volumes_module
 from mireg.errors import DataError
-from mireg.volumes import (
+from mireg.predict.volumes import (
     FUNCTION_CSV,
     VOLUMES_CSV,
     VolumeTable,
@@ -453,5 +453,5 @@ def test_volumes_of_other_classes_are_refused() -> None:
 
 
 def test_the_module_does_not_import_torch() -> None:
-    code = "import sys, mireg.volumes; sys.exit('torch' in sys.modules)"
+    code = "import sys, mireg.predict.volumes; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

@@ -82,7 +82,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from mireg.augment import mix
+from mireg.augment.views import mix
 from mireg.contract import Backbone, Regularizer, RegularizerConfig, RegularizerOutput, StepContext
 
 __all__ = ["BCP", "BCPConfig", "copy_paste_box", "largest_components", "pair_indices"]

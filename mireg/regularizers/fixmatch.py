@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 
-from mireg.augment import cutmix_boxes, gaussian_blur, intensity_jitter, mix
+from mireg.augment.views import cutmix_boxes, gaussian_blur, intensity_jitter, mix
 from mireg.contract import (
     Backbone,
     Regularizer,

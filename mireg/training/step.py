@@ -22,8 +22,8 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from mireg.augment import augment_batch
-from mireg.augment_strong import augment_strong_batch
+from mireg.augment.paper import augment_batch
+from mireg.augment.strong import augment_strong_batch
 from mireg.contract import Backbone, Forward, StepContext, Transform
 from mireg.losses import SINGLE_PROCESS, Reduction
 from mireg.precision import autocast, ieee_float32

@@ -1,19 +1,6 @@
-"""Batched augmentation on the training device.
-
-The training augmentation (:func:`augment_batch`): rotation, flips and a random crop composed into
-one ``(N, 2, 3)`` affine per sample and applied with a single ``grid_sample`` (bilinear for images,
-nearest for labels), then brightness and contrast jitter.
-
-The strong augmentations that pseudo-labelling regularisers apply to their own views of a batch:
+"""The strong augmentations that pseudo-labelling regularisers apply to their own views of a batch:
 :func:`intensity_jitter`, :func:`gaussian_blur`, and CutMix-style box mixing (:func:`cutmix_boxes`
-draws the boxes, :func:`mix` pastes them, for images and labels alike). All are plain functions of
-device tensors: nothing runs per sample on the CPU.
-
-Random numbers come from :func:`mireg.contract.uniform`: drawn from the run's generator, which
-lives on the CPU, then moved to the data's device. A seed therefore gives the same draws on the CPU
-and on a GPU (a generator on CUDA draws other numbers than one on the CPU from the same seed), so a
-run trains the same steps on either, up to floating-point rounding.
-"""
+draws the boxes, :func:`mix` pastes them, for images and labels alike)."""
 
 from __future__ import annotations
 
@@ -22,106 +9,10 @@ import math
 import torch
 import torch.nn.functional as F
 
+from mireg.augment.warp import gaussian_kernels
 from mireg.contract import uniform
-from mireg.recipe import AugmentConfig
 
-__all__ = [
-    "augment_batch",
-    "cutmix_boxes",
-    "gaussian_blur",
-    "gaussian_kernels",
-    "intensity_jitter",
-    "mix",
-    "warp_batch",
-]
-
-
-def _affine(
-    n: int, canvas: int, cfg: AugmentConfig, g: torch.Generator, device: torch.device
-) -> torch.Tensor:
-    """Random ``(n, 2, 3)`` affines from crop-normalised to canvas-normalised coordinates."""
-    u = uniform((n, 5), g, device)
-    angle = (2 * u[:, 0] - 1) * math.radians(cfg.rotation)
-    flip_x = torch.where(u[:, 1] < cfg.flip_prob, -1.0, 1.0)
-    flip_y = torch.where(u[:, 2] < cfg.flip_prob, -1.0, 1.0)
-    scale = cfg.crop / canvas
-    # Integer top-left corner of the crop; its centre in normalised canvas coordinates.
-    span = canvas - cfg.crop + 1
-    corners = (u[:, 3:5] * span).floor().clamp(max=span - 1)
-    centre = (2 * corners + cfg.crop) / canvas - 1
-    cos, sin = torch.cos(angle), torch.sin(angle)
-    theta = torch.stack(
-        [
-            torch.stack([scale * cos * flip_x, -scale * sin * flip_y, centre[:, 0]], dim=1),
-            torch.stack([scale * sin * flip_x, scale * cos * flip_y, centre[:, 1]], dim=1),
-        ],
-        dim=1,
-    )
-    return theta
-
-
-def _jitter(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
-    return intensity_jitter(x, g, cfg.brightness, cfg.contrast)
-
-
-def augment_batch(
-    images: torch.Tensor,
-    labels: torch.Tensor | None,
-    cfg: AugmentConfig,
-    generator: torch.Generator,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Augment a batch on its device.
-
-    Args:
-        images: ``(N, C, S, S)`` float images on the canvas (values in [0, 1]).
-        labels: ``(N, S, S)`` integer labels, or None for unlabelled images.
-        cfg: Augmentation settings.
-        generator: Random generator (on any device, :func:`~mireg.contract.uniform`).
-
-    Returns:
-        ``(N, C, crop, crop)`` images and ``(N, crop, crop)`` int64 labels (or None).
-    """
-    n, _, size, _ = images.shape
-    out, warped = warp_batch(images, labels, _affine(n, size, cfg, generator, images.device), cfg.crop)
-    return _jitter(out, cfg, generator), warped
-
-
-def warp_batch(
-    images: torch.Tensor, labels: torch.Tensor | None, theta: torch.Tensor, crop: int
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One affine per sample, one ``grid_sample`` per tensor: images bilinearly with zero padding,
-    labels by nearest neighbour with 0 outside.
-
-    Args:
-        images: ``(N, C, H, W)`` float images.
-        labels: ``(N, H, W)`` integer labels, or None.
-        theta: ``(N, 2, 3)`` affines from crop-normalised to image-normalised coordinates.
-        crop: Side of the output.
-
-    Returns:
-        ``(N, C, crop, crop)`` images and ``(N, crop, crop)`` int64 labels (or None).
-    """
-    n, c = images.shape[:2]
-    grid = F.affine_grid(theta, [n, c, crop, crop], align_corners=False)
-    out = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    if labels is None:
-        return out, None
-    warped = F.grid_sample(
-        labels[:, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False
-    )
-    return out, warped[:, 0].long()
-
-
-def gaussian_kernels(sigmas: torch.Tensor, radius: int) -> torch.Tensor:
-    """``(k, 2 * radius + 1)`` Gaussian kernels of the standard deviations ``sigmas`` ``(k,)``
-    (pixels), each normalised to sum 1."""
-    offsets = torch.arange(-radius, radius + 1, dtype=sigmas.dtype, device=sigmas.device)
-    kernels = torch.exp(-0.5 * (offsets[None] / sigmas[:, None]) ** 2)
-    return kernels / kernels.sum(dim=1, keepdim=True)
-
-
-# --------------------------------------------------------------------------------------------------
-# Strong augmentations
+__all__ = ["cutmix_boxes", "gaussian_blur", "intensity_jitter", "mix"]
 
 
 def intensity_jitter(

@@ -17,7 +17,7 @@ Labels follow the geometry (nearest neighbour) and are never touched by the inte
 
 What differs from nnU-Net, and why:
 
-* The crop's position is uniform on the canvas (as :func:`mireg.augment.augment_batch` draws it);
+* The crop's position is uniform on the canvas (as :func:`mireg.augment.paper.augment_batch` draws it);
   nnU-Net's foreground oversampling (a third of each batch centred on a foreground voxel) is a
   property of its data loader, not of the transforms, and is not reproduced.
 * nnU-Net rotates and scales a larger patch cut from the (zero padded) image, then centre-crops;
@@ -53,7 +53,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from mireg.augment import gaussian_kernels, warp_batch
+from mireg.augment.warp import gaussian_kernels, warp_batch
 from mireg.contract import uniform
 
 __all__ = [
@@ -185,7 +185,7 @@ def draw_spatial(
     sides differ by at most 1.5x) and, independently, scales with probability 0.2 by one factor
     uniform in [0.7, 1.4] for both axes; ``MirrorTransform(allowed_axes=(0, 1))`` flips each axis
     with probability 0.5. The crop's corner is uniform over the integer positions on the canvas
-    (centred ranges when the crop is the larger), as :func:`mireg.augment.augment_batch` draws it;
+    (centred ranges when the crop is the larger), as :func:`mireg.augment.paper.augment_batch` draws it;
     nnU-Net's foreground oversampling is not reproduced.
 
     Args:

@@ -15,7 +15,7 @@ frame segmented, and a DICOM cine gets one SEG per frame (``OUT/case7_frame03.dc
 ``OUT/volumes.csv`` has the volume of each structure in each scan and frame (ml, on the scan's
 own grid) and, for cardiac classes, ``OUT/cardiac_function.csv`` the ventricles' volumes, stroke
 volumes and ejection fractions and the LV mass of each cine scan whose end-diastole and end-systole
-frames are known (:mod:`mireg.volumes`).
+frames are known (:mod:`mireg.predict.volumes`).
 
 Nothing a user has is replaced: every output file is planned, and the whole plan checked, before
 anything is read or written: no output is an input or lies in an input DICOM folder, no two outputs
@@ -387,7 +387,13 @@ def predict_scans(
     Returns:
         The label maps written (SEG files or NIfTI).
     """
-    from mireg.volumes import FUNCTION_CSV, VOLUMES_CSV, VolumeTable, structure_volumes, voxel_volume_ml
+    from mireg.predict.volumes import (
+        FUNCTION_CSV,
+        VOLUMES_CSV,
+        VolumeTable,
+        structure_volumes,
+        voxel_volume_ml,
+    )
 
     jobs = plan_jobs(scans, out_dir, output_format, frames, save_probabilities, overlay)
     classes = predictor.preprocessing.classes
