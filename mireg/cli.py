@@ -580,18 +580,12 @@ def export(
     model.onnx SCANS -o OUT` then runs it without torch.
     """
     _require_torch("mireg export")
-    from mireg.export.exporters import check_export_outputs, export_model
-    from mireg.training.rundir import checkpoint_file
-    from mireg.training.runtime import resolve_device
-    from mireg.training.state import load_trained
+    from mireg.export.exporters import export_run
 
     exporters = registry.available("exporter")
     if export_format not in exporters:
         raise typer.BadParameter(f"must be one of {', '.join(exporters)}", param_hint="--format")
-    source = checkpoint_file(run, checkpoint)
-    check_export_outputs(out, source, overwrite)
-    trained = load_trained(source, resolve_device("cpu"))
-    written = export_model(trained, out, export_format)
+    written = export_run(run, out, export_format, checkpoint, overwrite)
     console.print(f"[green]wrote[/] {escape(', '.join(str(p) for p in written))}")
 
 
@@ -623,23 +617,12 @@ def study(
     ones resumed, so a stopped study continues where it stopped when run again.
     """
     _require_torch("mireg study")
-    from mireg.study.plan import Study
-    from mireg.study.report import overview, standing, summarize_study, write_study_report
-    from mireg.study.runner import run_study
-    from mireg.study.spec import load_study
-    from mireg.training.runtime import resolve_device
+    from mireg.study.report import overview, standing
+    from mireg.study.workflow import conduct, default_jobs, open_study
 
-    spec = load_study(study_file)
-    if device is not None:
-        resolve_device(device, "--device")
-    plan = Study(spec, study_file, quick, device)
-    plan.check()
-    if jobs is None:
-        jobs = 1
-        if device is not None and device.startswith("cuda"):
-            import torch
-
-            jobs = max(1, torch.cuda.device_count())
+    plan = open_study(study_file, quick, device)
+    spec = plan.spec
+    jobs = default_jobs(device) if jobs is None else jobs
     if show_plan:
         tables, time_left = standing(plan, jobs)
         for title, header, cells in tables:
@@ -659,17 +642,15 @@ def study(
                 elapsed = bar.tasks[task].elapsed or 0.0
                 console.print(f"[{done}/{total}] {escape(description)} ({elapsed / 60:.0f} min elapsed)")
 
-        records = run_study(plan, jobs, progress)
-    rows = summarize_study(plan, records)
-    paths = write_study_report(plan, records, rows)
-    header, table = overview(plan, rows)
+        outcome = conduct(plan, jobs, progress)
+    header, table = overview(plan, outcome.rows)
     console.print(_plain_table(header, table, f"study {spec.name}: test set (details in study.md)"))
-    console.print(f"report: {', '.join(str(p) for p in paths)}", markup=False)
-    failed = [r for r in records if r.status != "done"]
-    if failed:
+    console.print(f"report: {', '.join(str(p) for p in outcome.paths)}", markup=False)
+    if outcome.failed:
+        names = ", ".join(r.name for r in outcome.failed)
         raise MiregError(
-            f"{len(failed)} of {len(records)} runs did not finish: {', '.join(r.name for r in failed)}",
-            f"their logs are listed in {paths[0]}; run the study again to retry them",
+            f"{len(outcome.failed)} of {len(outcome.records)} runs did not finish: {names}",
+            f"their logs are listed in {outcome.paths[0]}; run the study again to retry them",
         )
 
 

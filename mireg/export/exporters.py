@@ -29,7 +29,9 @@ from mireg.errors import CheckpointError
 from mireg.export.portable import ModelCard, NetworkInfo, PreprocessingInfo, card_path, file_sha256
 from mireg.files import atomic_write, atomic_write_text
 from mireg.preprocessing.volume import SLICE_AXIS
-from mireg.training.state import TrainedModel
+from mireg.training.rundir import checkpoint_file
+from mireg.training.runtime import resolve_device
+from mireg.training.state import TrainedModel, load_trained
 
 __all__ = [
     "OPSET",
@@ -38,6 +40,7 @@ __all__ = [
     "TorchScriptExporter",
     "check_export_outputs",
     "export_model",
+    "export_run",
     "weights_sha256",
 ]
 
@@ -75,6 +78,27 @@ def check_export_outputs(out: Path, checkpoint: Path, overwrite: bool = False) -
             raise CheckpointError(
                 f"{path}: exists already", "choose another file name (-o), or replace it with --overwrite"
             )
+
+
+def export_run(
+    run: Path, out: Path, fmt: str = "onnx", checkpoint: str = "best", overwrite: bool = False
+) -> list[Path]:
+    """Export a checkpoint of a run (or a checkpoint file) to ``out`` and its card beside it: what
+    ``mireg export`` does. The outputs are checked before the checkpoint is read.
+
+    Args:
+        run: A run directory, or a checkpoint file.
+        out: The network file; the card goes to ``out`` with ``.json``.
+        fmt: The exporter's name (:func:`export_model`).
+        checkpoint: ``best``, ``last`` or a ``.pt`` file name of the run.
+        overwrite: Replace outputs that exist already (never the checkpoint).
+
+    Returns:
+        The network file and the card.
+    """
+    source = checkpoint_file(run, checkpoint)
+    check_export_outputs(out, source, overwrite)
+    return export_model(load_trained(source, resolve_device("cpu")), out, fmt)
 
 
 def export_model(trained: TrainedModel, out: Path, fmt: str = "onnx") -> list[Path]:

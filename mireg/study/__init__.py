@@ -16,5 +16,7 @@ One module per job: :mod:`~mireg.study.spec` (the study file's schema), :mod:`~m
 (what identifies a run, and reading a finished run's results), :mod:`~mireg.study.plan` (the runs,
 their recipes, the choice on validation, where the study stands), :mod:`~mireg.study.runner` (training
 the runs as subprocesses), :mod:`~mireg.study.stats` (intervals and paired differences) and
-:mod:`~mireg.study.report` (the tables, files and plot).
+:mod:`~mireg.study.report` (the tables, files and plot); :mod:`~mireg.study.workflow` puts them
+together as ``mireg study`` does (:func:`~mireg.study.workflow.open_study`,
+:func:`~mireg.study.workflow.conduct`).
 """
