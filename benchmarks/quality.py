@@ -15,6 +15,7 @@ import argparse
 from pathlib import Path
 
 from mireg.errors import MiregError
+from mireg.study.executors import LocalExecutor
 from mireg.study.plan import Study
 from mireg.study.report import summarize_study, write_study_report
 from mireg.study.runner import run_study
@@ -59,7 +60,7 @@ def main() -> None:
     try:
         study = Study(spec, Path(__file__))
         study.check()
-        records = run_study(study, args.jobs)
+        records = run_study(study, LocalExecutor(args.jobs))
         paths = write_study_report(study, records, summarize_study(study, records))
     except MiregError as exc:
         raise SystemExit(f"error: {exc}") from None

@@ -326,6 +326,11 @@ class Study:
         """The run's log file."""
         return self.out / "logs" / f"{key.name}.log"
 
+    def executor_dir(self, executor: str) -> Path:
+        """Where the executor named ``executor`` keeps its files for this study (``slurm/``: the
+        job of each run and Slurm's own logs)."""
+        return self.out / executor
+
     def record(self, key: RunKey, status: str) -> RunRecord:
         """The run's record (read from its folder when it finished)."""
         return read_record(key, self.run_dir(key), self.log(key), status)

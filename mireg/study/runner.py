@@ -1,35 +1,43 @@
-"""Training a study's runs: ``mireg train`` (or ``mireg nnunet``) subprocesses, at most ``jobs`` at a
-time, selection runs first, then the configurations chosen on validation (:func:`run_study`)."""
+"""Training a study's runs (:func:`run_study`): the selection runs first, then the configurations
+chosen on validation, each run reused when it finished, resumed when it stopped, trained otherwise.
+
+The scheduling is here, once; where a run trains is an executor's business
+(:mod:`mireg.study.executors`): subprocesses on this machine or jobs on a Slurm cluster.
+"""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 
+from mireg.errors import RunInterrupted
 from mireg.files import atomic_write_text
-from mireg.processes import ending_with_parent
+from mireg.study.executors.base import Ending, Executor, Handle, Launch
+from mireg.study.executors.local import LocalExecutor
 from mireg.study.plan import Study, duration, minutes_left
 from mireg.study.runs import RunKey, RunRecord
-from mireg.training.workflow import next_step
 
-__all__ = ["Runner", "gpu_count", "run_study"]
+__all__ = ["Scheduler", "gpu_count", "launch_of", "run_study"]
 
 
 def run_study(
-    study: Study, jobs: int = 1, progress: Callable[[int, int, str], None] | None = None
+    study: Study,
+    executor: Executor | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
 ) -> list[RunRecord]:
     """Train (or reuse, or resume) every run; returns their records, in plan order.
 
     Args:
-        jobs: Runs at a time. On CUDA each running job gets its own GPU, round-robin.
+        executor: Where the runs train, and how many at a time (default: one at a time, here).
         progress: ``progress(done, total, description)``.
+
+    Raises:
+        RunInterrupted: The study was stopped (Ctrl+C); says what became of the runs in flight.
     """
     study.require_engines()
     study.out.mkdir(parents=True, exist_ok=True)
+    if executor is None:
+        executor = LocalExecutor(1)
     total = study.total_runs()
     done: list[RunRecord] = []
 
@@ -39,15 +47,23 @@ def run_study(
             return
         text = f"{study.spec.name}: {record.name} {'reused' if reused else record.status}"
         if not reused and len(done) < total:
-            left = minutes_left(*study.standing(), jobs)
+            left = minutes_left(*study.standing(), executor.capacity)
             if left is not None:
                 text += f", about {duration(60 * left)} left"
+        if record.status != "done" and record.log:
+            text += f" ({record.log})"
         progress(len(done), total, text)
+
+    def watch(queue: str) -> None:
+        if progress is not None:
+            failed = sum(r.status != "done" for r in done)
+            finished = f"{len(done) - failed} finished" + (f", {failed} not" if failed else "")
+            progress(len(done), total, f"{study.spec.name}: {finished}; {queue}")
 
     if progress is not None:
         progress(0, total, f"{study.spec.name}: starting")
-    first = Runner(study, jobs).run(study.selection_runs(), report)
-    second = Runner(study, jobs).run(study.evaluation_runs(study.choose(first)), report)
+    first = Scheduler(study, executor).run(study.selection_runs(), report, watch)
+    second = Scheduler(study, executor).run(study.evaluation_runs(study.choose(first)), report, watch)
     return first + second
 
 
@@ -57,76 +73,82 @@ def gpu_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-class Runner:
-    """Runs ``mireg train`` subprocesses, at most ``jobs`` at a time, from one thread."""
+def launch_of(study: Study, key: RunKey, processes: int = 1) -> Launch:
+    """The run ``key`` as an executor launches it; writes its recipe file first."""
+    atomic_write_text(study.recipe_file(key), study.recipe_text(key))
+    return Launch(
+        key.name,
+        study.engine(key),
+        study.recipe_file(key),
+        study.run_dir(key).path,
+        study.log(key),
+        processes,
+    )
 
-    def __init__(self, study: Study, jobs: int) -> None:
+
+class Scheduler:
+    """Puts runs through an executor, at most ``executor.capacity`` in flight, in the order given."""
+
+    def __init__(self, study: Study, executor: Executor, poll_s: float = 0.2) -> None:
         self.study = study
-        self.jobs = max(1, jobs)
-        self.threads = max(1, (os.cpu_count() or 1) // self.jobs)
-        self.gpus = gpu_count() if (study.device or "").startswith("cuda") else 0
+        self.executor = executor
+        self.poll_s = poll_s
 
-    def _command(self, key: RunKey) -> list[str] | None:
-        """The ``mireg`` arguments that train or resume the run, or None if it is finished."""
-        study = self.study
-        run = study.run_dir(key)
-        atomic_write_text(study.recipe_file(key), study.recipe_text(key))
-        command = "nnunet" if study.engine(key) == "nnunet" else "train"
-        step = next_step(run, study.resumable(key))
-        if step == "finished":
-            return None
-        if step == "resume":
-            return [command, "--resume", str(run)]
-        return [command, str(study.recipe_file(key))]
-
-    def run(self, keys: list[RunKey], report: Callable[[RunRecord, bool], None]) -> list[RunRecord]:
-        """Train every run not finished yet; ``report(record, reused)`` as each one ends."""
+    def run(
+        self,
+        keys: list[RunKey],
+        report: Callable[[RunRecord, bool], None],
+        watch: Callable[[str], None] | None = None,
+    ) -> list[RunRecord]:
+        """Train every run not finished yet; ``report(record, reused)`` as each one ends, and
+        ``watch(line)`` when the executor's line on the runs in flight changes (jobs queued,
+        running)."""
+        executor = self.executor
         records: dict[RunKey, RunRecord] = {}
         queue = list(keys)
-        running: dict[RunKey, tuple[subprocess.Popen[bytes], int]] = {}
-        free_slots = list(range(self.jobs))
+        in_flight: dict[str, tuple[RunKey, Handle, int]] = {}
+        free_slots = list(range(executor.capacity))
+        shown = ""
         try:
-            while queue or running:
+            while queue or in_flight:
                 while queue and free_slots:
                     key = queue.pop(0)
-                    command = self._command(key)
-                    if command is None:
-                        records[key] = self.study.record(key, "done")
-                        report(records[key], True)
-                        continue
+                    launch = launch_of(self.study, key, executor.processes)
                     slot = free_slots.pop(0)
-                    running[key] = (self._start(key, command, slot), slot)
-                for key, (proc, slot) in list(running.items()):
-                    code = proc.poll()
-                    if code is None:
-                        continue
-                    del running[key]
+                    handle = executor.attach(launch)
+                    if handle is None:
+                        arguments = launch.arguments()
+                        if arguments is None:
+                            free_slots.insert(0, slot)
+                            records[key] = self.study.record(key, "done")
+                            report(records[key], True)
+                            continue
+                        handle = executor.start(launch, arguments, slot)
+                    in_flight[key.name] = (key, handle, slot)
+                ended = executor.poll({name: handle for name, (_, handle, _) in in_flight.items()})
+                for name, ending in ended.items():
+                    key, _, slot = in_flight.pop(name)
                     free_slots.append(slot)
-                    status = "done" if code == 0 else ("interrupted" if code in (130, -2, -15) else "failed")
-                    records[key] = self.study.record(key, status)
+                    records[key] = self._record(key, ending)
                     report(records[key], False)
-                if running:
-                    time.sleep(0.2)
-        except BaseException:
-            for proc, _ in running.values():  # they checkpoint and stop; a rerun resumes them
-                proc.send_signal(signal.SIGTERM)
-            for proc, _ in running.values():
-                proc.wait()
+                line = executor.describe({name: handle for name, (_, handle, _) in in_flight.items()})
+                if line and line != shown and watch is not None:
+                    watch(line)
+                shown = line
+                if in_flight:
+                    time.sleep(self.poll_s)
+        except BaseException as exc:
+            what = executor.stop({name: handle for name, (_, handle, _) in in_flight.items()})
+            if isinstance(exc, KeyboardInterrupt):
+                raise RunInterrupted(
+                    f"study {self.study.spec.name} stopped" + (f"; {what}" if what else ""),
+                    "run the same command again: finished runs are reused and stopped ones resumed",
+                ) from None
             raise
         return [records[k] for k in keys]
 
-    def _start(self, key: RunKey, command: list[str], slot: int) -> subprocess.Popen[bytes]:
-        log = self.study.log(key)
-        log.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "COLUMNS": "120"}
-        if self.gpus:
-            env["CUDA_VISIBLE_DEVICES"] = str(slot % self.gpus)
-        with open(log, "ab") as fh:
-            return subprocess.Popen(
-                [sys.executable, "-m", "mireg", *command],
-                stdout=fh,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                preexec_fn=ending_with_parent(),
-            )
+    def _record(self, key: RunKey, ending: Ending) -> RunRecord:
+        record = self.study.record(key, ending.status)
+        if ending.note:
+            record.log = f"{record.log} ({ending.note})"
+        return record

@@ -3,10 +3,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from mireg.errors import MiregError
+from mireg.study.executors import Executor, LocalExecutor
+from mireg.study.executors.slurm import SlurmExecutor, SlurmOptions
 from mireg.study.plan import Study
 from mireg.study.report import Row, summarize_study, write_study_report
 from mireg.study.runner import gpu_count, run_study
@@ -14,7 +18,7 @@ from mireg.study.runs import RunRecord
 from mireg.study.spec import load_study
 from mireg.training.runtime import resolve_device
 
-__all__ = ["StudyOutcome", "conduct", "default_jobs", "open_study"]
+__all__ = ["StudyOutcome", "conduct", "default_jobs", "local_executor", "open_study", "slurm_executor"]
 
 
 def open_study(path: Path, quick: bool = False, device: str | None = None) -> Study:
@@ -42,6 +46,29 @@ def default_jobs(device: str | None) -> int:
     return 1
 
 
+def local_executor(device: str | None, jobs: int | None = None) -> LocalExecutor:
+    """Runs as subprocesses here, ``jobs`` at a time (default: :func:`default_jobs`), each on its own
+    GPU on CUDA."""
+    gpus = gpu_count() if (device or "").startswith("cuda") else 0
+    return LocalExecutor(default_jobs(device) if jobs is None else jobs, gpus)
+
+
+def slurm_executor(study: Study, options: SlurmOptions, jobs: int | None = None) -> SlurmExecutor:
+    """Runs as Slurm jobs, at most ``jobs`` queued or running at once (default: no cap); the job
+    files go into the study's ``slurm/`` folder.
+
+    Raises:
+        MiregError: submitit is not installed, or an ``options.sbatch`` entry is not an sbatch option.
+    """
+    if importlib.util.find_spec("submitit") is None:
+        raise MiregError(
+            "--executor slurm needs submitit, which is not installed", "pip install 'mireg[slurm]'"
+        )
+    if options.gpus is None:
+        options = replace(options, gpus=1 if (study.device or "").startswith("cuda") else 0)
+    return SlurmExecutor(study.executor_dir("slurm"), options, jobs or study.total_runs())
+
+
 @dataclass(frozen=True)
 class StudyOutcome:
     """A study :func:`conduct` went through.
@@ -63,10 +90,17 @@ class StudyOutcome:
 
 
 def conduct(
-    study: Study, jobs: int = 1, progress: Callable[[int, int, str], None] | None = None
+    study: Study,
+    executor: Executor | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
 ) -> StudyOutcome:
     """Train (or reuse, or resume) every run of ``study`` (:func:`~mireg.study.runner.run_study`),
-    then write its report; runs that failed are in the report with their logs."""
-    records = run_study(study, jobs, progress)
+    then write its report; runs that failed are in the report with their logs.
+
+    Args:
+        executor: Where the runs train (default: :func:`local_executor` for the study's device).
+        progress: ``progress(done, total, description)`` as each run ends.
+    """
+    records = run_study(study, executor or local_executor(study.device), progress)
     rows = summarize_study(study, records)
     return StudyOutcome(records, rows, write_study_report(study, records, rows))
