@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
@@ -589,12 +590,24 @@ def export(
     console.print(f"[green]wrote[/] {escape(', '.join(str(p) for p in written))}")
 
 
+_SLURM = "Slurm (with --executor slurm)"
+
+
+class _Executor(str, Enum):
+    local = "local"
+    slurm = "slurm"
+
+
 @app.command()
 def study(
     study_file: Annotated[Path, typer.Argument(metavar="STUDY", help="Study file (TOML).")],
     jobs: Annotated[
         Optional[int],
-        typer.Option(min=1, help="Runs at a time (default: 1; with --device cuda, one per GPU)."),
+        typer.Option(
+            min=1,
+            help="Runs at a time (local default: 1, with --device cuda one per GPU; slurm: jobs queued "
+            "or running at once, default all).",
+        ),
     ] = None,
     device: Annotated[
         Optional[str], typer.Option(help="train.device for every run, e.g. cpu or cuda.")
@@ -607,32 +620,90 @@ def study(
         typer.Option(
             "--plan",
             help="Train nothing: show the runs finished, to resume and to train, the choices made on "
-            "validation so far and the time left.",
+            "validation so far and the time left (with --executor slurm, the study's jobs in the queue).",
         ),
     ] = False,
+    executor: Annotated[
+        _Executor, typer.Option(help="Where the runs train: subprocesses here, or one Slurm job per run.")
+    ] = _Executor.local,
+    partition: Annotated[Optional[str], typer.Option(help="Slurm partition.", rich_help_panel=_SLURM)] = None,
+    account: Annotated[Optional[str], typer.Option(help="Slurm account.", rich_help_panel=_SLURM)] = None,
+    qos: Annotated[Optional[str], typer.Option(help="Slurm QOS.", rich_help_panel=_SLURM)] = None,
+    time_limit: Annotated[
+        str,
+        typer.Option(
+            "--time",
+            help="Time limit of each job (240, 4:00:00, 1-00:00:00); a longer run is requeued at the limit "
+            "and resumes from its checkpoint.",
+            rich_help_panel=_SLURM,
+        ),
+    ] = "1-00:00:00",
+    gpus_per_run: Annotated[
+        Optional[int],
+        typer.Option(
+            min=0,
+            help="GPUs per run (default: 1 with --device cuda, else 0); more than one trains the run "
+            "under torchrun.",
+            rich_help_panel=_SLURM,
+        ),
+    ] = None,
+    cpus_per_run: Annotated[int, typer.Option(min=1, help="CPU cores per run.", rich_help_panel=_SLURM)] = 4,
+    mem_per_run: Annotated[
+        Optional[str], typer.Option(help="Memory per run, e.g. 32G.", rich_help_panel=_SLURM)
+    ] = None,
+    sbatch: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            metavar="--NAME=VALUE",
+            help="Another sbatch option for every job, e.g. --sbatch=--constraint=a100 (repeatable).",
+            rich_help_panel=_SLURM,
+        ),
+    ] = None,
 ) -> None:
     """Compare methods over labelled amounts and seeds, settings chosen on validation only.
 
     Writes study.md, study.json, study.csv and study.png. Finished runs are reused and interrupted
-    ones resumed, so a stopped study continues where it stopped when run again.
+    ones resumed, so a stopped study continues where it stopped when run again. With --executor slurm
+    each run is a Slurm job; run again, the study follows the jobs still queued instead of
+    submitting them twice.
     """
     _require_torch("mireg study")
     from mireg.study.report import overview, standing
-    from mireg.study.workflow import conduct, default_jobs, open_study
+    from mireg.study.workflow import conduct, local_executor, open_study, slurm_executor
 
     plan = open_study(study_file, quick, device)
     spec = plan.spec
-    jobs = default_jobs(device) if jobs is None else jobs
+    if executor is _Executor.slurm:
+        from mireg.study.executors.slurm import SlurmOptions, parse_time
+
+        options = SlurmOptions(
+            partition,
+            account,
+            qos,
+            parse_time(time_limit),
+            gpus_per_run,
+            cpus_per_run,
+            mem_per_run,
+            tuple(sbatch or ()),
+        )
+        runner: Any = slurm_executor(plan, options, jobs)
+        where = f"as Slurm jobs, {runner.capacity} at most in the queue"
+    else:
+        runner = local_executor(device, jobs)
+        where = f"{runner.capacity} at a time"
     if show_plan:
-        tables, time_left = standing(plan, jobs)
+        tables, time_left = standing(plan, runner.capacity)
         for title, header, cells in tables:
             console.print(_plain_table(header, cells, title))
             console.print()
+        if executor is _Executor.slurm:
+            rows = runner.queue()
+            header = ["run", "job", "state", "reason"]
+            console.print(_plain_table(header, rows, f"Slurm jobs of the study ({len(rows)})"))
+            console.print()
         console.print(time_left, markup=False)
         return
-    console.print(
-        f"study {spec.name}: {plan.total_runs()} runs, {jobs} at a time, into {plan.out}", markup=False
-    )
+    console.print(f"study {spec.name}: {plan.total_runs()} runs, {where}, into {plan.out}", markup=False)
     with _progress(remaining=False) as bar:
         task = bar.add_task(f"study {spec.name}", total=plan.total_runs(), info="")
 
@@ -642,7 +713,7 @@ def study(
                 elapsed = bar.tasks[task].elapsed or 0.0
                 console.print(f"[{done}/{total}] {escape(description)} ({elapsed / 60:.0f} min elapsed)")
 
-        outcome = conduct(plan, jobs, progress)
+        outcome = conduct(plan, runner, progress)
     header, table = overview(plan, outcome.rows)
     console.print(_plain_table(header, table, f"study {spec.name}: test set (details in study.md)"))
     console.print(f"report: {', '.join(str(p) for p in outcome.paths)}", markup=False)
