@@ -16,8 +16,9 @@ SOURCES = ("mireg", "tests", "benchmarks", "recipes", "plugins", "runtime", "nox
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The test suite (CPU, a few minutes), the optional extras' tests included."""
-    session.install("-e", ".[dev,clinic,onnx,nnunet]")
+    """The test suite (CPU, a few minutes), the optional extras' tests included (the Slurm ones
+    where Slurm is installed: .ci/run installs it from Debian's packages)."""
+    session.install("-e", ".[dev,clinic,onnx,nnunet,slurm]")
     session.run("pytest", *session.posargs)
 
 
