@@ -668,6 +668,7 @@ def study(
     submitting them twice.
     """
     _require_torch("mireg study")
+    from mireg.study.executors import Executor
     from mireg.study.report import overview, standing
     from mireg.study.workflow import conduct, local_executor, open_study, slurm_executor
 
@@ -686,9 +687,11 @@ def study(
             mem_per_run,
             tuple(sbatch or ()),
         )
-        runner: Any = slurm_executor(plan, options, jobs)
+        slurm = slurm_executor(plan, options, jobs)
+        runner: Executor = slurm
         where = f"as Slurm jobs, {runner.capacity} at most in the queue"
     else:
+        slurm = None
         runner = local_executor(device, jobs)
         where = f"{runner.capacity} at a time"
     if show_plan:
@@ -696,8 +699,8 @@ def study(
         for title, header, cells in tables:
             console.print(_plain_table(header, cells, title))
             console.print()
-        if executor is _Executor.slurm:
-            rows = runner.queue()
+        if slurm is not None:
+            rows = slurm.queue()
             header = ["run", "job", "state", "reason"]
             console.print(_plain_table(header, rows, f"Slurm jobs of the study ({len(rows)})"))
             console.print()
