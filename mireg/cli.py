@@ -707,7 +707,9 @@ def study(
         console.print(time_left, markup=False)
         return
     console.print(f"study {spec.name}: {plan.total_runs()} runs, {where}, into {plan.out}", markup=False)
-    with _progress(remaining=False) as bar:
+    # SIGTERM stops the study as Ctrl+C does: local runs checkpoint, Slurm jobs stay queued, and the
+    # study says so before it ends.
+    with _progress(remaining=False) as bar, _interrupt_on_sigterm():
         task = bar.add_task(f"study {spec.name}", total=plan.total_runs(), info="")
 
         def progress(done: int, total: int, description: str) -> None:

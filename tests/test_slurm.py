@@ -11,6 +11,7 @@ import importlib.util
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -272,15 +273,16 @@ def test_a_job_slurm_stops_is_requeued_and_its_run_ends_as_if_never_stopped(
     _same_run(run, uninterrupted)
 
 
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_a_study_started_again_follows_its_jobs_still_queued_instead_of_submitting_them_twice(
-    cluster: SlurmCluster, tmp_path: Path
+    cluster: SlurmCluster, tmp_path: Path, stop: signal.Signals
 ) -> None:
     _recipes(tmp_path, epochs=2, iterations=20)
     path = _study_file(tmp_path, ONE_RUN)
     proc = _slurm_study(cluster, path)
     _wait_for(lambda: (tmp_path / "out" / "s" / "slurm" / f"{RUN}.job").is_file())
     job = _job_id(tmp_path, RUN)
-    proc.send_signal(2)  # Ctrl+C on the login node: the job stays queued
+    proc.send_signal(stop)  # Ctrl+C or kill on the login node: the job stays queued
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130, out[-3000:]
     assert f"1 Slurm jobs stay queued ({job})" in " ".join(out.split())

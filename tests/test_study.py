@@ -481,3 +481,25 @@ def test_a_killed_study_continues_where_it_stopped(tmp_path: Path) -> None:
     assert "resuming" in log.read_text()
     rows = (runs / "partial-c0-all-s2" / "metrics.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3"]
+
+
+@pytest.mark.slow
+def test_a_study_sent_sigterm_stops_its_runs_at_a_checkpoint_and_says_so(tmp_path: Path) -> None:
+    _recipes(tmp_path, epochs=3, iterations=30)
+    path = _study_file(
+        tmp_path,
+        'name = "s"\nseeds = [1]\nlabeled_ratios = [0.5]\nfull = "partial"\n'
+        '[methods.partial]\nrecipe = "partial.toml"\n',
+    )
+    run = tmp_path / "out" / "s" / "runs" / "partial-c0-all-s1"
+    command = [sys.executable, "-m", "mireg", "study", str(path)]
+    env = {**os.environ, "COLUMNS": "200"}
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _wait_for(lambda: (run / "last.pt").is_file())
+    proc.send_signal(signal.SIGTERM)  # as a job scheduler or `kill` stops it
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out[-3000:]
+    flat = " ".join(out.split())
+    assert "study s stopped; 1 runs stopped at a checkpoint" in flat, out[-3000:]
+    assert "interrupted" in (tmp_path / "out" / "s" / "logs" / "partial-c0-all-s1.log").read_text()
+    assert not (run / "report.json").exists()
