@@ -7,18 +7,27 @@ generated: recipe validation runs it. :func:`build_network` builds them for real
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
+from collections.abc import Sequence
+from typing import NamedTuple, Protocol
 
 import torch
 from torch import nn
 
-from mireg.contract import Backbone, Regularizer
+from mireg.contract import Backbone, BackboneConfig, Regularizer, RegularizerConfig
 from mireg.errors import RecipeError
 
-if TYPE_CHECKING:
-    from mireg.recipe import Recipe
+__all__ = ["NetworkConfigs", "Term", "build_network", "check_recipe", "evaluation_model"]
 
-__all__ = ["Term", "build_network", "check_recipe", "evaluation_model"]
+
+class NetworkConfigs(Protocol):
+    """What the network is built from: a :class:`~mireg.recipe.Recipe` (named by what it has, so
+    this module stays below the recipe schema, which imports it to check a recipe)."""
+
+    @property
+    def backbone(self) -> BackboneConfig: ...
+
+    @property
+    def regularizers(self) -> Sequence[RegularizerConfig]: ...
 
 
 class Term(NamedTuple):
@@ -30,7 +39,7 @@ class Term(NamedTuple):
     regularizer: Regularizer
 
 
-def build_network(recipe: Recipe) -> tuple[Backbone, list[Term]]:
+def build_network(recipe: NetworkConfigs) -> tuple[Backbone, list[Term]]:
     """The backbone and the named, weighted regularisers of ``recipe`` (on the default device).
 
     Raises:
@@ -64,7 +73,7 @@ def evaluation_model(model: Backbone, terms: list[Term]) -> nn.Module:
     return substitutes[0][1] if substitutes else model
 
 
-def check_recipe(recipe: Recipe) -> None:
+def check_recipe(recipe: NetworkConfigs) -> None:
     """Build the backbone and every regulariser on the meta device, where nothing is allocated.
 
     Raises:
