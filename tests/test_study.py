@@ -454,17 +454,23 @@ def _wait_for(condition: Any, timeout: float = 240) -> None:
         time.sleep(0.1)
 
 
+def _partial_only_study(root: Path, seeds: list[int]) -> list[str]:
+    """A study of partial supervision alone (3 epochs x 30 steps per seed) written in ``root``; the
+    ``mireg study`` command line that runs it."""
+    _recipes(root, epochs=3, iterations=30)
+    path = _study_file(
+        root,
+        f'name = "s"\nseeds = {seeds}\nlabeled_ratios = [0.5]\nfull = "partial"\n'
+        '[methods.partial]\nrecipe = "partial.toml"\n',
+    )
+    return [sys.executable, "-m", "mireg", "study", str(path)]
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="runs are stopped with their study through Linux's prctl")
 def test_a_killed_study_continues_where_it_stopped(tmp_path: Path) -> None:
-    _recipes(tmp_path, epochs=3, iterations=30)
-    path = _study_file(
-        tmp_path,
-        'name = "s"\nseeds = [1, 2]\nlabeled_ratios = [0.5]\nfull = "partial"\n'
-        '[methods.partial]\nrecipe = "partial.toml"\n',
-    )
+    command = _partial_only_study(tmp_path, seeds=[1, 2])
     runs = tmp_path / "out" / "s" / "runs"
-    command = [sys.executable, "-m", "mireg", "study", str(path)]
     env = {**os.environ, "COLUMNS": "200"}
     proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _wait_for(lambda: (runs / "partial-c0-all-s1" / "report.json").is_file())
@@ -485,14 +491,8 @@ def test_a_killed_study_continues_where_it_stopped(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_a_study_sent_sigterm_stops_its_runs_at_a_checkpoint_and_says_so(tmp_path: Path) -> None:
-    _recipes(tmp_path, epochs=3, iterations=30)
-    path = _study_file(
-        tmp_path,
-        'name = "s"\nseeds = [1]\nlabeled_ratios = [0.5]\nfull = "partial"\n'
-        '[methods.partial]\nrecipe = "partial.toml"\n',
-    )
+    command = _partial_only_study(tmp_path, seeds=[1])
     run = tmp_path / "out" / "s" / "runs" / "partial-c0-all-s1"
-    command = [sys.executable, "-m", "mireg", "study", str(path)]
     env = {**os.environ, "COLUMNS": "200"}
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     _wait_for(lambda: (run / "last.pt").is_file())
