@@ -17,7 +17,7 @@ from mireg.recipe import (
     read_toml,
     validate_recipe,
 )
-from mireg.study.runs import ALL_LABELS, Amount, PlannedRun, RunKey, RunRecord, read_record
+from mireg.study.runs import ALL_LABELS, Amount, PlannedRun, RunKey, RunRecord, read_record, resumable
 from mireg.study.spec import StudySpec
 from mireg.training.rundir import RunDir
 
@@ -275,12 +275,7 @@ class Study:
     def resumable(self, key: RunKey) -> bool:
         """Whether the run started and can continue (a mireg run from its last checkpoint, an
         nnU-Net run from its last finished stage)."""
-        run = self.run_dir(key)
-        if self.engine(key) == "nnunet":
-            from mireg.nnunet.workflow import NnUNetRun
-
-            return NnUNetRun.resumable(run.path)
-        return run.checkpointed
+        return resumable(self.engine(key), self.run_dir(key))
 
     def compared(self) -> list[tuple[str, str]]:
         """The pairs whose paired test-DSC difference the report gives beyond the baseline's: the

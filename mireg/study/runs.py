@@ -12,7 +12,16 @@ from typing import Any
 
 from mireg.training.rundir import RunDir
 
-__all__ = ["ALL_LABELS", "Amount", "PlannedRun", "RunKey", "RunRecord", "read_record", "records_to_json"]
+__all__ = [
+    "ALL_LABELS",
+    "Amount",
+    "PlannedRun",
+    "RunKey",
+    "RunRecord",
+    "read_record",
+    "records_to_json",
+    "resumable",
+]
 
 
 @dataclass(frozen=True)
@@ -116,3 +125,14 @@ def records_to_json(records: list[RunRecord]) -> list[dict[str, Any]]:
         {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(r).items()}
         for r in records
     ]
+
+
+def resumable(engine: str, run: RunDir) -> bool:
+    """Whether the run in folder ``run``, trained by ``engine`` (``mireg`` or ``nnunet``), started and
+    can continue: a mireg run from its last checkpoint, an nnU-Net run from its last finished stage.
+    """
+    if engine == "nnunet":
+        from mireg.nnunet.workflow import NnUNetRun
+
+        return NnUNetRun.resumable(run.path)
+    return run.checkpointed

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from mireg.study.runs import resumable
 from mireg.training.rundir import RunDir
 from mireg.training.workflow import next_step
 
@@ -57,12 +58,8 @@ class Launch:
         Raises:
             RunError: The run folder holds results but no checkpoint.
         """
-        resumable = None
-        if self.engine == "nnunet":
-            from mireg.nnunet.workflow import NnUNetRun
-
-            resumable = NnUNetRun.resumable(self.run)
-        step = next_step(RunDir(self.run), resumable)
+        run = RunDir(self.run)
+        step = next_step(run, resumable(self.engine, run))
         if step == "finished":
             return None
         command = "nnunet" if self.engine == "nnunet" else "train"
