@@ -162,3 +162,50 @@ def test_the_strong_preset_refuses_the_paper_presets_keys(tmp_path: Path) -> Non
     raw["augment"] = {"crop": 32, "preset": "strong", "rotation": 30.0}
     with pytest.raises(RecipeError, match=r"rotation: the strong preset has nnU-Net's own"):
         validate_recipe(raw, "test")
+
+
+def _strong_plain(runs: Path, regularizers: list[dict[str, object]]) -> dict[str, object]:
+    raw = _strong(runs)
+    raw["backbone"] = {"name": "plain_unet", "num_classes": 4, "stages": 4, "base_channels": 4}
+    raw["regularizers"] = regularizers
+    return raw
+
+
+@pytest.mark.parametrize(
+    ("backbone", "regularizers", "batch"),
+    [
+        ("plain_unet", [], 2),  # instance norm, nothing reads x_u: the labelled slices alone
+        ("plain_unet", [{"name": "consistency", "weight": 10.0}], 2 + 3 + 3),
+        ("unet", [], 2 + 3 + 3),  # batch norm: the unlabelled slices change the labelled outputs
+    ],
+)
+def test_the_network_runs_on_the_unlabelled_slices_only_where_they_change_the_step(
+    tmp_path: Path, backbone: str, regularizers: list[dict[str, object]], batch: int
+) -> None:
+    raw = _strong_plain(tmp_path / "runs", regularizers)
+    if backbone == "unet":
+        raw["backbone"] = {"name": "unet", "num_classes": 4, "base_channels": 4}
+    trainer = Trainer(validate_recipe(raw, "test"))
+    trainer.setup()
+    seen: list[int] = []
+    trainer.state.model.register_forward_pre_hook(lambda module, args: seen.append(len(args[0])))
+    assert trainer.step() is not None
+    assert seen == [batch]  # labelled 2, unlabelled 3 and their transforms 3 (tiny_recipe)
+
+
+def test_a_step_on_the_labelled_slices_alone_trains_as_the_step_over_every_group(tmp_path: Path) -> None:
+    """Skipping the unlabelled groups of a supervised step on an instance-norm network changes
+    neither the losses nor the trained weights, nor any later step's random draws."""
+    raw = _strong_plain(tmp_path / "runs", [])
+    runs = []
+    for labelled_only in (True, False):
+        trainer = Trainer(validate_recipe(raw, "test"))
+        trainer.setup()
+        assert trainer.step.labelled_only
+        trainer.step.labelled_only = labelled_only
+        logs = [trainer.step() for _ in range(3)]
+        runs.append(([float(s["total"]) for s in logs if s is not None], trainer.state.model.state_dict()))
+    (short, short_weights), (whole, whole_weights) = runs
+    assert short == pytest.approx(whole, rel=1e-5) and len(short) == 3
+    for name, value in short_weights.items():
+        torch.testing.assert_close(value, whole_weights[name], rtol=1e-4, atol=1e-6)

@@ -5,7 +5,9 @@
    batched warp; ``T`` is drawn once.
 2. One forward pass over ``[x_l, x_u, T(x_u)]`` with the feature taps the regularisers asked for
    (hooks registered once, :class:`TappedNetwork`); :func:`step_context` splits the result into the
-   :class:`~mireg.contract.StepContext` every regulariser reads.
+   :class:`~mireg.contract.StepContext` every regulariser reads. A step with no regulariser, on a
+   network whose layers treat each sample alone (no batch norm), runs the network on ``x_l`` only:
+   the unlabelled groups would change nothing but the time (``TrainStep.labelled_only``).
 3. The loss ``L_sup + sum_i w_i r_i(t) L_i``, backward, the optimiser step, then each regulariser's
    ``after_step`` (EMA teachers).
 
@@ -139,6 +141,11 @@ def step_context(
     )
 
 
+def _has_batch_norm(model: nn.Module) -> bool:
+    """Whether a layer of ``model`` normalises over the batch (its samples' outputs depend on each other)."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
 def _augment(
     images: torch.Tensor, labels: torch.Tensor | None, cfg: AugmentConfig, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -167,6 +174,10 @@ class TrainStep:
         self.reduction = runtime.reduction()
         #: What gradient clipping (``optim.clip_grad_norm``) clips: every parameter optimised.
         self.parameters = [p for group in state.optimizer.param_groups for p in group["params"]]
+        #: Whether the forward runs on the labelled slices alone: no regulariser reads the unlabelled
+        #: groups and no batch-norm layer lets them change the labelled outputs (or running
+        #: statistics), so the losses and gradients are those of the forward over every group.
+        self.labelled_only = not state.terms and not _has_batch_norm(state.model)
 
     def __call__(self) -> dict[str, torch.Tensor] | None:
         """One optimisation step; returns the (device) values to log, or None for a skipped step."""
@@ -180,6 +191,8 @@ class TrainStep:
         batch = self.feed.batch(state.step)
         x_l, y_l = _augment(batch.images_l[:, None].float(), batch.labels_l, aug, g)
         assert y_l is not None
+        # Drawn even when the forward skips them: the generator's stream, and with it every later
+        # step's draws, stays the same whether or not the network runs on x_u.
         x_u, _ = _augment(batch.images_u[:, None].float(), None, aug, g)
         n_l, n_u = len(batch.images_l), len(batch.images_u)
         transform = Transform.draw(n_u, g, runtime.device, cfg.transform_prob, cfg.transform_prob)
@@ -187,15 +200,21 @@ class TrainStep:
         x_l, y_l, x_u = x_l[part_l], y_l[part_l], x_u[part_u]
         transform = Transform(transform.flip_h[part_u], transform.flip_w[part_u])
         with autocast(cfg.precision, runtime.device):
-            ctx = step_context(
-                self.tapped, x_l, y_l, x_u, transform, state.step, state.epoch, self.reduction, g
-            )
+            ctx = None
+            if self.labelled_only:
+                logits_l = self.tapped(x_l)[0].float()
+            else:
+                ctx = step_context(
+                    self.tapped, x_l, y_l, x_u, transform, state.step, state.epoch, self.reduction, g
+                )
+                logits_l = ctx.logits_l
             auxiliary = [a[: len(x_l)] for a in self.tapped.auxiliary]  # deep supervision, if any
-            sup = supervised_loss(ctx.logits_l, y_l, cfg.loss, auxiliary, reduction=self.reduction)
+            sup = supervised_loss(logits_l, y_l, cfg.loss, auxiliary, reduction=self.reduction)
             total = sup
             logs = {"sup": sup.detach()}
             epochs_done = state.step / cfg.iterations_per_epoch
             for name, weight, rampup_epochs, reg in state.terms:
+                assert ctx is not None  # a step with terms runs every group
                 out = reg(ctx)
                 total = total + weight * rampup(epochs_done, rampup_epochs) * out.loss
                 logs[name] = out.loss.detach()
