@@ -2,11 +2,15 @@
 
     python benchmarks/step.py --method udaiic --size 224 --labeled-batch 4 --unlabeled-batch 10 \
         --steps 5 --device cpu [--compile] [--compare-naive]
+    python benchmarks/step.py --recipe recipes/phantom_cps_strong.toml [--set KEY=VALUE ...] \
+        --steps 10 --device cpu [--precision bf16]
 
 A step is everything `mireg train` does per iteration: drawing slices from the in-memory store,
 batched augmentation, one forward over [x_l, x_u, T(x_u)], every regulariser, backward and the
 optimiser. The method's settings come from `recipes/acdc_<method>.toml`; the data is the synthetic
-cohort at 1 mm (generated and cached on first use). Like `mireg`, it keeps freed host memory
+cohort at 1 mm (generated and cached on first use). With --recipe, the steps are those of that
+recipe as it is, its data, crop and batches included (--size and the batch options do not apply;
+--set changes keys, as for `mireg train`). Like `mireg`, it keeps freed host memory
 mapped (mireg.host_memory); --system-malloc measures with malloc's defaults instead. Prints one JSON
 line per measurement.
 With --compare-naive it also times, on random maps of the decoder layers' shapes, mireg's local MI
@@ -31,7 +35,7 @@ import torch.nn.functional as F
 from mireg.host_memory import keep_freed_memory
 from mireg.losses import local_mi_loss
 from mireg.progress import Observer
-from mireg.recipe import load_recipe
+from mireg.recipe import Recipe, load_recipe
 from mireg.training.loop import Trainer
 from mireg.training.runtime import resolve_device
 
@@ -49,7 +53,12 @@ def _peak_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def time_steps(args: argparse.Namespace, device: torch.device, kept: bool) -> dict[str, object]:
+def _recipe(args: argparse.Namespace, device: torch.device) -> Recipe:
+    """The recipe whose steps are timed, with the device and arithmetic asked for."""
+    run = [f'train.device="{device}"', f'train.precision="{args.precision}"']
+    run.append(f"train.compile={str(args.compile).lower()}")
+    if args.recipe is not None:
+        return load_recipe(args.recipe, [*args.set, *run])
     canvas = 16 * math.ceil((args.size + 32) / 16)
     overrides = [
         f'data={{name = "phantom", patients = 20, spacing = 1.0, canvas = {canvas}, '
@@ -57,11 +66,12 @@ def time_steps(args: argparse.Namespace, device: torch.device, kept: bool) -> di
         f"augment.crop={args.size}",
         f"train.labeled_batch={args.labeled_batch}",
         f"train.unlabeled_batch={args.unlabeled_batch}",
-        f'train.device="{device}"',
-        f'train.precision="{args.precision}"',
-        f"train.compile={str(args.compile).lower()}",
     ]
-    recipe = load_recipe(RECIPES / f"acdc_{args.method}.toml", overrides)
+    return load_recipe(RECIPES / f"acdc_{args.method}.toml", [*overrides, *run])
+
+
+def time_steps(args: argparse.Namespace, device: torch.device, kept: bool) -> dict[str, object]:
+    recipe = _recipe(args, device)
     trainer = Trainer(recipe, observer=Observer())
     trainer.setup()
     trainer.state.model.train()
@@ -75,15 +85,23 @@ def time_steps(args: argparse.Namespace, device: torch.device, kept: bool) -> di
         trainer.step()
     _sync(device)
     seconds = (time.perf_counter() - start) / args.steps
-    images = args.labeled_batch + 2 * args.unlabeled_batch
     peak = _peak_mb(device)
     profiled = profile_step(trainer, device) if args.profile else None
+    if args.recipe is not None:
+        shape: dict[str, object] = {
+            "recipe": str(args.recipe),
+            "set": args.set,
+            "crop": recipe.augment.crop,
+            "labeled_batch": recipe.train.labeled_batch,
+            "unlabeled_batch": recipe.train.unlabeled_batch,
+        }
+    else:
+        images = args.labeled_batch + 2 * args.unlabeled_batch
+        shape = {"method": args.method, "size": args.size, "images_per_s": round(images / seconds, 1)}
     return {
-        "method": args.method,
+        **shape,
         "device": str(device),
-        "size": args.size,
         "ms_per_step": round(1000 * seconds, 1),
-        "images_per_s": round(images / seconds, 1),
         "peak_mem_mb": round(peak, 1),
         "steps": args.steps,
         "precision": args.precision,
@@ -208,6 +226,12 @@ def main() -> None:
         default="udaiic",
         choices=sorted(path.stem.removeprefix("acdc_") for path in RECIPES.glob("acdc_*.toml")),
         help="the method of recipes/acdc_METHOD.toml",
+    )
+    parser.add_argument(
+        "--recipe", type=Path, help="time this recipe's steps as it is (instead of --method at --size)"
+    )
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="with --recipe: change a key"
     )
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--labeled-batch", type=int, default=4)

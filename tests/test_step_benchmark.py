@@ -1,13 +1,16 @@
-"""benchmarks/step.py: times full training steps of any ACDC recipe's method."""
+"""benchmarks/step.py: times full training steps of any ACDC recipe's method, or of any recipe as it is."""
 
 from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 
-from .helpers import load_benchmark
+from mireg.recipe import dump_toml
+
+from .helpers import load_benchmark, tiny_recipe
 
 
 def test_every_acdc_recipe_is_a_method_and_a_step_is_timed(
@@ -23,3 +26,20 @@ def test_every_acdc_recipe_is_a_method_and_a_step_is_timed(
     row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert row["method"] == "bcp" and row["size"] == 32 and row["steps"] == 1
     assert row["ms_per_step"] > 0 and row["peak_mem_mb"] > 0
+
+
+def test_a_recipe_is_timed_as_it_is_with_its_keys_changed_by_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    step = load_benchmark("step")
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(dump_toml(tiny_recipe(tmp_path / "runs")))
+    argv = ["step.py", "--recipe", str(recipe), "--set", "train.labeled_batch=3", "--steps", "1"]
+    argv += ["--warmup", "1", "--device", "cpu", "--precision", "bf16"]
+    monkeypatch.setattr(sys, "argv", argv)
+    step.main()
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["recipe"] == str(recipe) and row["set"] == ["train.labeled_batch=3"]
+    assert (row["crop"], row["labeled_batch"], row["unlabeled_batch"]) == (32, 3, 3)
+    assert row["precision"] == "bf16" and row["ms_per_step"] > 0
+    assert not (tmp_path / "runs").exists()  # timing steps writes no run
