@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from mireg.errors import RecipeError
+from mireg.errors import MiregError, RecipeError
 from mireg.recipe import dump_toml
 from mireg.study.plan import Study
 from mireg.study.report import compare_methods, markdown, summarize_study
@@ -283,6 +283,21 @@ def _finished_run(run: Path, val: float, seconds: float, epochs: int = 4) -> Non
     (run / "metrics.csv").write_text("epoch,val_dice/mean,seconds\n" + rows)
     summary = {"dice": {"all": {"mean": {"mean": 0.123456}}}, "hd95": {"all": {"mean": {"mean": 9.87}}}}
     (run / "report.json").write_text(json.dumps({"summary": summary}))
+
+
+def test_a_study_goes_on_on_another_device_but_not_with_another_recipe(tmp_path: Path) -> None:
+    """Where a run trains (``--device``) is not what it is: the recipes a study wrote on the CPU are
+    still its runs on a GPU box; any other change is refused."""
+    study, keys = _grid_study(tmp_path)
+    key = keys["partial-c0-50pct-s1"]
+    written = study.recipe_file(key)
+    written.parent.mkdir(parents=True)
+    written.write_text(study.recipe_text(key))
+    elsewhere = Study(study.spec, study.source, device="cuda")
+    assert 'device = "cuda"' in elsewhere.recipe_text(key) and 'device = "cpu"' in written.read_text()
+    written.write_text(written.read_text().replace("lr = 1e-05", "lr = 0.001"))
+    with pytest.raises(MiregError, match="the study file changed since this run was planned"):
+        elsewhere.recipe_text(key)
 
 
 def test_the_plan_shows_where_a_study_stands_without_training_or_reading_test(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -6,8 +6,14 @@ from __future__ import annotations
 import csv
 import itertools
 import math
+import sys
 from pathlib import Path
 from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 from mireg.errors import MiregError, RecipeError
 from mireg.recipe import (
@@ -97,13 +103,16 @@ class Study:
     def recipe_text(self, key: RunKey) -> str:
         """The run's recipe as TOML text.
 
+        The device may differ from the recipe written earlier (``--device``): where a run trains is not
+        what it is, so a study begun on one machine goes on on another.
+
         Raises:
             MiregError: The study already wrote a different recipe for this run (the study file, or
                 a recipe it names, changed since): finished runs must not be mixed with new ones.
         """
         text = dump_toml(self.recipe(key))
         written = self.recipe_file(key)
-        if written.is_file() and written.read_text() != text:
+        if written.is_file() and not _same_run(written.read_text(), text):
             raise MiregError(
                 f"{written}: the study file changed since this run was planned",
                 f"give the study a new name, or remove {self.out} to start it over",
@@ -352,6 +361,22 @@ def minutes_left(plan: list[PlannedRun], records: list[RunRecord], jobs: int) ->
     per_method = {m: mean([r for r in measured if r.method == m]) for m in {r.method for r in measured}}
     left = [(1 - run.share) * per_method.get(run.method, overall) for run in plan if run.state != "done"]
     return max(sum(left) / max(1, jobs), max(left, default=0.0))  # one long run is not shared
+
+
+def _same_run(written: str, planned: str) -> bool:
+    """Whether two recipe texts describe the same run: equal but for ``train.device``."""
+    if written == planned:
+        return True
+    try:
+        old: dict[str, Any] = tomllib.loads(written)
+        new: dict[str, Any] = tomllib.loads(planned)
+    except tomllib.TOMLDecodeError:
+        return False
+    for raw in (old, new):
+        train = raw.get("train")
+        if isinstance(train, dict):
+            train.pop("device", None)
+    return old == new
 
 
 def duration(seconds: float) -> str:
