@@ -623,6 +623,14 @@ def study(
             "validation so far and the time left (with --executor slurm, the study's jobs in the queue).",
         ),
     ] = False,
+    archive: Annotated[
+        Optional[Path],
+        typer.Option(
+            metavar="DIR",
+            help="Train nothing: copy the finished runs without their checkpoints (and the report, "
+            "if written) into DIR/NAME, to keep or to carry; a study started from that folder reuses them.",
+        ),
+    ] = None,
     executor: Annotated[
         _Executor, typer.Option(help="Where the runs train: subprocesses here, or one Slurm job per run.")
     ] = _Executor.local,
@@ -672,8 +680,21 @@ def study(
     from mireg.study.report import overview, standing
     from mireg.study.workflow import conduct, local_executor, open_study, slurm_executor
 
+    if archive is not None and show_plan:
+        raise typer.BadParameter("--archive and --plan each train nothing: give one", param_hint="--archive")
     plan = open_study(study_file, quick, device)
     spec = plan.spec
+    if archive is not None:
+        from mireg.study.archive import archive_study
+
+        archived = archive_study(plan, archive)
+        left = f"; {archived.left_out} runs not finished left out" if archived.left_out else ""
+        console.print(
+            f"archived {len(archived.runs)} finished runs of {spec.name} into {archived.folder} "
+            f"(checkpoints left out{left})",
+            markup=False,
+        )
+        return
     if executor is _Executor.slurm:
         from mireg.study.executors.slurm import SlurmOptions, parse_time
 

@@ -285,6 +285,49 @@ def _finished_run(run: Path, val: float, seconds: float, epochs: int = 4) -> Non
     (run / "report.json").write_text(json.dumps({"summary": summary}))
 
 
+def test_an_archive_holds_the_finished_runs_without_checkpoints_and_a_study_reuses_it(
+    cli, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    _recipes(tmp_path, epochs=4)
+    path = _study_file(tmp_path, GRID_STUDY)
+    out = tmp_path / "out" / "s"
+    finished = out / "runs" / "partial-c0-50pct-s1"
+    _finished_run(finished, 0.80, 120)
+    (finished / "best.pt").write_bytes(b"checkpoint")
+    (finished / "nnunet" / "results").mkdir(parents=True)
+    (out / "logs").mkdir()
+    (out / "logs" / "partial-c0-50pct-s1.log").write_text("trained\n")
+    stopped = out / "runs" / "partial-c1-50pct-s1"
+    stopped.mkdir()
+    (stopped / "last.pt").write_bytes(b"checkpoint")
+    (stopped / "metrics.csv").write_text("epoch,val_dice/mean,seconds\n1,0.5,30\n")
+
+    result = cli("study", path, "--archive", tmp_path / "kept")
+    assert result.code == 0, result.err
+    assert "archived 1 finished runs of s" in result.out and "1 runs not finished left out" in result.out
+    kept = tmp_path / "kept" / "s"
+    assert [p.name for p in (kept / "runs").iterdir()] == ["partial-c0-50pct-s1"]
+    assert sorted(p.name for p in (kept / "runs" / "partial-c0-50pct-s1").iterdir()) == [
+        "metrics.csv",
+        "report.json",
+    ]
+    assert (kept / "logs" / "partial-c0-50pct-s1.log").read_text() == "trained\n"
+    key = RunKey("partial", 0, Study(load_study(path), path).amounts[0], 1)
+    planned = Study(load_study(path), path).recipe_text(key)
+    assert (kept / "recipes" / "partial-c0-50pct-s1.toml").read_text() == planned
+    assert (finished / "best.pt").is_file() and (stopped / "last.pt").is_file()  # the study is untouched
+
+    result = cli("study", path, "--archive", tmp_path / "out")
+    assert result.code == 1 and "is the study's own folder" in result.err
+
+    shutil.rmtree(out)  # another machine: the study starts from the archive
+    shutil.copytree(kept, out)
+    result = cli("study", path, "--plan")
+    assert result.code == 0, result.err
+    lines = [" ".join(line.split()) for line in result.out.splitlines()]
+    assert "partial 50 % 2 1 0 3" in lines  # 2 configurations: 1 finished, none to resume, 3 to train
+
+
 def test_a_study_goes_on_on_another_device_but_not_with_another_recipe(tmp_path: Path) -> None:
     """Where a run trains (``--device``) is not what it is: the recipes a study wrote on the CPU are
     still its runs on a GPU box; any other change is refused."""

@@ -1,0 +1,103 @@
+"""A study's finished runs without their checkpoints (``mireg study STUDY --archive DIR``).
+
+The archive is small (a run's recipe, split, metrics, test reports, versions and log: about 100 kB),
+so it can be kept beside a paper, committed, or carried to another machine. It is a study folder: a
+study started from a copy of it (``runs/studies/NAME``) reuses every run in it and trains the rest.
+Runs not finished are left out, since a run folder with results but no checkpoint cannot go on.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from mireg.errors import MiregError
+from mireg.files import atomic_write_text
+from mireg.study.plan import Study
+from mireg.study.runs import RunKey
+
+__all__ = ["Archived", "archive_study"]
+
+#: The study's report, copied when the study has written one.
+REPORT_FILES = ("study.md", "study.json", "study.csv", "study.png")
+
+
+@dataclass(frozen=True)
+class Archived:
+    """What :func:`archive_study` did.
+
+    Attributes:
+        folder: The archive (``DIR/NAME``).
+        runs: The finished runs now in it.
+        left_out: Runs of the study started but not finished, not archived.
+    """
+
+    folder: Path
+    runs: list[str]
+    left_out: int
+
+
+def archive_study(study: Study, into: Path) -> Archived:
+    """Copy the study's finished runs, their recipes and logs, and its report if it has one, into
+    ``into/NAME`` (``NAME``: the study folder's name), leaving out checkpoints (``*.pt``) and nnU-Net's
+    trees. Runs already in the archive are replaced by the study's copy, one at a time; others there
+    (from another machine) are kept.
+
+    Raises:
+        MiregError: ``into/NAME`` is the study's own folder.
+    """
+    from mireg.nnunet.workflow import NNUNET_DIR
+
+    target = into / study.out.name
+    if target.resolve() == study.out.resolve():
+        raise MiregError(
+            f"{target} is the study's own folder", "archive into another folder, e.g. docs/studies"
+        )
+    plan, _ = study.standing()
+    finished = [
+        RunKey(run.method, run.config, run.amount, run.seed)
+        for run in plan
+        if run.state == "done" and run.config is not None
+    ]
+    for key in finished:
+        _replace_tree(study.run_dir(key).path, target / "runs" / key.name, ("*.pt", NNUNET_DIR))
+        recipe = target / "recipes" / f"{key.name}.toml"
+        if study.recipe_file(key).is_file():
+            _replace_file(study.recipe_file(key), recipe)
+        else:  # a run the study reused from elsewhere without its recipe file
+            recipe.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(recipe, study.recipe_text(key))
+        if study.log(key).is_file():
+            _replace_file(study.log(key), target / "logs" / f"{key.name}.log")
+    for name in REPORT_FILES:
+        if (study.out / name).is_file():
+            _replace_file(study.out / name, target / name)
+    left_out = sum(run.state == "resume" for run in plan)
+    return Archived(target, [key.name for key in finished], left_out)
+
+
+def _replace_file(source: Path, destination: Path) -> None:
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    partial = destination.with_name(f".{destination.name}.partial")
+    shutil.copy2(source, partial)
+    os.replace(partial, destination)
+
+
+def _replace_tree(source: Path, destination: Path, leave_out: tuple[str, ...]) -> None:
+    """Copy folder ``source`` but the names matching ``leave_out`` to ``destination``, beside it first,
+    then swap it in: an interrupted copy leaves the archive's earlier copy of the run (or none), never
+    half of one."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    partial = destination.with_name(f".{destination.name}.partial")
+    old = destination.with_name(f".{destination.name}.old")
+    for leftover in (partial, old):
+        if leftover.exists():
+            shutil.rmtree(leftover)
+    shutil.copytree(source, partial, ignore=shutil.ignore_patterns(*leave_out))
+    if destination.exists():
+        destination.rename(old)
+    partial.rename(destination)
+    if old.exists():
+        shutil.rmtree(old)
