@@ -94,6 +94,11 @@ class Backbone(nn.Module):
     num_classes: int
     #: The config the network was made from (set by :meth:`BackboneConfig.create`).
     config: BackboneConfig | None = None
+    #: Whether, in training mode, each sample's output depends on that sample alone and a forward
+    #: draws no random numbers (no batch norm, dropout or running statistics). A supervised step then
+    #: runs the network on its labelled slices only; with False, the default, on every group, since
+    #: the others could change the result. :func:`mireg.testing.check_backbone` checks the promise.
+    independent_samples: bool = False
 
     @property
     def size_multiple(self) -> int | None:

@@ -149,11 +149,41 @@ def check_backbone(
     _expect(type(twin) is type(net) and twin is not net, plugin, "twin() must make a new network")
     twin.to(device)
     twin.load_state_dict(net.state_dict())
+    if net.independent_samples:
+        _check_independent_samples(net, x, plugin)
     net.eval()
     twin.eval()
     with torch.no_grad():
         _expect(torch.allclose(net(x), twin(x), atol=1e-5), plugin, "state dict does not round trip")
     return net
+
+
+def _check_independent_samples(net: Backbone, x: torch.Tensor, plugin: str) -> None:
+    """A network that says it computes each sample alone (``independent_samples``): in training mode,
+    a sample's output is the same in any batch, and a forward changes no buffer and draws no random
+    number."""
+    net.train()
+    buffers = [b.clone() for b in net.buffers()]
+    cpu_rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state(x.device) if x.device.type == "cuda" else None
+    with torch.no_grad():
+        together = net(x)
+    drew = not torch.equal(cpu_rng, torch.get_rng_state()) or (
+        cuda_rng is not None and not torch.equal(cuda_rng, torch.cuda.get_rng_state(x.device))
+    )
+    _expect(not drew, plugin, "independent_samples is True, but a training forward draws random numbers")
+    _expect(
+        all(torch.equal(a, b) for a, b in zip(buffers, net.buffers(), strict=True)),
+        plugin,
+        "independent_samples is True, but a training forward changes the network's buffers",
+    )
+    with torch.no_grad():
+        alone = net(x[:1])
+    _expect(
+        torch.allclose(together[:1], alone, rtol=1e-4, atol=1e-5),
+        plugin,
+        "independent_samples is True, but a sample's output depends on the rest of its batch",
+    )
 
 
 def check_regularizer(

@@ -69,6 +69,42 @@ def test_a_broken_plugin_is_reported_with_its_name() -> None:
         check_backbone(Shapeless(name="unet", num_classes=2, base_channels=2), size=32)
 
 
+@pytest.mark.parametrize(
+    ("layer", "broken"),
+    [
+        ("batch_norm", "depends on the rest of its batch"),
+        ("dropout", "draws random numbers"),
+        ("running_statistics", "changes the network's buffers"),
+    ],
+)
+def test_a_backbone_that_wrongly_says_it_computes_each_sample_alone_is_caught(
+    layer: str, broken: str
+) -> None:
+    """``independent_samples`` lets a supervised step skip the unlabelled slices, so a false promise
+    would change training: the contract check runs the network to see it hold."""
+    from torch import nn
+
+    from mireg.backbones.plain_unet import PlainUNetConfig
+
+    class Claiming(PlainUNetConfig):
+        def build(self):  # type: ignore[no-untyped-def]
+            net = super().build()
+            norm = net.encoder[0][0][1]  # the first stage's first instance norm
+            assert isinstance(norm, nn.InstanceNorm2d)
+            if layer == "batch_norm":
+                net.encoder[0][0][1] = nn.BatchNorm2d(norm.num_features, track_running_stats=False)
+            elif layer == "dropout":
+                net.encoder[0][0].append(nn.Dropout2d(0.5))
+            else:
+                net.encoder[0][0][1] = nn.InstanceNorm2d(norm.num_features, track_running_stats=True)
+            return net
+
+    config = {"name": "plain_unet", "num_classes": 2, "stages": 3, "base_channels": 4}
+    assert check_backbone(PlainUNetConfig(**config), size=32).independent_samples  # the real one holds
+    with pytest.raises(ContractError, match=f"independent_samples is True, but .*{broken}"):
+        check_backbone(Claiming(**config), size=32)
+
+
 def test_the_store_imports_nothing_of_the_contract() -> None:
     # The contract re-exports the store types; the store importing the contract back would be a cycle.
     code = (

@@ -106,6 +106,9 @@ class PlainUNet(Backbone):
             the logits, the others the auxiliary logits.
     """
 
+    #: Instance norm without running statistics, no dropout: each sample is computed alone.
+    independent_samples = True
+
     def __init__(
         self,
         in_channels: int = 1,

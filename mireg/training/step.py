@@ -6,8 +6,8 @@
 2. One forward pass over ``[x_l, x_u, T(x_u)]`` with the feature taps the regularisers asked for
    (hooks registered once, :class:`TappedNetwork`); :func:`step_context` splits the result into the
    :class:`~mireg.contract.StepContext` every regulariser reads. A step with no regulariser, on a
-   network whose layers treat each sample alone (no batch norm), runs the network on ``x_l`` only:
-   the unlabelled groups would change nothing but the time (``TrainStep.labelled_only``).
+   network that computes each sample alone (``Backbone.independent_samples``), runs the network on
+   ``x_l`` only: the unlabelled groups would change nothing but the time (``TrainStep.labelled_only``).
 3. The loss ``L_sup + sum_i w_i r_i(t) L_i``, backward, the optimiser step, then each regulariser's
    ``after_step`` (EMA teachers).
 
@@ -141,11 +141,6 @@ def step_context(
     )
 
 
-def _has_batch_norm(model: nn.Module) -> bool:
-    """Whether a layer of ``model`` normalises over the batch (its samples' outputs depend on each other)."""
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-
-
 def _augment(
     images: torch.Tensor, labels: torch.Tensor | None, cfg: AugmentConfig, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -175,9 +170,10 @@ class TrainStep:
         #: What gradient clipping (``optim.clip_grad_norm``) clips: every parameter optimised.
         self.parameters = [p for group in state.optimizer.param_groups for p in group["params"]]
         #: Whether the forward runs on the labelled slices alone: no regulariser reads the unlabelled
-        #: groups and no batch-norm layer lets them change the labelled outputs (or running
-        #: statistics), so the losses and gradients are those of the forward over every group.
-        self.labelled_only = not state.terms and not _has_batch_norm(state.model)
+        #: groups and the network computes each sample alone, drawing no random numbers
+        #: (``Backbone.independent_samples``), so the losses and gradients are those of the forward
+        #: over every group, up to the rounding of a smaller batch.
+        self.labelled_only = not state.terms and state.model.independent_samples
 
     def __call__(self) -> dict[str, torch.Tensor] | None:
         """One optimisation step; returns the (device) values to log, or None for a skipped step."""
