@@ -20,6 +20,7 @@ from mireg.errors import MiregError, RecipeError
 from mireg.recipe import dump_toml
 from mireg.study.plan import Study
 from mireg.study.report import compare_methods, markdown, summarize_study
+from mireg.study.runner import launch_of
 from mireg.study.runs import RunKey, RunRecord
 from mireg.study.spec import load_study
 
@@ -338,6 +339,11 @@ def test_a_study_goes_on_on_another_device_but_not_with_another_recipe(tmp_path:
     written.write_text(study.recipe_text(key))
     elsewhere = Study(study.spec, study.source, device="cuda")
     assert 'device = "cuda"' in elsewhere.recipe_text(key) and 'device = "cpu"' in written.read_text()
+    _finished_run(elsewhere.run_dir(key).path, 0.8, 60)
+    launch_of(elsewhere, key)  # a finished run keeps the recipe it trained on
+    assert 'device = "cpu"' in written.read_text()
+    later = keys["partial-c1-50pct-s1"]
+    assert 'device = "cuda"' in launch_of(elsewhere, later).recipe.read_text()  # a new run: the GPU
     written.write_text(written.read_text().replace("lr = 1e-05", "lr = 0.001"))
     with pytest.raises(MiregError, match="the study file changed since this run was planned"):
         elsewhere.recipe_text(key)

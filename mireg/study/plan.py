@@ -104,7 +104,8 @@ class Study:
         """The run's recipe as TOML text.
 
         The device may differ from the recipe written earlier (``--device``): where a run trains is not
-        what it is, so a study begun on one machine goes on on another.
+        what it is, so a study begun on one machine goes on on another (a run stopped midway resumes
+        on the device of its own recipe).
 
         Raises:
             MiregError: The study already wrote a different recipe for this run (the study file, or
@@ -376,7 +377,7 @@ def _same_run(written: str, planned: str) -> bool:
         train = raw.get("train")
         if isinstance(train, dict):
             train.pop("device", None)
-    return old == new
+    return dump_toml(old) == dump_toml(new)
 
 
 def duration(seconds: float) -> str:

@@ -74,8 +74,11 @@ def gpu_count() -> int:
 
 
 def launch_of(study: Study, key: RunKey, processes: int = 1) -> Launch:
-    """The run ``key`` as an executor launches it; writes its recipe file first."""
-    atomic_write_text(study.recipe_file(key), study.recipe_text(key))
+    """The run ``key`` as an executor launches it; writes its recipe file first, for a run that starts
+    (a finished run keeps the recipe it trained on, a stopped one the recipe it resumes on)."""
+    text = study.recipe_text(key)
+    if not (study.run_dir(key).finished or study.resumable(key)):
+        atomic_write_text(study.recipe_file(key), text)
     return Launch(
         key.name,
         study.engine(key),
