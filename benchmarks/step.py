@@ -6,12 +6,13 @@
         --steps 10 --device cpu [--precision bf16]
 
 A step is everything `mireg train` does per iteration: drawing slices from the in-memory store,
-batched augmentation, one forward over [x_l, x_u, T(x_u)], every regulariser, backward and the
-optimiser. The method's settings come from `recipes/acdc_<method>.toml`; the data is the synthetic
-cohort at 1 mm (generated and cached on first use). With --recipe, the steps are those of that
-recipe as it is, its data, crop and batches included (--size and the batch options do not apply;
---set changes keys, as for `mireg train`). Like `mireg`, it keeps freed host memory
-mapped (mireg.host_memory); --system-malloc measures with malloc's defaults instead. Prints one JSON
+batched augmentation, one forward over [x_l, x_u, T(x_u)] (over x_l alone in a supervised step on a
+network that computes each sample alone), every regulariser, backward and the optimiser. The
+method's settings come from `recipes/acdc_<method>.toml`; the data is the synthetic cohort at 1 mm
+(generated and cached on first use). With --recipe, the steps are those of that recipe as it is, its
+data, crop, batches and arithmetic included (--set changes keys, as for `mireg train`; --precision
+and --compile, when given, override the recipe's). Like `mireg`, it keeps freed host memory mapped
+(mireg.host_memory); --system-malloc measures with malloc's defaults instead. Prints one JSON
 line per measurement.
 With --compare-naive it also times, on random maps of the decoder layers' shapes, mireg's local MI
 against the direct formulation (one conv2d per sub-head with the whole map as kernel, as in the
@@ -54,9 +55,13 @@ def _peak_mb(device: torch.device) -> float:
 
 
 def _recipe(args: argparse.Namespace, device: torch.device) -> Recipe:
-    """The recipe whose steps are timed, with the device and arithmetic asked for."""
-    run = [f'train.device="{device}"', f'train.precision="{args.precision}"']
-    run.append(f"train.compile={str(args.compile).lower()}")
+    """The recipe whose steps are timed, on ``device``, in the arithmetic asked for (a recipe's own
+    when --recipe is given without --precision and --compile; fp32, not compiled, for --method)."""
+    run = [f'train.device="{device}"']
+    if args.precision is not None or args.recipe is None:
+        run.append(f'train.precision="{args.precision or "fp32"}"')
+    if args.compile is not None or args.recipe is None:
+        run.append(f"train.compile={str(bool(args.compile)).lower()}")
     if args.recipe is not None:
         return load_recipe(args.recipe, [*args.set, *run])
     canvas = 16 * math.ceil((args.size + 32) / 16)
@@ -87,25 +92,28 @@ def time_steps(args: argparse.Namespace, device: torch.device, kept: bool) -> di
     seconds = (time.perf_counter() - start) / args.steps
     peak = _peak_mb(device)
     profiled = profile_step(trainer, device) if args.profile else None
+    train = recipe.train
+    # Slices through the step's main forward: [x_l, x_u, T(x_u)], or x_l alone.
+    images = train.labeled_batch + (0 if trainer.step.labelled_only else 2 * train.unlabeled_batch)
     if args.recipe is not None:
         shape: dict[str, object] = {
             "recipe": str(args.recipe),
             "set": args.set,
             "crop": recipe.augment.crop,
-            "labeled_batch": recipe.train.labeled_batch,
-            "unlabeled_batch": recipe.train.unlabeled_batch,
+            "labeled_batch": train.labeled_batch,
+            "unlabeled_batch": train.unlabeled_batch,
         }
     else:
-        images = args.labeled_batch + 2 * args.unlabeled_batch
-        shape = {"method": args.method, "size": args.size, "images_per_s": round(images / seconds, 1)}
+        shape = {"method": args.method, "size": args.size}
     return {
         **shape,
         "device": str(device),
         "ms_per_step": round(1000 * seconds, 1),
+        "images_per_s": round(images / seconds, 1),
         "peak_mem_mb": round(peak, 1),
         "steps": args.steps,
-        "precision": args.precision,
-        "compile": args.compile,
+        "precision": train.precision,
+        "compile": train.compile,
         "torch_threads": torch.get_num_threads(),
         "keep_freed_memory": kept,
         **({"profile": profiled} if profiled is not None else {}),
@@ -219,6 +227,23 @@ def compare_naive(args: argparse.Namespace, device: torch.device) -> list[dict[s
     return out
 
 
+def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse options that would be ignored; fill in the --method defaults."""
+    shaped = {"--size": args.size, "--labeled-batch": args.labeled_batch}
+    shaped["--unlabeled-batch"] = args.unlabeled_batch
+    if args.recipe is not None:
+        given = [name for name, value in shaped.items() if value is not None]
+        given += ["--compare-naive"] if args.compare_naive else []
+        if given:
+            parser.error(f"{', '.join(given)}: not with --recipe, whose shapes are its own (use --set)")
+        return
+    if args.set:
+        parser.error("--set changes a --recipe's keys; with --method use --size and the batch options")
+    args.size = 224 if args.size is None else args.size
+    args.labeled_batch = 4 if args.labeled_batch is None else args.labeled_batch
+    args.unlabeled_batch = 10 if args.unlabeled_batch is None else args.unlabeled_batch
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -233,14 +258,19 @@ def main() -> None:
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="with --recipe: change a key"
     )
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--labeled-batch", type=int, default=4)
-    parser.add_argument("--unlabeled-batch", type=int, default=10)
+    parser.add_argument("--size", type=int, help="crop side with --method (default 224)")
+    parser.add_argument("--labeled-batch", type=int, help="with --method (default 4)")
+    parser.add_argument("--unlabeled-batch", type=int, help="with --method (default 10)")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
-    parser.add_argument("--compile", action="store_true", help="torch.compile the network")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], help="default: fp32, or the recipe's")
+    parser.add_argument(
+        "--compile",
+        action="store_const",
+        const=True,
+        help="torch.compile the network (default: not, or as the recipe says)",
+    )
     parser.add_argument("--compare-naive", action="store_true")
     parser.add_argument("--profile", action="store_true", help="profile one more step (torch.profiler)")
     parser.add_argument(
@@ -250,6 +280,7 @@ def main() -> None:
     )
     parser.add_argument("--kernel-repeats", type=int, default=3)
     args = parser.parse_args()
+    _check_arguments(parser, args)
     kept = False if args.system_malloc else keep_freed_memory()
     device = resolve_device(args.device, "--device")
     print(json.dumps(time_steps(args, device, kept)), flush=True)
