@@ -689,6 +689,9 @@ def study(
 
         archived = archive_study(plan, archive)
         left = f"; {archived.left_out} runs not finished left out" if archived.left_out else ""
+        if not archived.runs:
+            console.print(f"no run of {spec.name} has finished yet: nothing archived{left}", markup=False)
+            return
         console.print(
             f"archived {len(archived.runs)} finished runs of {spec.name} into {archived.folder} "
             f"(checkpoints left out{left})",

@@ -292,8 +292,15 @@ def test_an_archive_holds_the_finished_runs_without_checkpoints_and_a_study_reus
     _recipes(tmp_path, epochs=4)
     path = _study_file(tmp_path, GRID_STUDY)
     out = tmp_path / "out" / "s"
+    result = cli("study", path, "--archive", tmp_path / "kept")
+    assert result.code == 0 and "no run of s has finished yet: nothing archived" in result.out
+    assert not (tmp_path / "kept").exists()
     finished = out / "runs" / "partial-c0-50pct-s1"
     _finished_run(finished, 0.80, 120)
+    key = RunKey("partial", 0, Study(load_study(path), path).amounts[0], 1)
+    planned = Study(load_study(path), path).recipe_text(key)
+    (out / "recipes").mkdir()
+    (out / "recipes" / "partial-c0-50pct-s1.toml").write_text(planned)  # as the study wrote it
     (finished / "best.pt").write_bytes(b"checkpoint")
     (finished / "nnunet" / "results").mkdir(parents=True)
     (out / "logs").mkdir()
@@ -313,13 +320,25 @@ def test_an_archive_holds_the_finished_runs_without_checkpoints_and_a_study_reus
         "report.json",
     ]
     assert (kept / "logs" / "partial-c0-50pct-s1.log").read_text() == "trained\n"
-    key = RunKey("partial", 0, Study(load_study(path), path).amounts[0], 1)
-    planned = Study(load_study(path), path).recipe_text(key)
+    assert [p.name for p in (kept / "recipes").iterdir()] == ["partial-c0-50pct-s1.toml"]
     assert (kept / "recipes" / "partial-c0-50pct-s1.toml").read_text() == planned
     assert (finished / "best.pt").is_file() and (stopped / "last.pt").is_file()  # the study is untouched
 
-    result = cli("study", path, "--archive", tmp_path / "out")
-    assert result.code == 1 and "is the study's own folder" in result.err
+    for inside in (tmp_path / "out", out / "runs"):
+        result = cli("study", path, "--archive", inside)
+        assert result.code == 1 and "the study's own folder" in result.err
+    (tmp_path / "file").write_text("")
+    result = cli("study", path, "--archive", tmp_path / "file")
+    assert result.code == 1 and "cannot archive the study there" in result.err
+    assert "Traceback" not in result.err
+
+    # A swap cut short (the archive's copy set aside, the new one not in place yet) is undone, and an
+    # archive again leaves no half-copied folder behind.
+    archived = kept / "runs" / "partial-c0-50pct-s1"
+    archived.rename(archived.with_name(".partial-c0-50pct-s1.old"))
+    (kept / "runs" / ".partial-c0-50pct-s1.partial").mkdir()
+    assert cli("study", path, "--archive", tmp_path / "kept").code == 0
+    assert [p.name for p in (kept / "runs").iterdir()] == ["partial-c0-50pct-s1"]
 
     shutil.rmtree(out)  # another machine: the study starts from the archive
     shutil.copytree(kept, out)

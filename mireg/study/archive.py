@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mireg.errors import MiregError
-from mireg.files import atomic_write_text
 from mireg.study.plan import Study
 from mireg.study.runs import RunKey
 
@@ -43,17 +42,20 @@ def archive_study(study: Study, into: Path) -> Archived:
     """Copy the study's finished runs, their recipes and logs, and its report if it has one, into
     ``into/NAME`` (``NAME``: the study folder's name), leaving out checkpoints (``*.pt``) and nnU-Net's
     trees. Runs already in the archive are replaced by the study's copy, one at a time; others there
-    (from another machine) are kept.
+    (from another machine) are kept. With no run finished, nothing is written.
 
     Raises:
-        MiregError: ``into/NAME`` is the study's own folder.
+        MiregError: ``into/NAME`` is (or is inside) the study's own folder, or a file cannot be read
+            or written (naming it).
     """
     from mireg.nnunet.workflow import NNUNET_DIR
 
     target = into / study.out.name
-    if target.resolve() == study.out.resolve():
+    here, there = study.out.resolve(), target.resolve()
+    if there == here or there.is_relative_to(here) or here.is_relative_to(there):
         raise MiregError(
-            f"{target} is the study's own folder", "archive into another folder, e.g. docs/studies"
+            f"{target}: the archive would hold, or be inside, the study's own folder {study.out}",
+            "archive into another folder, e.g. docs/studies",
         )
     plan, _ = study.standing()
     finished = [
@@ -61,43 +63,58 @@ def archive_study(study: Study, into: Path) -> Archived:
         for run in plan
         if run.state == "done" and run.config is not None
     ]
-    for key in finished:
-        _replace_tree(study.run_dir(key).path, target / "runs" / key.name, ("*.pt", NNUNET_DIR))
-        recipe = target / "recipes" / f"{key.name}.toml"
-        if study.recipe_file(key).is_file():
-            _replace_file(study.recipe_file(key), recipe)
-        else:  # a run the study reused from elsewhere without its recipe file
-            recipe.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(recipe, study.recipe_text(key))
-        if study.log(key).is_file():
-            _replace_file(study.log(key), target / "logs" / f"{key.name}.log")
-    for name in REPORT_FILES:
-        if (study.out / name).is_file():
-            _replace_file(study.out / name, target / name)
     left_out = sum(run.state == "resume" for run in plan)
+    if not finished:
+        return Archived(target, [], left_out)
+    try:
+        for key in finished:
+            _replace_tree(study.run_dir(key).path, target / "runs" / key.name, ("*.pt", NNUNET_DIR))
+            if study.recipe_file(key).is_file():  # (the run's own recipe.toml is in its folder)
+                _replace_file(study.recipe_file(key), target / "recipes" / f"{key.name}.toml")
+            if study.log(key).is_file():
+                _replace_file(study.log(key), target / "logs" / f"{key.name}.log")
+        for name in REPORT_FILES:
+            if (study.out / name).is_file():
+                _replace_file(study.out / name, target / name)
+    except OSError as exc:
+        where = exc.filename or target
+        raise MiregError(
+            f"{where}: cannot archive the study there ({exc.strerror or exc})",
+            f"the runs archived before it are complete in {target}; fix the cause and archive again",
+        ) from None
     return Archived(target, [key.name for key in finished], left_out)
 
 
 def _replace_file(source: Path, destination: Path) -> None:
+    """Copy ``source`` over ``destination`` through a file beside it, swapped in whole."""
     destination.parent.mkdir(parents=True, exist_ok=True)
     partial = destination.with_name(f".{destination.name}.partial")
-    shutil.copy2(source, partial)
-    os.replace(partial, destination)
+    try:
+        shutil.copy2(source, partial)
+        os.replace(partial, destination)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def _replace_tree(source: Path, destination: Path, leave_out: tuple[str, ...]) -> None:
-    """Copy folder ``source`` but the names matching ``leave_out`` to ``destination``, beside it first,
-    then swap it in: an interrupted copy leaves the archive's earlier copy of the run (or none), never
-    half of one."""
+    """Copy folder ``source`` but the names matching ``leave_out`` to ``destination``: into a folder
+    beside it first, then swapped in, so that an archive never holds half a run. A swap that was cut
+    short before (the earlier copy set aside, the new one not yet in place) is undone first."""
     destination.parent.mkdir(parents=True, exist_ok=True)
     partial = destination.with_name(f".{destination.name}.partial")
     old = destination.with_name(f".{destination.name}.old")
+    if old.exists() and not destination.exists():
+        old.rename(destination)
     for leftover in (partial, old):
         if leftover.exists():
             shutil.rmtree(leftover)
-    shutil.copytree(source, partial, ignore=shutil.ignore_patterns(*leave_out))
-    if destination.exists():
-        destination.rename(old)
-    partial.rename(destination)
+    try:
+        shutil.copytree(source, partial, ignore=shutil.ignore_patterns(*leave_out))
+        if destination.exists():
+            destination.rename(old)
+        partial.rename(destination)
+    finally:
+        if partial.exists():
+            shutil.rmtree(partial)
     if old.exists():
         shutil.rmtree(old)
