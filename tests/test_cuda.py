@@ -26,6 +26,7 @@ from mireg.training.loop import Trainer
 
 from .conftest import CliResult
 from .helpers import tiny_recipe, train_steps
+from .test_supervised import _strong_plain
 
 pytestmark = pytest.mark.cuda
 
@@ -54,6 +55,18 @@ def test_a_run_trains_the_cpu_steps_on_the_gpu(tmp_path: Path, method: str) -> N
     """Same seed, same draws (the run's generator lives on the CPU), IEEE float32 on both devices: the
     losses of every step agree up to float32 rounding, for every regulariser."""
     raw = tiny_recipe(tmp_path / "runs", regularizers=METHODS[method])
+    cpu, gpu = _steps(raw, "cpu"), _steps(raw, "cuda")
+    for step, (one, two) in enumerate(zip(cpu, gpu, strict=True)):
+        assert one.keys() == two.keys()
+        for key, value in one.items():
+            assert two[key] == pytest.approx(value, rel=1e-3, abs=1e-5), (step, key)
+
+
+@pytest.mark.parametrize("method", ["partial_strong", "cps_strong"])
+def test_the_strong_recipe_trains_the_cpu_steps_on_the_gpu(tmp_path: Path, method: str) -> None:
+    """nnU-Net's ingredients (plain_unet with deep supervision, its augmentation, Dice + CE, SGD),
+    alone (the network on the labelled slices only) and under cps: the same losses on both devices."""
+    raw = _strong_plain(tmp_path / "runs", [{"name": "cps", "weight": 1.0}] if method == "cps_strong" else [])
     cpu, gpu = _steps(raw, "cpu"), _steps(raw, "cuda")
     for step, (one, two) in enumerate(zip(cpu, gpu, strict=True)):
         assert one.keys() == two.keys()
