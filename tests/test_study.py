@@ -302,6 +302,7 @@ def test_an_archive_holds_the_finished_runs_without_checkpoints_and_a_study_reus
     (out / "recipes").mkdir()
     (out / "recipes" / "partial-c0-50pct-s1.toml").write_text(planned)  # as the study wrote it
     (finished / "best.pt").write_bytes(b"checkpoint")
+    (finished / "curves.png").write_bytes(b"plot")
     (finished / "nnunet" / "results").mkdir(parents=True)
     (out / "logs").mkdir()
     (out / "logs" / "partial-c0-50pct-s1.log").write_text("trained\n")

@@ -1,6 +1,7 @@
 """A study's finished runs without their checkpoints (``mireg study STUDY --archive DIR``).
 
-The archive is small (a run's recipe, split, metrics, test reports, versions and log: about 100 kB),
+The archive is small (a run's recipe, split, metrics, test reports, versions and log: about 50 kB;
+checkpoints and the curves plot, which ``metrics.csv`` holds the numbers of, are left out),
 so it can be kept beside a paper, committed, or carried to another machine. It is a study folder: a
 study started from a copy of it (``runs/studies/NAME``) reuses every run in it and trains the rest.
 Runs not finished are left out, since a run folder with results but no checkpoint cannot go on.
@@ -16,6 +17,7 @@ from pathlib import Path
 from mireg.errors import MiregError
 from mireg.study.plan import Study
 from mireg.study.runs import RunKey
+from mireg.training.rundir import RunDir
 
 __all__ = ["Archived", "archive_study"]
 
@@ -40,9 +42,9 @@ class Archived:
 
 def archive_study(study: Study, into: Path) -> Archived:
     """Copy the study's finished runs, their recipes and logs, and its report if it has one, into
-    ``into/NAME`` (``NAME``: the study folder's name), leaving out checkpoints (``*.pt``) and nnU-Net's
-    trees. Runs already in the archive are replaced by the study's copy, one at a time; others there
-    (from another machine) are kept. With no run finished, nothing is written.
+    ``into/NAME`` (``NAME``: the study folder's name), leaving out checkpoints (``*.pt``), nnU-Net's
+    trees and the curves plot. Runs already in the archive are replaced by the study's copy, one at
+    a time; others there (from another machine) are kept. With no run finished, nothing is written.
 
     Raises:
         MiregError: ``into/NAME`` is (or is inside) the study's own folder, or a file cannot be read
@@ -68,7 +70,8 @@ def archive_study(study: Study, into: Path) -> Archived:
         return Archived(target, [], left_out)
     try:
         for key in finished:
-            _replace_tree(study.run_dir(key).path, target / "runs" / key.name, ("*.pt", NNUNET_DIR))
+            leave_out = ("*.pt", NNUNET_DIR, RunDir.CURVES)
+            _replace_tree(study.run_dir(key).path, target / "runs" / key.name, leave_out)
             if study.recipe_file(key).is_file():  # (the run's own recipe.toml is in its folder)
                 _replace_file(study.recipe_file(key), target / "recipes" / f"{key.name}.toml")
             if study.log(key).is_file():
