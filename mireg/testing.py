@@ -179,10 +179,14 @@ def _check_independent_samples(net: Backbone, x: torch.Tensor, plugin: str) -> N
     )
     with torch.no_grad():
         alone = net(x[:1])
+    # Up to rounding, which a deep network amplifies: within 1e-4 of the output's largest value
+    # (about 1e-5 is seen; a batch statistic or a random mask moves outputs by their own size).
+    moved = float((together[:1] - alone).abs().max())
     _expect(
-        torch.allclose(together[:1], alone, rtol=1e-4, atol=1e-5),
+        moved <= 1e-4 * float(alone.abs().max()) + 1e-6,
         plugin,
-        "independent_samples is True, but a sample's output depends on the rest of its batch",
+        f"independent_samples is True, but a sample's output depends on the rest of its batch "
+        f"(it moves by {moved:.2g})",
     )
 
 
