@@ -1,8 +1,8 @@
 """A study's finished runs without their checkpoints (``mireg study STUDY --archive DIR``).
 
 The archive is small (a run's recipe, split, metrics, test reports, versions and log: about 50 kB;
-checkpoints and the curves plot, which ``metrics.csv`` holds the numbers of, are left out),
-so it can be kept beside a paper, committed, or carried to another machine. It is a study folder: a
+checkpoints and the curves plot are left out, ``metrics.csv`` holding the curves' numbers), so it
+can be kept beside a paper, committed, or carried to another machine. It is a study folder: a
 study started from a copy of it (``runs/studies/NAME``) reuses every run in it and trains the rest.
 Runs not finished are left out, since a run folder with results but no checkpoint cannot go on.
 """
@@ -68,9 +68,9 @@ def archive_study(study: Study, into: Path) -> Archived:
     left_out = sum(run.state == "resume" for run in plan)
     if not finished:
         return Archived(target, [], left_out)
+    leave_out = ("*.pt", NNUNET_DIR, RunDir.CURVES)
     try:
         for key in finished:
-            leave_out = ("*.pt", NNUNET_DIR, RunDir.CURVES)
             _replace_tree(study.run_dir(key).path, target / "runs" / key.name, leave_out)
             if study.recipe_file(key).is_file():  # (the run's own recipe.toml is in its folder)
                 _replace_file(study.recipe_file(key), target / "recipes" / f"{key.name}.toml")
