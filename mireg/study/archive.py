@@ -9,12 +9,12 @@ Runs not finished are left out, since a run folder with results but no checkpoin
 
 from __future__ import annotations
 
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from mireg.errors import MiregError
+from mireg.files import atomic_write
 from mireg.study.plan import Study
 from mireg.study.runs import RunKey
 from mireg.training.rundir import RunDir
@@ -89,14 +89,12 @@ def archive_study(study: Study, into: Path) -> Archived:
 
 
 def _replace_file(source: Path, destination: Path) -> None:
-    """Copy ``source`` over ``destination`` through a file beside it, swapped in whole."""
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    partial = destination.with_name(f".{destination.name}.partial")
-    try:
-        shutil.copy2(source, partial)
-        os.replace(partial, destination)
-    finally:
-        partial.unlink(missing_ok=True)
+    """Copy ``source`` over ``destination``, swapped in whole."""
+
+    def copy(tmp: Path) -> None:
+        shutil.copy2(source, tmp)
+
+    atomic_write(destination, copy)
 
 
 def _replace_tree(source: Path, destination: Path, leave_out: tuple[str, ...]) -> None:

@@ -6,14 +6,8 @@ from __future__ import annotations
 import csv
 import itertools
 import math
-import sys
 from pathlib import Path
 from typing import Any
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 from mireg.errors import MiregError, RecipeError
 from mireg.recipe import (
@@ -111,9 +105,10 @@ class Study:
             MiregError: The study already wrote a different recipe for this run (the study file, or
                 a recipe it names, changed since): finished runs must not be mixed with new ones.
         """
-        text = dump_toml(self.recipe(key))
+        raw = self.recipe(key)
+        text = dump_toml(raw)
         written = self.recipe_file(key)
-        if written.is_file() and not _same_run(written.read_text(), text):
+        if written.is_file() and written.read_text() != text and not _same_but_device(written, raw):
             raise MiregError(
                 f"{written}: the study file changed since this run was planned",
                 f"give the study a new name, or remove {self.out} to start it over",
@@ -364,20 +359,20 @@ def minutes_left(plan: list[PlannedRun], records: list[RunRecord], jobs: int) ->
     return max(sum(left) / max(1, jobs), max(left, default=0.0))  # one long run is not shared
 
 
-def _same_run(written: str, planned: str) -> bool:
-    """Whether two recipe texts describe the same run: equal but for ``train.device``."""
-    if written == planned:
-        return True
+def _same_but_device(written: Path, planned: dict[str, Any]) -> bool:
+    """Whether the recipe file ``written`` is the recipe ``planned`` but for ``train.device``."""
     try:
-        old: dict[str, Any] = tomllib.loads(written)
-        new: dict[str, Any] = tomllib.loads(planned)
-    except tomllib.TOMLDecodeError:
+        old = read_toml(written)
+    except RecipeError:
         return False
-    for raw in (old, new):
+
+    def without_device(raw: dict[str, Any]) -> str:
         train = raw.get("train")
         if isinstance(train, dict):
-            train.pop("device", None)
-    return dump_toml(old) == dump_toml(new)
+            raw = {**raw, "train": {k: v for k, v in train.items() if k != "device"}}
+        return dump_toml(raw)
+
+    return without_device(old) == without_device(planned)
 
 
 def duration(seconds: float) -> str:
