@@ -123,7 +123,11 @@ class Backbone(nn.Module):
         """A new, independently initialised network of the same configuration.
 
         For regularisers that own a second network (co-training, cross pseudo supervision): keep
-        it as a submodule and its parameters are optimised with the rest and checkpointed.
+        it as a submodule and its parameters are optimised with the rest and checkpointed. A twin
+        of a deep-supervised backbone runs its auxiliary heads in training mode, as the original
+        does: train them (:meth:`StepContext.supervised_loss` with the twin's
+        :meth:`auxiliary_logits`), since multi-process training needs a gradient for every trained
+        parameter.
         """
         if self.config is None:
             raise RuntimeError(
@@ -245,6 +249,8 @@ class StepContext:
             seed draws the same numbers on any device: draw with :func:`uniform`
             (on the generator's device, then moved), not ``torch.rand(..., device=x.device)``.
             ``None`` outside training.
+        supervise: The function behind :meth:`supervised_loss` (set by the step that builds the
+            context); ``None`` in a context made by hand.
     """
 
     logits_l: torch.Tensor
@@ -260,6 +266,7 @@ class StepContext:
     run_network: Callable[[torch.Tensor, Sequence[str]], Forward]
     reduction: Reduction = SINGLE_PROCESS
     generator: torch.Generator | None = None
+    supervise: Callable[[torch.Tensor, Sequence[torch.Tensor]], torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor, taps: Sequence[str] = ()) -> Forward:
         """Run the trained network on ``x`` ``(N, in_channels, H, W)``; gradients flow.
@@ -272,6 +279,22 @@ class StepContext:
             ``(N, C, H, W)`` float32 logits and the tapped features by name.
         """
         return self.run_network(x, taps)
+
+    def supervised_loss(self, logits: torch.Tensor, auxiliary: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+        """The recipe's supervised loss (``[train] loss``) of logits of the labelled images ``x_l``
+        against ``y_l``: the loss the trained network's own labelled logits get, deep-supervised when
+        ``auxiliary`` logits are given (:meth:`Backbone.auxiliary_logits`, labelled rows only).
+
+        For a regulariser that trains a second network on the labels (cross pseudo supervision), so
+        that both networks learn from the same loss, whatever the recipe's.
+
+        Args:
+            logits: ``(n_l, C, H, W)`` logits of ``x_l``.
+            auxiliary: Their auxiliary logits at decreasing resolutions; none by default.
+        """
+        if self.supervise is None:
+            raise RuntimeError("this step context was made without a supervised loss (supervise=None)")
+        return self.supervise(logits, auxiliary)
 
     def rng(self) -> torch.Generator:
         """The generator for a regulariser's random draws: :attr:`generator` in training; outside

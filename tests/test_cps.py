@@ -10,7 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mireg.backbones.plain_unet import PlainUNetConfig
 from mireg.backbones.unet import UNetConfig
+from mireg.contract import Transform
 from mireg.inference import Preprocessing
 from mireg.network import Term, build_network
 from mireg.recipe import validate_recipe
@@ -20,7 +22,9 @@ from mireg.training.data import load_data
 from mireg.training.feed import open_feed
 from mireg.training.runtime import Runtime
 from mireg.training.state import TrainState
-from mireg.training.step import TrainStep
+from mireg.training.step import TappedNetwork, TrainStep
+from mireg.training.step import step_context as build_step_context
+from mireg.training.supervised import supervised_loss
 
 from .helpers import tiny_recipe
 
@@ -55,6 +59,28 @@ def test_each_network_learns_from_the_others_detached_hard_labels() -> None:
     for name, p in cps.other.named_parameters():
         assert p.grad is not None
         torch.testing.assert_close(mine[name], p.grad, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("loss", ["ce", "dice_ce"])
+def test_the_second_network_learns_from_the_labels_with_the_recipes_supervised_loss(loss: str) -> None:
+    # On the strong recipe (Dice + cross-entropy, a deep-supervised network) g gets the loss f gets.
+    torch.manual_seed(0)
+    net = PlainUNetConfig(name="plain_unet", num_classes=3, stages=3, base_channels=4).create()
+    cps = CPSConfig(name="cps", weight=1.0).build(net)
+    g = torch.Generator().manual_seed(0)
+    x_l, x_u = torch.rand(2, 1, 32, 32, generator=g), torch.rand(3, 1, 32, 32, generator=g)
+    y_l = torch.randint(3, (2, 32, 32), generator=g)
+    transform = Transform.draw(3, g, torch.device("cpu"))
+    ctx = build_step_context(TappedNetwork(net, ()), x_l, y_l, x_u, transform, 0, 0, loss=loss)  # type: ignore[arg-type]
+    out = cps(ctx)
+    theirs = cps.other(torch.cat([x_l, x_u])).float()
+    auxiliary = [a[:2] for a in cps.other.auxiliary_logits()]
+    assert len(auxiliary) == 1  # three stages: one auxiliary head besides the main one
+    expected = supervised_loss(theirs[:2], y_l, loss, auxiliary)  # type: ignore[arg-type]
+    assert out.unweighted is not None
+    assert out.unweighted.item() == pytest.approx(expected.item(), rel=1e-6)
+    if loss == "dice_ce":  # not the plain cross-entropy of the full-resolution logits
+        assert out.unweighted.item() != pytest.approx(F.cross_entropy(theirs[:2], y_l).item(), rel=1e-3)
 
 
 def _state(tmp_path: Path, evaluate: str = "first") -> tuple[TrainState, TrainStep]:

@@ -224,16 +224,16 @@ def test_twin_is_a_fresh_network_of_the_same_configuration() -> None:
         PlainUNetConfig(name="plain_unet", num_classes=3, stages=1)
 
 
-def test_a_twins_auxiliary_heads_are_frozen_and_never_run() -> None:
-    """A regulariser's second network trains on its main logits only: trainable heads without a
-    gradient would stall multi-process training, so a twin's auxiliary heads are frozen and idle."""
+def test_a_twin_runs_and_trains_its_auxiliary_heads_as_the_original_does() -> None:
+    """A regulariser's second network (cross pseudo supervision) learns from the labels with the
+    recipe's deep-supervised loss, as the trained network does: its auxiliary heads run and train."""
     net = small(stages=4)
     twin = net.twin()
     twin.train()
     twin(torch.rand(2, 1, 32, 32))
-    assert twin.auxiliary_logits() == []
-    assert [h.weight.requires_grad for h in twin.heads] == [True, False, False]
-    twin.load_state_dict(net.state_dict())  # the same architecture: state dicts still round trip
+    assert [a.shape[-1] for a in twin.auxiliary_logits()] == [16, 8]
+    assert all(p.requires_grad for p in twin.parameters())
+    twin.load_state_dict(net.state_dict())  # the same architecture: state dicts round trip
     net.train()
     net(torch.rand(2, 1, 32, 32))
     assert len(net.auxiliary_logits()) == 2

@@ -142,8 +142,6 @@ class PlainUNet(Backbone):
             **{f"dec{s}": Tap("decoder", c[s]) for s in reversed(range(stages - 1))},
         }
         self._auxiliary: list[torch.Tensor] = []
-        #: Whether training-mode forwards run the auxiliary heads (not in a :meth:`twin`).
-        self.auxiliary_heads = deep_supervision
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -176,18 +174,6 @@ class PlainUNet(Backbone):
         multiple: int = 2 ** (self.stages - 1)
         return multiple
 
-    def twin(self) -> PlainUNet:
-        """A new, independently initialised network of this configuration whose auxiliary heads are
-        frozen and never run: a regulariser's second network (cross pseudo supervision) trains on its
-        main logits only, and trainable heads that get no gradient would stall multi-process
-        training (DDP waits for every trainable parameter's gradient)."""
-        twin = super().twin()
-        assert isinstance(twin, PlainUNet)
-        twin.auxiliary_heads = False
-        for head in twin.heads[1:]:
-            head.requires_grad_(False)
-        return twin
-
     def auxiliary_logits(self) -> list[torch.Tensor]:
         """The deep-supervision logits of the last training-mode forward, at strides 2, 4, ...,
         ``2**(stages-2)``; ``[]`` after an eval-mode forward."""
@@ -213,7 +199,7 @@ class PlainUNet(Backbone):
         auxiliary: list[torch.Tensor] = []
         for s in reversed(range(self.stages - 1)):
             d = self.decoder[s](torch.cat([skips[s], self.up[s](d)], dim=1))
-            if s > 0 and self.training and self.auxiliary_heads:
+            if s > 0 and self.training and self.deep_supervision:
                 auxiliary.append(self.heads[s](d))
         auxiliary.reverse()
         self._auxiliary = auxiliary

@@ -8,12 +8,14 @@ unlabelled images ``x`` of the step::
 
     L_cps = CE(f(x), argmax g(x)) + CE(g(x), argmax f(x))      (pseudo-labels detached)
 
-each cross-entropy averaged over the pixels of the batch. ``g`` also learns from the labels,
-``L_sup(g) = CE(g(x_l), y_l)``; the paper's total is ``L_sup(f) + L_sup(g) + lambda L_cps``, so
-``L_sup(g)`` is returned outside the recipe's weight (``RegularizerOutput.unweighted``) and the
-weight is ``lambda``. ``g``'s parameters are optimised, checkpointed and synchronised across processes
-with the rest. The evaluated network is ``f`` (``evaluate = "first"``, the paper's choice) or the
-average of both networks' probabilities (``evaluate = "mean"``).
+each cross-entropy averaged over the pixels of the batch. ``g`` also learns from the labels, with
+the recipe's supervised loss, as ``f`` does (the paper's cross-entropy, or Dice + cross-entropy with
+deep supervision on the strong recipe: ``StepContext.supervised_loss``); the paper's total is
+``L_sup(f) + L_sup(g) + lambda L_cps``, so ``L_sup(g)`` is returned outside the recipe's weight
+(``RegularizerOutput.unweighted``) and the weight is ``lambda``. ``g``'s parameters are optimised,
+checkpointed and synchronised across processes with the rest. The evaluated network is ``f``
+(``evaluate = "first"``, the paper's choice) or the average of both networks' probabilities
+(``evaluate = "mean"``).
 """
 
 from __future__ import annotations
@@ -57,9 +59,10 @@ class CrossPseudoSupervision(Regularizer):
         n_l = len(ctx.x_l)
         mine = torch.cat([ctx.logits_l, ctx.logits_u])
         theirs = self.other(torch.cat([ctx.x_l, ctx.x_u])).float()
+        auxiliary = [a[:n_l] for a in self.other.auxiliary_logits()]  # deep supervision, if any
         cps = mean(F.cross_entropy(mine, theirs.argmax(dim=1).detach(), reduction="none"))
         cps = cps + mean(F.cross_entropy(theirs, mine.argmax(dim=1).detach(), reduction="none"))
-        sup_other = mean(F.cross_entropy(theirs[:n_l], ctx.y_l, reduction="none"))
+        sup_other = ctx.supervised_loss(theirs[:n_l], auxiliary)
         agreement = mean((mine.argmax(dim=1) == theirs.argmax(dim=1)).float()).detach()
         return RegularizerOutput(cps, {"agreement": agreement}, unweighted=sup_other)
 

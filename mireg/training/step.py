@@ -18,6 +18,7 @@ host syncs. Under ``torchrun`` every process draws the same global batch and tra
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -34,7 +35,7 @@ from mireg.training.feed import Feed
 from mireg.training.runtime import Runtime
 from mireg.training.schedule import rampup
 from mireg.training.state import TrainState
-from mireg.training.supervised import supervised_loss
+from mireg.training.supervised import SupervisedLoss, supervised_loss
 
 __all__ = ["TappedNetwork", "TrainStep", "step_context"]
 
@@ -115,8 +116,10 @@ def step_context(
     epoch: int,
     reduction: Reduction = SINGLE_PROCESS,
     generator: torch.Generator | None = None,
+    loss: SupervisedLoss = "ce",
 ) -> StepContext:
-    """Run the network once on ``[x_l, x_u, T(x_u)]`` and split logits and features by group."""
+    """Run the network once on ``[x_l, x_u, T(x_u)]`` and split logits and features by group;
+    ``loss`` is the recipe's supervised loss, which :meth:`StepContext.supervised_loss` computes."""
     sizes = [len(x_l), len(x_u), len(x_u)]
     logits, features = tapped(torch.cat([x_l, x_u, transform(x_u)]))
     logits_l, logits_u, logits_tu = logits.float().split(sizes)
@@ -138,7 +141,19 @@ def step_context(
         run_network=tapped.extra,
         reduction=reduction,
         generator=generator,
+        supervise=partial(_supervise, labels=y_l, kind=loss, reduction=reduction),
     )
+
+
+def _supervise(
+    logits: torch.Tensor,
+    auxiliary: Sequence[torch.Tensor],
+    *,
+    labels: torch.Tensor,
+    kind: SupervisedLoss,
+    reduction: Reduction,
+) -> torch.Tensor:
+    return supervised_loss(logits, labels, kind, auxiliary, reduction=reduction)
 
 
 def _augment(
@@ -201,7 +216,16 @@ class TrainStep:
                 logits_l = self.tapped(x_l)[0].float()
             else:
                 ctx = step_context(
-                    self.tapped, x_l, y_l, x_u, transform, state.step, state.epoch, self.reduction, g
+                    self.tapped,
+                    x_l,
+                    y_l,
+                    x_u,
+                    transform,
+                    state.step,
+                    state.epoch,
+                    self.reduction,
+                    g,
+                    loss=cfg.loss,
                 )
                 logits_l = ctx.logits_l
             auxiliary = [a[: len(x_l)] for a in self.tapped.auxiliary]  # deep supervision, if any
