@@ -93,8 +93,8 @@ def time_steps(args: argparse.Namespace, device: torch.device, kept: bool) -> di
     peak = _peak_mb(device)
     profiled = profile_step(trainer, device) if args.profile else None
     train = recipe.train
-    # Slices through the step's main forward: [x_l, x_u, T(x_u)], or x_l alone.
-    images = train.labeled_batch + (0 if trainer.step.labelled_only else 2 * train.unlabeled_batch)
+    # Slices through the step's main forward: x_l, and x_u and T(x_u) where the step runs them.
+    images = train.labeled_batch + len(trainer.step.groups) * train.unlabeled_batch
     if args.recipe is not None:
         shape: dict[str, object] = {
             "recipe": str(args.recipe),

@@ -39,6 +39,8 @@ __all__ = [
     "BackboneConfig",
     "DatasetConfig",
     "Forward",
+    "GROUPS",
+    "Group",
     "PluginConfig",
     "Progress",
     "Regularizer",
@@ -207,6 +209,12 @@ class Transform:
         return torch.where(self.flip_w.view(shape), x.flip(-1), x)
 
 
+#: The groups of a step's forward beside the labelled images: the unlabelled images ``x_u`` and their
+#: transformed copies ``T(x_u)`` (:attr:`Regularizer.reads`).
+Group = Literal["unlabelled", "transformed"]
+GROUPS: frozenset[Group] = frozenset({"unlabelled", "transformed"})
+
+
 class Forward(NamedTuple):
     """What :meth:`StepContext.forward` returns: logits and the requested tapped feature maps."""
 
@@ -219,9 +227,12 @@ class StepContext:
     """What a regulariser sees of one training step.
 
     The network ran once on ``[x_l, x_u, T(x_u)]``; logits and tapped features are split into those
-    three groups here. Regularisers that need the network on other inputs (a strongly augmented
-    view, an image mixed from two others; :mod:`mireg.augment` has the usual ones) call
-    :meth:`forward`, which runs the trained network again, with gradients.
+    three groups here. On a backbone that computes each sample alone (``Backbone.independent_samples``)
+    the forward leaves out the groups no regulariser of the step reads (:attr:`Regularizer.reads`):
+    their logits and features then have no rows. ``x_u`` and ``transform`` are always there.
+    Regularisers that need the network on other inputs (a strongly augmented view, an image mixed
+    from two others; :mod:`mireg.augment` has the usual ones) call :meth:`forward`, which runs the
+    trained network again, with gradients.
 
     Under multi-process training every process sees its shard of the global batch. A regulariser
     whose loss reduces over the batch (a mean over samples or pixels, a joint summed over samples)
@@ -332,6 +343,13 @@ class Regularizer(nn.Module):
 
     #: Feature taps the regulariser reads from ``StepContext.features``.
     taps: tuple[str, ...] = ()
+    #: The groups of the step's forward whose logits or features it reads, beside the labelled one:
+    #: ``"unlabelled"`` (``logits_u``, the second map of each ``features`` entry) and
+    #: ``"transformed"`` (``logits_tu``, the third). On a backbone that computes each sample alone the
+    #: step runs the network only on the groups some regulariser reads, so a regulariser that reads
+    #: fewer than both says so (cross pseudo supervision reads ``x_u``'s logits alone); the default
+    #: is both. :func:`mireg.testing.check_regularizer` checks the claim.
+    reads: frozenset[Group] = GROUPS
 
     def forward(self, ctx: StepContext) -> RegularizerOutput:  # noqa: D102
         raise NotImplementedError

@@ -20,6 +20,7 @@ a GPU (``pytest -m cuda``).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -28,6 +29,7 @@ import torch
 from torch import nn
 
 from mireg.contract import (
+    GROUPS,
     Backbone,
     BackboneConfig,
     DatasetConfig,
@@ -229,11 +231,49 @@ def check_regularizer(
             "the loss requires grad but no parameter receives a gradient",
         )
         _expect(all(g is None or bool(torch.isfinite(g).all()) for g in grads), plugin, "non-finite gradient")
+    _check_reads(reg, net, plugin, size, device)
     reg.after_step(net, 0)
     _expect(isinstance(reg.evaluation_model(net), nn.Module), plugin, "evaluation_model must be a module")
     twin = config.build(backbone.create())
     twin.load_state_dict(reg.state_dict())
     return reg
+
+
+def _check_reads(reg: Regularizer, net: Backbone, plugin: str, size: int, device: str | torch.device) -> None:
+    """The groups a regulariser says it does not read (``Regularizer.reads``) leave its loss alone:
+    filled with NaN, the loss is the same. Training leaves them out on some networks."""
+    unread = sorted(GROUPS - reg.reads)
+    _expect(not reg.reads - GROUPS, plugin, f"reads names groups other than {sorted(GROUPS)}: {reg.reads}")
+    if not unread:
+        return
+    losses = []
+    for poison in (False, True):
+        ctx = step_context(net, reg.taps, size=size, seed=1, device=device)
+        if poison:
+            nan = float("nan")
+            u, tu = "unlabelled" in unread, "transformed" in unread
+            ctx = dataclasses.replace(
+                ctx,
+                logits_u=ctx.logits_u.detach().clone().fill_(nan) if u else ctx.logits_u,
+                logits_tu=ctx.logits_tu.detach().clone().fill_(nan) if tu else ctx.logits_tu,
+                features={
+                    name: (
+                        f_l,
+                        f_u.detach().clone().fill_(nan) if u else f_u,
+                        f_tu.detach().clone().fill_(nan) if tu else f_tu,
+                    )
+                    for name, (f_l, f_u, f_tu) in ctx.features.items()
+                },
+            )
+        torch.manual_seed(1)
+        with torch.no_grad():
+            losses.append(reg(ctx).loss.float())
+    _expect(
+        bool(torch.allclose(losses[0], losses[1], rtol=1e-5, atol=1e-7)),
+        plugin,
+        f"reads is {sorted(reg.reads)}, but its loss changes with the logits or features of {unread} "
+        f"({losses[0].item():.6g}, then {losses[1].item():.6g} with those filled with NaN)",
+    )
 
 
 def check_dataset(config: DatasetConfig) -> VolumeStore:

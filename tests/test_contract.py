@@ -105,6 +105,22 @@ def test_a_backbone_that_wrongly_says_it_computes_each_sample_alone_is_caught(
         check_backbone(Claiming(**config), size=32)
 
 
+@pytest.mark.parametrize("claimed", [frozenset({"unlabelled"}), frozenset({"transformed"}), frozenset()])
+def test_the_regularizer_check_catches_a_group_it_says_it_does_not_read(claimed: frozenset[str]) -> None:
+    """Training leaves out the groups a regulariser says it does not read (on some networks), so a
+    false claim would train on empty logits: the check finds it."""
+    from mireg.regularizers.consistency import ConsistencyConfig
+
+    class Claiming(ConsistencyConfig):  # the consistency loss reads f(x_u) and f(T(x_u))
+        def build(self, backbone):  # type: ignore[no-untyped-def]
+            reg = super().build(backbone)
+            reg.reads = claimed
+            return reg
+
+    with pytest.raises(ContractError, match=r"reads is .*, but its loss changes with"):
+        check_regularizer(Claiming(name="consistency", weight=1.0))
+
+
 def test_the_store_imports_nothing_of_the_contract() -> None:
     # The contract re-exports the store types; the store importing the contract back would be a cycle.
     code = (

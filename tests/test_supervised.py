@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mireg.contract import GROUPS
 from mireg.errors import RecipeError
 from mireg.recipe import OptimConfig, validate_recipe
 from mireg.training.loop import Trainer
@@ -176,6 +177,8 @@ def _strong_plain(runs: Path, regularizers: list[dict[str, object]]) -> dict[str
     [
         ("plain_unet", [], 2),  # instance norm, nothing reads x_u: the labelled slices alone
         ("plain_unet", [{"name": "consistency", "weight": 10.0}], 2 + 3 + 3),
+        ("plain_unet", [{"name": "cps", "weight": 1.0}], 2 + 3),  # cps reads f(x_u), not f(T(x_u))
+        ("plain_unet", [{"name": "entropy_min", "weight": 1.0}], 2 + 3),  # f(T(x_u)) alone
         ("unet", [], 2 + 3 + 3),  # batch norm: the unlabelled slices change the labelled outputs
     ],
 )
@@ -193,16 +196,27 @@ def test_the_network_runs_on_the_unlabelled_slices_only_where_they_change_the_st
     assert seen == [batch]  # labelled 2, unlabelled 3 and their transforms 3 (tiny_recipe)
 
 
-def test_a_step_on_the_labelled_slices_alone_trains_as_the_step_over_every_group(tmp_path: Path) -> None:
-    """Skipping the unlabelled groups of a supervised step on an instance-norm network changes
-    neither the losses nor the trained weights, nor any later step's random draws."""
-    raw = _strong_plain(tmp_path / "runs", [])
+@pytest.mark.parametrize(
+    ("regularizers", "groups"),
+    [
+        ([], set()),
+        ([{"name": "cps", "weight": 1.0}], {"unlabelled"}),
+        ([{"name": "bcp", "weight": 1.0}], set()),
+    ],
+)
+def test_a_step_on_the_groups_it_reads_trains_as_the_step_over_every_group(
+    tmp_path: Path, regularizers: list[dict[str, object]], groups: set[str]
+) -> None:
+    """Skipping the groups no regulariser reads (all of them in a supervised step) on an
+    instance-norm network changes neither the losses nor the trained weights, nor any later step's
+    random draws."""
+    raw = _strong_plain(tmp_path / "runs", regularizers)
     runs = []
-    for labelled_only in (True, False):
+    for skipping in (True, False):
         trainer = Trainer(validate_recipe(raw, "test"))
         trainer.setup()
-        assert trainer.step.labelled_only
-        trainer.step.labelled_only = labelled_only
+        assert trainer.step.groups == groups
+        trainer.step.groups = trainer.step.groups if skipping else GROUPS
         logs = [trainer.step() for _ in range(3)]
         runs.append(([float(s["total"]) for s in logs if s is not None], trainer.state.model.state_dict()))
     (short, short_weights), (whole, whole_weights) = runs

@@ -83,7 +83,7 @@ from pydantic import Field
 from torch import nn
 
 from mireg.augment.views import mix
-from mireg.contract import Backbone, Regularizer, RegularizerConfig, RegularizerOutput, StepContext
+from mireg.contract import Backbone, Group, Regularizer, RegularizerConfig, RegularizerOutput, StepContext
 
 __all__ = ["BCP", "BCPConfig", "copy_paste_box", "largest_components", "pair_indices"]
 
@@ -205,6 +205,9 @@ def _region_sums(logits: torch.Tensor, target: torch.Tensor, inside: torch.Tenso
 
 class BCP(Regularizer):
     """The teacher network (not optimised), its EMA update and the bidirectional copy-paste loss."""
+
+    #: The step's groups it reads (Regularizer.reads): none; its logits come from images it mixes.
+    reads: frozenset[Group] = frozenset()
 
     def __init__(
         self,

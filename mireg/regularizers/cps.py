@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from mireg.contract import Backbone, Regularizer, RegularizerConfig, RegularizerOutput, StepContext
+from mireg.contract import Backbone, Group, Regularizer, RegularizerConfig, RegularizerOutput, StepContext
 
 __all__ = ["CPSConfig", "CrossPseudoSupervision", "MeanOfTwo"]
 
@@ -48,6 +48,9 @@ class MeanOfTwo(nn.Module):
 
 class CrossPseudoSupervision(Regularizer):
     """``L_cps`` between the trained model and a second network (see the module doc)."""
+
+    #: The step's groups it reads (Regularizer.reads): f's logits of x_u; T(x_u) plays no part.
+    reads: frozenset[Group] = frozenset({"unlabelled"})
 
     def __init__(self, backbone: Backbone, evaluate: Literal["first", "mean"] = "first") -> None:
         super().__init__()

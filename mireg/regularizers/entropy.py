@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from mireg.contract import Backbone, Regularizer, RegularizerConfig, RegularizerOutput, StepContext
+from mireg.contract import Backbone, Group, Regularizer, RegularizerConfig, RegularizerOutput, StepContext
 from mireg.losses import SINGLE_PROCESS, Reduction
 
 __all__ = ["EntropyMin", "EntropyMinConfig"]
@@ -22,6 +22,9 @@ def mean_entropy(logits: torch.Tensor, *, reduction: Reduction = SINGLE_PROCESS)
 
 class EntropyMin(Regularizer):
     """Confident predictions on the (transformed) unlabelled images."""
+
+    #: The step's groups it reads (Regularizer.reads): the predictions on T(x_u).
+    reads: frozenset[Group] = frozenset({"transformed"})
 
     def forward(self, ctx: StepContext) -> RegularizerOutput:
         return RegularizerOutput(mean_entropy(ctx.logits_tu, reduction=ctx.reduction))

@@ -56,6 +56,7 @@ from pydantic import Field, model_validator
 from mireg.augment.views import cutmix_boxes, gaussian_blur, intensity_jitter, mix
 from mireg.contract import (
     Backbone,
+    Group,
     Regularizer,
     RegularizerConfig,
     RegularizerOutput,
@@ -167,6 +168,9 @@ class FixMatch(Regularizer):
         threshold: Pixels whose (mixed) confidence is below it do not count.
         augment: The strong augmentation.
     """
+
+    #: The step's groups it reads (Regularizer.reads): x_u's logits, the weak view's pseudo-labels.
+    reads: frozenset[Group] = frozenset({"unlabelled"})
 
     def __init__(self, threshold: float = 0.95, augment: StrongAugment | None = None) -> None:
         super().__init__()

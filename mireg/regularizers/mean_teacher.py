@@ -14,7 +14,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from mireg.contract import Backbone, Regularizer, RegularizerConfig, RegularizerOutput, StepContext
+from mireg.contract import Backbone, Group, Regularizer, RegularizerConfig, RegularizerOutput, StepContext
 from mireg.losses import consistency_loss
 
 __all__ = ["MeanTeacher", "MeanTeacherConfig"]
@@ -22,6 +22,9 @@ __all__ = ["MeanTeacher", "MeanTeacherConfig"]
 
 class MeanTeacher(Regularizer):
     """Holds the teacher network (not optimised) and its EMA update."""
+
+    #: The step's groups it reads (Regularizer.reads): the student's T(x_u); the teacher runs on x_u.
+    reads: frozenset[Group] = frozenset({"transformed"})
 
     def __init__(self, student: Backbone, max_decay: float = 0.999) -> None:
         super().__init__()

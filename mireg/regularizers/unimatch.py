@@ -70,7 +70,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from mireg.contract import Backbone, Regularizer, RegularizerOutput, StepContext, uniform
+from mireg.contract import Backbone, Group, Regularizer, RegularizerOutput, StepContext, uniform
 from mireg.losses import SINGLE_PROCESS, Reduction
 from mireg.regularizers.fixmatch import (
     PseudoLabelConfig,
@@ -156,6 +156,9 @@ class UniMatch(Regularizer):
         feature_weight: ``w``, the perturbed stream's weight; each strong view weighs ``(1 - w)/2``.
         loss: Each stream's loss: ``"dice"`` (the medical code's) or ``"ce"``.
     """
+
+    #: The step's groups it reads (Regularizer.reads): x_u's logits, the weak view's pseudo-labels.
+    reads: frozenset[Group] = frozenset({"unlabelled"})
 
     def __init__(
         self,

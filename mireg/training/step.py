@@ -5,9 +5,10 @@
    batched warp; ``T`` is drawn once.
 2. One forward pass over ``[x_l, x_u, T(x_u)]`` with the feature taps the regularisers asked for
    (hooks registered once, :class:`TappedNetwork`); :func:`step_context` splits the result into the
-   :class:`~mireg.contract.StepContext` every regulariser reads. A step with no regulariser, on a
-   network that computes each sample alone (``Backbone.independent_samples``), runs the network on
-   ``x_l`` only: the unlabelled groups would change nothing but the time (``TrainStep.labelled_only``).
+   :class:`~mireg.contract.StepContext` every regulariser reads. On a network that computes each
+   sample alone (``Backbone.independent_samples``) the forward leaves out the groups no regulariser
+   reads (``Regularizer.reads``; a supervised step runs on ``x_l`` only): they would change nothing
+   but the time (``TrainStep.groups``).
 3. The loss ``L_sup + sum_i w_i r_i(t) L_i``, backward, the optimiser step, then each regulariser's
    ``after_step`` (EMA teachers).
 
@@ -17,7 +18,7 @@ host syncs. Under ``torchrun`` every process draws the same global batch and tra
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from functools import partial
 from typing import Any
 
@@ -27,7 +28,7 @@ from torch.utils.hooks import RemovableHandle
 
 from mireg.augment.paper import augment_batch
 from mireg.augment.strong import augment_strong_batch
-from mireg.contract import Backbone, Forward, StepContext, Transform
+from mireg.contract import GROUPS, Backbone, Forward, Group, StepContext, Transform
 from mireg.losses import SINGLE_PROCESS, Reduction
 from mireg.precision import autocast, ieee_float32
 from mireg.recipe import AugmentConfig
@@ -117,11 +118,19 @@ def step_context(
     reduction: Reduction = SINGLE_PROCESS,
     generator: torch.Generator | None = None,
     loss: SupervisedLoss = "ce",
+    groups: Collection[Group] = GROUPS,
 ) -> StepContext:
     """Run the network once on ``[x_l, x_u, T(x_u)]`` and split logits and features by group;
-    ``loss`` is the recipe's supervised loss, which :meth:`StepContext.supervised_loss` computes."""
-    sizes = [len(x_l), len(x_u), len(x_u)]
-    logits, features = tapped(torch.cat([x_l, x_u, transform(x_u)]))
+    ``loss`` is the recipe's supervised loss, which :meth:`StepContext.supervised_loss` computes.
+
+    ``groups`` are the groups beside ``x_l`` to run the network on; a group left out gets logits and
+    features with no rows (for a backbone that computes each sample alone, where leaving a group out
+    changes no other group's result).
+    """
+    unlabelled, transformed = "unlabelled" in groups, "transformed" in groups
+    sizes = [len(x_l), len(x_u) if unlabelled else 0, len(x_u) if transformed else 0]
+    inputs = [x_l] + ([x_u] if unlabelled else []) + ([transform(x_u)] if transformed else [])
+    logits, features = tapped(torch.cat(inputs))
     logits_l, logits_u, logits_tu = logits.float().split(sizes)
     split: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
     for name, value in features.items():
@@ -184,11 +193,14 @@ class TrainStep:
         self.reduction = runtime.reduction()
         #: What gradient clipping (``optim.clip_grad_norm``) clips: every parameter optimised.
         self.parameters = [p for group in state.optimizer.param_groups for p in group["params"]]
-        #: Whether the forward runs on the labelled slices alone: no regulariser reads the unlabelled
-        #: groups and the network computes each sample alone, drawing no random numbers
-        #: (``Backbone.independent_samples``), so the losses and gradients are those of the forward
-        #: over every group, up to the rounding of a smaller batch.
-        self.labelled_only = not state.terms and state.model.independent_samples
+        #: The groups beside the labelled slices the forward runs on: every group, or, when the network
+        #: computes each sample alone, drawing no random numbers (``Backbone.independent_samples``),
+        #: only those a regulariser reads (``Regularizer.reads``; none for a supervised run). The
+        #: losses and gradients are then those of the forward over every group, up to the rounding of
+        #: a smaller batch.
+        self.groups: frozenset[Group] = GROUPS
+        if state.model.independent_samples:
+            self.groups = frozenset(group for term in state.terms for group in term.regularizer.reads)
 
     def __call__(self) -> dict[str, torch.Tensor] | None:
         """One optimisation step; returns the (device) values to log, or None for a skipped step."""
@@ -211,30 +223,25 @@ class TrainStep:
         x_l, y_l, x_u = x_l[part_l], y_l[part_l], x_u[part_u]
         transform = Transform(transform.flip_h[part_u], transform.flip_w[part_u])
         with autocast(cfg.precision, runtime.device):
-            ctx = None
-            if self.labelled_only:
-                logits_l = self.tapped(x_l)[0].float()
-            else:
-                ctx = step_context(
-                    self.tapped,
-                    x_l,
-                    y_l,
-                    x_u,
-                    transform,
-                    state.step,
-                    state.epoch,
-                    self.reduction,
-                    g,
-                    loss=cfg.loss,
-                )
-                logits_l = ctx.logits_l
+            ctx = step_context(
+                self.tapped,
+                x_l,
+                y_l,
+                x_u,
+                transform,
+                state.step,
+                state.epoch,
+                self.reduction,
+                g,
+                loss=cfg.loss,
+                groups=self.groups,
+            )
             auxiliary = [a[: len(x_l)] for a in self.tapped.auxiliary]  # deep supervision, if any
-            sup = supervised_loss(logits_l, y_l, cfg.loss, auxiliary, reduction=self.reduction)
+            sup = supervised_loss(ctx.logits_l, y_l, cfg.loss, auxiliary, reduction=self.reduction)
             total = sup
             logs = {"sup": sup.detach()}
             epochs_done = state.step / cfg.iterations_per_epoch
             for name, weight, rampup_epochs, reg in state.terms:
-                assert ctx is not None  # a step with terms runs every group
                 out = reg(ctx)
                 total = total + weight * rampup(epochs_done, rampup_epochs) * out.loss
                 logs[name] = out.loss.detach()
