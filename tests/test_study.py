@@ -395,6 +395,8 @@ def test_the_plan_shows_where_a_study_stands_without_training_or_reading_test(cl
     assert "full c0: lr = 1e-05 (0 of 2)" in lines  # full trains at "all" only
     # 2 min per finished run: half of one, seven more, and the two evaluation runs left.
     assert "about 19 min of training left at 1 run at a time" in result.out
+    # udaiic and full have no finished run: their minutes are a guess, and the plan says so.
+    assert "full, udaiic: none finished yet, counted at the finished runs' mean" in " ".join(lines)
     assert "12.3" not in result.out and "9.9" not in result.out  # no test number
     assert not list((tmp_path / "out" / "s").glob("recipes/*"))  # nothing written
 

@@ -618,7 +618,10 @@ def _time_left(plan: list[PlannedRun], records: list[RunRecord], jobs: int) -> s
     minutes = minutes_left(plan, records, jobs)
     if minutes is None:
         return f"{left} runs to train; the time they take is estimated once one has finished"
-    return (
-        f"about {duration(60 * minutes)} of training left at {jobs} run{'s' if jobs > 1 else ''} "
-        "at a time (from the minutes the finished runs took)"
-    )
+    measured = {r.method for r in records if r.status == "done" and not math.isnan(r.minutes)}
+    guessed = sorted({r.method for r in plan if r.state != "done"} - measured)
+    basis = "from the minutes the finished runs took"
+    if guessed:  # a cheaper method's minutes may stand for a dearer one's, or the other way round
+        basis += f"; {', '.join(guessed)}: none finished yet, counted at the finished runs' mean"
+    runs = f"{jobs} run{'s' if jobs > 1 else ''}"
+    return f"about {duration(60 * minutes)} of training left at {runs} at a time ({basis})"
