@@ -103,6 +103,7 @@ def test_sigint_and_sigterm_checkpoint_and_say_how_to_resume(tmp_path: Path, ref
     err = proc.stderr.read() if proc.stderr else ""
     assert proc.returncode == 130, err
     assert f"mireg train --resume {run}" in " ".join(err.split()) and "Traceback" not in err
+    assert err.count(f"{signal.Signals(sig).name}: saving a checkpoint") == 1  # announced once, by the loop
     resumed = _mireg("train", "--resume", run)
     _, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err

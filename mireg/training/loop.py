@@ -71,7 +71,8 @@ class Trainer:
         self.obs = observer or Observer()
         self.runtime = runtime or Runtime.start(recipe.train.device)
         self.runtime.check_batches(recipe.train.labeled_batch, recipe.train.unlabeled_batch)
-        self._stop_requested = False
+        self._stop_requested: str | None = None  # the name of the signal that asked to stop
+        self._stop_announced = False
 
     def setup(self) -> None:
         """Load the data, build the network, the training state and the step."""
@@ -111,9 +112,11 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------- loop
 
-    def request_stop(self) -> None:
-        """Ask the loop to checkpoint and stop after the current step (signal handlers call this)."""
-        self._stop_requested = True
+    def request_stop(self, reason: str = "stop") -> None:
+        """Ask the loop to checkpoint and stop after the current step. Signal handlers call this
+        (``reason``: the signal's name); it only records the request, which the loop announces to
+        the observer after the step, so that a handler never writes to a stream it interrupted."""
+        self._stop_requested = reason
 
     def _check_finite(self, means: dict[str, float], run: RunDir) -> None:
         bad = [k for k, v in means.items() if not math.isfinite(v) and k != "total"]
@@ -141,7 +144,11 @@ class Trainer:
                 means = state.running.means()
                 self._check_finite(means, run)
                 self.obs.step(state.iteration, means)
-            if self.runtime.stop_agreed(self._stop_requested, boundary=state.iteration % cfg.log_every == 0):
+            if self._stop_requested and not self._stop_announced:
+                self.obs.stopping(self._stop_requested)
+                self._stop_announced = True
+            requested = self._stop_requested is not None
+            if self.runtime.stop_agreed(requested, boundary=state.iteration % cfg.log_every == 0):
                 if self.runtime.is_main:
                     save_checkpoint(state.state_dict(), run.file(RunDir.LAST))
                 raise RunInterrupted(

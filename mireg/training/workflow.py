@@ -83,20 +83,21 @@ def train(
     else:
         trainer.resume(checkpoint)
         obs.message(f"resuming {run} at epoch {checkpoint.epoch + 1}, step {checkpoint.step}")
-    with _stop_on_signals(trainer, obs):
+    with _stop_on_signals(trainer):
         report = trainer.fit(run)
     runtime.close()
     return TrainedRun(run, recipe, report, runtime.is_main)
 
 
 @contextmanager
-def _stop_on_signals(trainer: Trainer, obs: Observer) -> Iterator[None]:
-    """SIGINT/SIGTERM ask the trainer to checkpoint and stop; a second Ctrl-C stops at once."""
+def _stop_on_signals(trainer: Trainer) -> Iterator[None]:
+    """SIGINT/SIGTERM ask the trainer to checkpoint and stop; a second Ctrl-C stops at once. The
+    handler writes nothing (the trainer announces the stop after the step): output from a handler
+    can interrupt a write to the same stream, and Python then fails with a reentrant call."""
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def handler(signum: int, frame: Any) -> None:
-        obs.stopping(signal.Signals(signum).name)
-        trainer.request_stop()
+        trainer.request_stop(signal.Signals(signum).name)
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
     for sig in previous:
