@@ -8,6 +8,8 @@ import json
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -18,6 +20,20 @@ REPO = Path(__file__).resolve().parents[1]
 
 #: Parametrize a test over these to run it on the CPU and, marked ``cuda``, on a GPU.
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
+
+
+def wait_for(
+    condition: Callable[[], bool],
+    timeout: float = 300,
+    shown: Callable[[], str] | None = None,
+    every: float = 0.1,
+) -> None:
+    """Wait until ``condition()`` holds, checking every ``every`` seconds; past ``timeout`` seconds,
+    fail, with ``shown()`` (e.g. the end of a log) in the message."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out" + (f":\n{shown()}" if shown else "")
+        time.sleep(every)
 
 
 def load_benchmark(name: str) -> ModuleType:

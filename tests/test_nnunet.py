@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from mireg.study.plan import Study
 from mireg.study.runner import run_study
 from mireg.study.spec import load_study
 
-from .helpers import tiny_recipe
+from .helpers import tiny_recipe, wait_for
 
 needs_nnunet = pytest.mark.skipif(
     importlib.util.find_spec("nnunetv2") is None,
@@ -59,13 +58,6 @@ def _study_file(folder: Path) -> Path:
 def _rows(run: Path) -> list[dict[str, str]]:
     with open(run / "metrics.csv", newline="") as fh:
         return list(csv.DictReader(fh))
-
-
-def _wait_for(condition: Any, timeout: float = 300) -> None:
-    end = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < end, "timed out"
-        time.sleep(0.05)
 
 
 def test_volumes_reach_nnunet_and_come_back_the_right_way_round(tmp_path: Path) -> None:
@@ -164,7 +156,7 @@ def test_a_stopped_nnunet_run_continues_from_its_last_epoch(tmp_path: Path) -> N
             / "MiregBudgetTrainer__nnUNetPlans__2d"
             / "fold_all"
         )
-        _wait_for(lambda: (fold / "checkpoint_latest.pth").is_file())
+        wait_for(lambda: (fold / "checkpoint_latest.pth").is_file())
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=120)
     output = (tmp_path / "log.txt").read_text()

@@ -14,7 +14,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from mireg.errors import MiregError
 from mireg.recipe import dump_toml
 from mireg.study.executors.slurm import SlurmOptions, parse_time
 
-from .helpers import tiny_recipe
+from .helpers import tiny_recipe, wait_for
 from .slurm_cluster import SlurmCluster, why_not
 from .test_study import _recipes, _study_file
 
@@ -119,14 +118,6 @@ def _slurm_study(cluster: SlurmCluster, path: Path, *args: str) -> subprocess.Po
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 
 
-def _wait_for(condition: Any, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out")
-        time.sleep(0.5)
-
-
 def _study_json(root: Path) -> dict[str, Any]:
     """A study's study.json but for the minutes runs took and the folder it lies in."""
 
@@ -218,7 +209,7 @@ def _one_run_training(cluster: SlurmCluster, root: Path) -> tuple[Path, Path, su
     path = _study_file(root, ONE_RUN)
     run = root / "out" / "s" / "runs" / RUN
     proc = _slurm_study(cluster, path)
-    _wait_for(lambda: (run / "last.pt").is_file())
+    wait_for(lambda: (run / "last.pt").is_file())
     return path, run, proc, _job_id(root, RUN)
 
 
@@ -262,7 +253,7 @@ def test_a_job_slurm_stops_is_requeued_and_its_run_ends_as_if_never_stopped(
         ).stdout
         return "Restarts=1" in out
 
-    _wait_for(requeued, timeout=120)
+    wait_for(requeued, timeout=120, every=0.5)
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-3000:]
     assert _job_id(tmp_path, RUN) == job  # the same job, requeued, not a new submission
@@ -280,7 +271,7 @@ def test_a_study_started_again_follows_its_jobs_still_queued_instead_of_submitti
     _recipes(tmp_path, epochs=2, iterations=20)
     path = _study_file(tmp_path, ONE_RUN)
     proc = _slurm_study(cluster, path)
-    _wait_for(lambda: (tmp_path / "out" / "s" / "slurm" / f"{RUN}.job").is_file())
+    wait_for(lambda: (tmp_path / "out" / "s" / "slurm" / f"{RUN}.job").is_file())
     job = _job_id(tmp_path, RUN)
     proc.send_signal(stop)  # Ctrl+C or kill on the login node: the job stays queued
     out, _ = proc.communicate(timeout=60)
@@ -320,7 +311,7 @@ def test_the_documented_sbatch_script_trains_one_run_under_torchrun_and_resumes_
     job = subprocess.run(
         submit, env=env, cwd=tmp_path, capture_output=True, text=True, check=True
     ).stdout.strip()
-    _wait_for(lambda: (run / "last.pt").is_file())
+    wait_for(lambda: (run / "last.pt").is_file())
     subprocess.run(
         ["scancel", "--batch", "--signal=TERM", job], env=env, check=True
     )  # the time limit's warning
@@ -329,9 +320,10 @@ def test_the_documented_sbatch_script_trains_one_run_under_torchrun_and_resumes_
         out = subprocess.run(["scontrol", "show", "job", job], env=env, capture_output=True, text=True).stdout
         return "Restarts=1" in out
 
-    _wait_for(requeued, timeout=120)
-    _wait_for(
-        lambda: [j["JobState"] for j in cluster.jobs_completed() if j["JobId"] == job][-1:] == ["COMPLETED"]
+    wait_for(requeued, timeout=120, every=0.5)
+    wait_for(
+        lambda: [j["JobState"] for j in cluster.jobs_completed() if j["JobId"] == job][-1:] == ["COMPLETED"],
+        every=0.5,
     )
     log = (tmp_path / f"mireg-train-{job}.out").read_text()
     assert "checkpointing, then requeueing" in log and "resuming" in log

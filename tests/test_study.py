@@ -10,7 +10,8 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from mireg.study.runner import launch_of
 from mireg.study.runs import RunKey, RunRecord
 from mireg.study.spec import load_study
 
-from .helpers import tiny_recipe
+from .helpers import tiny_recipe, wait_for
 
 
 def _recipes(folder: Path, epochs: int = 1, iterations: int = 2) -> None:
@@ -533,17 +534,24 @@ def test_a_study_folder_copied_without_its_checkpoints_trains_nothing_again(
     assert table == json.loads((first / "runs" / "studies" / "s" / "study.json").read_text())["rows"]
 
 
-def _wait_for(condition: Any, timeout: float = 240) -> None:
-    deadline = time.time() + timeout
-    while not condition():
-        assert time.time() < deadline, "timed out"
-        time.sleep(0.1)
+@contextmanager
+def _killed_at_exit(proc: subprocess.Popen[Any]) -> Iterator[subprocess.Popen[Any]]:
+    """``proc`` (a study) is killed when the block ends, a failed assertion included, so that a
+    failing test leaves no study training on (its runs see it die and stop)."""
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def _partial_only_study(root: Path, seeds: list[int]) -> list[str]:
-    """A study of partial supervision alone (3 epochs x 30 steps per seed) written in ``root``; the
-    ``mireg study`` command line that runs it."""
-    _recipes(root, epochs=3, iterations=30)
+    """A study of partial supervision alone (3 epochs x 100 steps per seed) written in ``root``; the
+    ``mireg study`` command line that runs it. An epoch lasts a few seconds, so that a test that stops
+    the study once a run's first checkpoint appears stops it in training, not in its test evaluation
+    (which runs to the end)."""
+    _recipes(root, epochs=3, iterations=100)
     path = _study_file(
         root,
         f'name = "s"\nseeds = {seeds}\nlabeled_ratios = [0.5]\nfull = "partial"\n'
@@ -558,14 +566,16 @@ def test_a_killed_study_continues_where_it_stopped(tmp_path: Path) -> None:
     command = _partial_only_study(tmp_path, seeds=[1, 2])
     runs = tmp_path / "out" / "s" / "runs"
     env = {**os.environ, "COLUMNS": "200"}
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _wait_for(lambda: (runs / "partial-c0-all-s1" / "report.json").is_file())
-    first = (runs / "partial-c0-all-s1" / "report.json").stat().st_mtime_ns
-    _wait_for(lambda: (runs / "partial-c0-all-s2" / "last.pt").is_file())
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
     log = tmp_path / "out" / "s" / "logs" / "partial-c0-all-s2.log"
-    _wait_for(lambda: "interrupted" in log.read_text(), timeout=120)  # the run saw its study die
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with _killed_at_exit(proc):
+        wait_for(lambda: (runs / "partial-c0-all-s1" / "report.json").is_file())
+        first = (runs / "partial-c0-all-s1" / "report.json").stat().st_mtime_ns
+        wait_for(lambda: (runs / "partial-c0-all-s2" / "last.pt").is_file())
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    # The run saw its study die.
+    wait_for(lambda: "interrupted" in log.read_text(), timeout=120, shown=lambda: log.read_text()[-3000:])
     assert not (runs / "partial-c0-all-s2" / "report.json").exists()
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
@@ -581,9 +591,10 @@ def test_a_study_sent_sigterm_stops_its_runs_at_a_checkpoint_and_says_so(tmp_pat
     run = tmp_path / "out" / "s" / "runs" / "partial-c0-all-s1"
     env = {**os.environ, "COLUMNS": "200"}
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    _wait_for(lambda: (run / "last.pt").is_file())
-    proc.send_signal(signal.SIGTERM)  # as a job scheduler or `kill` stops it
-    out, _ = proc.communicate(timeout=120)
+    with _killed_at_exit(proc):
+        wait_for(lambda: (run / "last.pt").is_file())
+        proc.send_signal(signal.SIGTERM)  # as a job scheduler or `kill` stops it
+        out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, out[-3000:]
     flat = " ".join(out.split())
     assert "study s stopped; 1 runs stopped at a checkpoint" in flat, out[-3000:]
