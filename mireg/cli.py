@@ -175,7 +175,7 @@ def preprocess(
             raise typer.BadParameter(f"expected key=value, got {item!r}", param_hint="--option")
         options[key.strip()] = value.strip()
     started = time.perf_counter()
-    with _progress() as bar, _interrupt_on_sigterm():
+    with _progress() as bar, _interrupt_on_signals():
         store, written = prepare_store(
             dataset, raw, out, spacing, canvas, options, unlabeled or [], _ProgressReporter(bar), workers
         )
@@ -225,17 +225,20 @@ class _RichObserver(Observer):
 
 
 @contextmanager
-def _interrupt_on_sigterm() -> Iterator[None]:
-    """SIGTERM raises KeyboardInterrupt, like Ctrl-C, so that what was half-written is removed."""
+def _interrupt_on_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM raise KeyboardInterrupt, so that what was half-written is removed. SIGINT
+    is set too: a command started in the background by a script (``mireg study ... &``) inherits
+    SIGINT ignored, and would otherwise run on through ``kill -INT`` (``mireg train`` stops on it)."""
 
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 # Parameters that `train` and `nnunet` share.
@@ -733,7 +736,7 @@ def study(
     console.print(f"study {spec.name}: {plan.total_runs()} runs, {where}, into {plan.out}", markup=False)
     # SIGTERM stops the study as Ctrl+C does: local runs checkpoint, Slurm jobs stay queued, and the
     # study says so before it ends.
-    with _progress(remaining=False) as bar, _interrupt_on_sigterm():
+    with _progress(remaining=False) as bar, _interrupt_on_signals():
         task = bar.add_task(f"study {spec.name}", total=plan.total_runs(), info="")
 
         def progress(done: int, total: int, description: str) -> None:

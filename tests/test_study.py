@@ -600,3 +600,26 @@ def test_a_study_sent_sigterm_stops_its_runs_at_a_checkpoint_and_says_so(tmp_pat
     assert "study s stopped; 1 runs stopped at a checkpoint" in flat, out[-3000:]
     assert "interrupted" in (tmp_path / "out" / "s" / "logs" / "partial-c0-all-s1.log").read_text()
     assert not (run / "report.json").exists()
+
+
+@pytest.mark.slow
+def test_a_study_started_with_sigint_ignored_still_stops_on_it(tmp_path: Path) -> None:
+    # A script's `mireg study ... &` starts the study with SIGINT ignored; `kill -INT` still stops it.
+    command = _partial_only_study(tmp_path, seeds=[1])
+    run = tmp_path / "out" / "s" / "runs" / "partial-c0-all-s1"
+    env = {**os.environ, "COLUMNS": "200"}
+    proc = subprocess.Popen(
+        command,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    with _killed_at_exit(proc):
+        wait_for(lambda: (run / "last.pt").is_file())
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out[-3000:]
+    assert "study s stopped; 1 runs stopped at a checkpoint" in " ".join(out.split()), out[-3000:]
+    assert not (run / "report.json").exists()
