@@ -156,7 +156,7 @@ def test_a_stopped_nnunet_run_continues_from_its_last_epoch(tmp_path: Path) -> N
             / "MiregBudgetTrainer__nnUNetPlans__2d"
             / "fold_all"
         )
-        wait_for(lambda: (fold / "checkpoint_latest.pth").is_file())
+        wait_for(lambda: (fold / "checkpoint_latest.pth").is_file(), every=0.05)
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=120)
     output = (tmp_path / "log.txt").read_text()

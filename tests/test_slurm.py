@@ -209,7 +209,7 @@ def _one_run_training(cluster: SlurmCluster, root: Path) -> tuple[Path, Path, su
     path = _study_file(root, ONE_RUN)
     run = root / "out" / "s" / "runs" / RUN
     proc = _slurm_study(cluster, path)
-    wait_for(lambda: (run / "last.pt").is_file())
+    wait_for(lambda: (run / "last.pt").is_file(), every=0.5)
     return path, run, proc, _job_id(root, RUN)
 
 
@@ -271,7 +271,7 @@ def test_a_study_started_again_follows_its_jobs_still_queued_instead_of_submitti
     _recipes(tmp_path, epochs=2, iterations=20)
     path = _study_file(tmp_path, ONE_RUN)
     proc = _slurm_study(cluster, path)
-    wait_for(lambda: (tmp_path / "out" / "s" / "slurm" / f"{RUN}.job").is_file())
+    wait_for(lambda: (tmp_path / "out" / "s" / "slurm" / f"{RUN}.job").is_file(), every=0.5)
     job = _job_id(tmp_path, RUN)
     proc.send_signal(stop)  # Ctrl+C or kill on the login node: the job stays queued
     out, _ = proc.communicate(timeout=60)
@@ -311,7 +311,7 @@ def test_the_documented_sbatch_script_trains_one_run_under_torchrun_and_resumes_
     job = subprocess.run(
         submit, env=env, cwd=tmp_path, capture_output=True, text=True, check=True
     ).stdout.strip()
-    wait_for(lambda: (run / "last.pt").is_file())
+    wait_for(lambda: (run / "last.pt").is_file(), every=0.5)
     subprocess.run(
         ["scancel", "--batch", "--signal=TERM", job], env=env, check=True
     )  # the time limit's warning

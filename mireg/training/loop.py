@@ -144,7 +144,7 @@ class Trainer:
                 means = state.running.means()
                 self._check_finite(means, run)
                 self.obs.step(state.iteration, means)
-            if self._stop_requested and not self._stop_announced:
+            if self._stop_requested is not None and not self._stop_announced:
                 self.obs.stopping(self._stop_requested)
                 self._stop_announced = True
             requested = self._stop_requested is not None
