@@ -1,4 +1,5 @@
-"""A run killed (SIGKILL) or stopped (SIGINT, SIGTERM) mid-epoch resumes to the same result."""
+"""A run killed (SIGKILL) or stopped (SIGINT, SIGTERM) mid-epoch, or stopped after its last step,
+resumes to the same result."""
 
 from __future__ import annotations
 
@@ -13,7 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from mireg.recipe import dump_toml
+from mireg.errors import RunInterrupted
+from mireg.progress import Observer
+from mireg.recipe import dump_toml, load_recipe
+from mireg.training import loop
+from mireg.training.workflow import train
 
 from .helpers import tiny_recipe
 
@@ -107,6 +112,43 @@ def test_sigint_and_sigterm_checkpoint_and_say_how_to_resume(tmp_path: Path, ref
     resumed = _mireg("train", "--resume", run)
     _, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err
+    _assert_same(run, reference)
+
+
+class _SignalAfterLastEpoch(Observer):
+    """Sends this process SIGTERM when the last epoch ends (after its last step and validation)."""
+
+    def epoch_end(self, row: dict) -> None:  # type: ignore[type-arg]
+        if row["epoch"] == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.mark.parametrize("when", ["after the last step", "during the test evaluation"])
+def test_a_stop_after_the_last_step_leaves_no_report_and_resuming_writes_it(  # type: ignore[no-untyped-def]
+    tmp_path: Path, reference, monkeypatch: pytest.MonkeyPatch, when: str
+) -> None:
+    run = tmp_path / "runs" / "late"
+    observer = Observer()
+    if when == "after the last step":
+        observer = _SignalAfterLastEpoch()
+    else:
+        evaluate_run = loop.evaluate_run
+
+        def signalled_at_the_first_volume(*args, on_volume=None, **kwargs):  # type: ignore[no-untyped-def]
+            def first(*volume):  # type: ignore[no-untyped-def]
+                os.kill(os.getpid(), signal.SIGTERM)
+                if on_volume is not None:
+                    on_volume(*volume)
+
+            return evaluate_run(*args, on_volume=first, **kwargs)
+
+        monkeypatch.setattr(loop, "evaluate_run", signalled_at_the_first_volume)
+    with pytest.raises(RunInterrupted) as stopped:
+        train(load_recipe(_recipe(tmp_path, "late")), observer=observer)
+    assert "SIGTERM" in str(stopped.value) and f"mireg train --resume {run}" in stopped.value.hint
+    assert not list(run.glob("report*")) and (run / "last.pt").is_file() and len(_rows(run)) == 3
+    monkeypatch.undo()
+    train(resume=run)
     _assert_same(run, reference)
 
 

@@ -13,8 +13,8 @@ The pieces, each in its own module:
 Here: :meth:`Trainer.fit`, the loop. Per epoch it sets the learning rate, takes the epoch's steps
 (stopping cleanly on request), validates (3D DSC on whole validation volumes), writes the
 ``metrics.csv`` row and the ``last`` checkpoint (and ``best`` when validation improves). At the end
-the best checkpoint is evaluated on the test split into ``report.json``. In a ``torchrun`` job only
-rank 0 writes the run.
+the best checkpoint is evaluated on the test split into ``report.json`` (a stop request then stops
+between volumes; resuming evaluates again). In a ``torchrun`` job only rank 0 writes the run.
 """
 
 from __future__ import annotations
@@ -213,5 +213,24 @@ class Trainer:
         if not main:
             return {}
         plot_curves(run.file(RunDir.METRICS), run.file(RunDir.CURVES))
-        report, _ = evaluate_run(run, "test", "best", self.runtime.device, self.data.store)
+        self._stop_before_testing(run)
+
+        def after_volume(*_: Any) -> None:
+            self._stop_before_testing(run)
+
+        report, _ = evaluate_run(
+            run, "test", "best", self.runtime.device, self.data.store, on_volume=after_volume
+        )
         return report
+
+    def _stop_before_testing(self, run: RunDir) -> None:
+        """Honour a stop request that came after the last step (during the last validation or the
+        test evaluation): training is over and checkpointed, so the run stops here, before its
+        report is written, and ``mireg train --resume`` evaluates it again from the start."""
+        if self._stop_requested is None:
+            return
+        raise RunInterrupted(
+            f"{run}: stopped ({self._stop_requested}) before its test report; training is finished "
+            f"and saved to {run.file(RunDir.BEST)} and {run.file(RunDir.LAST)}",
+            f"write the report with: mireg train --resume {run}",
+        )
