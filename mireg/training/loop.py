@@ -230,7 +230,7 @@ class Trainer:
         if self._stop_requested is None:
             return
         raise RunInterrupted(
-            f"{run}: stopped ({self._stop_requested}) before its test report; training is finished "
-            f"and saved to {run.file(RunDir.BEST)} and {run.file(RunDir.LAST)}",
+            f"{run}: stopped ({self._stop_requested}) before writing its test report; its training "
+            "is finished and its checkpoints are saved",
             f"write the report with: mireg train --resume {run}",
         )
