@@ -432,6 +432,29 @@ def test_the_plan_shows_where_a_study_stands_without_training_or_reading_test(cl
     assert "| val DSC (%) | min / run |" in md and "chosen on validation" not in md
 
 
+def test_the_time_left_counts_a_method_with_no_finished_run_from_its_stopped_runs_epochs(
+    cli, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    _recipes(tmp_path, epochs=4)
+    path = _study_file(tmp_path, GRID_STUDY)
+    runs = tmp_path / "out" / "s" / "runs"
+    for name in ("partial-c0-50pct-s1", "partial-c1-50pct-s1", "partial-c0-50pct-s2", "partial-c1-50pct-s2"):
+        _finished_run(runs / name, 0.8, 120)
+    stopped = runs / "udaiic-c0-50pct-s1"
+    stopped.mkdir()
+    (stopped / "last.pt").write_bytes(b"checkpoint")
+    (stopped / "metrics.csv").write_text("epoch,val_dice/mean,seconds\n1,0.5,300\n")
+
+    result = cli("study", path, "--plan")
+    assert result.code == 0, result.err
+    out = " ".join(result.out.split())
+    # udaiic: a quarter of a run took 5 min, so 20 min a run: 15 + 20 + 20 left; partial: its
+    # evaluation run, 2 min; full: nothing trained, at the finished runs' mean, 3 x 2 min.
+    assert "about 1 h 03 min of training left at 1 run at a time" in out
+    assert "udaiic: none finished yet, counted from the epochs trained so far" in out
+    assert "full: none finished yet, counted at the finished runs' mean" in out
+
+
 def test_bad_study_files_name_the_file_and_every_key(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     path = _study_file(
         tmp_path,

@@ -21,7 +21,7 @@ from mireg.study.runs import ALL_LABELS, Amount, PlannedRun, RunKey, RunRecord, 
 from mireg.study.spec import StudySpec
 from mireg.training.rundir import RunDir
 
-__all__ = ["Study", "duration", "minutes_left"]
+__all__ = ["Study", "duration", "minutes_left", "minutes_per_run"]
 
 
 class Study:
@@ -247,9 +247,10 @@ class Study:
 
     # ------------------------------------------------------------------------------ where it stands
 
-    def state(self, key: RunKey) -> tuple[str, float]:
-        """What running the study would do with the run, and the share of its epochs trained so far:
-        ``("done", 1.0)``, ``("resume", share)`` or ``("train", 0.0)``. Writes nothing.
+    def state(self, key: RunKey) -> tuple[str, float, float]:
+        """What running the study would do with the run, the share of its epochs trained so far and
+        the minutes they took: ``("done", 1.0, nan)``, ``("resume", share, minutes)`` or
+        ``("train", 0.0, 0.0)``. Writes nothing.
 
         Raises:
             MiregError: As :meth:`recipe_text`, when the study file changed since the run was planned.
@@ -257,17 +258,18 @@ class Study:
         self.recipe_text(key)
         run = self.run_dir(key)
         if run.finished:
-            return "done", 1.0
+            return "done", 1.0, math.nan
         if not self.resumable(key):
-            return "train", 0.0
+            return "train", 0.0, 0.0
         train = self.recipe(key).get("train", {})
         epochs = train.get("epochs", TrainConfig.model_fields["epochs"].default)
         try:
             with open(run.file(RunDir.METRICS), newline="") as fh:
-                trained = len(list(csv.DictReader(fh)))
+                rows = list(csv.DictReader(fh))
         except OSError:
-            trained = 0
-        return "resume", min(trained / epochs, 1.0)
+            rows = []
+        minutes = sum(float(r.get("seconds") or 0) for r in rows) / 60
+        return "resume", min(len(rows) / epochs, 1.0), minutes
 
     def run_dir(self, key: RunKey) -> RunDir:
         """The run's folder."""
@@ -302,8 +304,9 @@ class Study:
         records: list[RunRecord] = []
 
         def add(phase: str, key: RunKey) -> None:
-            state, share = self.state(key)
-            plan.append(PlannedRun(phase, key.method, key.amount, key.config, key.seed, state, share))
+            state, share, minutes = self.state(key)
+            planned = PlannedRun(phase, key.method, key.amount, key.config, key.seed, state, share, minutes)
+            plan.append(planned)
             if state == "done":
                 records.append(self.record(key, "done"))
 
@@ -319,7 +322,7 @@ class Study:
                     continue
                 for amount in self.amounts_of(method):
                     if (method, amount.label) not in chosen:
-                        plan.append(PlannedRun("evaluation", method, amount, None, seed, "train", 0.0))
+                        plan.append(PlannedRun("evaluation", method, amount, None, seed, "train", 0.0, 0.0))
         return plan, records
 
     def log(self, key: RunKey) -> Path:
@@ -338,25 +341,42 @@ class Study:
 
 def minutes_left(plan: list[PlannedRun], records: list[RunRecord], jobs: int) -> float | None:
     """Wall-clock minutes of training left: each unfinished run's untrained share of the mean
-    minutes its method's finished runs took (every finished run's, for a method with none yet),
-    shared among ``jobs`` runs at a time (and never less than the longest run left). None before
-    any run has finished.
+    minutes its method's finished runs took, shared among ``jobs`` runs at a time (and never less
+    than the longest run left). A method with no finished run is counted from the epochs its
+    stopped runs trained (see :func:`minutes_per_run`). None before any run has finished.
 
     Args:
         plan, records: :meth:`Study.standing`.
         jobs: Runs at a time.
     """
+    per_run = minutes_per_run(plan, records)
+    if per_run is None:
+        return None
+    per_method, overall = per_run
+    left = [(1 - run.share) * per_method.get(run.method, overall) for run in plan if run.state != "done"]
+    return max(sum(left) / max(1, jobs), max(left, default=0.0))  # one long run is not shared
+
+
+def minutes_per_run(
+    plan: list[PlannedRun], records: list[RunRecord]
+) -> tuple[dict[str, float], float] | None:
+    """The minutes a whole run of each method takes, and the mean over every finished run (for
+    a method with nothing measured). A method's finished runs give the mean minutes they took; a
+    method with none, the minutes its stopped runs trained over the share of epochs they trained
+    (a run at a quarter of its epochs after 15 minutes: 60). None before any run has finished.
+    """
     measured = [r for r in records if r.status == "done" and not math.isnan(r.minutes)]
     if not measured:
         return None
-
-    def mean(rs: list[RunRecord]) -> float:
-        return sum(r.minutes for r in rs) / len(rs)
-
-    overall = mean(measured)
-    per_method = {m: mean([r for r in measured if r.method == m]) for m in {r.method for r in measured}}
-    left = [(1 - run.share) * per_method.get(run.method, overall) for run in plan if run.state != "done"]
-    return max(sum(left) / max(1, jobs), max(left, default=0.0))  # one long run is not shared
+    per_method: dict[str, float] = {}
+    for method in {r.method for r in measured}:
+        finished = [r.minutes for r in measured if r.method == method]
+        per_method[method] = sum(finished) / len(finished)
+    stopped = [r for r in plan if r.state == "resume" and r.share > 0 and r.method not in per_method]
+    for method in {r.method for r in stopped}:
+        mine = [r for r in stopped if r.method == method]
+        per_method[method] = sum(r.minutes for r in mine) / sum(r.share for r in mine)
+    return per_method, sum(r.minutes for r in measured) / len(measured)
 
 
 def _same_but_device(written: Path, planned: dict[str, Any]) -> bool:

@@ -17,7 +17,7 @@ from typing import Any
 
 from mireg.evaluation.report import markdown_table
 from mireg.files import atomic_write, atomic_write_text
-from mireg.study.plan import Study, duration, minutes_left
+from mireg.study.plan import Study, duration, minutes_left, minutes_per_run
 from mireg.study.runs import Amount, PlannedRun, RunRecord, records_to_json
 from mireg.study.stats import Estimate, PairedDifference, estimate, gap_share, paired_difference
 
@@ -619,8 +619,13 @@ def _time_left(plan: list[PlannedRun], records: list[RunRecord], jobs: int) -> s
     if minutes is None:
         return f"{left} runs to train; the time they take is estimated once one has finished"
     measured = {r.method for r in records if r.status == "done" and not math.isnan(r.minutes)}
-    guessed = sorted({r.method for r in plan if r.state != "done"} - measured)
+    per_method, _ = minutes_per_run(plan, records) or ({}, math.nan)
+    unfinished = {r.method for r in plan if r.state != "done"} - measured
+    partly = sorted(unfinished & per_method.keys())
+    guessed = sorted(unfinished - per_method.keys())
     basis = "from the minutes the finished runs took"
+    if partly:
+        basis += f"; {', '.join(partly)}: none finished yet, counted from the epochs trained so far"
     if guessed:  # a cheaper method's minutes may stand for a dearer one's, or the other way round
         basis += f"; {', '.join(guessed)}: none finished yet, counted at the finished runs' mean"
     runs = f"{jobs} run{'s' if jobs > 1 else ''}"

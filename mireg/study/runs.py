@@ -93,6 +93,7 @@ class PlannedRun:
     seed: int
     state: str  # "done", "resume" or "train"
     share: float  # of its epochs trained
+    minutes: float  # the training those epochs took (NaN for a finished run: see its RunRecord)
 
 
 def read_record(key: RunKey, run: RunDir, log: Path, status: str) -> RunRecord:
