@@ -22,8 +22,9 @@ from mireg.recipe import dump_toml
 from mireg.study.plan import Study
 from mireg.study.report import compare_methods, markdown, summarize_study
 from mireg.study.runner import launch_of
-from mireg.study.runs import RunKey, RunRecord
+from mireg.study.runs import RunKey, RunRecord, read_record
 from mireg.study.spec import load_study
+from mireg.training.rundir import RunDir
 
 from .helpers import tiny_recipe, wait_for
 
@@ -162,6 +163,29 @@ def test_the_report_shows_how_far_validation_moves_across_each_grid(tmp_path: Pa
     md = markdown(study, rows_list)
     assert "## How far validation moves across each grid" in md
     assert "| partial | 50 % | lr = 1e-05: 71.0; lr = 3e-05: 81.0 (chosen) | 10.0 |" in md
+
+
+def test_the_report_shows_each_methods_validation_at_its_best_epoch_and_at_its_last(tmp_path: Path) -> None:
+    study, keys = _grid_study(tmp_path)
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    run.file(RunDir.METRICS).write_text("epoch,val_dice/mean,seconds\n1,0.5,6\n2,0.8,6\n3,0.7,6\n")
+    run.file(RunDir.REPORT).write_text(
+        json.dumps(
+            {"summary": {"dice": {"all": {"mean": {"mean": 0.6}}}, "hd95": {"all": {"mean": {"mean": 2.0}}}}}
+        )
+    )
+    record = read_record(keys["udaiic-c0-50pct-s1"], run, tmp_path / "log", "done")
+    assert (record.val_dice, record.last_val_dice) == (0.8, 0.7)
+
+    records = [_record(k, 0.8, 0.7) for k in keys.values()]
+    for r in records:
+        r.last_val_dice = 0.75 if r.method == "udaiic" else 0.8
+    rows = summarize_study(study, records)
+    md = markdown(study, rows)
+    assert "## Validation at the best epoch and at the last" in md
+    assert "| udaiic | 50 % | 3 | 80.0 ± 0.0 [80.0, 80.0] | 75.0 ± 0.0 [75.0, 75.0] | +5.0 |" in md
+    assert "| full | all | 3 | 80.0 ± 0.0 [80.0, 80.0] | 80.0 ± 0.0 [80.0, 80.0] | +0.0 |" in md
 
 
 def test_the_report_keeps_the_held_out_seeds_apart_and_never_reports_an_unmade_choice(

@@ -59,6 +59,7 @@ class Row:
     # until all its selection runs finished), and the spread of those means (max - min; NaN below two).
     grid_val: list[float | None] = field(default_factory=list)
     grid_spread: float = math.nan
+    last_val_dice: Estimate | None = None  # the last epoch's validation DSC (val_dice: the best's)
 
 
 @dataclass
@@ -107,6 +108,7 @@ def summarize_study(study: Study, records: list[RunRecord]) -> list[Row]:
                     minutes_in_all=sum(r.minutes for r in mine if r.status == "done"),
                     failed=[r.log for r in mine if r.status != "done"],
                     held_out_dice=estimate([r.test_dice for r in kept]) if kept else None,
+                    last_val_dice=_finite_estimate([r.last_val_dice for r in ok]),
                 )
             )
             if gridded:
@@ -299,6 +301,7 @@ def markdown(study: Study, rows: list[Row], comparisons: list[Comparison] | None
     lines += _grid_table(study, rows)
     lines += _held_out_table(study, rows)
     lines += _comparison_table(study, comparisons or [])
+    lines += _epoch_table(rows)
     failed = [log for row in rows for log in row.failed]
     if failed:
         lines += ["", f"Runs that did not finish ({len(failed)}); their logs:", ""]
@@ -368,6 +371,37 @@ def _comparison_table(study: Study, comparisons: list[Comparison]) -> list[str]:
     if unpaired:
         lines += ["", f"Not paired (tested on different patients): {'; '.join(unpaired)}."]
     return lines
+
+
+def _epoch_table(rows: list[Row]) -> list[str]:
+    """Each method's validation DSC at its best epoch and at its last, as lines of ``study.md``."""
+    table = []
+    for row in rows:
+        best, last = row.val_dice, row.last_val_dice
+        lends = "n/a" if best is None or last is None else f"{100 * (best.mean - last.mean):+.1f}"
+        table.append([row.method, row.amount_text, str(len(row.seeds)), _pct(best), _pct(last), lends])
+    header = [
+        "method",
+        "labelled",
+        "seeds",
+        "val DSC at the best epoch (%)",
+        "at the last epoch (%)",
+        "best - last",
+    ]
+    return [
+        "",
+        "## Validation at the best epoch and at the last",
+        "",
+        "A mireg run tests the checkpoint of its best validation epoch, and the val DSC above is that "
+        "epoch's: the highest of many evaluations, which flatters it. An nnU-Net run (engine = "
+        '"nnunet") validates and tests its final checkpoint only, so its two numbers are one. Compare '
+        "a mireg method's validation with an nnU-Net method's at the last epoch; best - last (points, "
+        "mean over seeds) is what choosing the epoch adds on validation, flattery included. Test "
+        "numbers are free of it: a mireg run's is its chosen checkpoint's, on patients the choice "
+        "never saw.",
+        "",
+        markdown_table(header, table).rstrip("\n"),
+    ]
 
 
 def _grid_table(study: Study, rows: list[Row]) -> list[str]:

@@ -80,6 +80,9 @@ class RunRecord:
     minutes: float = math.nan
     log: str = ""
     split: str = ""  # fingerprint of the validation and test patients ("": not known)
+    last_val_dice: float = (
+        math.nan
+    )  # the last epoch's (val_dice: the best epoch's, whose checkpoint is tested)
 
 
 @dataclass(frozen=True)
@@ -105,7 +108,8 @@ def read_record(key: RunKey, run: RunDir, log: Path, status: str) -> RunRecord:
         with open(run.file(RunDir.METRICS), newline="") as fh:
             rows = list(csv.DictReader(fh))
         summary = json.loads(run.file(RunDir.REPORT).read_text())["summary"]
-        record.val_dice = max(float(r["val_dice/mean"]) for r in rows if r.get("val_dice/mean"))
+        validated = [float(r["val_dice/mean"]) for r in rows if r.get("val_dice/mean")]
+        record.val_dice, record.last_val_dice = max(validated), validated[-1]
         record.minutes = sum(float(r["seconds"]) for r in rows) / 60
         record.test_dice = float(summary["dice"]["all"]["mean"]["mean"])
         hd95 = summary["hd95"]["all"]["mean"]["mean"]  # None where no volume had one
