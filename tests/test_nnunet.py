@@ -189,6 +189,10 @@ def test_a_study_puts_nnunet_beside_mireg_methods_with_paired_differences(cli, t
     pairs = {(c["method"], c["versus"]) for c in data["comparisons"]}
     assert ("partial", "nnunet") in pairs
     assert "nnunet" in (out / "study.md").read_text()
+    # nnU-Net validates its final checkpoint only: its best epoch is its last, and the report says so.
+    best, last = rows[("nnunet", "50pct")]["epoch_val"]
+    assert best["n"] == 2 and best["mean"] == last["mean"]
+    assert "validates and tests its final checkpoint only" in (out / "study.md").read_text()
     for seed in (1, 2):
         name = f"nnunet-c0-50pct-s{seed}"
         assert (out / "runs" / name / "nnunet").is_dir()

@@ -115,12 +115,44 @@ def test_sigint_and_sigterm_checkpoint_and_say_how_to_resume(tmp_path: Path, ref
     _assert_same(run, reference)
 
 
+class _Messages(Observer):
+    """Keeps the messages of a run."""
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    def message(self, text: str) -> None:
+        self.messages.append(text)
+
+
 class _SignalAfterLastEpoch(Observer):
     """Sends this process SIGTERM when the last epoch ends (after its last step and validation)."""
 
     def epoch_end(self, row: dict) -> None:  # type: ignore[type-arg]
         if row["epoch"] == 3:
             os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _signal_at_test_volume(monkeypatch: pytest.MonkeyPatch, which: str) -> None:
+    """Make the training's test evaluation send this process SIGTERM while it segments its first
+    or its last volume."""
+    evaluate_run = loop.evaluate_run
+
+    def signalled(run, split, checkpoint, device, store, on_volume=None, **kwargs):  # type: ignore[no-untyped-def]
+        total = len(store.volumes_of(getattr(run.split(), split)))
+        done = 0
+
+        def volume_done(*volume):  # type: ignore[no-untyped-def]
+            nonlocal done
+            done += 1
+            if done == (1 if which == "first" else total):
+                os.kill(os.getpid(), signal.SIGTERM)
+            if on_volume is not None:
+                on_volume(*volume)
+
+        return evaluate_run(run, split, checkpoint, device, store, on_volume=volume_done, **kwargs)
+
+    monkeypatch.setattr(loop, "evaluate_run", signalled)
 
 
 @pytest.mark.parametrize("when", ["after the last step", "during the test evaluation"])
@@ -132,24 +164,24 @@ def test_a_stop_after_the_last_step_leaves_no_report_and_resuming_writes_it(  # 
     if when == "after the last step":
         observer = _SignalAfterLastEpoch()
     else:
-        evaluate_run = loop.evaluate_run
-
-        def signalled_at_the_first_volume(*args, on_volume=None, **kwargs):  # type: ignore[no-untyped-def]
-            def first(*volume):  # type: ignore[no-untyped-def]
-                os.kill(os.getpid(), signal.SIGTERM)
-                if on_volume is not None:
-                    on_volume(*volume)
-
-            return evaluate_run(*args, on_volume=first, **kwargs)
-
-        monkeypatch.setattr(loop, "evaluate_run", signalled_at_the_first_volume)
+        _signal_at_test_volume(monkeypatch, "first")
     with pytest.raises(RunInterrupted) as stopped:
         train(load_recipe(_recipe(tmp_path, "late")), observer=observer)
     assert "SIGTERM" in str(stopped.value) and f"mireg train --resume {run}" in stopped.value.hint
     assert not list(run.glob("report*")) and (run / "last.pt").is_file() and len(_rows(run)) == 3
     monkeypatch.undo()
-    train(resume=run)
+    resumed = _Messages()
+    train(resume=run, observer=resumed)
+    assert any("training finished (3 epochs); evaluating on the test split" in m for m in resumed.messages)
     _assert_same(run, reference)
+
+
+def test_a_stop_during_the_last_test_volume_still_writes_the_report(  # type: ignore[no-untyped-def]
+    tmp_path: Path, reference, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _signal_at_test_volume(monkeypatch, "last")
+    train(load_recipe(_recipe(tmp_path, "late")))
+    _assert_same(tmp_path / "runs" / "late", reference)
 
 
 def test_resume_usage_errors(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -177,15 +177,25 @@ def test_the_report_shows_each_methods_validation_at_its_best_epoch_and_at_its_l
     )
     record = read_record(keys["udaiic-c0-50pct-s1"], run, tmp_path / "log", "done")
     assert (record.val_dice, record.last_val_dice) == (0.8, 0.7)
+    # An nnU-Net run validates its final checkpoint only: its last row.
+    run.file(RunDir.METRICS).write_text("epoch,val_dice/mean,seconds\n1,,6\n2,,6\n3,0.7,6\n")
+    record = read_record(keys["udaiic-c0-50pct-s1"], run, tmp_path / "log", "done")
+    assert (record.val_dice, record.last_val_dice) == (0.7, 0.7)
+    run.file(RunDir.METRICS).write_text("epoch,val_dice/mean,seconds\n1,,6\n")
+    record = read_record(keys["udaiic-c0-50pct-s1"], run, tmp_path / "log", "done")
+    assert record.status == "failed" and "metrics.csv holds no validation DSC" in record.log
 
     records = [_record(k, 0.8, 0.7) for k in keys.values()]
+    assert "## Validation at the best epoch" not in markdown(study, summarize_study(study, records))
     for r in records:
         r.last_val_dice = 0.75 if r.method == "udaiic" else 0.8
+    records[-1].last_val_dice = math.nan  # left out of the table, best epoch and last alike
+    assert (records[-1].method, records[-1].seed) == ("full", 3)
     rows = summarize_study(study, records)
     md = markdown(study, rows)
-    assert "## Validation at the best epoch and at the last" in md
+    assert "## Validation at the best epoch and at the last" in md and "nnU-Net" not in md
     assert "| udaiic | 50 % | 3 | 80.0 ± 0.0 [80.0, 80.0] | 75.0 ± 0.0 [75.0, 75.0] | +5.0 |" in md
-    assert "| full | all | 3 | 80.0 ± 0.0 [80.0, 80.0] | 80.0 ± 0.0 [80.0, 80.0] | +0.0 |" in md
+    assert "| full | all | 2 | 80.0 ± 0.0 [80.0, 80.0] | 80.0 ± 0.0 [80.0, 80.0] | +0.0 |" in md
 
 
 def test_the_report_keeps_the_held_out_seeds_apart_and_never_reports_an_unmade_choice(

@@ -266,9 +266,9 @@ class Study:
         try:
             with open(run.file(RunDir.METRICS), newline="") as fh:
                 rows = list(csv.DictReader(fh))
-        except OSError:
-            rows = []
-        minutes = sum(float(r.get("seconds") or 0) for r in rows) / 60
+            minutes = sum(float(r.get("seconds") or 0) for r in rows) / 60
+        except (OSError, ValueError, csv.Error):  # unreadable: counted as nothing trained yet
+            rows, minutes = [], 0.0
         return "resume", min(len(rows) / epochs, 1.0), minutes
 
     def run_dir(self, key: RunKey) -> RunDir:

@@ -59,7 +59,8 @@ class Row:
     # until all its selection runs finished), and the spread of those means (max - min; NaN below two).
     grid_val: list[float | None] = field(default_factory=list)
     grid_spread: float = math.nan
-    last_val_dice: Estimate | None = None  # the last epoch's validation DSC (val_dice: the best's)
+    # Validation DSC at the best epoch and at the last, over the seeds whose runs have both.
+    epoch_val: tuple[Estimate, Estimate] | None = None
 
 
 @dataclass
@@ -108,7 +109,7 @@ def summarize_study(study: Study, records: list[RunRecord]) -> list[Row]:
                     minutes_in_all=sum(r.minutes for r in mine if r.status == "done"),
                     failed=[r.log for r in mine if r.status != "done"],
                     held_out_dice=estimate([r.test_dice for r in kept]) if kept else None,
-                    last_val_dice=_finite_estimate([r.last_val_dice for r in ok]),
+                    epoch_val=_best_and_last(ok),
                 )
             )
             if gridded:
@@ -160,6 +161,14 @@ def _grid_validation(
         means.append(_mean(scores) if len(scores) == len(study.select_seeds) else None)
     known = [m for m in means if m is not None]
     return means, (max(known) - min(known) if len(known) > 1 else math.nan)
+
+
+def _best_and_last(records: list[RunRecord]) -> tuple[Estimate, Estimate] | None:
+    """The validation DSC of the runs' best epochs and of their last, over the runs with both."""
+    both = [r for r in records if not (math.isnan(r.val_dice) or math.isnan(r.last_val_dice))]
+    if not both:
+        return None
+    return estimate([r.val_dice for r in both]), estimate([r.last_val_dice for r in both])
 
 
 def _gap_of(method: Estimate | None, partial: Estimate | None, full: Estimate | None) -> float:
@@ -301,7 +310,7 @@ def markdown(study: Study, rows: list[Row], comparisons: list[Comparison] | None
     lines += _grid_table(study, rows)
     lines += _held_out_table(study, rows)
     lines += _comparison_table(study, comparisons or [])
-    lines += _epoch_table(rows)
+    lines += _epoch_table(study, rows)
     failed = [log for row in rows for log in row.failed]
     if failed:
         lines += ["", f"Runs that did not finish ({len(failed)}); their logs:", ""]
@@ -373,13 +382,15 @@ def _comparison_table(study: Study, comparisons: list[Comparison]) -> list[str]:
     return lines
 
 
-def _epoch_table(rows: list[Row]) -> list[str]:
+def _epoch_table(study: Study, rows: list[Row]) -> list[str]:
     """Each method's validation DSC at its best epoch and at its last, as lines of ``study.md``."""
+    shown = [(row, row.epoch_val) for row in rows if row.epoch_val is not None]
+    if not shown:
+        return []
     table = []
-    for row in rows:
-        best, last = row.val_dice, row.last_val_dice
-        lends = "n/a" if best is None or last is None else f"{100 * (best.mean - last.mean):+.1f}"
-        table.append([row.method, row.amount_text, str(len(row.seeds)), _pct(best), _pct(last), lends])
+    for row, (best, last) in shown:
+        drop = f"{100 * (best.mean - last.mean):+.1f}"
+        table.append([row.method, row.amount_text, str(best.n), _pct(best), _pct(last), drop])
     header = [
         "method",
         "labelled",
@@ -388,17 +399,23 @@ def _epoch_table(rows: list[Row]) -> list[str]:
         "at the last epoch (%)",
         "best - last",
     ]
+    text = (
+        "A mireg run tests the checkpoint of its best validation epoch, and the val DSC above is that "
+        "epoch's: the highest of many evaluations, which flatters it. Best - last (points, mean over "
+        "the seeds) is what choosing the epoch adds on validation, flattery included: large where "
+        "runs fall away late. Test numbers are free of the flattery: a run's is its chosen "
+        "checkpoint's, on patients the choice never saw."
+    )
+    if any(spec.engine == "nnunet" for spec in study.spec.methods.values()):
+        text += (
+            ' An nnU-Net run (engine = "nnunet") validates and tests its final checkpoint only, so '
+            "its two numbers are one: compare a mireg method's validation with it at the last epoch."
+        )
     return [
         "",
         "## Validation at the best epoch and at the last",
         "",
-        "A mireg run tests the checkpoint of its best validation epoch, and the val DSC above is that "
-        "epoch's: the highest of many evaluations, which flatters it. An nnU-Net run (engine = "
-        '"nnunet") validates and tests its final checkpoint only, so its two numbers are one. Compare '
-        "a mireg method's validation with an nnU-Net method's at the last epoch; best - last (points, "
-        "mean over seeds) is what choosing the epoch adds on validation, flattery included. Test "
-        "numbers are free of it: a mireg run's is its chosen checkpoint's, on patients the choice "
-        "never saw.",
+        text,
         "",
         markdown_table(header, table).rstrip("\n"),
     ]
@@ -568,7 +585,8 @@ def standing(study: Study, jobs: int) -> tuple[list[Table], str]:
     """Where the study stands, without training anything: per phase, method and labelled amount,
     the runs finished, to resume and to train; each gridded configuration's mean best validation
     DSC so far and the one chosen; and a closing line with the training time left, estimated from
-    the minutes the finished runs took. No test number is shown.
+    the minutes the finished runs took (:func:`~mireg.study.plan.minutes_per_run`). No test number
+    is shown.
     """
     plan, records = study.standing()
     count = {state: sum(r.state == state for r in plan) for state in ("done", "resume", "train")}

@@ -80,9 +80,8 @@ class RunRecord:
     minutes: float = math.nan
     log: str = ""
     split: str = ""  # fingerprint of the validation and test patients ("": not known)
-    last_val_dice: float = (
-        math.nan
-    )  # the last epoch's (val_dice: the best epoch's, whose checkpoint is tested)
+    # The last epoch's validation DSC (val_dice is the best epoch's, whose checkpoint is tested).
+    last_val_dice: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -109,6 +108,8 @@ def read_record(key: RunKey, run: RunDir, log: Path, status: str) -> RunRecord:
             rows = list(csv.DictReader(fh))
         summary = json.loads(run.file(RunDir.REPORT).read_text())["summary"]
         validated = [float(r["val_dice/mean"]) for r in rows if r.get("val_dice/mean")]
+        if not validated:
+            raise ValueError(f"{run.file(RunDir.METRICS).name} holds no validation DSC")
         record.val_dice, record.last_val_dice = max(validated), validated[-1]
         record.minutes = sum(float(r["seconds"]) for r in rows) / 60
         record.test_dice = float(summary["dice"]["all"]["mean"]["mean"])

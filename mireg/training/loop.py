@@ -214,9 +214,13 @@ class Trainer:
             return {}
         plot_curves(run.file(RunDir.METRICS), run.file(RunDir.CURVES))
         self._stop_before_testing(run)
+        left = len(self.data.store.volumes_of(self.data.split.test))
 
         def after_volume(*_: Any) -> None:
-            self._stop_before_testing(run)
+            nonlocal left
+            left -= 1
+            if left:  # after the last volume only the report is left to write: it is written
+                self._stop_before_testing(run)
 
         report, _ = evaluate_run(
             run, "test", "best", self.runtime.device, self.data.store, on_volume=after_volume

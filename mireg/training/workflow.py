@@ -82,7 +82,10 @@ def train(
         obs.message(f"run directory: {run}")
     else:
         trainer.resume(checkpoint)
-        obs.message(f"resuming {run} at epoch {checkpoint.epoch + 1}, step {checkpoint.step}")
+        if checkpoint.epoch < recipe.train.epochs:
+            obs.message(f"resuming {run} at epoch {checkpoint.epoch + 1}, step {checkpoint.step}")
+        else:
+            obs.message(f"{run}: training finished ({checkpoint.epoch} epochs); evaluating on the test split")
     with _stop_on_signals(trainer):
         report = trainer.fit(run)
     runtime.close()
