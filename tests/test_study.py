@@ -321,6 +321,13 @@ def _finished_run(run: Path, val: float, seconds: float, epochs: int = 4) -> Non
     (run / "report.json").write_text(json.dumps({"summary": summary}))
 
 
+def _stopped_run(run: Path, rows: str) -> None:
+    """A run stopped at a checkpoint after the epochs ``rows`` (lines of epoch, val DSC, seconds)."""
+    run.mkdir()
+    (run / "last.pt").write_bytes(b"checkpoint")
+    (run / "metrics.csv").write_text("epoch,val_dice/mean,seconds\n" + rows)
+
+
 def test_an_archive_holds_the_finished_runs_without_checkpoints_and_a_study_reuses_it(
     cli, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
@@ -413,9 +420,7 @@ def test_the_plan_shows_where_a_study_stands_without_training_or_reading_test(cl
     _finished_run(runs / "partial-c1-50pct-s1", 0.90, 120)
     _finished_run(runs / "partial-c0-50pct-s2", 0.70, 120)
     resumed = runs / "partial-c1-50pct-s2"
-    resumed.mkdir()
-    (resumed / "last.pt").write_bytes(b"checkpoint")
-    (resumed / "metrics.csv").write_text("epoch,val_dice/mean,seconds\n1,0.5,30\n2,0.6,30\n")
+    _stopped_run(resumed, "1,0.5,30\n2,0.6,30\n")
 
     result = cli("study", path, "--plan")
     assert result.code == 0, result.err
@@ -474,10 +479,7 @@ def test_the_time_left_counts_a_method_with_no_finished_run_from_its_stopped_run
     runs = tmp_path / "out" / "s" / "runs"
     for name in ("partial-c0-50pct-s1", "partial-c1-50pct-s1", "partial-c0-50pct-s2", "partial-c1-50pct-s2"):
         _finished_run(runs / name, 0.8, 120)
-    stopped = runs / "udaiic-c0-50pct-s1"
-    stopped.mkdir()
-    (stopped / "last.pt").write_bytes(b"checkpoint")
-    (stopped / "metrics.csv").write_text("epoch,val_dice/mean,seconds\n1,0.5,300\n")
+    _stopped_run(runs / "udaiic-c0-50pct-s1", "1,0.5,300\n")
 
     result = cli("study", path, "--plan")
     assert result.code == 0, result.err
