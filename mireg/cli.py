@@ -601,6 +601,11 @@ class _Executor(str, Enum):
     slurm = "slurm"
 
 
+class _Order(str, Enum):
+    seeds = "seeds"
+    methods = "methods"
+
+
 @app.command()
 def study(
     study_file: Annotated[Path, typer.Argument(metavar="STUDY", help="Study file (TOML).")],
@@ -634,6 +639,15 @@ def study(
             "if written) into DIR/NAME, to keep or to carry; a study started from that folder reuses them.",
         ),
     ] = None,
+    order: Annotated[
+        _Order,
+        typer.Option(
+            help="Which runs train first. seeds: every method at a seed, then the next seed (early "
+            "results span all methods); methods: one method's runs, then the next's, in the study "
+            "file's order (each method's result complete as early as possible). Either way a "
+            "method's chosen configuration trains as soon as its selection runs ended.",
+        ),
+    ] = _Order.seeds,
     executor: Annotated[
         _Executor, typer.Option(help="Where the runs train: subprocesses here, or one Slurm job per run.")
     ] = _Executor.local,
@@ -745,7 +759,7 @@ def study(
                 elapsed = bar.tasks[task].elapsed or 0.0
                 console.print(f"[{done}/{total}] {escape(description)} ({elapsed / 60:.0f} min elapsed)")
 
-        outcome = conduct(plan, runner, progress)
+        outcome = conduct(plan, runner, progress, order.value)
     header, table = overview(plan, outcome.rows)
     console.print(_plain_table(header, table, f"study {spec.name}: test set (details in study.md)"))
     console.print(f"report: {', '.join(str(p) for p in outcome.paths)}", markup=False)

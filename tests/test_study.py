@@ -10,7 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -19,9 +19,10 @@ import pytest
 
 from mireg.errors import MiregError, RecipeError
 from mireg.recipe import dump_toml
+from mireg.study.executors.base import Ending, Executor, Launch
 from mireg.study.plan import Study
 from mireg.study.report import compare_methods, markdown, summarize_study
-from mireg.study.runner import launch_of
+from mireg.study.runner import launch_of, run_study
 from mireg.study.runs import RunKey, RunRecord, read_record
 from mireg.study.spec import load_study
 from mireg.training.rundir import RunDir
@@ -489,6 +490,77 @@ def test_the_time_left_counts_a_method_with_no_finished_run_from_its_stopped_run
     assert "about 1 h 03 min of training left at 1 run at a time" in out
     assert "udaiic: none finished yet, counted from the epochs trained so far" in out
     assert "full: none finished yet, counted at the finished runs' mean" in out
+
+
+class _InstantExecutor(Executor):
+    """Finishes each run the moment it starts (configuration 1 above configuration 0 on validation),
+    and keeps the order the runs started in."""
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__(capacity)
+        self.started: list[str] = []
+
+    def start(self, launch: Launch, arguments: list[str], slot: int) -> Launch:
+        self.started.append(launch.name)
+        _finished_run(launch.run, 0.8 if "-c1-" in launch.name else 0.7, 60)
+        return launch
+
+    def poll(self, handles: Mapping[str, object]) -> dict[str, Ending]:
+        return {name: Ending("done") for name in handles}
+
+    def stop(self, handles: Mapping[str, object]) -> str:
+        return ""
+
+
+def test_a_methods_chosen_configuration_trains_as_soon_as_its_selection_runs_ended(tmp_path: Path) -> None:
+    study, keys = _grid_study(tmp_path)
+    executor = _InstantExecutor(1)
+    records = run_study(study, executor)
+    # Seed by seed, and partial's chosen configuration ahead of the seed-2 and seed-3 runs still to go.
+    assert executor.started == [
+        "partial-c0-50pct-s1",
+        "partial-c1-50pct-s1",
+        "udaiic-c0-50pct-s1",
+        "full-c0-all-s1",
+        "partial-c0-50pct-s2",
+        "partial-c1-50pct-s2",
+        "partial-c1-50pct-s3",
+        "udaiic-c0-50pct-s2",
+        "full-c0-all-s2",
+        "udaiic-c0-50pct-s3",
+        "full-c0-all-s3",
+    ]
+    # The records come in plan order whatever the order the runs trained in.
+    assert [r.name for r in records] == [*keys, "partial-c1-50pct-s3"]
+    assert {r.status for r in records} == {"done"}
+
+
+def test_a_study_in_method_order_trains_each_methods_runs_together(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    study, keys = _grid_study(tmp_path)
+    executor = _InstantExecutor(1)
+    records = run_study(study, executor, order="methods")
+    assert executor.started == [
+        "partial-c0-50pct-s1",
+        "partial-c1-50pct-s1",
+        "partial-c0-50pct-s2",
+        "partial-c1-50pct-s2",
+        "partial-c1-50pct-s3",
+        "udaiic-c0-50pct-s1",
+        "udaiic-c0-50pct-s2",
+        "udaiic-c0-50pct-s3",
+        "full-c0-all-s1",
+        "full-c0-all-s2",
+        "full-c0-all-s3",
+    ]
+    assert [r.name for r in records] == [*keys, "partial-c1-50pct-s3"]
+    # From the command line, on the runs now finished: every one reused, the report written.
+    result = cli("study", tmp_path / "study.toml", "--order", "methods")
+    assert result.code == 0, result.err
+    assert "[5/11] s: partial-c1-50pct-s3 reused" in result.out  # in method order, as trained
+    assert "[11/11] s: full-c0-all-s3 reused" in result.out
+    assert (tmp_path / "out" / "s" / "study.md").is_file()
+    result = cli("study", tmp_path / "study.toml", "--order", "random")
+    assert result.code == 2 and "--order" in result.err
 
 
 def test_bad_study_files_name_the_file_and_every_key(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -7,7 +7,7 @@ import csv
 import itertools
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from mireg.errors import MiregError, RecipeError
 from mireg.recipe import (
@@ -21,7 +21,10 @@ from mireg.study.runs import ALL_LABELS, Amount, PlannedRun, RunKey, RunRecord, 
 from mireg.study.spec import StudySpec
 from mireg.training.rundir import RunDir
 
-__all__ = ["Study", "duration", "minutes_left", "minutes_per_run"]
+__all__ = ["Order", "Study", "duration", "minutes_left", "minutes_per_run"]
+
+#: Which runs of a study train first (:meth:`Study.selection_runs`).
+Order = Literal["seeds", "methods"]
 
 
 class Study:
@@ -153,17 +156,25 @@ class Study:
 
     # ---------------------------------------------------------------------------------------- plan
 
-    def selection_runs(self) -> list[RunKey]:
+    def selection_runs(self, order: Order = "seeds") -> list[RunKey]:
         """The first phase: every configuration of a gridded method on the selection seeds, and
-        every single-configuration method on all seeds (seed by seed, so early results span all)."""
-        runs = []
-        for seed in self.seeds:
-            for method in self.spec.methods:
-                n = len(self.configs(method))
-                if n > 1 and seed not in self.select_seeds:
-                    continue
-                runs += [RunKey(method, c, a, seed) for a in self.amounts_of(method) for c in range(n)]
-        return runs
+        every single-configuration method on all seeds.
+
+        Args:
+            order: ``seeds``: seed by seed, every method at a seed before the next seed (early
+                results span all methods); ``methods``: method by method in the study file's order,
+                each method's runs together (see :func:`~mireg.study.runner.run_study`).
+        """
+
+        def runs(method: str, seed: int) -> list[RunKey]:
+            n = len(self.configs(method))
+            if n > 1 and seed not in self.select_seeds:
+                return []
+            return [RunKey(method, c, a, seed) for a in self.amounts_of(method) for c in range(n)]
+
+        if order == "methods":
+            return [key for method in self.spec.methods for seed in self.seeds for key in runs(method, seed)]
+        return [key for seed in self.seeds for method in self.spec.methods for key in runs(method, seed)]
 
     def evaluation_runs(self, chosen: dict[tuple[str, str], int]) -> list[RunKey]:
         """The second phase: each gridded method's chosen configuration on the remaining seeds."""

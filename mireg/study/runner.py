@@ -1,5 +1,6 @@
-"""Training a study's runs (:func:`run_study`): the selection runs first, then the configurations
-chosen on validation, each run reused when it finished, resumed when it stopped, trained otherwise.
+"""Training a study's runs (:func:`run_study`): the selection runs, and the configuration chosen on
+validation for each gridded method as soon as its selection runs ended; each run reused when it
+finished, resumed when it stopped, trained otherwise.
 
 The scheduling is here, once; where a run trains is an executor's business
 (:mod:`mireg.study.executors`): subprocesses on this machine or jobs on a Slurm cluster.
@@ -14,7 +15,7 @@ from mireg.errors import RunInterrupted
 from mireg.files import atomic_write_text
 from mireg.study.executors.base import Ending, Executor, Handle, Launch
 from mireg.study.executors.local import LocalExecutor
-from mireg.study.plan import Study, duration, minutes_left
+from mireg.study.plan import Order, Study, duration, minutes_left
 from mireg.study.runs import RunKey, RunRecord
 
 __all__ = ["Scheduler", "gpu_count", "launch_of", "run_study"]
@@ -24,12 +25,20 @@ def run_study(
     study: Study,
     executor: Executor | None = None,
     progress: Callable[[int, int, str], None] | None = None,
+    order: Order = "seeds",
 ) -> list[RunRecord]:
     """Train (or reuse, or resume) every run; returns their records, in plan order.
+
+    The selection runs go in ``order`` (:meth:`~mireg.study.plan.Study.selection_runs`). Once the
+    last selection run of a gridded method at a labelled amount ended, the configuration is chosen
+    (:meth:`~mireg.study.plan.Study.choose`) and its evaluation runs go ahead of every run still
+    waiting, so a method's result is complete as early as its own runs allow and no slot waits for
+    other methods' selection.
 
     Args:
         executor: Where the runs train, and how many at a time (default: one at a time, here).
         progress: ``progress(done, total, description)``.
+        order: ``seeds`` or ``methods``.
 
     Raises:
         RunInterrupted: The study was stopped (Ctrl+C); says what became of the runs in flight.
@@ -60,11 +69,32 @@ def run_study(
             finished = f"{len(done) - failed} finished" + (f", {failed} not" if failed else "")
             progress(len(done), total, f"{study.spec.name}: {finished}; {queue}")
 
+    selection = study.selection_runs(order)
+    waiting: dict[tuple[str, str], set[str]] = {}  # a gridded method's selection runs not ended yet
+    for key in selection:
+        if len(study.configs(key.method)) > 1:
+            waiting.setdefault((key.method, key.amount.label), set()).add(key.name)
+    selected: list[RunRecord] = []
+    chosen: dict[tuple[str, str], int] = {}
+
+    def follow(record: RunRecord) -> list[RunKey]:
+        """The evaluation runs that may start now ``record``'s run ended: those of its method and
+        amount, chosen once their last selection run ended."""
+        choice = (record.method, record.amount)
+        if record.name not in waiting.get(choice, set()):
+            return []  # an evaluation run, or a method without a grid
+        selected.append(record)
+        waiting[choice].discard(record.name)
+        if waiting[choice] or choice not in (made := study.choose(selected)):
+            return []  # more to end first, or no configuration finished all its selection runs
+        chosen[choice] = made[choice]
+        return study.evaluation_runs({choice: made[choice]})
+
     if progress is not None:
         progress(0, total, f"{study.spec.name}: starting")
-    first = Scheduler(study, executor).run(study.selection_runs(), report, watch)
-    second = Scheduler(study, executor).run(study.evaluation_runs(study.choose(first)), report, watch)
-    return first + second
+    records = {r.name: r for r in Scheduler(study, executor).run(selection, report, watch, follow)}
+    planned = study.selection_runs() + study.evaluation_runs(chosen)
+    return [records[key.name] for key in planned]
 
 
 def gpu_count() -> int:
@@ -102,13 +132,24 @@ class Scheduler:
         keys: list[RunKey],
         report: Callable[[RunRecord, bool], None],
         watch: Callable[[str], None] | None = None,
+        follow: Callable[[RunRecord], list[RunKey]] | None = None,
     ) -> list[RunRecord]:
         """Train every run not finished yet; ``report(record, reused)`` as each one ends, and
         ``watch(line)`` when the executor's line on the runs in flight changes (jobs queued,
-        running)."""
+        running). ``follow(record)``: runs to put ahead of the queue once that one ended. Returns
+        the records of ``keys`` and of the runs ``follow`` added, in that order."""
         executor = self.executor
         records: dict[RunKey, RunRecord] = {}
         queue = list(keys)
+        order = list(keys)
+
+        def finish(key: RunKey, record: RunRecord, reused: bool) -> None:
+            records[key] = record
+            report(record, reused)
+            later = follow(record) if follow is not None else []
+            queue[:0] = later
+            order.extend(later)
+
         in_flight: dict[str, tuple[RunKey, Handle, int]] = {}
         free_slots = list(range(executor.capacity))
         shown = ""
@@ -123,8 +164,7 @@ class Scheduler:
                         arguments = launch.arguments()
                         if arguments is None:
                             free_slots.insert(0, slot)
-                            records[key] = self.study.record(key, "done")
-                            report(records[key], True)
+                            finish(key, self.study.record(key, "done"), True)
                             continue
                         handle = executor.start(launch, arguments, slot)
                     in_flight[key.name] = (key, handle, slot)
@@ -132,8 +172,7 @@ class Scheduler:
                 for name, ending in ended.items():
                     key, _, slot = in_flight.pop(name)
                     free_slots.append(slot)
-                    records[key] = self._record(key, ending)
-                    report(records[key], False)
+                    finish(key, self._record(key, ending), False)
                 line = executor.describe({name: handle for name, (_, handle, _) in in_flight.items()})
                 if line and line != shown and watch is not None:
                     watch(line)
@@ -148,7 +187,7 @@ class Scheduler:
                     "run the same command again: finished runs are reused and stopped ones resumed",
                 ) from None
             raise
-        return [records[k] for k in keys]
+        return [records[k] for k in order]
 
     def _record(self, key: RunKey, ending: Ending) -> RunRecord:
         record = self.study.record(key, ending.status)

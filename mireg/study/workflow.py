@@ -11,7 +11,7 @@ from pathlib import Path
 from mireg.errors import MiregError
 from mireg.study.executors import Executor, LocalExecutor
 from mireg.study.executors.slurm import SlurmExecutor, SlurmOptions
-from mireg.study.plan import Study
+from mireg.study.plan import Order, Study
 from mireg.study.report import Row, summarize_study, write_study_report
 from mireg.study.runner import gpu_count, run_study
 from mireg.study.runs import RunRecord
@@ -93,6 +93,7 @@ def conduct(
     study: Study,
     executor: Executor | None = None,
     progress: Callable[[int, int, str], None] | None = None,
+    order: Order = "seeds",
 ) -> StudyOutcome:
     """Train (or reuse, or resume) every run of ``study`` (:func:`~mireg.study.runner.run_study`),
     then write its report; runs that failed are in the report with their logs.
@@ -100,7 +101,8 @@ def conduct(
     Args:
         executor: Where the runs train (default: :func:`local_executor` for the study's device).
         progress: ``progress(done, total, description)`` as each run ends.
+        order: Which runs train first (:func:`~mireg.study.runner.run_study`).
     """
-    records = run_study(study, executor or local_executor(study.device), progress)
+    records = run_study(study, executor or local_executor(study.device), progress, order)
     rows = summarize_study(study, records)
     return StudyOutcome(records, rows, write_study_report(study, records, rows))
