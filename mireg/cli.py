@@ -644,8 +644,8 @@ def study(
         typer.Option(
             help="Which runs train first. seeds: every method at a seed, then the next seed (early "
             "results span all methods); methods: one method's runs, then the next's, in the study "
-            "file's order (each method's result complete as early as possible). Either way a "
-            "method's chosen configuration trains as soon as its selection runs ended.",
+            "file's order (the first method's result complete first). Either way a method's chosen "
+            "configuration at an amount goes ahead of the runs waiting once its selection runs ended.",
         ),
     ] = _Order.seeds,
     executor: Annotated[

@@ -493,20 +493,22 @@ def test_the_time_left_counts_a_method_with_no_finished_run_from_its_stopped_run
 
 
 class _InstantExecutor(Executor):
-    """Finishes each run the moment it starts (configuration 1 above configuration 0 on validation),
-    and keeps the order the runs started in."""
+    """Ends each run the moment it starts: finished (configuration 1 above configuration 0 on
+    validation), or failed for the runs named ``failing``; keeps the order the runs started in."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, failing: tuple[str, ...] = ()) -> None:
         super().__init__(capacity)
+        self.failing = failing
         self.started: list[str] = []
 
     def start(self, launch: Launch, arguments: list[str], slot: int) -> Launch:
         self.started.append(launch.name)
-        _finished_run(launch.run, 0.8 if "-c1-" in launch.name else 0.7, 60)
+        if launch.name not in self.failing:
+            _finished_run(launch.run, 0.8 if "-c1-" in launch.name else 0.7, 60)
         return launch
 
     def poll(self, handles: Mapping[str, object]) -> dict[str, Ending]:
-        return {name: Ending("done") for name in handles}
+        return {name: Ending("failed" if name in self.failing else "done") for name in handles}
 
     def stop(self, handles: Mapping[str, object]) -> str:
         return ""
@@ -533,6 +535,43 @@ def test_a_methods_chosen_configuration_trains_as_soon_as_its_selection_runs_end
     # The records come in plan order whatever the order the runs trained in.
     assert [r.name for r in records] == [*keys, "partial-c1-50pct-s3"]
     assert {r.status for r in records} == {"done"}
+
+
+def test_each_amounts_choice_is_made_when_its_own_selection_runs_ended_and_queued_in_turn(
+    tmp_path: Path,
+) -> None:
+    _recipes(tmp_path)
+    text = (
+        GRID_STUDY.replace("seeds = [1, 2, 3]", "seeds = [1, 2, 3, 4]")
+        .replace("labeled_ratios = [0.5]", "labeled_ratios = [0.25, 0.5]")
+        .replace("[methods.full]", '[methods.udaiic.grid]\n"optim.lr" = [1e-5, 3e-5]\n[methods.full]')
+    )
+    study = Study(load_study(_study_file(tmp_path, text)), tmp_path / "study.toml")
+    executor = _InstantExecutor(4, failing=("partial-c1-25pct-s2",))
+    records = run_study(study, executor, order="methods")
+    # Four at a time: both amounts' choices are made as seed 2's runs end together, and their
+    # evaluation runs start in the order the choices were made, before udaiic's first run.
+    assert executor.started[:13] == [
+        *(f"partial-c{c}-{a}pct-s{s}" for s in (1, 2) for a in (25, 50) for c in (0, 1)),
+        "partial-c0-25pct-s3",
+        "partial-c0-25pct-s4",
+        "partial-c1-50pct-s3",
+        "partial-c1-50pct-s4",
+        "udaiic-c0-25pct-s1",
+    ]
+    selection = [r for r in records if r.seed in (1, 2)]
+    chosen = study.choose(selection)
+    # Per amount: at 25 % configuration 1 failed a selection run, so configuration 0 goes on.
+    assert chosen == {
+        ("partial", "25pct"): 0,
+        ("partial", "50pct"): 1,
+        ("udaiic", "25pct"): 1,
+        ("udaiic", "50pct"): 1,
+    }
+    assert [r.name for r in records] == [
+        k.name for k in study.selection_runs() + study.evaluation_runs(chosen)
+    ]
+    assert len(executor.started) == len(set(executor.started)) == study.total_runs()
 
 
 def test_a_study_in_method_order_trains_each_methods_runs_together(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

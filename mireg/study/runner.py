@@ -31,9 +31,9 @@ def run_study(
 
     The selection runs go in ``order`` (:meth:`~mireg.study.plan.Study.selection_runs`). Once the
     last selection run of a gridded method at a labelled amount ended, the configuration is chosen
-    (:meth:`~mireg.study.plan.Study.choose`) and its evaluation runs go ahead of every run still
-    waiting, so a method's result is complete as early as its own runs allow and no slot waits for
-    other methods' selection.
+    (:meth:`~mireg.study.plan.Study.choose`) and its evaluation runs go ahead of the selection runs
+    still waiting (behind evaluation runs queued earlier), so a method's result is complete as early
+    as its own runs allow and no slot waits for other methods' selection.
 
     Args:
         executor: Where the runs train, and how many at a time (default: one at a time, here).
@@ -70,9 +70,10 @@ def run_study(
             progress(len(done), total, f"{study.spec.name}: {finished}; {queue}")
 
     selection = study.selection_runs(order)
+    gridded = set(study.gridded_methods())
     waiting: dict[tuple[str, str], set[str]] = {}  # a gridded method's selection runs not ended yet
     for key in selection:
-        if len(study.configs(key.method)) > 1:
+        if key.method in gridded:
             waiting.setdefault((key.method, key.amount.label), set()).add(key.name)
     selected: list[RunRecord] = []
     chosen: dict[tuple[str, str], int] = {}
@@ -120,7 +121,8 @@ def launch_of(study: Study, key: RunKey, processes: int = 1) -> Launch:
 
 
 class Scheduler:
-    """Puts runs through an executor, at most ``executor.capacity`` in flight, in the order given."""
+    """Puts runs through an executor, at most ``executor.capacity`` in flight, in the order given
+    (the runs a ``follow`` adds ahead of the others, first added first)."""
 
     def __init__(self, study: Study, executor: Executor, poll_s: float = 0.2) -> None:
         self.study = study
@@ -136,27 +138,29 @@ class Scheduler:
     ) -> list[RunRecord]:
         """Train every run not finished yet; ``report(record, reused)`` as each one ends, and
         ``watch(line)`` when the executor's line on the runs in flight changes (jobs queued,
-        running). ``follow(record)``: runs to put ahead of the queue once that one ended. Returns
-        the records of ``keys`` and of the runs ``follow`` added, in that order."""
+        running). ``follow(record)``: runs to start once that one ended, ahead of the runs of
+        ``keys`` still waiting (and after those it added before). Returns the records of ``keys``
+        and of the runs ``follow`` added, in that order."""
         executor = self.executor
         records: dict[RunKey, RunRecord] = {}
         queue = list(keys)
-        order = list(keys)
+        ahead: list[RunKey] = []  # the runs ``follow`` added, still waiting
+        returned = list(keys)
 
         def finish(key: RunKey, record: RunRecord, reused: bool) -> None:
             records[key] = record
             report(record, reused)
             later = follow(record) if follow is not None else []
-            queue[:0] = later
-            order.extend(later)
+            ahead.extend(later)
+            returned.extend(later)
 
         in_flight: dict[str, tuple[RunKey, Handle, int]] = {}
         free_slots = list(range(executor.capacity))
         shown = ""
         try:
-            while queue or in_flight:
-                while queue and free_slots:
-                    key = queue.pop(0)
+            while ahead or queue or in_flight:
+                while (ahead or queue) and free_slots:
+                    key = (ahead or queue).pop(0)
                     launch = launch_of(self.study, key, executor.processes)
                     slot = free_slots.pop(0)
                     handle = executor.attach(launch)
@@ -187,7 +191,7 @@ class Scheduler:
                     "run the same command again: finished runs are reused and stopped ones resumed",
                 ) from None
             raise
-        return [records[k] for k in order]
+        return [records[k] for k in returned]
 
     def _record(self, key: RunKey, ending: Ending) -> RunRecord:
         record = self.study.record(key, ending.status)
