@@ -76,7 +76,6 @@ def run_study(
         if key.method in gridded:
             waiting.setdefault((key.method, key.amount.label), set()).add(key.name)
     selected: list[RunRecord] = []
-    chosen: dict[tuple[str, str], int] = {}
 
     def follow(record: RunRecord) -> list[RunKey]:
         """The evaluation runs that may start now ``record``'s run ended: those of its method and
@@ -88,13 +87,12 @@ def run_study(
         waiting[choice].discard(record.name)
         if waiting[choice] or choice not in (made := study.choose(selected)):
             return []  # more to end first, or no configuration finished all its selection runs
-        chosen[choice] = made[choice]
         return study.evaluation_runs({choice: made[choice]})
 
     if progress is not None:
         progress(0, total, f"{study.spec.name}: starting")
-    records = {r.name: r for r in Scheduler(study, executor).run(selection, report, watch, follow)}
-    planned = study.selection_runs() + study.evaluation_runs(chosen)
+    records = Scheduler(study, executor).run(selection, report, watch, follow)
+    planned = study.selection_runs() + study.evaluation_runs(study.choose(selected))
     return [records[key.name] for key in planned]
 
 
@@ -135,24 +133,21 @@ class Scheduler:
         report: Callable[[RunRecord, bool], None],
         watch: Callable[[str], None] | None = None,
         follow: Callable[[RunRecord], list[RunKey]] | None = None,
-    ) -> list[RunRecord]:
+    ) -> dict[str, RunRecord]:
         """Train every run not finished yet; ``report(record, reused)`` as each one ends, and
         ``watch(line)`` when the executor's line on the runs in flight changes (jobs queued,
         running). ``follow(record)``: runs to start once that one ended, ahead of the runs of
-        ``keys`` still waiting (and after those it added before). Returns the records of ``keys``
-        and of the runs ``follow`` added, in that order."""
+        ``keys`` still waiting (and after those it added before). Returns the record of every run,
+        those of ``keys`` and those ``follow`` added, by run name."""
         executor = self.executor
-        records: dict[RunKey, RunRecord] = {}
+        records: dict[str, RunRecord] = {}
         queue = list(keys)
         ahead: list[RunKey] = []  # the runs ``follow`` added, still waiting
-        returned = list(keys)
 
         def finish(key: RunKey, record: RunRecord, reused: bool) -> None:
-            records[key] = record
+            records[key.name] = record
             report(record, reused)
-            later = follow(record) if follow is not None else []
-            ahead.extend(later)
-            returned.extend(later)
+            ahead.extend(follow(record) if follow is not None else [])
 
         in_flight: dict[str, tuple[RunKey, Handle, int]] = {}
         free_slots = list(range(executor.capacity))
@@ -191,7 +186,7 @@ class Scheduler:
                     "run the same command again: finished runs are reused and stopped ones resumed",
                 ) from None
             raise
-        return [records[k] for k in returned]
+        return records
 
     def _record(self, key: RunKey, ending: Ending) -> RunRecord:
         record = self.study.record(key, ending.status)
