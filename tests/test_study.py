@@ -20,7 +20,7 @@ import pytest
 from mireg.errors import MiregError, RecipeError
 from mireg.recipe import dump_toml
 from mireg.study.executors.base import Ending, Executor, Launch
-from mireg.study.plan import Study
+from mireg.study.plan import Borrowed, Study
 from mireg.study.report import compare_methods, markdown, summarize_study
 from mireg.study.runner import launch_of, run_study
 from mireg.study.runs import RunKey, RunRecord, read_record
@@ -572,6 +572,139 @@ def test_each_amounts_choice_is_made_when_its_own_selection_runs_ended_and_queue
         k.name for k in study.selection_runs() + study.evaluation_runs(chosen)
     ]
     assert len(executor.started) == len(set(executor.started)) == study.total_runs()
+
+
+FOLLOW_STUDY = """
+name = "f"
+seeds = [1, 2]
+labeled_ratios = [0.5]
+set = ["train.epochs=8"]
+[choices_from]
+study = "study.toml"
+[methods.partial]
+chosen = "partial"
+[methods.best]
+chosen = ["udaiic", "partial"]
+[methods.full]
+chosen = "full"
+"""
+
+
+def test_a_study_trains_the_configurations_another_study_chose_on_validation(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    origin, _ = _grid_study(tmp_path)
+    path = tmp_path / "follow.toml"
+    path.write_text(f'runs_dir = "{tmp_path / "out"}"\n' + FOLLOW_STUDY)
+    # Before the other study chose: every configuration it may choose validates, nothing trains.
+    waiting = Study(load_study(path), path)
+    waiting.check()
+    assert waiting.borrowed == {} and waiting.total_runs() == 6
+    with pytest.raises(MiregError, match=r"has not chosen partial at 50 % yet \(0 of its 4 selection runs"):
+        waiting.recipe(waiting.selection_runs()[0])
+    result = cli("study", path, "--plan")
+    assert result.code == 1 and "Traceback" not in result.err
+    assert "methods.partial" in result.err and "has not chosen partial" in " ".join(result.err.split())
+
+    run_study(origin, _InstantExecutor(1))  # validation DSC 0.8 for configuration 1, 0.7 for 0
+    for seed, val in ((1, 0.95), (2, 0.9)):  # udaiic above partial's chosen 0.8 on validation
+        shutil.rmtree(origin.run_dir(RunKey("udaiic", 0, origin.amounts[0], seed)).path)
+        _finished_run(origin.run_dir(RunKey("udaiic", 0, origin.amounts[0], seed)).path, val, 60)
+    study = Study(load_study(path), path)
+    assert {m: (b.method, b.config) for m, b in study.borrowed.items()} == {
+        "partial": ("partial", 1),
+        "best": ("udaiic", 0),
+        "full": ("full", 0),
+    }
+    assert study.borrowed["best"].score == pytest.approx(0.925)
+    assert study.borrowed["partial"].score == pytest.approx(0.8)
+    rule = study.rule()
+    assert "partial: partial at optim.lr = 3e-05 (mean best-validation DSC 80.0 % there" in rule
+    assert (
+        "best: udaiic (mean best-validation DSC 92.5 % there over seeds 1, 2, the highest of udaiic, partial)"
+        in rule
+    )
+
+    result = cli("study", path, "--plan")  # says what it takes from where
+    assert result.code == 0 and "partial: partial at optim.lr = 3e-05" in " ".join(result.out.split())
+
+    executor = _InstantExecutor(1)
+    records = run_study(study, executor)
+    assert executor.started == [
+        "partial-c0-50pct-s1", "best-c0-50pct-s1", "full-c0-all-s1",
+        "partial-c0-50pct-s2", "best-c0-50pct-s2", "full-c0-all-s2",
+    ]  # fmt: skip
+    assert {r.status for r in records} == {"done"}
+    recipes = {k.name: study.recipe(k) for k in study.selection_runs()}
+    partial = recipes["partial-c0-50pct-s2"]
+    assert partial["optim"]["lr"] == 3e-5 and partial["train"]["epochs"] == 8 and partial["seed"] == 2
+    assert partial["data"]["labeled_ratio"] == 0.5 and partial["name"] == "partial-c0-50pct-s2"
+    udaiic = origin.recipe(RunKey("udaiic", 0, origin.amounts[0], 1))["regularizers"]
+    assert recipes["best-c0-50pct-s1"]["regularizers"] == udaiic and udaiic
+    assert recipes["full-c0-all-s1"]["data"]["labeled_ratio"] == 1.0
+    assert Path(recipes["full-c0-all-s1"]["train"]["runs_dir"]) == tmp_path / "out" / "f" / "runs"
+    # Under --quick nothing is read: the first method listed, at its first configuration.
+    quick = Study(load_study(path), path, quick=True)
+    assert {m: (b.method, b.config) for m, b in quick.borrowed.items()} == {
+        "partial": ("partial", 0),
+        "best": ("udaiic", 0),
+        "full": ("full", 0),
+    }
+
+
+def test_a_study_that_takes_another_ones_choices_names_what_is_wrong(tmp_path: Path) -> None:
+    _recipes(tmp_path)
+    _study_file(tmp_path, GRID_STUDY)
+    path = tmp_path / "follow.toml"
+
+    def problem(text: str) -> str:
+        path.write_text(text)
+        with pytest.raises(RecipeError) as info:
+            Study(load_study(path), path)
+        return " ".join(info.value.message.split())
+
+    assert "choices_from.study: " in problem(FOLLOW_STUDY.replace('"study.toml"', '"nope.toml"'))
+    assert "methods.best.chosen: 'nope' is not a method of" in problem(
+        FOLLOW_STUDY.replace('["udaiic", "partial"]', '["udaiic", "nope"]')
+    )
+    assert "choices_from.at: " in problem(
+        FOLLOW_STUDY.replace('study = "study.toml"', 'study = "study.toml"\nat = 0.3')
+    )
+    assert "needs [choices_from]" in problem(
+        FOLLOW_STUDY.replace('[choices_from]\nstudy = "study.toml"\n', "")
+    )
+    assert "give recipe or chosen" in problem(
+        FOLLOW_STUDY.replace('chosen = "full"', 'chosen = "full"\nrecipe = "full.toml"')
+    )
+    assert "a chosen method has no grid" in problem(
+        FOLLOW_STUDY + '[methods.full.grid]\n"optim.lr" = [1e-5]\n'
+    )
+    assert "leave engine out" in problem(
+        FOLLOW_STUDY.replace('chosen = "full"', 'chosen = "full"\nengine = "mireg"')
+    )
+    # A study that takes its choices from one that takes them from it: refused, not followed forever.
+    loop = FOLLOW_STUDY.replace('"study.toml"', '"follow.toml"')
+    assert "takes its choices from this study in turn" in problem(loop)
+
+
+def test_the_follow_up_studies_train_the_strong_studys_methods_on_their_own_cohort_and_schedule() -> None:
+    studies = Path(__file__).parents[1] / "recipes" / "studies"
+    unseen = Study(
+        load_study(studies / "phantom_strong_unseen.toml"), studies / "phantom_strong_unseen.toml", quick=True
+    )
+    assert unseen.origin is not None and unseen.origin.source == studies / "phantom_strong.toml"
+    assert unseen.engines("nnunet") == {"nnunet"} and unseen.engines("cps_strong") == {"mireg"}
+    assert ("cps_strong", "nnunet") in unseen.compared()
+    key = RunKey("nnunet", 0, unseen.amounts[0], 10)
+    assert unseen.engine(key) == "nnunet"
+    recipe = unseen.recipe(key)
+    assert recipe["data"]["cohort_seed"] == 1 and recipe["data"]["labeled_ratio"] == 0.05
+    for length, epochs in (("2x", 120), ("4x", 240)):
+        path = studies / f"phantom_strong_{length}.toml"
+        study = Study(load_study(path), path)
+        assert study.spec.methods["best_semi"].candidates == ["cps_strong", "bcp_strong", "udaiic_strong"]
+        # Whichever configuration phantom_strong chooses, it trains at this study's length.
+        key = RunKey("partial_strong", 0, study.amounts[0], 10)
+        recipe = study._recipe(key, Borrowed("partial_strong", 1, math.nan))
+        assert recipe["train"]["epochs"] == epochs and recipe["optim"]["lr"] == 0.003
 
 
 def test_a_study_in_method_order_trains_each_methods_runs_together(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

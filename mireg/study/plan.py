@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import itertools
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,13 +19,30 @@ from mireg.recipe import (
     validate_recipe,
 )
 from mireg.study.runs import ALL_LABELS, Amount, PlannedRun, RunKey, RunRecord, read_record, resumable
-from mireg.study.spec import StudySpec
+from mireg.study.spec import ChoicesFromSpec, StudySpec, load_study
 from mireg.training.rundir import RunDir
 
-__all__ = ["Order", "Study", "duration", "minutes_left", "minutes_per_run"]
+__all__ = ["Borrowed", "Order", "Study", "duration", "minutes_left", "minutes_per_run"]
 
 #: Which runs of a study train first (:meth:`Study.selection_runs`).
 Order = Literal["seeds", "methods"]
+
+
+@dataclass(frozen=True)
+class Borrowed:
+    """What a ``chosen`` method trains: a method of the ``[choices_from]`` study at the
+    configuration chosen there.
+
+    Attributes:
+        method: That study's method (of those ``chosen`` lists, the one with the best score).
+        config: Its configuration chosen there on validation.
+        score: Its mean best-validation DSC over that study's selection seeds (NaN under
+            ``--quick``, which takes the first method listed at its first configuration unread).
+    """
+
+    method: str
+    config: int
+    score: float
 
 
 class Study:
@@ -35,9 +53,21 @@ class Study:
         source: The study file (recipes are relative to its folder).
         quick: Apply the ``[quick]`` preset.
         device: ``train.device`` for every run (``None``: each recipe's own).
+        following: The study files whose ``[choices_from]`` led here (a loop is an error).
+
+    Raises:
+        RecipeError: ``[choices_from]`` names a study that cannot be read, a method it does not
+            have, or an amount it does not train.
     """
 
-    def __init__(self, spec: StudySpec, source: Path, quick: bool = False, device: str | None = None) -> None:
+    def __init__(
+        self,
+        spec: StudySpec,
+        source: Path,
+        quick: bool = False,
+        device: str | None = None,
+        following: frozenset[Path] = frozenset(),
+    ) -> None:
         self.spec, self.source, self.quick, self.device = spec, source, quick, device
         self.seeds = spec.seeds[: spec.quick.seeds] if quick else list(spec.seeds)
         select = spec.select_seeds if spec.select_seeds is not None else spec.seeds
@@ -49,6 +79,125 @@ class Study:
             self.amounts = [Amount("ratio", r) for r in spec.labeled_ratios]
         else:
             self.amounts = [Amount("patients", n) for n in spec.labeled_patients or []]
+        #: The study whose choices the ``chosen`` methods train (``[choices_from]``), if any.
+        self.origin: Study | None = None
+        #: Per ``chosen`` method, what it trains, once the other study made the choice.
+        self.borrowed: dict[str, Borrowed] = {}
+        #: Per ``chosen`` method whose choice the other study has not made yet: why.
+        self.pending: dict[str, str] = {}
+        if spec.choices_from is not None:
+            self._borrow(spec.choices_from, following | {source.resolve()})
+
+    # ------------------------------------------------------------------------ another study's choices
+
+    def _borrow(self, choices: ChoicesFromSpec, following: frozenset[Path]) -> None:
+        """Read the choices the ``[choices_from]`` study made on validation (under ``--quick``:
+        each ``chosen`` method's first candidate at its first configuration, nothing read)."""
+        path = choices.study if choices.study.is_absolute() else self.source.parent / choices.study
+        where = f"{self.source}: choices_from.study"
+        if path.resolve() in following:
+            raise RecipeError(f"{where}: {path} takes its choices from this study in turn")
+        if not path.is_file():
+            raise RecipeError(f"{where}: {path} does not exist")
+        try:
+            origin = Study(load_study(path), path, following=following)
+        except RecipeError as exc:
+            raise RecipeError(f"{where}: {exc.message}", exc.hint) from None
+        self.origin = origin
+        amount = origin.amount_at(choices.at, f"{self.source}: choices_from.at")
+        for name, method in self.spec.methods.items():
+            for candidate in method.candidates:
+                if candidate not in origin.spec.methods:
+                    raise RecipeError(
+                        f"{self.source}: methods.{name}.chosen: {candidate!r} is not a method of {path}",
+                        f"its methods: {', '.join(origin.spec.methods)}",
+                    )
+        records = [] if self.quick else origin.finished_selection_records()
+        for name, method in self.spec.methods.items():
+            best: Borrowed | None = None
+            for candidate in method.candidates:
+                if self.quick:
+                    best = best or Borrowed(candidate, 0, math.nan)
+                    continue
+                at = origin.amounts_of(candidate)[0] if candidate == origin.spec.full else amount
+                made = origin.settled_choice(records, candidate, at)
+                if made is None:
+                    runs = [
+                        k
+                        for k in origin.selection_runs()
+                        if (k.method, k.amount) == (candidate, at) and k.seed in origin.select_seeds
+                    ]
+                    finished = sum(origin.run_dir(k).finished for k in runs)
+                    self.pending[name] = (
+                        f"{path} has not chosen {candidate} at {at.text} yet ({finished} of its "
+                        f"{len(runs)} selection runs there finished)"
+                    )
+                    best = None
+                    break
+                if best is None or made[1] > best.score:
+                    best = Borrowed(candidate, *made)
+            if best is not None:
+                self.borrowed[name] = best
+
+    def amount_at(self, at: float | None, where: str) -> Amount:
+        """The labelled amount ``at`` names (a ratio, or a patient count), default the first.
+
+        Raises:
+            RecipeError: The study does not train at ``at``, naming ``where``.
+        """
+        if at is None:
+            return self.amounts[0]
+        for amount in self.amounts:
+            if math.isclose(amount.value, at, rel_tol=1e-9):
+                return amount
+        raise RecipeError(
+            f"{where}: {self.source} does not train at {at:g}",
+            f"its labelled amounts: {', '.join(f'{a.value:g}' for a in self.amounts)}",
+        )
+
+    def finished_selection_records(self) -> list[RunRecord]:
+        """The records of the selection runs that finished (what a choice is made from).
+
+        Raises:
+            MiregError: As :meth:`recipe_text`, when the study file changed since a run was planned.
+        """
+        runs = [key for key in self.selection_runs() if self.run_dir(key).finished]
+        for key in runs:
+            self.recipe_text(key)
+        return [self.record(key, "done") for key in runs]
+
+    def settled_choice(
+        self, records: list[RunRecord], method: str, amount: Amount
+    ) -> tuple[int, float] | None:
+        """The configuration chosen for ``method`` at ``amount`` and its mean best-validation DSC
+        over the selection seeds, once all those selection runs finished (None before): the rule of
+        :meth:`choose`, for a method with a grid or without."""
+        best: tuple[int, float] | None = None
+        for config in range(len(self.configs(method))):
+            scores = self.validation_scores(records, method, config, amount.label)
+            if len(scores) != len(self.select_seeds):
+                return None
+            score = sum(scores) / len(scores)
+            if best is None or score > best[1]:
+                best = (config, score)
+        return best
+
+    def _borrowed(self, method: str) -> Borrowed | None:
+        """What a ``chosen`` method trains (None for a method with its own recipe).
+
+        Raises:
+            MiregError: The other study has not made the choice yet.
+        """
+        if self.spec.methods[method].chosen is None:
+            return None
+        if method not in self.borrowed:
+            assert self.origin is not None
+            raise MiregError(
+                f"{self.source}: methods.{method}: {self.pending[method]}",
+                f"run that study first (mireg study {self.origin.source}): the choice is made once "
+                "those runs finished",
+            )
+        return self.borrowed[method]
 
     # -------------------------------------------------------------------------------- configurations
 
@@ -67,12 +216,31 @@ class Study:
         return [ALL_LABELS] if method == self.spec.full else self.amounts
 
     def recipe(self, key: RunKey) -> dict[str, Any]:
-        """The run's recipe as data: the method's recipe with every override applied."""
-        method = self.spec.methods[key.method]
-        path = method.recipe if method.recipe.is_absolute() else self.source.parent / method.recipe
+        """The run's recipe as data: the method's recipe with every override applied.
+
+        Raises:
+            MiregError: A ``chosen`` method whose choice the other study has not made yet.
+        """
+        return self._recipe(key, self._borrowed(key.method))
+
+    def _base(self, method: str, config: int, borrowed: Borrowed | None) -> tuple[Path, list[str]]:
+        """The recipe file a method's configuration starts from, and this study's overrides to it
+        (after the other study's, for a ``chosen`` method)."""
+        spec = self.spec.methods[method]
+        if borrowed is not None:
+            assert self.origin is not None
+            path, overrides = self.origin._base(borrowed.method, borrowed.config, None)
+        else:
+            assert spec.recipe is not None
+            path = spec.recipe if spec.recipe.is_absolute() else self.source.parent / spec.recipe
+            overrides = []
+        overrides += [*self.spec.set, *spec.set]
+        overrides += [f"{k}={_toml_literal(v)}" for k, v in self.configs(method)[config].items()]
+        return path, overrides
+
+    def _recipe(self, key: RunKey, borrowed: Borrowed | None) -> dict[str, Any]:
+        path, overrides = self._base(key.method, key.config, borrowed)
         raw = read_toml(path)
-        overrides = [*self.spec.set, *method.set]
-        overrides += [f"{k}={_toml_literal(v)}" for k, v in self.configs(key.method)[key.config].items()]
         overrides += self.spec.quick.set if self.quick else []
         overrides += [f"name={key.name}", f"seed={key.seed}", f'train.runs_dir="{self.out / "runs"}"']
         if self.device is not None:
@@ -125,11 +293,14 @@ class Study:
             RecipeError: Naming the study file, the method and configuration, and the key at fault.
         """
         for method in self.spec.methods:
-            for config in range(len(self.configs(method))):
+            for config, borrowed in self._variants(method):
                 key = RunKey(method, config, self.amounts_of(method)[0], self.seeds[0])
-                where = f"{self.source}: methods.{method} (configuration {config})"
+                which = f"configuration {config}"
+                if borrowed is not None:
+                    which = f"{borrowed.method}, configuration {borrowed.config}"
+                where = f"{self.source}: methods.{method} ({which})"
                 try:
-                    raw = self.recipe(key)  # a missing recipe file or a malformed override
+                    raw = self._recipe(key, borrowed)  # a missing recipe file or a malformed override
                 except RecipeError as exc:
                     raise RecipeError(f"{where}: {exc.message}", exc.hint) from None
                 try:
@@ -137,13 +308,37 @@ class Study:
                 except RecipeError as exc:
                     raise RecipeError(exc.message, exc.hint) from None
 
+    def _variants(self, method: str) -> list[tuple[int, Borrowed | None]]:
+        """What :meth:`check` validates of a method: each configuration; for a ``chosen`` method,
+        the one chosen in the other study or, before the choice, every one it may choose."""
+        if self.spec.methods[method].chosen is None:
+            return [(config, None) for config in range(len(self.configs(method)))]
+        if method in self.borrowed:
+            return [(0, self.borrowed[method])]
+        assert self.origin is not None
+        return [
+            (0, Borrowed(candidate, config, math.nan))
+            for candidate in self.spec.methods[method].candidates
+            for config in range(len(self.origin.configs(candidate)))
+        ]
+
+    def engines(self, method: str) -> set[str]:
+        """What may train the method's runs (a ``chosen`` method before the choice: any of its
+        candidates' engines)."""
+        spec = self.spec.methods[method]
+        if spec.chosen is None:
+            return {spec.engine}
+        assert self.origin is not None
+        named = [self.borrowed[method].method] if method in self.borrowed else spec.candidates
+        return set().union(*(self.origin.engines(m) for m in named))
+
     def require_engines(self) -> None:
         """Check that what trains each method is installed (before any run starts).
 
         Raises:
             RecipeError: A method's engine is not installed, naming the study file and the method.
         """
-        nnunet = [m for m, spec in self.spec.methods.items() if spec.engine == "nnunet"]
+        nnunet = [m for m in self.spec.methods if "nnunet" in self.engines(m)]
         if nnunet:
             from mireg.nnunet.workflow import nnunet_version
 
@@ -230,6 +425,35 @@ class Study:
 
     def rule(self) -> str:
         """The selection rule, as the report states it."""
+        return self._own_rule() + self.borrowed_rule()
+
+    def borrowed_rule(self) -> str:
+        """What each ``chosen`` method trains, and where that was chosen."""
+        if self.origin is None:
+            return ""
+        where = f"{self.origin.source}, on its validation split"
+        if self.quick:
+            where = f"{self.origin.source} (--quick: the first listed, at its first configuration, unread)"
+        parts = []
+        for method, spec in self.spec.methods.items():
+            borrowed = self.borrowed.get(method)
+            if borrowed is None:
+                if spec.chosen is not None:
+                    parts.append(f"{method}: not chosen yet ({self.pending[method]})")
+                continue
+            settings = self.origin.configs(borrowed.method)[borrowed.config]
+            text = f"{method}: {borrowed.method}"
+            if settings:
+                text += " at " + ", ".join(f"{k} = {v}" for k, v in settings.items())
+            if not math.isnan(borrowed.score):
+                seeds = ", ".join(map(str, self.origin.select_seeds))
+                text += f" (mean best-validation DSC {100 * borrowed.score:.1f} % there over seeds {seeds}"
+                others = [m for m in spec.candidates if m != borrowed.method]
+                text += f", the highest of {borrowed.method}, {', '.join(others)})" if others else ")"
+            parts.append(text)
+        return f" Chosen in {where}, nothing chosen here: " + "; ".join(parts) + "."
+
+    def _own_rule(self) -> str:
         if not self.gridded_methods():
             return (
                 "No method has a grid: nothing is chosen, each method trains its recipe as it is on "
@@ -288,7 +512,11 @@ class Study:
 
     def engine(self, key: RunKey) -> str:
         """What trains the run: ``mireg`` or ``nnunet``."""
-        return self.spec.methods[key.method].engine
+        borrowed = self._borrowed(key.method)
+        if borrowed is None:
+            return self.spec.methods[key.method].engine
+        assert self.origin is not None
+        return self.origin.engine(RunKey(borrowed.method, borrowed.config, key.amount, key.seed))
 
     def resumable(self, key: RunKey) -> bool:
         """Whether the run started and can continue (a mireg run from its last checkpoint, an
@@ -299,8 +527,8 @@ class Study:
         """The pairs whose paired test-DSC difference the report gives beyond the baseline's: the
         study file's ``compare``, then every other method against each nnU-Net method."""
         pairs = list(self.spec.compare)
-        for reference, spec in self.spec.methods.items():
-            if spec.engine != "nnunet":
+        for reference in self.spec.methods:
+            if "nnunet" not in self.engines(reference):
                 continue
             others = [m for m in self.spec.methods if m != reference]
             pairs += [(m, reference) for m in others if (m, reference) not in pairs]

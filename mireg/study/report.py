@@ -406,7 +406,7 @@ def _epoch_table(study: Study, rows: list[Row]) -> list[str]:
         "runs fall away late. Test numbers are free of the flattery: a run's is its chosen "
         "checkpoint's, on patients the choice never saw."
     )
-    if any(spec.engine == "nnunet" for spec in study.spec.methods.values()):
+    if any("nnunet" in study.engines(method) for method in study.spec.methods):
         text += (
             ' An nnU-Net run (engine = "nnunet") validates and tests its final checkpoint only, so '
             "its two numbers are one: compare a mireg method's validation with it at the last epoch."
@@ -626,7 +626,8 @@ def standing(study: Study, jobs: int) -> tuple[list[Table], str]:
         f"study {study.spec.name}: {len(plan)} runs in {study.out}: {count['done']} finished, "
         f"{count['resume']} to resume, {count['train']} to train"
     )
-    return tables, head + "\n" + _time_left(plan, records, jobs)
+    taken = study.borrowed_rule().strip()  # what the chosen methods train, and where it was chosen
+    return tables, head + "\n" + (f"{taken}\n" if taken else "") + _time_left(plan, records, jobs)
 
 
 def _choices(

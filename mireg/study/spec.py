@@ -15,13 +15,21 @@ from mireg.recipe import (
 )
 from mireg.schema import Strict
 
-__all__ = ["MethodSpec", "QuickSpec", "StudySpec", "load_study"]
+__all__ = ["ChoicesFromSpec", "MethodSpec", "QuickSpec", "StudySpec", "load_study"]
 
 
 class MethodSpec(Strict):
-    """``[methods.NAME]``: a recipe, overrides for every run, and an optional grid of settings."""
+    """``[methods.NAME]``: a recipe (or a method chosen in another study), overrides for every run,
+    and an optional grid of settings."""
 
-    recipe: Path = Field(description="recipe file, relative to the study file")
+    recipe: Path | None = Field(None, description="recipe file, relative to the study file")
+    chosen: str | list[str] | None = Field(
+        None,
+        description="instead of a recipe: the method of the [choices_from] study whose configuration "
+        "chosen there on validation this method trains (its recipe, engine, overrides and setting); "
+        "a list: the one of them whose chosen configuration has the highest mean best-validation DSC "
+        "there (ties to the first listed)",
+    )
     engine: Literal["mireg", "nnunet"] = Field(
         "mireg",
         description="what trains the runs: mireg (the recipe), or nnU-Net v2 on the recipe's data, "
@@ -34,11 +42,40 @@ class MethodSpec(Strict):
     )
 
     @model_validator(mode="after")
-    def _non_empty_grid(self) -> MethodSpec:
+    def _one_source(self) -> MethodSpec:
         for key, values in self.grid.items():
             if not values:
                 raise ValueError(f"grid.{key} has no values")
+        if (self.recipe is None) == (self.chosen is None):
+            raise ValueError("give recipe or chosen (one of them)")
+        if self.chosen is not None:
+            names = [self.chosen] if isinstance(self.chosen, str) else self.chosen
+            if not names or len(set(names)) != len(names):
+                raise ValueError(f"chosen must name one method or several different ones, got {self.chosen}")
+            if self.grid:
+                raise ValueError("a chosen method has no grid: its setting was chosen in the other study")
+            if "engine" in self.model_fields_set:
+                raise ValueError("a chosen method trains with the other study's engine: leave engine out")
         return self
+
+    @property
+    def candidates(self) -> list[str]:
+        """The other study's methods named by ``chosen`` (empty for a method with a recipe)."""
+        if self.chosen is None:
+            return []
+        return [self.chosen] if isinstance(self.chosen, str) else list(self.chosen)
+
+
+class ChoicesFromSpec(Strict):
+    """``[choices_from]``: the study whose choices on validation the ``chosen`` methods train."""
+
+    study: Path = Field(description="study file, relative to this one")
+    at: float | None = Field(
+        None,
+        description="the labelled amount there whose choices are taken: a ratio (0.05) where that "
+        "study gives labeled_ratios, a patient count (3) where it gives labeled_patients (default: its "
+        "first; its full-label method's choice is made with every label)",
+    )
 
 
 class QuickSpec(Strict):
@@ -69,6 +106,7 @@ class StudySpec(Strict):
     select_seeds: list[int] | None = Field(None, description="seeds the grids are chosen on")
     set: list[str] = Field(default_factory=list, description="overrides for every run")
     runs_dir: Path = Field(Path("runs/studies"), description="the study writes runs_dir/<name>/")
+    choices_from: ChoicesFromSpec | None = None
     quick: QuickSpec = QuickSpec()
 
     @model_validator(mode="after")
@@ -96,6 +134,9 @@ class StudySpec(Strict):
                     raise ValueError(f"compare: {name!r} is not one of the methods {list(self.methods)}")
             if method == versus:
                 raise ValueError(f"compare: {method!r} is compared with itself")
+        chosen = [name for name, method in self.methods.items() if method.chosen is not None]
+        if chosen and self.choices_from is None:
+            raise ValueError(f"methods.{chosen[0]}.chosen needs [choices_from] (the study that chose)")
         return self
 
 
