@@ -25,6 +25,7 @@ from mireg.study.report import compare_methods, markdown, summarize_study
 from mireg.study.runner import launch_of, run_study
 from mireg.study.runs import RunKey, RunRecord, read_record
 from mireg.study.spec import load_study
+from mireg.study.workflow import conduct
 from mireg.training.rundir import RunDir
 
 from .helpers import tiny_recipe, wait_for
@@ -86,7 +87,10 @@ def _record(key: RunKey, val: float, test: float) -> RunRecord:
 @pytest.mark.parametrize(
     "path", sorted((Path(__file__).parents[1] / "recipes" / "studies").glob("*.toml")), ids=lambda p: p.stem
 )
-def test_the_shipped_study_files_load_and_every_configuration_validates(path: Path) -> None:
+def test_the_shipped_study_files_load_and_every_configuration_validates(
+    path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # a follow-up reads its choices from runs/studies: none here
     study = Study(load_study(path), path)
     study.check()  # every method and configuration, on the meta device
     assert study.total_runs() > 0
@@ -585,25 +589,47 @@ study = "study.toml"
 chosen = "partial"
 [methods.best]
 chosen = ["udaiic", "partial"]
+[methods.udaiic]
+chosen = "udaiic"
 [methods.full]
 chosen = "full"
 """
 
 
+def _without(recipe: dict[str, Any], *keys: str) -> dict[str, Any]:
+    """``recipe`` without the ``section.key`` entries ``keys``."""
+    copy = json.loads(json.dumps(recipe))
+    for key in keys:
+        section, name = key.split(".")
+        copy[section].pop(name) if section != "top" else copy.pop(name)
+    return copy
+
+
 def test_a_study_trains_the_configurations_another_study_chose_on_validation(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    origin, _ = _grid_study(tmp_path)
+    _recipes(tmp_path)
+    origin_file = _study_file(tmp_path, 'set = ["train.iterations_per_epoch=3"]\n' + GRID_STUDY)
+    origin = Study(load_study(origin_file), origin_file)
     path = tmp_path / "follow.toml"
     path.write_text(f'runs_dir = "{tmp_path / "out"}"\n' + FOLLOW_STUDY)
-    # Before the other study chose: every configuration it may choose validates, nothing trains.
+    # Before the other study chose: every configuration it may choose validates, nothing trains;
+    # a method with nothing to choose (udaiic and full have no grid there) needs no wait.
     waiting = Study(load_study(path), path)
     waiting.check()
-    assert waiting.borrowed == {} and waiting.total_runs() == 6
-    with pytest.raises(MiregError, match=r"has not chosen partial at 50 % yet \(0 of its 4 selection runs"):
+    assert {m: (b.method, b.config) for m, b in waiting.borrowed.items()} == {
+        "udaiic": ("udaiic", 0),
+        "full": ("full", 0),
+    }
+    assert waiting.total_runs() == 8
+    with pytest.raises(MiregError, match=r"has not chosen partial at 50 % yet: 0 of its 4 selection runs"):
         waiting.recipe(waiting.selection_runs()[0])
     result = cli("study", path, "--plan")
-    assert result.code == 1 and "Traceback" not in result.err
-    assert "methods.partial" in result.err and "has not chosen partial" in " ".join(result.err.split())
+    err = " ".join(result.err.split())
+    assert result.code == 1 and "Traceback" not in err and f"{path}: methods.partial.chosen: " in err
+    assert f"have finished in {origin.out}" in err and not (tmp_path / "out" / "f").exists()
 
+    # A selection run that failed there: no choice is taken until it has been retried.
+    run_study(origin, _InstantExecutor(1, failing=("partial-c0-50pct-s2",)))
+    assert "3 of its 4 selection runs" in Study(load_study(path), path).pending["partial"]
     run_study(origin, _InstantExecutor(1))  # validation DSC 0.8 for configuration 1, 0.7 for 0
     for seed, val in ((1, 0.95), (2, 0.9)):  # udaiic above partial's chosen 0.8 on validation
         shutil.rmtree(origin.run_dir(RunKey("udaiic", 0, origin.amounts[0], seed)).path)
@@ -612,11 +638,13 @@ def test_a_study_trains_the_configurations_another_study_chose_on_validation(cli
     assert {m: (b.method, b.config) for m, b in study.borrowed.items()} == {
         "partial": ("partial", 1),
         "best": ("udaiic", 0),
+        "udaiic": ("udaiic", 0),
         "full": ("full", 0),
     }
     assert study.borrowed["best"].score == pytest.approx(0.925)
     assert study.borrowed["partial"].score == pytest.approx(0.8)
-    rule = study.rule()
+    assert study.rule().startswith("Nothing is chosen in this study")
+    rule = " ".join(study.rule().split())
     assert "partial: partial at optim.lr = 3e-05 (mean best-validation DSC 80.0 % there" in rule
     assert (
         "best: udaiic (mean best-validation DSC 92.5 % there over seeds 1, 2, the highest of udaiic, partial)"
@@ -627,27 +655,50 @@ def test_a_study_trains_the_configurations_another_study_chose_on_validation(cli
     assert result.code == 0 and "partial: partial at optim.lr = 3e-05" in " ".join(result.out.split())
 
     executor = _InstantExecutor(1)
-    records = run_study(study, executor)
+    outcome = conduct(study, executor)
     assert executor.started == [
-        "partial-c0-50pct-s1", "best-c0-50pct-s1", "full-c0-all-s1",
-        "partial-c0-50pct-s2", "best-c0-50pct-s2", "full-c0-all-s2",
+        "partial-c0-50pct-s1", "best-c0-50pct-s1", "udaiic-c0-50pct-s1", "full-c0-all-s1",
+        "partial-c0-50pct-s2", "best-c0-50pct-s2", "udaiic-c0-50pct-s2", "full-c0-all-s2",
     ]  # fmt: skip
-    assert {r.status for r in records} == {"done"}
-    recipes = {k.name: study.recipe(k) for k in study.selection_runs()}
-    partial = recipes["partial-c0-50pct-s2"]
-    assert partial["optim"]["lr"] == 3e-5 and partial["train"]["epochs"] == 8 and partial["seed"] == 2
-    assert partial["data"]["labeled_ratio"] == 0.5 and partial["name"] == "partial-c0-50pct-s2"
-    udaiic = origin.recipe(RunKey("udaiic", 0, origin.amounts[0], 1))["regularizers"]
-    assert recipes["best-c0-50pct-s1"]["regularizers"] == udaiic and udaiic
-    assert recipes["full-c0-all-s1"]["data"]["labeled_ratio"] == 1.0
-    assert Path(recipes["full-c0-all-s1"]["train"]["runs_dir"]) == tmp_path / "out" / "f" / "runs"
+    assert {r.status for r in outcome.records} == {"done"}
+    taken = json.loads((study.out / "study.json").read_text())["taken_from"]
+    assert taken["study"] == str(origin_file)
+    assert taken["methods"]["partial"] == {
+        "method": "partial",
+        "config": 1,
+        "settings": {"optim.lr": 3e-5},
+        "val_dice": pytest.approx(0.8),
+    }
+    # Each run's recipe is the other study's for the same configuration and seed (its overrides
+    # included), with this study's own on top: here the epochs.
+    for method, (there, config) in {
+        "partial": ("partial", 1),
+        "best": ("udaiic", 0),
+        "full": ("full", 0),
+    }.items():
+        amount = study.amounts_of(method)[0]
+        mine = study.recipe(RunKey(method, 0, amount, 2))
+        theirs = origin.recipe(RunKey(there, config, amount, 2))
+        assert mine["train"]["epochs"] == 8 and mine["train"]["iterations_per_epoch"] == 3
+        assert _without(mine, "top.name", "train.runs_dir", "train.epochs") == _without(
+            theirs, "top.name", "train.runs_dir", "train.epochs"
+        )
     # Under --quick nothing is read: the first method listed, at its first configuration.
     quick = Study(load_study(path), path, quick=True)
     assert {m: (b.method, b.config) for m, b in quick.borrowed.items()} == {
         "partial": ("partial", 0),
         "best": ("udaiic", 0),
+        "udaiic": ("udaiic", 0),
         "full": ("full", 0),
     }
+    # The other study's file changed since its runs were planned: its choices are not taken.
+    origin_file.write_text(
+        origin_file.read_text().replace("iterations_per_epoch=3", "iterations_per_epoch=4")
+    )
+    with pytest.raises(MiregError) as info:
+        Study(load_study(path), path)
+    assert info.value.message.startswith(f"{path}: choices_from.study: ")
+    assert "the study file changed" in info.value.message and "restore" in (info.value.hint or "")
 
 
 def test_a_study_that_takes_another_ones_choices_names_what_is_wrong(tmp_path: Path) -> None:
@@ -680,12 +731,23 @@ def test_a_study_that_takes_another_ones_choices_names_what_is_wrong(tmp_path: P
     assert "leave engine out" in problem(
         FOLLOW_STUDY.replace('chosen = "full"', 'chosen = "full"\nengine = "mireg"')
     )
-    # A study that takes its choices from one that takes them from it: refused, not followed forever.
-    loop = FOLLOW_STUDY.replace('"study.toml"', '"follow.toml"')
-    assert "takes its choices from this study in turn" in problem(loop)
+    # The method with every label takes the other study's method with every label, and only it does.
+    assert "methods.full.chosen: 'partial' is not the method with every label" in problem(
+        FOLLOW_STUDY.replace('chosen = "full"', 'chosen = "partial"')
+    )
+    assert "methods.udaiic.chosen: 'full' is the method with every label" in problem(
+        FOLLOW_STUDY.replace('chosen = "udaiic"\n', 'chosen = "full"\n')
+    )
+    # Choices come from the study that made them, not from one that took them in turn.
+    assert "takes its own choices from another study" in problem(
+        FOLLOW_STUDY.replace('"study.toml"', '"follow.toml"')
+    )
 
 
-def test_the_follow_up_studies_train_the_strong_studys_methods_on_their_own_cohort_and_schedule() -> None:
+def test_the_follow_up_studies_train_the_strong_studys_methods_on_their_own_cohort_and_schedule(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no runs of phantom_strong here, whatever this checkout holds
     studies = Path(__file__).parents[1] / "recipes" / "studies"
     unseen = Study(
         load_study(studies / "phantom_strong_unseen.toml"), studies / "phantom_strong_unseen.toml", quick=True
@@ -701,8 +763,9 @@ def test_the_follow_up_studies_train_the_strong_studys_methods_on_their_own_coho
         path = studies / f"phantom_strong_{length}.toml"
         study = Study(load_study(path), path)
         assert study.spec.methods["best_semi"].candidates == ["cps_strong", "bcp_strong", "udaiic_strong"]
+        assert set(study.seeds) == set(study.origin.held_out_seeds)  # type: ignore[union-attr]
         # Whichever configuration phantom_strong chooses, it trains at this study's length.
-        key = RunKey("partial_strong", 0, study.amounts[0], 10)
+        key = RunKey("partial_strong", 0, study.amounts[0], 13)
         recipe = study._recipe(key, Borrowed("partial_strong", 1, math.nan))
         assert recipe["train"]["epochs"] == epochs and recipe["optim"]["lr"] == 0.003
 

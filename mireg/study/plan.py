@@ -53,21 +53,14 @@ class Study:
         source: The study file (recipes are relative to its folder).
         quick: Apply the ``[quick]`` preset.
         device: ``train.device`` for every run (``None``: each recipe's own).
-        following: The study files whose ``[choices_from]`` led here (a loop is an error).
 
     Raises:
-        RecipeError: ``[choices_from]`` names a study that cannot be read, a method it does not
-            have, or an amount it does not train.
+        RecipeError: ``[choices_from]`` names a study that cannot be read, that takes its own
+            choices from another, or has not the methods, roles or amount named here.
+        MiregError: That study's runs were planned from another version of its file.
     """
 
-    def __init__(
-        self,
-        spec: StudySpec,
-        source: Path,
-        quick: bool = False,
-        device: str | None = None,
-        following: frozenset[Path] = frozenset(),
-    ) -> None:
+    def __init__(self, spec: StudySpec, source: Path, quick: bool = False, device: str | None = None) -> None:
         self.spec, self.source, self.quick, self.device = spec, source, quick, device
         self.seeds = spec.seeds[: spec.quick.seeds] if quick else list(spec.seeds)
         select = spec.select_seeds if spec.select_seeds is not None else spec.seeds
@@ -86,24 +79,27 @@ class Study:
         #: Per ``chosen`` method whose choice the other study has not made yet: why.
         self.pending: dict[str, str] = {}
         if spec.choices_from is not None:
-            self._borrow(spec.choices_from, following | {source.resolve()})
+            self._borrow(spec.choices_from)
 
     # ------------------------------------------------------------------------ another study's choices
 
-    def _borrow(self, choices: ChoicesFromSpec, following: frozenset[Path]) -> None:
+    def _borrow(self, choices: ChoicesFromSpec) -> None:
         """Read the choices the ``[choices_from]`` study made on validation (under ``--quick``:
         each ``chosen`` method's first candidate at its first configuration, nothing read)."""
         path = choices.study if choices.study.is_absolute() else self.source.parent / choices.study
         where = f"{self.source}: choices_from.study"
-        if path.resolve() in following:
-            raise RecipeError(f"{where}: {path} takes its choices from this study in turn")
         if not path.is_file():
             raise RecipeError(f"{where}: {path} does not exist")
         try:
-            origin = Study(load_study(path), path, following=following)
+            spec = load_study(path)
         except RecipeError as exc:
             raise RecipeError(f"{where}: {exc.message}", exc.hint) from None
-        self.origin = origin
+        if spec.choices_from is not None:  # one step: what a study chose, not what it took
+            raise RecipeError(
+                f"{where}: {path} takes its own choices from another study",
+                f"take them from where they were made: {spec.choices_from.study}",
+            )
+        self.origin = origin = Study(spec, path)
         amount = origin.amount_at(choices.at, f"{self.source}: choices_from.at")
         for name, method in self.spec.methods.items():
             for candidate in method.candidates:
@@ -112,26 +108,34 @@ class Study:
                         f"{self.source}: methods.{name}.chosen: {candidate!r} is not a method of {path}",
                         f"its methods: {', '.join(origin.spec.methods)}",
                     )
-        records = [] if self.quick else origin.finished_selection_records()
+                if (name == self.spec.full) != (candidate == origin.spec.full):
+                    raise RecipeError(
+                        f"{self.source}: methods.{name}.chosen: {candidate!r} "
+                        + ("is not" if name == self.spec.full else "is")
+                        + f" the method with every label of {path} ({origin.spec.full}), and {name!r} "
+                        + ("is" if name == self.spec.full else "is not")
+                        + " this study's (full)",
+                        "the method with every label takes the other study's method with every label",
+                    )
+        try:
+            records = [] if self.quick else origin.finished_selection_records()
+        except MiregError as exc:
+            raise MiregError(
+                f"{where}: {exc.message}",
+                f"the runs in {origin.out} were planned from another version of {path}: restore "
+                "that version to take their choices (the runs are kept)",
+            ) from None
         for name, method in self.spec.methods.items():
             best: Borrowed | None = None
             for candidate in method.candidates:
-                if self.quick:
+                single = len(method.candidates) == 1 and len(origin.configs(candidate)) == 1
+                if self.quick or single:  # nothing to choose (or, under --quick, nothing read)
                     best = best or Borrowed(candidate, 0, math.nan)
                     continue
                 at = origin.amounts_of(candidate)[0] if candidate == origin.spec.full else amount
                 made = origin.settled_choice(records, candidate, at)
                 if made is None:
-                    runs = [
-                        k
-                        for k in origin.selection_runs()
-                        if (k.method, k.amount) == (candidate, at) and k.seed in origin.select_seeds
-                    ]
-                    finished = sum(origin.run_dir(k).finished for k in runs)
-                    self.pending[name] = (
-                        f"{path} has not chosen {candidate} at {at.text} yet ({finished} of its "
-                        f"{len(runs)} selection runs there finished)"
-                    )
+                    self.pending[name] = origin.unsettled(records, candidate, at)
                     best = None
                     break
                 if best is None or made[1] > best.score:
@@ -169,18 +173,28 @@ class Study:
     def settled_choice(
         self, records: list[RunRecord], method: str, amount: Amount
     ) -> tuple[int, float] | None:
-        """The configuration chosen for ``method`` at ``amount`` and its mean best-validation DSC
-        over the selection seeds, once all those selection runs finished (None before): the rule of
-        :meth:`choose`, for a method with a grid or without."""
-        best: tuple[int, float] | None = None
-        for config in range(len(self.configs(method))):
-            scores = self.validation_scores(records, method, config, amount.label)
-            if len(scores) != len(self.select_seeds):
-                return None
-            score = sum(scores) / len(scores)
-            if best is None or score > best[1]:
-                best = (config, score)
-        return best
+        """The configuration :meth:`choose` picks for ``method`` at ``amount`` (with a grid or
+        without) and its mean best-validation DSC over the selection seeds, once every one of those
+        selection runs has finished (None before: a run that failed must be retried first)."""
+        configs = range(len(self.configs(method)))
+        complete = [len(self.validation_scores(records, method, c, amount.label)) for c in configs]
+        if any(n != len(self.select_seeds) for n in complete):
+            return None
+        return self._best(records, method, amount)
+
+    def unsettled(self, records: list[RunRecord], method: str, amount: Amount) -> str:
+        """Why :meth:`settled_choice` gives no choice for ``method`` at ``amount`` yet."""
+        runs = [k for k in self.selection_runs() if (k.method, k.amount) == (method, amount)]
+        runs = [k for k in runs if k.seed in self.select_seeds]
+        done = {r.name for r in records if r.status == "done"}
+        finished = sum(k.name in done for k in runs)
+        at = "with every label" if amount.kind == "all" else f"at {amount.text}"
+        if finished < len(runs):
+            return (
+                f"{self.source} has not chosen {method} {at} yet: {finished} of its {len(runs)} "
+                f"selection runs there have finished in {self.out}"
+            )
+        return f"{self.source}: no configuration of {method} {at} has a validation DSC in {self.out}"
 
     def _borrowed(self, method: str) -> Borrowed | None:
         """What a ``chosen`` method trains (None for a method with its own recipe).
@@ -193,11 +207,20 @@ class Study:
         if method not in self.borrowed:
             assert self.origin is not None
             raise MiregError(
-                f"{self.source}: methods.{method}: {self.pending[method]}",
-                f"run that study first (mireg study {self.origin.source}): the choice is made once "
-                "those runs finished",
+                f"{self.source}: methods.{method}.chosen: {self.pending[method]}",
+                f"run that study first, from the folder its runs_dir is relative to (mireg study "
+                f"{self.origin.source}); the choice is made once those runs have finished",
             )
         return self.borrowed[method]
+
+    def require_choices(self) -> None:
+        """Check that every ``chosen`` method's choice has been made (before anything trains).
+
+        Raises:
+            MiregError: The first method whose choice the other study has not made yet.
+        """
+        for method in self.pending:
+            self._borrowed(method)
 
     # -------------------------------------------------------------------------------- configurations
 
@@ -406,22 +429,28 @@ class Study:
 
     def choose(self, records: list[RunRecord]) -> dict[tuple[str, str], int]:
         """Per gridded method and amount, the configuration with the best mean validation DSC over
-        the selection seeds; only configurations whose selection runs all finished compete, and a
-        tie goes to the one listed first. The test split is never read here."""
+        the selection seeds (:meth:`_best`). The test split is never read here."""
         chosen: dict[tuple[str, str], int] = {}
         for method in self.gridded_methods():
             for amount in self.amounts_of(method):
-                best, best_score = None, -math.inf
-                for config in range(len(self.configs(method))):
-                    scores = self.validation_scores(records, method, config, amount.label)
-                    if len(scores) != len(self.select_seeds):
-                        continue
-                    score = sum(scores) / len(scores)
-                    if score > best_score:
-                        best, best_score = config, score
+                best = self._best(records, method, amount)
                 if best is not None:
-                    chosen[(method, amount.label)] = best
+                    chosen[(method, amount.label)] = best[0]
         return chosen
+
+    def _best(self, records: list[RunRecord], method: str, amount: Amount) -> tuple[int, float] | None:
+        """The rule: the configuration with the highest mean best-validation DSC over the selection
+        seeds, and that mean; only configurations whose selection runs all finished compete, and a
+        tie goes to the one listed first (None: none competes)."""
+        best, best_score = None, -math.inf
+        for config in range(len(self.configs(method))):
+            scores = self.validation_scores(records, method, config, amount.label)
+            if len(scores) != len(self.select_seeds):
+                continue
+            score = sum(scores) / len(scores)
+            if score > best_score:
+                best, best_score = config, score
+        return None if best is None else (best, best_score)
 
     def rule(self) -> str:
         """The selection rule, as the report states it."""
@@ -431,15 +460,13 @@ class Study:
         """What each ``chosen`` method trains, and where that was chosen."""
         if self.origin is None:
             return ""
-        where = f"{self.origin.source}, on its validation split"
+        where = f"{self.origin.source} (chosen there on its validation split)"
         if self.quick:
             where = f"{self.origin.source} (--quick: the first listed, at its first configuration, unread)"
         parts = []
         for method, spec in self.spec.methods.items():
             borrowed = self.borrowed.get(method)
-            if borrowed is None:
-                if spec.chosen is not None:
-                    parts.append(f"{method}: not chosen yet ({self.pending[method]})")
+            if borrowed is None:  # a method with its own recipe, or a choice not made yet
                 continue
             settings = self.origin.configs(borrowed.method)[borrowed.config]
             text = f"{method}: {borrowed.method}"
@@ -451,9 +478,14 @@ class Study:
                 others = [m for m in spec.candidates if m != borrowed.method]
                 text += f", the highest of {borrowed.method}, {', '.join(others)})" if others else ")"
             parts.append(text)
-        return f" Chosen in {where}, nothing chosen here: " + "; ".join(parts) + "."
+        return f" Taken from {where}: " + "; ".join(parts) + "."
 
     def _own_rule(self) -> str:
+        if not self.gridded_methods() and self.origin is not None:
+            return (
+                "Nothing is chosen in this study: each method trains on every seed. The test split is "
+                "read only for this report."
+            )
         if not self.gridded_methods():
             return (
                 "No method has a grid: nothing is chosen, each method trains its recipe as it is on "

@@ -567,6 +567,19 @@ def write_study_report(study: Study, records: list[RunRecord], rows: list[Row]) 
         "comparisons": [_plain(asdict(c)) for c in comparisons],
         "runs": records_to_json(records),
     }
+    if study.origin is not None:  # what each chosen method trains, and where it was chosen
+        data["taken_from"] = {
+            "study": str(study.origin.source),
+            "methods": {
+                method: {
+                    "method": b.method,
+                    "config": b.config,
+                    "settings": study.origin.configs(b.method)[b.config],
+                    "val_dice": None if math.isnan(b.score) else b.score,
+                }
+                for method, b in study.borrowed.items()
+            },
+        }
     paths = [out / "study.md", out / "study.json", out / "study.csv", out / "study.png"]
     atomic_write_text(paths[0], markdown(study, rows, comparisons))
     atomic_write_text(paths[1], json.dumps(data, indent=1) + "\n")

@@ -30,12 +30,14 @@ def open_study(path: Path, quick: bool = False, device: str | None = None) -> St
 
     Raises:
         RecipeError: The study file, or a recipe it makes, is invalid; or ``device`` is unknown.
+        MiregError: A method trains another study's choice, which that study has not made yet.
     """
     spec = load_study(path)
     if device is not None:
         resolve_device(device, "--device")
     study = Study(spec, path, quick, device)
     study.check()
+    study.require_choices()
     return study
 
 
