@@ -712,36 +712,23 @@ def test_a_study_that_takes_another_ones_choices_names_what_is_wrong(tmp_path: P
             Study(load_study(path), path)
         return " ".join(info.value.message.split())
 
-    assert "choices_from.study: " in problem(FOLLOW_STUDY.replace('"study.toml"', '"nope.toml"'))
-    assert "methods.best.chosen: 'nope' is not a method of" in problem(
-        FOLLOW_STUDY.replace('["udaiic", "partial"]', '["udaiic", "nope"]')
-    )
-    assert "choices_from.at: " in problem(
-        FOLLOW_STUDY.replace('study = "study.toml"', 'study = "study.toml"\nat = 0.3')
-    )
-    assert "needs [choices_from]" in problem(
-        FOLLOW_STUDY.replace('[choices_from]\nstudy = "study.toml"\n', "")
-    )
-    assert "give recipe or chosen" in problem(
-        FOLLOW_STUDY.replace('chosen = "full"', 'chosen = "full"\nrecipe = "full.toml"')
-    )
-    assert "a chosen method has no grid" in problem(
-        FOLLOW_STUDY + '[methods.full.grid]\n"optim.lr" = [1e-5]\n'
-    )
-    assert "leave engine out" in problem(
-        FOLLOW_STUDY.replace('chosen = "full"', 'chosen = "full"\nengine = "mireg"')
-    )
-    # The method with every label takes the other study's method with every label, and only it does.
-    assert "methods.full.chosen: 'partial' is not the method with every label" in problem(
-        FOLLOW_STUDY.replace('chosen = "full"', 'chosen = "partial"')
-    )
-    assert "methods.udaiic.chosen: 'full' is the method with every label" in problem(
-        FOLLOW_STUDY.replace('chosen = "udaiic"\n', 'chosen = "full"\n')
-    )
-    # Choices come from the study that made them, not from one that took them in turn.
-    assert "takes its own choices from another study" in problem(
-        FOLLOW_STUDY.replace('"study.toml"', '"follow.toml"')
-    )
+    edits = [  # (text to replace, its replacement, what the error says)
+        ('"study.toml"', '"nope.toml"', "choices_from.study: "),
+        ('["udaiic", "partial"]', '["udaiic", "nope"]', "methods.best.chosen: 'nope' is not a method of"),
+        ('study = "study.toml"', 'study = "study.toml"\nat = 0.3', "choices_from.at: "),
+        ('[choices_from]\nstudy = "study.toml"\n', "", "needs [choices_from]"),
+        ('chosen = "full"', 'chosen = "full"\nrecipe = "full.toml"', "give recipe or chosen"),
+        ('chosen = "full"', 'chosen = "full"\n[methods.full.grid]\n"optim.lr" = [1e-5]', "has no grid"),
+        ('chosen = "full"', 'chosen = "full"\nengine = "mireg"', "leave engine out"),
+        # The method with every label takes the other study's method with every label, and only it.
+        ('chosen = "full"', 'chosen = "partial"', "full.chosen: 'partial' is not the method with every"),
+        ('chosen = "udaiic"\n', 'chosen = "full"\n', "udaiic.chosen: 'full' is the method with every"),
+        # Choices come from the study that made them, not from one that took them in turn.
+        ('"study.toml"', '"follow.toml"', "takes its own choices from another study"),
+    ]  # fmt: skip
+    for old, new, message in edits:
+        assert old in FOLLOW_STUDY
+        assert message in problem(FOLLOW_STUDY.replace(old, new)), (old, new)
 
 
 def test_the_follow_up_studies_train_the_strong_studys_methods_on_their_own_cohort_and_schedule(
