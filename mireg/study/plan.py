@@ -22,7 +22,7 @@ from mireg.study.runs import ALL_LABELS, Amount, PlannedRun, RunKey, RunRecord, 
 from mireg.study.spec import ChoicesFromSpec, StudySpec, load_study
 from mireg.training.rundir import RunDir
 
-__all__ = ["Borrowed", "Order", "Study", "duration", "minutes_left", "minutes_per_run"]
+__all__ = ["Borrowed", "Order", "Study", "duration", "minutes_left", "minutes_per_run", "settings_text"]
 
 #: Which runs of a study train first (:meth:`Study.selection_runs`).
 Order = Literal["seeds", "methods"]
@@ -468,10 +468,8 @@ class Study:
             borrowed = self.borrowed.get(method)
             if borrowed is None:  # a method with its own recipe, or a choice not made yet
                 continue
-            settings = self.origin.configs(borrowed.method)[borrowed.config]
-            text = f"{method}: {borrowed.method}"
-            if settings:
-                text += " at " + ", ".join(f"{k} = {v}" for k, v in settings.items())
+            settings = settings_text(self.origin.configs(borrowed.method)[borrowed.config])
+            text = f"{method}: {borrowed.method}" + (f" at {settings}" if settings else "")
             if not math.isnan(borrowed.score):
                 seeds = ", ".join(map(str, self.origin.select_seeds))
                 text += f" (mean best-validation DSC {100 * borrowed.score:.1f} % there over seeds {seeds}"
@@ -481,12 +479,12 @@ class Study:
         return f" Taken from {where}: " + "; ".join(parts) + "."
 
     def _own_rule(self) -> str:
-        if not self.gridded_methods() and self.origin is not None:
-            return (
-                "Nothing is chosen in this study: each method trains on every seed. The test split is "
-                "read only for this report."
-            )
         if not self.gridded_methods():
+            if self.origin is not None:
+                return (
+                    "Nothing is chosen in this study: each method trains on every seed. The test split "
+                    "is read only for this report."
+                )
             return (
                 "No method has a grid: nothing is chosen, each method trains its recipe as it is on "
                 "every seed. The test split is read only for this report."
@@ -664,6 +662,11 @@ def _same_but_device(written: Path, planned: dict[str, Any]) -> bool:
         return dump_toml(raw)
 
     return without_device(old) == without_device(planned)
+
+
+def settings_text(settings: dict[str, Any]) -> str:
+    """A configuration's settings as ``key = value, ...`` (empty for none)."""
+    return ", ".join(f"{k} = {v}" for k, v in settings.items())
 
 
 def duration(seconds: float) -> str:

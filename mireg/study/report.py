@@ -17,7 +17,7 @@ from typing import Any
 
 from mireg.evaluation.report import markdown_table
 from mireg.files import atomic_write, atomic_write_text
-from mireg.study.plan import Study, duration, minutes_left, minutes_per_run
+from mireg.study.plan import Study, duration, minutes_left, minutes_per_run, settings_text
 from mireg.study.runs import Amount, PlannedRun, RunRecord, records_to_json
 from mireg.study.stats import Estimate, PairedDifference, estimate, gap_share, paired_difference
 
@@ -237,7 +237,7 @@ def _difference(d: PairedDifference | None) -> str:
 
 
 def _settings(settings: dict[str, Any]) -> str:
-    return ", ".join(f"{k} = {v}" for k, v in settings.items()) or "recipe as is"
+    return settings_text(settings) or "recipe as is"
 
 
 def _chosen(row: Row) -> str:

@@ -49,7 +49,7 @@ class MethodSpec(Strict):
         if (self.recipe is None) == (self.chosen is None):
             raise ValueError("give recipe or chosen (one of them)")
         if self.chosen is not None:
-            names = [self.chosen] if isinstance(self.chosen, str) else self.chosen
+            names = self.candidates
             if not names or len(set(names)) != len(names):
                 raise ValueError(f"chosen must name one method or several different ones, got {self.chosen}")
             if self.grid:
