@@ -631,6 +631,14 @@ def study(
             "validation so far and the time left (with --executor slurm, the study's jobs in the queue).",
         ),
     ] = False,
+    interim: Annotated[
+        bool,
+        typer.Option(
+            "--interim",
+            help="Train nothing: write the report of the runs finished so far (interim.md, .json, "
+            ".csv, .png); a method with a grid has test numbers once its configuration is chosen.",
+        ),
+    ] = False,
     archive: Annotated[
         Optional[Path],
         typer.Option(
@@ -688,19 +696,32 @@ def study(
     """Compare methods over labelled amounts and seeds, settings chosen on validation only.
 
     Writes study.md, study.json, study.csv and study.png. Finished runs are reused and interrupted
-    ones resumed, so a stopped study continues where it stopped when run again. With --executor slurm
+    ones resumed, so a stopped study continues where it stopped when run again; --interim reports
+    the runs finished so far. With --executor slurm
     each run is a Slurm job; run again, the study follows the jobs still queued instead of
     submitting them twice.
     """
     _require_torch("mireg study")
     from mireg.study.executors import Executor
-    from mireg.study.report import overview, standing
+    from mireg.study.report import overview, standing, write_interim_report
     from mireg.study.workflow import conduct, local_executor, open_study, slurm_executor
 
-    if archive is not None and show_plan:
-        raise typer.BadParameter("--archive and --plan each train nothing: give one", param_hint="--archive")
+    given = {"--plan": show_plan, "--interim": interim, "--archive": archive is not None}
+    alone = [name for name, on in given.items() if on]
+    if len(alone) > 1:
+        raise typer.BadParameter(f"{' and '.join(alone)} each train nothing: give one", param_hint=alone[-1])
     plan = open_study(study_file, quick, device)
     spec = plan.spec
+    if interim:
+        made = write_interim_report(plan)
+        if not made.paths:
+            console.print(f"no run of {spec.name} has finished yet: no interim report", markup=False)
+            return
+        header, table = overview(plan, made.rows)
+        title = f"study {spec.name}, {made.finished} of {made.total} runs finished: test set (in interim.md)"
+        console.print(_plain_table(header, table, title))
+        console.print(f"interim report: {', '.join(str(p) for p in made.paths)}", markup=False)
+        return
     if archive is not None:
         from mireg.study.archive import archive_study
 

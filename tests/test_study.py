@@ -317,12 +317,13 @@ def test_a_configuration_missing_a_selection_run_does_not_compete(tmp_path: Path
     assert study.choose(records) == {("partial", "50pct"): 0}
 
 
-def _finished_run(run: Path, val: float, seconds: float, epochs: int = 4) -> None:
-    """The files ``mireg train`` leaves in a finished run that a study reads (test DSC 12.3456 %)."""
+def _finished_run(run: Path, val: float, seconds: float, epochs: int = 4, test: float = 0.123456) -> None:
+    """The files ``mireg train`` leaves in a finished run that a study reads (test DSC 12.3456 %
+    unless ``test`` says otherwise)."""
     run.mkdir(parents=True)
     rows = "".join(f"{e},{val},{seconds / epochs}\n" for e in range(1, epochs + 1))
     (run / "metrics.csv").write_text("epoch,val_dice/mean,seconds\n" + rows)
-    summary = {"dice": {"all": {"mean": {"mean": 0.123456}}}, "hd95": {"all": {"mean": {"mean": 9.87}}}}
+    summary = {"dice": {"all": {"mean": {"mean": test}}}, "hd95": {"all": {"mean": {"mean": 9.87}}}}
     (run / "report.json").write_text(json.dumps({"summary": summary}))
 
 
@@ -474,6 +475,59 @@ def test_the_plan_shows_where_a_study_stands_without_training_or_reading_test(cl
     records = [_record(k, 0.8, 0.7) for k in study.selection_runs()]
     md = markdown(study, summarize_study(study, records))
     assert "| val DSC (%) | min / run |" in md and "chosen on validation" not in md
+
+
+def test_an_interim_report_shows_test_numbers_only_of_configurations_chosen_on_validation(
+    cli, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    _recipes(tmp_path, epochs=4)
+    path = _study_file(tmp_path, GRID_STUDY)
+    out = tmp_path / "out" / "s"
+    result = cli("study", path, "--interim")
+    assert result.code == 0 and "no run of s has finished yet: no interim report" in result.out
+    assert not list(out.glob("interim.*"))
+
+    runs = out / "runs"
+    _finished_run(runs / "partial-c0-50pct-s1", 0.60, 120, test=0.401)
+    _finished_run(runs / "partial-c0-50pct-s2", 0.60, 120, test=0.402)
+    _finished_run(runs / "partial-c1-50pct-s1", 0.90, 120, test=0.501)
+    _finished_run(runs / "udaiic-c0-50pct-s1", 0.70, 120, test=0.551)
+    _finished_run(runs / "udaiic-c0-50pct-s2", 0.70, 120, test=0.552)
+    _finished_run(runs / "full-c0-all-s1", 0.95, 120, test=0.901)
+    result = cli("study", path, "--interim")
+    assert result.code == 0, result.err
+    md = (out / "interim.md").read_text()
+    assert md.startswith("# Study s: interim\n\nInterim: 6 of 11 runs finished.")
+    # c0's selection runs all finished, c1's not: no choice yet, so neither shows a test number
+    # (the configuration complete so far is not taken for the choice).
+    assert "not chosen: selection runs unfinished" in md
+    assert "40.1" not in md and "40.2" not in md and "50.1" not in md
+    assert "55.2 ± 0.1" in md and "90.1" in md  # udaiic's two seeds, full's one
+    data = json.loads((out / "interim.json").read_text())
+    assert data["interim"].startswith("Interim: 6 of 11") and len(data["runs"]) == 6
+    assert sorted(p.name for p in out.glob("interim.*")) == [
+        "interim.csv",
+        "interim.json",
+        "interim.md",
+        "interim.png",
+    ]
+    assert not (out / "study.md").exists() and not (out / "recipes").exists()  # nothing else written
+
+    _finished_run(runs / "partial-c1-50pct-s2", 0.80, 120, test=0.502)  # c1 chosen: 85 against 60
+    result = cli("study", path, "--interim")
+    assert result.code == 0, result.err
+    assert "7 of 11 runs finished" in result.out
+    lines = [" ".join(line.split()) for line in (out / "interim.md").read_text().splitlines()]
+    partial = next(line for line in lines if line.startswith("| partial | 50 % | 2 |"))  # the first table
+    assert "50.2 ± 0.1" in partial and "lr = 3e-05" in partial and "40.1" not in " ".join(lines)
+    udaiic = next(line for line in lines if line.startswith("| udaiic | 50 % | 2 |"))
+    assert "+5.0" in udaiic  # paired with partial's chosen configuration on seeds 1 and 2
+
+    assert cli("study", path, "--archive", tmp_path / "kept").code == 0
+    assert (tmp_path / "kept" / "s" / "interim.md").read_text() == (out / "interim.md").read_text()
+    for flags in (("--plan", "--interim"), ("--interim", "--archive", str(tmp_path / "kept"))):
+        result = cli("study", path, *flags)
+        assert result.code == 2 and "each train nothing: give one" in result.err
 
 
 def test_the_time_left_counts_a_method_with_no_finished_run_from_its_stopped_runs_epochs(

@@ -21,9 +21,6 @@ from mireg.training.rundir import RunDir
 
 __all__ = ["Archived", "archive_study"]
 
-#: The study's report, copied when the study has written one.
-REPORT_FILES = ("study.md", "study.json", "study.csv", "study.png")
-
 
 @dataclass(frozen=True)
 class Archived:
@@ -41,10 +38,11 @@ class Archived:
 
 
 def archive_study(study: Study, into: Path) -> Archived:
-    """Copy the study's finished runs, their recipes and logs, and its report if it has one, into
-    ``into/NAME`` (``NAME``: the study folder's name), leaving out checkpoints (``*.pt``), nnU-Net's
-    trees and the curves plot. Runs already in the archive are replaced by the study's copy, one at
-    a time; others there (from another machine) are kept. With no run finished, nothing is written.
+    """Copy the study's finished runs, their recipes and logs, and its reports where written (the
+    final one, the interim one) into ``into/NAME`` (``NAME``: the study folder's name), leaving out
+    checkpoints (``*.pt``), nnU-Net's trees and the curves plot. Runs already in the archive are
+    replaced by the study's copy, one at a time; others there (from another machine) are kept. With
+    no run finished, nothing is written.
 
     Raises:
         MiregError: ``into/NAME`` is (or is inside) the study's own folder, or a file cannot be read
@@ -76,9 +74,9 @@ def archive_study(study: Study, into: Path) -> Archived:
                 _replace_file(study.recipe_file(key), target / "recipes" / f"{key.name}.toml")
             if study.log(key).is_file():
                 _replace_file(study.log(key), target / "logs" / f"{key.name}.log")
-        for name in REPORT_FILES:
-            if (study.out / name).is_file():
-                _replace_file(study.out / name, target / name)
+        for report in (*study.report_files(), *study.report_files(interim=True)):
+            if report.is_file():
+                _replace_file(report, target / report.name)
     except OSError as exc:
         where = exc.filename or target
         raise MiregError(

@@ -182,6 +182,17 @@ class Study:
             return None
         return self._best(records, method, amount)
 
+    def settled_choices(self, records: list[RunRecord]) -> dict[tuple[str, str], int]:
+        """Per gridded method and amount, the configuration chosen once every one of its selection
+        runs finished (:meth:`settled_choice`); a method and amount still selecting is left out."""
+        chosen: dict[tuple[str, str], int] = {}
+        for method in self.gridded_methods():
+            for amount in self.amounts_of(method):
+                made = self.settled_choice(records, method, amount)
+                if made is not None:
+                    chosen[(method, amount.label)] = made[0]
+        return chosen
+
     def unsettled(self, records: list[RunRecord], method: str, amount: Amount) -> str:
         """Why :meth:`settled_choice` gives no choice for ``method`` at ``amount`` yet."""
         runs = [k for k in self.selection_runs() if (k.method, k.amount) == (method, amount)]
@@ -581,8 +592,7 @@ class Study:
 
         for key in self.selection_runs():
             add("selection", key)
-        open_choices = {(r.method, r.amount.label) for r in plan if r.state != "done"}
-        chosen = {k: c for k, c in self.choose(records).items() if k not in open_choices}
+        chosen = self.settled_choices(records)
         for key in self.evaluation_runs(chosen):
             add("evaluation", key)
         for seed in self.seeds:
@@ -597,6 +607,12 @@ class Study:
     def log(self, key: RunKey) -> Path:
         """The run's log file."""
         return self.out / "logs" / f"{key.name}.log"
+
+    def report_files(self, interim: bool = False) -> list[Path]:
+        """The report's files, ``study.md`` first, then ``.json``, ``.csv`` and ``.png``
+        (``interim``: those of the interim report, ``interim.md`` first)."""
+        stem = "interim" if interim else "study"
+        return [self.out / f"{stem}{suffix}" for suffix in (".md", ".json", ".csv", ".png")]
 
     def executor_dir(self, executor: str) -> Path:
         """Where the executor named ``executor`` keeps its files for this study (``slurm/``: the

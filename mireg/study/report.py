@@ -2,7 +2,8 @@
 95 % interval), the paired difference to the baseline (and between the pairs the study file names in
 ``compare``, and of every method to an nnU-Net method), the share of the partial-to-full gap, the
 configuration chosen on validation and what the runs cost. Written as ``study.md``, ``study.json``,
-``study.csv`` (one row per run) and ``study.png``.
+``study.csv`` (one row per run) and ``study.png``; while runs are under way, ``mireg study --interim``
+writes the same from the runs finished so far as ``interim.*``.
 """
 
 from __future__ import annotations
@@ -23,11 +24,13 @@ from mireg.study.stats import Estimate, PairedDifference, estimate, gap_share, p
 
 __all__ = [
     "Comparison",
+    "Interim",
     "Row",
     "compare_methods",
     "overview",
     "standing",
     "summarize_study",
+    "write_interim_report",
     "write_study_report",
 ]
 
@@ -78,9 +81,13 @@ class Comparison:
     unpaired: list[int]  # seeds whose two runs were tested on different patients
 
 
-def summarize_study(study: Study, records: list[RunRecord]) -> list[Row]:
-    """The rows of the report (the configurations are those :meth:`Study.choose` picks)."""
-    chosen = study.choose(records)
+def summarize_study(
+    study: Study, records: list[RunRecord], chosen: dict[tuple[str, str], int] | None = None
+) -> list[Row]:
+    """The rows of the report, for the configurations ``chosen`` per method and amount (default:
+    those :meth:`Study.choose` picks); a gridded method and amount not in it has no test numbers."""
+    if chosen is None:
+        chosen = study.choose(records)
     spec = study.spec
     held_out = set(study.held_out_seeds)
     rows: list[Row] = []
@@ -244,8 +251,10 @@ def _chosen(row: Row) -> str:
     return "not chosen: selection runs unfinished" if row.config is None else _settings(row.settings)
 
 
-def markdown(study: Study, rows: list[Row], comparisons: list[Comparison] | None = None) -> str:
-    """``study.md``."""
+def markdown(
+    study: Study, rows: list[Row], comparisons: list[Comparison] | None = None, interim: str = ""
+) -> str:
+    """``study.md`` (``interim``: what an interim report is, written under its title)."""
     spec = study.spec
     chooses = bool(study.gridded_methods())  # without any grid there is no column of choices
     header = [
@@ -278,8 +287,9 @@ def markdown(study: Study, rows: list[Row], comparisons: list[Comparison] | None
             ]
         )
     lines = [
-        f"# Study {spec.name}{' (quick preset)' if study.quick else ''}",
+        f"# Study {spec.name}{' (quick preset)' if study.quick else ''}{': interim' if interim else ''}",
         "",
+        *([interim, ""] if interim else []),
         markdown_table(header, table).rstrip("\n"),
         "",
         f"Seeds {', '.join(map(str, study.seeds))}; each seed draws the patient split, shared by every "
@@ -554,11 +564,61 @@ def write_study_report(study: Study, records: list[RunRecord], rows: list[Row]) 
         records: Every run's record.
         rows: ``summarize_study(study, records)``.
     """
-    out = study.out
+    return _write_report(study, records, rows)
+
+
+@dataclass(frozen=True)
+class Interim:
+    """An interim report :func:`write_interim_report` wrote.
+
+    Attributes:
+        paths: ``interim.md`` first (none: no run has finished).
+        rows: Its rows.
+        finished: The runs finished.
+        total: The runs the study has in all.
+    """
+
+    paths: list[Path]
+    rows: list[Row]
+    finished: int
+    total: int
+
+
+def write_interim_report(study: Study) -> Interim:
+    """Write ``interim.md``, ``.json``, ``.csv`` and ``.png`` into the study folder from the runs
+    finished so far, training nothing. A gridded method and amount has test numbers only once its
+    configuration is chosen (every one of its selection runs finished, as the running study chooses
+    it); every number is over the seeds finished so far, and each paired difference over the seeds
+    both methods finished. ``study.md`` stays the report of a study whose runs all ended. With no
+    run finished, nothing is written (``paths`` is empty).
+
+    Raises:
+        MiregError: As :meth:`~mireg.study.Study.standing`, when the study file changed since a run
+            was planned.
+    """
+    plan, records = study.standing()
+    rows = summarize_study(study, records, study.settled_choices(records))
+    finished = sum(run.state == "done" for run in plan)
+    if not finished:
+        return Interim([], rows, 0, len(plan))
+    text = (
+        f"Interim: {finished} of {len(plan)} runs finished. A method with a grid has test numbers "
+        "once its configuration is chosen on validation (all of its selection runs finished); every "
+        "number is over the seeds finished so far, and a paired difference over the seeds both "
+        "methods finished. `study.md` is written when every run has ended."
+    )
+    paths = _write_report(study, records, rows, text)
+    return Interim(paths, rows, finished, len(plan))
+
+
+def _write_report(study: Study, records: list[RunRecord], rows: list[Row], interim: str = "") -> list[Path]:
+    """The report's files (:meth:`~mireg.study.Study.report_files`), the interim ones if ``interim``
+    says what an interim report is (:func:`markdown`)."""
     comparisons = compare_methods(study, records, rows)
     data = {
         "study": study.spec.model_dump(mode="json"),
         "quick": study.quick,
+        "interim": interim or None,
         "seeds": study.seeds,
         "select_seeds": study.select_seeds,
         "selection_rule": study.rule(),
@@ -580,8 +640,8 @@ def write_study_report(study: Study, records: list[RunRecord], rows: list[Row]) 
                 for method, b in study.borrowed.items()
             },
         }
-    paths = [out / "study.md", out / "study.json", out / "study.csv", out / "study.png"]
-    atomic_write_text(paths[0], markdown(study, rows, comparisons))
+    paths = study.report_files(interim=bool(interim))
+    atomic_write_text(paths[0], markdown(study, rows, comparisons, interim))
     atomic_write_text(paths[1], json.dumps(data, indent=1) + "\n")
     atomic_write_text(paths[2], _csv(records))
     plot(study, rows, paths[3])
