@@ -697,9 +697,8 @@ def study(
 
     Writes study.md, study.json, study.csv and study.png. Finished runs are reused and interrupted
     ones resumed, so a stopped study continues where it stopped when run again; --interim reports
-    the runs finished so far. With --executor slurm
-    each run is a Slurm job; run again, the study follows the jobs still queued instead of
-    submitting them twice.
+    the runs finished so far. With --executor slurm each run is a Slurm job; run again, the study
+    follows the jobs still queued instead of submitting them twice.
     """
     _require_torch("mireg study")
     from mireg.study.executors import Executor

@@ -618,7 +618,7 @@ def _write_report(study: Study, records: list[RunRecord], rows: list[Row], inter
     data = {
         "study": study.spec.model_dump(mode="json"),
         "quick": study.quick,
-        "interim": interim or None,
+        **({"interim": interim} if interim else {}),
         "seeds": study.seeds,
         "select_seeds": study.select_seeds,
         "selection_rule": study.rule(),
