@@ -182,17 +182,6 @@ class Study:
             return None
         return self._best(records, method, amount)
 
-    def settled_choices(self, records: list[RunRecord]) -> dict[tuple[str, str], int]:
-        """Per gridded method and amount, the configuration chosen once every one of its selection
-        runs finished (:meth:`settled_choice`); a method and amount still selecting is left out."""
-        chosen: dict[tuple[str, str], int] = {}
-        for method in self.gridded_methods():
-            for amount in self.amounts_of(method):
-                made = self.settled_choice(records, method, amount)
-                if made is not None:
-                    chosen[(method, amount.label)] = made[0]
-        return chosen
-
     def unsettled(self, records: list[RunRecord], method: str, amount: Amount) -> str:
         """Why :meth:`settled_choice` gives no choice for ``method`` at ``amount`` yet."""
         runs = [k for k in self.selection_runs() if (k.method, k.amount) == (method, amount)]
@@ -438,15 +427,18 @@ class Study:
             and r.seed in self.select_seeds
         ]
 
-    def choose(self, records: list[RunRecord]) -> dict[tuple[str, str], int]:
+    def choose(self, records: list[RunRecord], settled: bool = False) -> dict[tuple[str, str], int]:
         """Per gridded method and amount, the configuration with the best mean validation DSC over
-        the selection seeds (:meth:`_best`). The test split is never read here."""
+        the selection seeds (:meth:`_best`); with ``settled``, only once every one of its selection
+        runs finished (:meth:`settled_choice`), a method and amount still selecting left out. The
+        test split is never read here."""
+        pick = self.settled_choice if settled else self._best
         chosen: dict[tuple[str, str], int] = {}
         for method in self.gridded_methods():
             for amount in self.amounts_of(method):
-                best = self._best(records, method, amount)
-                if best is not None:
-                    chosen[(method, amount.label)] = best[0]
+                made = pick(records, method, amount)
+                if made is not None:
+                    chosen[(method, amount.label)] = made[0]
         return chosen
 
     def _best(self, records: list[RunRecord], method: str, amount: Amount) -> tuple[int, float] | None:
@@ -592,7 +584,7 @@ class Study:
 
         for key in self.selection_runs():
             add("selection", key)
-        chosen = self.settled_choices(records)
+        chosen = self.choose(records, settled=True)
         for key in self.evaluation_runs(chosen):
             add("evaluation", key)
         for seed in self.seeds:

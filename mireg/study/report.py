@@ -597,7 +597,7 @@ def write_interim_report(study: Study) -> Interim:
             was planned.
     """
     plan, records = study.standing()
-    rows = summarize_study(study, records, study.settled_choices(records))
+    rows = summarize_study(study, records, study.choose(records, settled=True))
     finished = sum(run.state == "done" for run in plan)
     if not finished:
         return Interim([], rows, 0, len(plan))
