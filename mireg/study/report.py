@@ -573,7 +573,7 @@ class Interim:
 
     Attributes:
         paths: ``interim.md`` first (none: no run has finished).
-        rows: Its rows.
+        rows: Its rows (none: no run has finished).
         finished: The runs finished.
         total: The runs the study has in all.
     """
@@ -597,10 +597,10 @@ def write_interim_report(study: Study) -> Interim:
             was planned.
     """
     plan, records = study.standing()
-    rows = summarize_study(study, records, study.choose(records, settled=True))
     finished = sum(run.state == "done" for run in plan)
     if not finished:
-        return Interim([], rows, 0, len(plan))
+        return Interim([], [], 0, len(plan))
+    rows = summarize_study(study, records, study.choose(records, settled=True))
     text = (
         f"Interim: {finished} of {len(plan)} runs finished. A method with a grid has test numbers "
         "once its configuration is chosen on validation (all of its selection runs finished); every "
