@@ -243,6 +243,25 @@ def test_the_report_keeps_the_held_out_seeds_apart_and_never_reports_an_unmade_c
     assert "not chosen: selection runs unfinished" in markdown(study, list(rows.values()))
 
 
+def test_the_gap_closed_is_taken_over_the_seeds_all_three_methods_finished(tmp_path: Path) -> None:
+    study, keys = _grid_study(tmp_path)
+    test = {"partial": {1: 0.4, 2: 0.8, 3: 0.6}, "full": {1: 0.9, 2: 0.9, 3: 0.9}}
+    records = [
+        _record(keys[f"partial-c{c}-50pct-s{s}"], 0.8 - 0.1 * c, test["partial"][s])
+        for c in (0, 1)
+        for s in (1, 2)
+    ]
+    records += [_record(keys[f"full-c0-all-s{s}"], 0.8, test["full"][s]) for s in (1, 2, 3)]
+    [later] = study.evaluation_runs(study.choose(records))
+    records.append(_record(later, 0.8, test["partial"][3]))
+    records.append(_record(keys["udaiic-c0-50pct-s1"], 0.8, 0.5))  # udaiic finished seed 1 only
+    udaiic = {row.method: row for row in summarize_study(study, records)}["udaiic"]
+    assert udaiic.versus_baseline is not None and udaiic.versus_baseline.difference.mean == pytest.approx(0.1)
+    # On seed 1: partial 0.4, full 0.9; partial's mean over three seeds (0.6) would make it -20 %.
+    assert udaiic.gap == pytest.approx(0.2)
+    assert math.isnan(udaiic.held_out_gap)  # seed 3, the held-out one, is not finished by udaiic
+
+
 def test_runs_tested_on_other_patients_than_the_baseline_are_not_paired(tmp_path: Path) -> None:
     study, keys = _grid_study(tmp_path)
     records = [_record(k, 0.8, 0.6) for n, k in keys.items() if not n.startswith("udaiic")]

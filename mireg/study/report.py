@@ -131,8 +131,8 @@ def summarize_study(
         row.versus_baseline, row.unpaired = _paired(records, row, base)
         row.held_out_versus_baseline, _ = _paired(records, row, base, held_out)
         if full is not None:
-            row.gap = _gap_of(row.dice, base.dice, full.dice)
-            row.held_out_gap = _gap_of(row.held_out_dice, base.held_out_dice, full.held_out_dice)
+            row.gap = _gap_of(records, row, base, full)
+            row.held_out_gap = _gap_of(records, row, base, full, held_out)
     return rows
 
 
@@ -178,10 +178,17 @@ def _best_and_last(records: list[RunRecord]) -> tuple[Estimate, Estimate] | None
     return estimate([r.val_dice for r in both]), estimate([r.last_val_dice for r in both])
 
 
-def _gap_of(method: Estimate | None, partial: Estimate | None, full: Estimate | None) -> float:
-    if method is None or partial is None or full is None:
+def _gap_of(records: list[RunRecord], row: Row, base: Row, full: Row, among: set[int] | None = None) -> float:
+    """The share of the baseline-to-full gap ``row`` closes, from the mean test DSC of the three
+    over the seeds all three finished (of ``among`` only, if given), less the seeds whose runs of
+    ``row`` and the baseline were tested on different patients; NaN with no such seed. Over shared
+    seeds, as its paired difference, so that a method with fewer seeds finished (a failed run, an
+    interim report) is not set against the others' means over more splits."""
+    runs = [_done_by_seed(records, r, among) for r in (row, base, full)]
+    seeds = set(runs[0]) & set(runs[1]) & set(runs[2]) - set(row.unpaired)
+    if not seeds:
         return math.nan
-    return gap_share(method.mean, partial.mean, full.mean)
+    return gap_share(*(sum(by_seed[s].test_dice for s in seeds) / len(seeds) for by_seed in runs))
 
 
 def _mean(values: list[float]) -> float:
@@ -194,6 +201,16 @@ def _finite_estimate(values: list[float]) -> Estimate | None:
     return estimate(values) if values else None
 
 
+def _done_by_seed(records: list[RunRecord], row: Row, among: set[int] | None = None) -> dict[int, RunRecord]:
+    """The finished runs of ``row``'s method, amount and configuration, by seed (of ``among`` only)."""
+    return {
+        x.seed: x
+        for x in records
+        if (x.method, x.amount, x.config, x.status) == (row.method, row.amount, row.config, "done")
+        and (among is None or x.seed in among)
+    }
+
+
 def _paired(
     records: list[RunRecord], row: Row, base: Row, among: set[int] | None = None
 ) -> tuple[PairedDifference | None, list[int]]:
@@ -201,15 +218,7 @@ def _paired(
     given), and the seeds left out because the two runs were validated or tested on different
     patients (their recipes' data differ), which no difference can pair."""
 
-    def by_seed(r: Row) -> dict[int, RunRecord]:
-        return {
-            x.seed: x
-            for x in records
-            if (x.method, x.amount, x.config, x.status) == (r.method, r.amount, r.config, "done")
-            and (among is None or x.seed in among)
-        }
-
-    mine, theirs = by_seed(row), by_seed(base)
+    mine, theirs = _done_by_seed(records, row, among), _done_by_seed(records, base, among)
     both = sorted(set(mine) & set(theirs))
     unpaired = [s for s in both if mine[s].split and theirs[s].split and mine[s].split != theirs[s].split]
     seeds = [s for s in both if s not in unpaired]
@@ -297,7 +306,8 @@ def markdown(
         f"Δ DSC vs {spec.baseline}: the paired difference over the seeds both finished, with its "
         "95 % interval and the two-sided paired t test's p."
         + (
-            f" Gap closed: (method - {spec.baseline}) / ({spec.full} - {spec.baseline}) of the mean test DSC."
+            f" Gap closed: (method - {spec.baseline}) / ({spec.full} - {spec.baseline}) of the mean test DSC "
+            "over the seeds all three finished."
             if spec.full is not None
             else ""
         ),
