@@ -614,6 +614,27 @@ def test_a_methods_chosen_configuration_trains_as_soon_as_its_selection_runs_end
     assert {r.status for r in records} == {"done"}
 
 
+def test_a_run_folder_the_study_will_not_touch_fails_that_run_and_the_study_goes_on(tmp_path: Path) -> None:
+    study, keys = _grid_study(tmp_path)
+    # udaiic seed 1 holds a file a run writes after its first checkpoint, but no checkpoint.
+    held = study.run_dir(keys["udaiic-c0-50pct-s1"]).path
+    held.mkdir(parents=True)
+    (held / "curves.png").write_bytes(b"not mine to delete")
+    # partial c0 seed 1 was stopped while writing its first checkpoint: best.pt, no last.pt.
+    cut = study.run_dir(keys["partial-c0-50pct-s1"]).path
+    cut.mkdir(parents=True)
+    (cut / "metrics.csv").write_text("epoch,val_dice/mean\n1,0.5\n")
+    (cut / "best.pt").write_bytes(b"half")
+    executor = _InstantExecutor(1)
+    records = {r.name: r for r in run_study(study, executor)}
+    failed = records["udaiic-c0-50pct-s1"]
+    assert failed.status == "failed" and "no checkpoint; not touching it" in failed.log
+    assert (held / "curves.png").read_bytes() == b"not mine to delete"
+    assert "udaiic-c0-50pct-s1" not in executor.started and "partial-c0-50pct-s1" in executor.started
+    assert records["partial-c0-50pct-s1"].status == "done" and not (cut / "best.pt").exists()
+    assert sum(r.status == "done" for r in records.values()) == len(records) - 1
+
+
 def test_each_amounts_choice_is_made_when_its_own_selection_runs_ended_and_queued_in_turn(
     tmp_path: Path,
 ) -> None:
@@ -880,6 +901,13 @@ def test_bad_study_files_name_the_file_and_every_key(cli, tmp_path: Path) -> Non
         load_study(path)
     result = cli("study", path)
     assert result.code == 1 and "seeds has duplicates" in result.err and "Traceback" not in result.err
+    # An empty list of labelled amounts is named, not an IndexError later.
+    path = _study_file(
+        tmp_path, 'name = "s"\nseeds = [1]\nlabeled_patients = []\n[methods.partial]\nrecipe = "p.toml"\n'
+    )
+    result = cli("study", path)
+    assert result.code == 1 and "labeled_patients" in result.err and "at least 1" in result.err
+    assert "Traceback" not in result.err
     # A configuration whose recipe is wrong fails before anything trains, naming method and key.
     _recipes(tmp_path)
     path = _study_file(tmp_path, GRID_STUDY.replace("[1e-5, 3e-5]", "[1e-5, -1.0]"))

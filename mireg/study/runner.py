@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from mireg.errors import RunInterrupted
+from mireg.errors import RunError, RunInterrupted
 from mireg.files import atomic_write_text
 from mireg.study.executors.base import Ending, Executor, Handle, Launch
 from mireg.study.executors.local import LocalExecutor
@@ -160,7 +160,12 @@ class Scheduler:
                     slot = free_slots.pop(0)
                     handle = executor.attach(launch)
                     if handle is None:
-                        arguments = launch.arguments()
+                        try:
+                            arguments = launch.arguments()
+                        except RunError as exc:  # a folder it will not touch: this run fails, not the study
+                            free_slots.insert(0, slot)
+                            finish(key, self._record(key, Ending("failed", exc.message)), False)
+                            continue
                         if arguments is None:
                             free_slots.insert(0, slot)
                             finish(key, self.study.record(key, "done"), True)

@@ -100,8 +100,8 @@ class StudySpec(Strict):
         default_factory=list,
         description="[method, versus] pairs whose paired test-DSC difference is reported too",
     )
-    labeled_ratios: list[float] | None = None
-    labeled_patients: list[int] | None = None
+    labeled_ratios: list[float] | None = Field(None, min_length=1)
+    labeled_patients: list[int] | None = Field(None, min_length=1)
     seeds: list[int] = Field(min_length=1)
     select_seeds: list[int] | None = Field(None, description="seeds the grids are chosen on")
     set: list[str] = Field(default_factory=list, description="overrides for every run")

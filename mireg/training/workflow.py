@@ -115,7 +115,8 @@ def _stop_on_signals(trainer: Trainer) -> Iterator[None]:
 def next_step(run: RunDir, resumable: bool | None = None) -> Literal["finished", "resume", "start"]:
     """What the run meant for folder ``run`` needs: nothing (it wrote its test report), to continue
     from where it stopped, or to start. A folder that a run was killed in before its first
-    checkpoint holds only its metadata: it is removed, and the run starts again.
+    checkpoint was whole holds only its metadata (and perhaps the ``best.pt`` written just before
+    the first ``last.pt``): it is removed, and the run starts again.
 
     Args:
         resumable: Whether the run can continue, for a run trained by another engine (default: it
@@ -130,7 +131,8 @@ def next_step(run: RunDir, resumable: bool | None = None) -> Literal["finished",
     if run.checkpointed if resumable is None else resumable:
         return "resume"
     if run.path.exists():
-        extra = {p.name for p in run.path.iterdir()} - RunDir.BEFORE_CHECKPOINT
+        # best.pt alone is the first checkpoint cut short: the run writes it just before last.pt.
+        extra = {p.name for p in run.path.iterdir()} - RunDir.BEFORE_CHECKPOINT - {RunDir.BEST}
         if extra:
             raise RunError(f"{run}: holds {sorted(extra)} but no checkpoint; not touching it")
         shutil.rmtree(run.path)
