@@ -346,6 +346,30 @@ def _finished_run(run: Path, val: float, seconds: float, epochs: int = 4, test: 
     (run / "report.json").write_text(json.dumps({"summary": summary}))
 
 
+def test_a_run_trained_by_another_engine_than_the_study_file_now_names_is_not_reused(tmp_path: Path) -> None:
+    study, keys = _grid_study(tmp_path)
+    mine, theirs = keys["udaiic-c0-50pct-s1"], keys["udaiic-c0-50pct-s2"]
+    _finished_run(study.run_dir(mine).path, 0.8, 60)
+    assert study.state(mine)[0] == "done"
+    text = GRID_STUDY.replace('recipe = "udaiic.toml"', 'recipe = "udaiic.toml"\nengine = "nnunet"')
+    switched = Study(load_study(_study_file(tmp_path, text)), tmp_path / "study.toml")
+    with pytest.raises(
+        MiregError, match="trained by mireg, but the study file now has udaiic trained by nnunet"
+    ):
+        switched.state(mine)
+    # The other way round: an nnU-Net run (its tree, or its metrics once archived) under a mireg method.
+    (switched.run_dir(theirs).path / "nnunet").mkdir(parents=True)
+    switched.state(theirs)  # the engine that trained it: no complaint
+    with pytest.raises(
+        MiregError, match="trained by nnunet, but the study file now has udaiic trained by mireg"
+    ):
+        study.state(theirs)
+    (switched.run_dir(theirs).path / "nnunet").rmdir()
+    (switched.run_dir(theirs).path / "metrics.csv").write_text("epoch,step,nnunet/val_loss,val_dice/mean\n")
+    with pytest.raises(MiregError, match="trained by nnunet"):
+        study.state(theirs)
+
+
 def _stopped_run(run: Path, rows: str) -> None:
     """A run stopped at a checkpoint after the epochs ``rows`` (lines of epoch, val DSC, seconds)."""
     run.mkdir()

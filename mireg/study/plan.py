@@ -18,7 +18,16 @@ from mireg.recipe import (
     read_toml,
     validate_recipe,
 )
-from mireg.study.runs import ALL_LABELS, Amount, PlannedRun, RunKey, RunRecord, read_record, resumable
+from mireg.study.runs import (
+    ALL_LABELS,
+    Amount,
+    PlannedRun,
+    RunKey,
+    RunRecord,
+    read_record,
+    resumable,
+    trained_by,
+)
 from mireg.study.spec import ChoicesFromSpec, StudySpec, load_study
 from mireg.training.rundir import RunDir
 
@@ -296,16 +305,23 @@ class Study:
         on the device of its own recipe).
 
         Raises:
-            MiregError: The study already wrote a different recipe for this run (the study file, or
-                a recipe it names, changed since): finished runs must not be mixed with new ones.
+            MiregError: The study already wrote a different recipe for this run, or another engine
+                trained it (the study file, or a recipe it names, changed since): finished runs must
+                not be mixed with new ones.
         """
         raw = self.recipe(key)
         text = dump_toml(raw)
         written = self.recipe_file(key)
+        hint = f"give the study a new name, or remove {self.out} to start it over"
         if written.is_file() and written.read_text() != text and not _same_but_device(written, raw):
+            raise MiregError(f"{written}: the study file changed since this run was planned", hint)
+        run, engine = self.run_dir(key), self.engine(key)
+        trained = trained_by(run)
+        if trained is not None and trained != engine:
             raise MiregError(
-                f"{written}: the study file changed since this run was planned",
-                f"give the study a new name, or remove {self.out} to start it over",
+                f"{run.path}: trained by {trained}, but the study file now has {key.method} trained by "
+                f"{engine} (its engine changed since this run was planned)",
+                hint,
             )
         return text
 

@@ -21,6 +21,7 @@ __all__ = [
     "read_record",
     "records_to_json",
     "resumable",
+    "trained_by",
 ]
 
 
@@ -142,3 +143,21 @@ def resumable(engine: str, run: RunDir) -> bool:
 
         return NnUNetRun.resumable(run.path)
     return run.checkpointed
+
+
+def trained_by(run: RunDir) -> str | None:
+    """What trained the run in folder ``run``, as far as its files tell: ``nnunet`` (its nnU-Net tree,
+    or the ``nnunet/`` columns of its metrics), ``mireg`` (a checkpoint, or metrics without them), or
+    None (nothing trained yet, or files of both)."""
+    tree = (run.path / "nnunet").is_dir()  # mireg.nnunet.workflow.NNUNET_DIR (imported lazily there)
+    checkpoint = run.file(RunDir.LAST).is_file() or run.file(RunDir.BEST).is_file()
+    if tree or checkpoint:
+        return None if tree and checkpoint else "nnunet" if tree else "mireg"
+    try:
+        with open(run.file(RunDir.METRICS), newline="") as fh:
+            header = next(csv.reader(fh), [])
+    except (OSError, csv.Error):
+        return None
+    if not header:
+        return None
+    return "nnunet" if any(column.startswith("nnunet/") for column in header) else "mireg"
