@@ -262,6 +262,19 @@ def test_the_gap_closed_is_taken_over_the_seeds_all_three_methods_finished(tmp_p
     assert math.isnan(udaiic.held_out_gap)  # seed 3, the held-out one, is not finished by udaiic
 
 
+def test_an_hd95_over_fewer_seeds_than_the_dsc_says_so(tmp_path: Path) -> None:
+    study, keys = _grid_study(tmp_path)
+    records = [_record(k, 0.8 if k.config == 1 else 0.7, 0.6) for k in keys.values()]
+    records += [_record(k, 0.8, 0.6) for k in study.evaluation_runs(study.choose(records))]
+    for r in records:
+        r.test_hd95 = 10.0
+    udaiic = [r for r in records if r.method == "udaiic"]
+    udaiic[0].test_hd95 = math.nan  # every structure missed: no distance
+    md = markdown(study, summarize_study(study, records))
+    assert "| udaiic | 50 % | 3 | 60.0 ± 0.0 [60.0, 60.0] | 10.0 ± 0.0 [10.0, 10.0] (2 of 3 seeds) |" in md
+    assert "| full | all | 3 | 60.0 ± 0.0 [60.0, 60.0] | 10.0 ± 0.0 [10.0, 10.0] |" in md
+
+
 def test_runs_tested_on_other_patients_than_the_baseline_are_not_paired(tmp_path: Path) -> None:
     study, keys = _grid_study(tmp_path)
     records = [_record(k, 0.8, 0.6) for n, k in keys.items() if not n.startswith("udaiic")]

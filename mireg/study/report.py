@@ -240,6 +240,16 @@ def _pct(e: Estimate | None, scale: float = 100.0) -> str:
     return f"{scale * e.mean:.1f} ± {scale * e.std:.1f} [{scale * e.low:.1f}, {scale * e.high:.1f}]"
 
 
+def _hd95(row: Row) -> str:
+    """The HD95 cell. A run whose test HD95 is undefined (on every test volume, each structure
+    missed or predicted where there is none: the worst runs) is left out of the mean, so the cell
+    says over how many of the row's seeds it is."""
+    text = _pct(row.hd95, 1.0)
+    if row.hd95 is not None and row.hd95.n < len(row.seeds):
+        text += f" ({row.hd95.n} of {len(row.seeds)} seeds)"
+    return text
+
+
 def _difference(d: PairedDifference | None) -> str:
     if d is None:
         return ""
@@ -287,7 +297,7 @@ def markdown(
                 row.amount_text,
                 str(len(row.seeds)),
                 _pct(row.dice),
-                _pct(row.hd95, 1.0),
+                _hd95(row),
                 _difference(row.versus_baseline),
                 gap,
                 _pct(row.val_dice),
