@@ -21,7 +21,7 @@ from mireg.errors import MiregError, RecipeError
 from mireg.recipe import dump_toml
 from mireg.study.executors.base import Ending, Executor, Launch
 from mireg.study.plan import Borrowed, Study
-from mireg.study.report import compare_methods, markdown, summarize_study
+from mireg.study.report import compare_methods, markdown, summarize_study, write_interim_report
 from mireg.study.runner import launch_of, run_study
 from mireg.study.runs import RunKey, RunRecord, read_record
 from mireg.study.spec import load_study
@@ -670,6 +670,31 @@ def test_a_run_folder_the_study_will_not_touch_fails_that_run_and_the_study_goes
     assert "udaiic-c0-50pct-s1" not in executor.started and "partial-c0-50pct-s1" in executor.started
     assert records["partial-c0-50pct-s1"].status == "done" and not (cut / "best.pt").exists()
     assert sum(r.status == "done" for r in records.values()) == len(records) - 1
+
+
+def test_a_failed_selection_run_settles_the_choice_as_the_running_study_made_it(tmp_path: Path) -> None:
+    study, keys = _grid_study(tmp_path)
+    executor = _InstantExecutor(1, failing=("partial-c1-50pct-s2",))
+    run_study(study, executor)
+    # Configuration 1 (better on validation) failed a selection run: the study chose configuration 0.
+    assert "partial-c0-50pct-s3" in executor.started
+    marker = study.failed_file(keys["partial-c1-50pct-s2"])
+    assert marker.is_file()
+    # --plan, --interim, --archive and a follow-up see the choice the study made, and the failure.
+    plan, records = study.standing()
+    assert study.choose(records, settled=True) == {("partial", "50pct"): 0}
+    assert all(r.config is not None for r in plan) and sum(r.state == "done" for r in plan) == len(plan) - 1
+    assert [(r.config, r.seed) for r in plan if r.failed] == [(1, 2)]
+    interim = write_interim_report(study).paths[0].read_text()
+    assert "Runs that did not finish (1)" in interim and "partial-c1-50pct-s2" in interim
+    # Run again, the failed run is tried again; it finishes, and the choice is made anew.
+    again = _InstantExecutor(1)
+    run_study(study, again)
+    assert again.started == ["partial-c1-50pct-s2", "partial-c1-50pct-s3"] and not marker.exists()
+    plan, records = study.standing()
+    assert study.choose(records, settled=True) == {("partial", "50pct"): 1} and not any(
+        r.failed for r in plan
+    )
 
 
 def test_each_amounts_choice_is_made_when_its_own_selection_runs_ended_and_queued_in_turn(

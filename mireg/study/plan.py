@@ -184,24 +184,32 @@ class Study:
     ) -> tuple[int, float] | None:
         """The configuration :meth:`choose` picks for ``method`` at ``amount`` (with a grid or
         without) and its mean best-validation DSC over the selection seeds, once every one of those
-        selection runs has finished (None before: a run that failed must be retried first)."""
-        configs = range(len(self.configs(method)))
-        complete = [len(self.validation_scores(records, method, c, amount.label)) for c in configs]
-        if any(n != len(self.select_seeds) for n in complete):
-            return None
+        selection runs has ended: finished, or failed when the study last ran it (a configuration
+        with a failed run does not compete, as when the running study chose). None before, and
+        None when no configuration has all its selection runs finished."""
+        done = {r.name for r in records if r.status == "done"}
+        for key in self._selection_of(method, amount):
+            if key.name not in done and not self.failed_file(key).is_file():
+                return None
         return self._best(records, method, amount)
+
+    def _selection_of(self, method: str, amount: Amount) -> list[RunKey]:
+        """The selection runs of ``method`` at ``amount`` on the selection seeds."""
+        runs = [k for k in self.selection_runs() if (k.method, k.amount) == (method, amount)]
+        return [k for k in runs if k.seed in self.select_seeds]
 
     def unsettled(self, records: list[RunRecord], method: str, amount: Amount) -> str:
         """Why :meth:`settled_choice` gives no choice for ``method`` at ``amount`` yet."""
-        runs = [k for k in self.selection_runs() if (k.method, k.amount) == (method, amount)]
-        runs = [k for k in runs if k.seed in self.select_seeds]
+        runs = self._selection_of(method, amount)
         done = {r.name for r in records if r.status == "done"}
         finished = sum(k.name in done for k in runs)
+        failed = sum(k.name not in done and self.failed_file(k).is_file() for k in runs)
         at = "with every label" if amount.kind == "all" else f"at {amount.text}"
-        if finished < len(runs):
+        if finished + failed < len(runs):
             return (
                 f"{self.source} has not chosen {method} {at} yet: {finished} of its {len(runs)} "
                 f"selection runs there have finished in {self.out}"
+                + (f" ({failed} failed)" if failed else "")
             )
         return f"{self.source}: no configuration of {method} {at} has a validation DSC in {self.out}"
 
@@ -584,19 +592,25 @@ class Study:
         return pairs
 
     def standing(self) -> tuple[list[PlannedRun], list[RunRecord]]:
-        """Every run of the plan with its state, and the records of the finished ones. Reads the
+        """Every run of the plan with its state, and the records of the finished ones and of those
+        that failed when the study last ran them (:meth:`failed_file`). Reads the
         study folder and writes nothing. A method and amount is chosen once all its selection runs
-        finished (as a running study would choose it); until then its later seeds are listed with
-        ``config=None``."""
+        ended, finished or failed (as the running study chose it); until then its later seeds are
+        listed with ``config=None``."""
         plan: list[PlannedRun] = []
         records: list[RunRecord] = []
 
         def add(phase: str, key: RunKey) -> None:
             state, share, minutes = self.state(key)
-            planned = PlannedRun(phase, key.method, key.amount, key.config, key.seed, state, share, minutes)
-            plan.append(planned)
+            failed = state != "done" and self.failed_file(key).is_file()  # when the study last ran it
+            plan.append(
+                PlannedRun(phase, key.method, key.amount, key.config, key.seed, state, share, minutes, failed)
+            )
             if state == "done":
                 records.append(self.record(key, "done"))
+            elif failed:
+                records.append(self.record(key, "failed"))
+                records[-1].log = self.failed_file(key).read_text().strip() or records[-1].log
 
         for key in self.selection_runs():
             add("selection", key)
@@ -615,6 +629,12 @@ class Study:
     def log(self, key: RunKey) -> Path:
         """The run's log file."""
         return self.out / "logs" / f"{key.name}.log"
+
+    def failed_file(self, key: RunKey) -> Path:
+        """Written when the run failed the last time the study ran it (why, in one line), removed
+        when the study starts it again: what lets a choice be settled, by :meth:`settled_choice`,
+        as the running study made it, without a failed configuration."""
+        return self.out / "logs" / f"{key.name}.failed"
 
     def report_files(self, interim: bool = False) -> list[Path]:
         """The report's files, ``study.md`` first, then ``.json``, ``.csv`` and ``.png``

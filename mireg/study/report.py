@@ -715,9 +715,11 @@ def standing(study: Study, jobs: int) -> tuple[list[Table], str]:
         header = ["method", "configuration", *(f"val DSC (%) at {a.text}" for a in amounts)]
         title = "best validation DSC, mean over the selection seeds finished so far"
         tables.append((title, header, choices))
+    failed = sum(r.failed for r in plan)
     head = (
         f"study {study.spec.name}: {len(plan)} runs in {study.out}: {count['done']} finished, "
         f"{count['resume']} to resume, {count['train']} to train"
+        + (f" ({failed} of them failed when last run: tried again when the study runs)" if failed else "")
     )
     taken = study.borrowed_rule().strip()  # what the chosen methods train, and where it was chosen
     return tables, head + "\n" + (f"{taken}\n" if taken else "") + _time_left(plan, records, jobs)

@@ -146,6 +146,8 @@ class Scheduler:
 
         def finish(key: RunKey, record: RunRecord, reused: bool) -> None:
             records[key.name] = record
+            if record.status == "failed":  # kept for --plan, --interim and a follow-up's choice
+                atomic_write_text(self.study.failed_file(key), record.log + "\n")
             report(record, reused)
             ahead.extend(follow(record) if follow is not None else [])
 
@@ -156,6 +158,7 @@ class Scheduler:
             while ahead or queue or in_flight:
                 while (ahead or queue) and free_slots:
                     key = (ahead or queue).pop(0)
+                    self.study.failed_file(key).unlink(missing_ok=True)  # tried again: not failed now
                     launch = launch_of(self.study, key, executor.processes)
                     slot = free_slots.pop(0)
                     handle = executor.attach(launch)

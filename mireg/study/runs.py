@@ -97,6 +97,7 @@ class PlannedRun:
     state: str  # "done", "resume" or "train"
     share: float  # of its epochs trained
     minutes: float  # the training those epochs took (NaN for a finished run: see its RunRecord)
+    failed: bool = False  # not finished, and failed when the study last ran it
 
 
 def read_record(key: RunKey, run: RunDir, log: Path, status: str) -> RunRecord:
