@@ -22,7 +22,7 @@ import pytest
 
 from mireg.errors import MiregError
 from mireg.recipe import dump_toml
-from mireg.study.executors.slurm import SlurmOptions, parse_time
+from mireg.study.executors.slurm import SlurmExecutor, SlurmOptions, _Job, parse_time
 
 from .helpers import tiny_recipe, wait_for
 from .slurm_cluster import SlurmCluster, why_not
@@ -62,6 +62,22 @@ def test_extra_sbatch_options_reach_the_job_and_a_malformed_one_is_named() -> No
     assert "account" not in params and "qos" not in params
     with pytest.raises(MiregError, match="'constraint=a100'"):
         SlurmOptions(sbatch=("constraint=a100",)).parameters()
+
+
+def test_a_job_slurm_stopped_is_interrupted_when_its_run_can_resume_by_either_engine(tmp_path: Path) -> None:
+    executor = SlurmExecutor(tmp_path / "slurm", SlurmOptions(), 1)
+
+    def ending(run: Path, state: str = "TIMEOUT") -> str:
+        return executor._ending(_Job("7", tmp_path / "job.log", run), state, "").status
+
+    mine, theirs, fresh = tmp_path / "mireg", tmp_path / "nnunet", tmp_path / "fresh"
+    mine.mkdir()
+    (mine / "last.pt").write_bytes(b"checkpoint")
+    (theirs / "nnunet").mkdir(parents=True)  # an nnU-Net run: its tree, no last.pt
+    (theirs / "recipe.toml").write_text('name = "r"\n')
+    fresh.mkdir()
+    assert ending(mine) == ending(theirs) == "interrupted"
+    assert ending(fresh) == "failed" and ending(theirs, "FAILED") == "failed"
 
 
 def test_a_bad_time_limit_on_the_command_line_is_an_error_without_a_traceback(tmp_path: Path) -> None:

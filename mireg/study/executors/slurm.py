@@ -36,6 +36,7 @@ from mireg.errors import MiregError
 from mireg.files import atomic_write_text
 from mireg.processes import ending_with_parent
 from mireg.study.executors.base import INTERRUPTED_CODES, Ending, Executor, Handle, Launch
+from mireg.study.runs import resumable, trained_by
 from mireg.training.rundir import RunDir
 
 __all__ = ["RunJob", "SlurmExecutor", "SlurmOptions", "parse_time"]
@@ -277,7 +278,7 @@ class SlurmExecutor(Executor):
         run = RunDir(job.run)
         if run.finished:
             return Ending("done")
-        if state in STOPPED_STATES and run.checkpointed:
+        if state in STOPPED_STATES and resumable(trained_by(run) or "mireg", run):  # mireg's or nnU-Net's
             return Ending("interrupted", note)
         return Ending("failed", note)
 
