@@ -607,8 +607,8 @@ class Interim:
 def write_interim_report(study: Study) -> Interim:
     """Write ``interim.md``, ``.json``, ``.csv`` and ``.png`` into the study folder from the runs
     finished so far, training nothing. A gridded method and amount has test numbers only once its
-    configuration is chosen (every one of its selection runs finished, as the running study chooses
-    it); every number is over the seeds finished so far, and each paired difference over the seeds
+    configuration is chosen (every one of its selection runs ended, finished or failed, as the
+    running study chooses it); every number is over the seeds finished so far, and each paired difference over the seeds
     both methods finished. ``study.md`` stays the report of a study whose runs all ended. With no
     run finished, nothing is written (``paths`` is empty).
 
@@ -623,9 +623,10 @@ def write_interim_report(study: Study) -> Interim:
     rows = summarize_study(study, records, study.choose(records, settled=True))
     text = (
         f"Interim: {finished} of {len(plan)} runs finished. A method with a grid has test numbers "
-        "once its configuration is chosen on validation (all of its selection runs finished); every "
-        "number is over the seeds finished so far, and a paired difference over the seeds both "
-        "methods finished. `study.md` is written when every run has ended."
+        "once its configuration is chosen on validation (all of its selection runs ended; a "
+        "configuration with a failed one does not compete); every number is over the seeds finished "
+        "so far, and a paired difference over the seeds both methods finished. `study.md` is "
+        "written when every run has ended."
     )
     paths = _write_report(study, records, rows, text)
     return Interim(paths, rows, finished, len(plan))
