@@ -593,10 +593,10 @@ class Study:
 
     def standing(self) -> tuple[list[PlannedRun], list[RunRecord]]:
         """Every run of the plan with its state, and the records of the finished ones and of those
-        that failed when the study last ran them (:meth:`failed_file`). Reads the
-        study folder and writes nothing. A method and amount is chosen once all its selection runs
-        ended, finished or failed (as the running study chose it); until then its later seeds are
-        listed with ``config=None``."""
+        that failed when the study last ran them (:meth:`failed_file`). Reads the study folder and
+        writes nothing. A method and amount is chosen once all its selection runs ended, finished or
+        failed (as the running study chose it); until then its later seeds are listed with
+        ``config=None``."""
         plan: list[PlannedRun] = []
         records: list[RunRecord] = []
 

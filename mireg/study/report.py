@@ -185,7 +185,7 @@ def _gap_of(records: list[RunRecord], row: Row, base: Row, full: Row, among: set
     seeds, as its paired difference, so that a method with fewer seeds finished (a failed run, an
     interim report) is not set against the others' means over more splits."""
     runs = [_done_by_seed(records, r, among) for r in (row, base, full)]
-    seeds = set(runs[0]) & set(runs[1]) & set(runs[2]) - set(row.unpaired)
+    seeds = (set(runs[0]) & set(runs[1]) & set(runs[2])) - set(row.unpaired)
     if not seeds:
         return math.nan
     return gap_share(*(sum(by_seed[s].test_dice for s in seeds) / len(seeds) for by_seed in runs))
@@ -608,9 +608,9 @@ def write_interim_report(study: Study) -> Interim:
     """Write ``interim.md``, ``.json``, ``.csv`` and ``.png`` into the study folder from the runs
     finished so far, training nothing. A gridded method and amount has test numbers only once its
     configuration is chosen (every one of its selection runs ended, finished or failed, as the
-    running study chooses it); every number is over the seeds finished so far, and each paired difference over the seeds
-    both methods finished. ``study.md`` stays the report of a study whose runs all ended. With no
-    run finished, nothing is written (``paths`` is empty).
+    running study chooses it); every number is over the seeds finished so far, and each paired
+    difference over the seeds both methods finished. ``study.md`` stays the report of a study whose
+    runs all ended. With no run finished, nothing is written (``paths`` is empty).
 
     Raises:
         MiregError: As :meth:`~mireg.study.Study.standing`, when the study file changed since a run
