@@ -454,8 +454,8 @@ class Study:
     def choose(self, records: list[RunRecord], settled: bool = False) -> dict[tuple[str, str], int]:
         """Per gridded method and amount, the configuration with the best mean validation DSC over
         the selection seeds (:meth:`_best`); with ``settled``, only once every one of its selection
-        runs finished (:meth:`settled_choice`), a method and amount still selecting left out. The
-        test split is never read here."""
+        runs ended, finished or failed (:meth:`settled_choice`), a method and amount still selecting
+        left out. The test split is never read here."""
         pick = self.settled_choice if settled else self._best
         chosen: dict[tuple[str, str], int] = {}
         for method in self.gridded_methods():
