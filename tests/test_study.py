@@ -498,7 +498,7 @@ def test_the_plan_shows_where_a_study_stands_without_training_or_reading_test(cl
     # 2 min per finished run: half of one, seven more, and the two evaluation runs left.
     assert "about 19 min of training left at 1 run at a time" in result.out
     # udaiic and full have no finished run: their minutes are a guess, and the plan says so.
-    assert "full, udaiic: none finished yet, counted at the finished runs' mean" in " ".join(lines)
+    assert "full, udaiic: none finished yet, counted at the finished runs' median" in " ".join(lines)
     assert "12.3" not in result.out and "9.9" not in result.out  # no test number
     assert not list((tmp_path / "out" / "s").glob("recipes/*"))  # nothing written
 
@@ -603,7 +603,27 @@ def test_the_time_left_counts_a_method_with_no_finished_run_from_its_stopped_run
     # evaluation run, 2 min; full: nothing trained, at the finished runs' mean, 3 x 2 min.
     assert "about 1 h 03 min of training left at 1 run at a time" in out
     assert "udaiic: none finished yet, counted from the epochs trained so far" in out
-    assert "full: none finished yet, counted at the finished runs' mean" in out
+    assert "full: none finished yet, counted at the finished runs' median" in out
+
+
+def test_the_time_left_is_counted_from_the_median_run_so_one_slowed_down_run_does_not_stand_for_all(
+    cli, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """A run that shared the machine with other work took ten times as long as its siblings: the
+    estimate follows the typical run, not the mean the slow one drags up (10 min a run)."""
+    _recipes(tmp_path, epochs=4)
+    path = _study_file(tmp_path, GRID_STUDY)
+    runs = tmp_path / "out" / "s" / "runs"
+    _finished_run(runs / "partial-c0-50pct-s1", 0.8, 120)
+    _finished_run(runs / "partial-c1-50pct-s1", 0.8, 120)
+    _finished_run(runs / "partial-c0-50pct-s2", 0.8, 1200)
+
+    result = cli("study", path, "--plan")
+    assert result.code == 0, result.err
+    out = " ".join(result.out.split())
+    # partial: 1 selection and 1 evaluation run left at 2 min; udaiic and full, 3 runs each at the
+    # median of every finished run, 2 min: 8 runs x 2 min (the mean, 8 min a run, would say 1 h 04).
+    assert "about 16 min of training left at 1 run at a time" in out
 
 
 class _InstantExecutor(Executor):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import itertools
 import math
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -653,7 +654,7 @@ class Study:
 
 
 def minutes_left(plan: list[PlannedRun], records: list[RunRecord], jobs: int) -> float | None:
-    """Wall-clock minutes of training left: each unfinished run's untrained share of the mean
+    """Wall-clock minutes of training left: each unfinished run's untrained share of the median
     minutes its method's finished runs took, shared among ``jobs`` runs at a time (and never less
     than the longest run left). A method with no finished run is counted from the epochs its
     stopped runs trained (see :func:`minutes_per_run`). None before any run has finished.
@@ -673,23 +674,23 @@ def minutes_left(plan: list[PlannedRun], records: list[RunRecord], jobs: int) ->
 def minutes_per_run(
     plan: list[PlannedRun], records: list[RunRecord]
 ) -> tuple[dict[str, float], float] | None:
-    """The minutes a whole run of each method takes, and the mean over every finished run (for
-    a method with nothing measured). A method's finished runs give the mean minutes they took; a
-    method with none, the minutes its stopped runs trained over the share of epochs they trained
-    (a run at a quarter of its epochs after 15 minutes: 60). None before any run has finished.
+    """The minutes a whole run of each method takes, and the median over every finished run (for
+    a method with nothing measured). A method's finished runs give the median minutes they took
+    (a run slowed down by other work on the machine does not stand for the rest); a method with
+    none, the minutes its stopped runs trained over the share of epochs they trained (a run at a
+    quarter of its epochs after 15 minutes: 60). None before any run has finished.
     """
     measured = [r for r in records if r.status == "done" and not math.isnan(r.minutes)]
     if not measured:
         return None
     per_method: dict[str, float] = {}
     for method in {r.method for r in measured}:
-        finished = [r.minutes for r in measured if r.method == method]
-        per_method[method] = sum(finished) / len(finished)
+        per_method[method] = statistics.median(r.minutes for r in measured if r.method == method)
     stopped = [r for r in plan if r.state == "resume" and r.share > 0 and r.method not in per_method]
     for method in {r.method for r in stopped}:
         mine = [r for r in stopped if r.method == method]
         per_method[method] = sum(r.minutes for r in mine) / sum(r.share for r in mine)
-    return per_method, sum(r.minutes for r in measured) / len(measured)
+    return per_method, statistics.median(r.minutes for r in measured)
 
 
 def _same_but_device(written: Path, planned: dict[str, Any]) -> bool:

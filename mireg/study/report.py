@@ -776,6 +776,6 @@ def _time_left(plan: list[PlannedRun], records: list[RunRecord], jobs: int) -> s
     if partly:
         basis += f"; {', '.join(partly)}: none finished yet, counted from the epochs trained so far"
     if guessed:  # a cheaper method's minutes may stand for a dearer one's, or the other way round
-        basis += f"; {', '.join(guessed)}: none finished yet, counted at the finished runs' mean"
+        basis += f"; {', '.join(guessed)}: none finished yet, counted at the finished runs' median"
     runs = f"{jobs} run{'s' if jobs > 1 else ''}"
     return f"about {duration(60 * minutes)} of training left at {runs} at a time ({basis})"
