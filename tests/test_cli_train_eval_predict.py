@@ -83,6 +83,18 @@ def test_train_writes_a_complete_run_directory(trained_run: Path) -> None:
     assert not set(split["test"]) & set(split["labeled"] + split["unlabeled"])
 
 
+def test_train_also_tests_the_last_checkpoint_as_eval_does(cli, trained_run: Path) -> None:  # type: ignore[no-untyped-def]
+    """Beside the best checkpoint's report, the last one's (what the run gives without choosing an
+    epoch on validation): the report ``mireg eval RUN --checkpoint last`` writes."""
+    written = json.loads((trained_run / "report_test_last.json").read_text())
+    assert (written["split"], written["checkpoint"], written["epoch"]) == ("test", "last.pt", 2)
+    for suffix in ("csv", "md"):
+        assert (trained_run / f"report_test_last.{suffix}").is_file()
+    result = cli("eval", trained_run, "--checkpoint", "last")
+    assert result.code == 0, result
+    assert json.loads((trained_run / "report_test_last.json").read_text())["summary"] == written["summary"]
+
+
 def test_eval_reproduces_the_training_report(cli, trained_run: Path) -> None:  # type: ignore[no-untyped-def]
     before = json.loads((trained_run / "report.json").read_text())
     result = cli("eval", trained_run)

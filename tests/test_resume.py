@@ -190,8 +190,12 @@ def test_a_stop_during_the_last_test_volume_still_writes_the_report(
 ) -> None:
     reference = _trained_here(tmp_path)
     _signal_at_test_volume(monkeypatch, "last")
-    train(load_recipe(_recipe(tmp_path, "late")))
+    said = _Messages()
+    train(load_recipe(_recipe(tmp_path, "late")), observer=said)
     _assert_same(tmp_path / "runs" / "late", reference)
+    # The run is finished: the last checkpoint's test report, which comes after, is skipped, saying so.
+    assert not (tmp_path / "runs" / "late" / "report_test_last.json").exists()
+    assert any("mireg eval" in m and "--checkpoint last" in m for m in said.messages)
 
 
 def test_resume_usage_errors(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -324,6 +324,54 @@ def test_the_pairs_a_study_file_names_are_compared_seed_by_seed(tmp_path: Path) 
             load_study(path)
 
 
+def test_the_report_tests_each_method_at_its_last_checkpoint_too(tmp_path: Path) -> None:
+    """A mireg run is tested at its best epoch and at its last; an nnU-Net run keeps its final
+    checkpoint only, so its last is its test. The compared pairs are also paired at the last."""
+    study, keys = _grid_study(tmp_path)
+    key = keys["udaiic-c0-50pct-s1"]
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    run.file(RunDir.METRICS).write_text("epoch,val_dice/mean,seconds\n1,0.5,6\n2,0.8,6\n")
+
+    def report(name: str, dice: float) -> None:
+        summary = {"dice": {"all": {"mean": {"mean": dice}}}, "hd95": {"all": {"mean": {"mean": 2.0}}}}
+        run.file(name).write_text(json.dumps({"summary": summary}))
+
+    report(RunDir.REPORT, 0.6)
+    assert math.isnan(read_record(key, run, tmp_path / "log", "done").last_test_dice)  # not tested
+    report("report_test_last.json", 0.55)
+    assert read_record(key, run, tmp_path / "log", "done").last_test_dice == 0.55
+    run.file("report_test_last.json").write_text("{}")
+    record = read_record(key, run, tmp_path / "log", "done")
+    assert record.status == "failed" and "unreadable results" in record.log
+    run.file("report_test_last.json").unlink()
+    (run.path / "nnunet").mkdir()  # trained by nnU-Net: its final checkpoint is the one tested
+    assert read_record(key, run, tmp_path / "log", "done").last_test_dice == 0.6
+
+    _recipes(tmp_path)
+    text = 'compare = [["mi", "udaiic"]]\n' + GRID_STUDY + '[methods.mi]\nrecipe = "udaiic.toml"\n'
+    study = Study(load_study(_study_file(tmp_path, text)), tmp_path / "study.toml")
+    selection = {k.name: k for k in study.selection_runs()}
+    test = {"udaiic": {1: 0.70, 2: 0.60, 3: 0.80}, "mi": {1: 0.75, 2: 0.70, 3: 0.75}}
+    records = [_record(k, 0.8, test.get(k.method, {}).get(k.seed, 0.5)) for k in selection.values()]
+    records += [_record(k, 0.8, 0.5) for k in study.evaluation_runs(study.choose(records))]
+    md = markdown(study, summarize_study(study, records), compare_methods(study, records, []))
+    assert "## Tested at the best epoch and at the last" not in md  # no run tested its last
+    for r in records:
+        if r.method in test:  # each one point below its best epoch's, but mi's seed 3 not tested
+            r.last_test_dice = math.nan if (r.method, r.seed) == ("mi", 3) else r.test_dice - 0.01
+    rows = summarize_study(study, records)
+    [comparison] = compare_methods(study, records, rows)
+    assert comparison.last_difference is not None and comparison.last_difference.difference.n == 2
+    assert comparison.last_difference.difference.mean == pytest.approx((0.05 + 0.10) / 2)  # seeds 1, 2
+    md = markdown(study, rows, [comparison])
+    assert "## Tested at the best epoch and at the last" in md and "nnU-Net" not in md
+    assert "| udaiic | 50 % | 3 | 70.0 ± 10.0 [45.2, 94.8] | 69.0 ± 10.0 [44.2, 93.8] | +1.0 |" in md
+    assert "| mi | 50 % | 2 | 72.5 ± 3.5 [40.7, 104.3] | 71.5 ± 3.5 [39.7, 103.3] | +1.0 |" in md
+    assert "| mi | udaiic | 50 % | 2 | +7.5 [" in md.split("## Tested at the best epoch")[1]
+    assert "| partial |" not in md.split("## Tested at the best epoch")[1]  # nothing tested at last
+
+
 def test_the_full_method_trains_with_every_label_and_amounts_do_not_repeat(tmp_path: Path) -> None:
     _recipes(tmp_path)
     text = GRID_STUDY.replace(

@@ -64,6 +64,8 @@ class Row:
     grid_spread: float = math.nan
     # Validation DSC at the best epoch and at the last, over the seeds whose runs have both.
     epoch_val: tuple[Estimate, Estimate] | None = None
+    # Test DSC at the best epoch's checkpoint and at the last, over the seeds whose runs have both.
+    epoch_test: tuple[Estimate, Estimate] | None = None
 
 
 @dataclass
@@ -79,6 +81,8 @@ class Comparison:
     difference: PairedDifference | None
     held_out_difference: PairedDifference | None
     unpaired: list[int]  # seeds whose two runs were tested on different patients
+    # At the last checkpoints, over the seeds both tested it (an nnU-Net run: its final checkpoint).
+    last_difference: PairedDifference | None = None
 
 
 def summarize_study(
@@ -116,7 +120,8 @@ def summarize_study(
                     minutes_in_all=sum(r.minutes for r in mine if r.status == "done"),
                     failed=[r.log for r in mine if r.status != "done"],
                     held_out_dice=estimate([r.test_dice for r in kept]) if kept else None,
-                    epoch_val=_best_and_last(ok),
+                    epoch_val=_best_and_last(ok, "val_dice", "last_val_dice"),
+                    epoch_test=_best_and_last(ok, "test_dice", "last_test_dice"),
                 )
             )
             if gridded:
@@ -149,9 +154,17 @@ def compare_methods(study: Study, records: list[RunRecord], rows: list[Row]) -> 
                 continue
             difference, unpaired = _paired(records, row, base)
             held_out_difference, _ = _paired(records, row, base, held_out)
+            last_difference, _ = _paired(records, row, base, value="last_test_dice")
             comparisons.append(
                 Comparison(
-                    method, versus, row.amount, row.amount_text, difference, held_out_difference, unpaired
+                    method,
+                    versus,
+                    row.amount,
+                    row.amount_text,
+                    difference,
+                    held_out_difference,
+                    unpaired,
+                    last_difference,
                 )
             )
     return comparisons
@@ -170,12 +183,14 @@ def _grid_validation(
     return means, (max(known) - min(known) if len(known) > 1 else math.nan)
 
 
-def _best_and_last(records: list[RunRecord]) -> tuple[Estimate, Estimate] | None:
-    """The validation DSC of the runs' best epochs and of their last, over the runs with both."""
-    both = [r for r in records if not (math.isnan(r.val_dice) or math.isnan(r.last_val_dice))]
+def _best_and_last(records: list[RunRecord], best: str, last: str) -> tuple[Estimate, Estimate] | None:
+    """A DSC of the runs' best epochs and of their last (the records' fields ``best`` and
+    ``last``: ``val_dice`` and ``last_val_dice``, or ``test_dice`` and ``last_test_dice``), over
+    the runs with both."""
+    both = [r for r in records if not (math.isnan(getattr(r, best)) or math.isnan(getattr(r, last)))]
     if not both:
         return None
-    return estimate([r.val_dice for r in both]), estimate([r.last_val_dice for r in both])
+    return estimate([getattr(r, best) for r in both]), estimate([getattr(r, last) for r in both])
 
 
 def _gap_of(records: list[RunRecord], row: Row, base: Row, full: Row, among: set[int] | None = None) -> float:
@@ -212,19 +227,25 @@ def _done_by_seed(records: list[RunRecord], row: Row, among: set[int] | None = N
 
 
 def _paired(
-    records: list[RunRecord], row: Row, base: Row, among: set[int] | None = None
+    records: list[RunRecord], row: Row, base: Row, among: set[int] | None = None, value: str = "test_dice"
 ) -> tuple[PairedDifference | None, list[int]]:
     """Test DSC of ``row`` minus the baseline's over the seeds both finished (of ``among`` only, if
     given), and the seeds left out because the two runs were validated or tested on different
-    patients (their recipes' data differ), which no difference can pair."""
+    patients (their recipes' data differ), which no difference can pair. ``value``: the records'
+    field compared (``last_test_dice``: the last checkpoints', over the seeds both have it)."""
 
     mine, theirs = _done_by_seed(records, row, among), _done_by_seed(records, base, among)
     both = sorted(set(mine) & set(theirs))
     unpaired = [s for s in both if mine[s].split and theirs[s].split and mine[s].split != theirs[s].split]
-    seeds = [s for s in both if s not in unpaired]
+    seeds = [
+        s
+        for s in both
+        if s not in unpaired
+        and not (math.isnan(getattr(mine[s], value)) or math.isnan(getattr(theirs[s], value)))
+    ]
     if not seeds:
         return None, unpaired
-    a, b = [mine[s].test_dice for s in seeds], [theirs[s].test_dice for s in seeds]
+    a, b = [getattr(mine[s], value) for s in seeds], [getattr(theirs[s], value) for s in seeds]
     return paired_difference(a, b), unpaired
 
 
@@ -341,6 +362,7 @@ def markdown(
     lines += _held_out_table(study, rows)
     lines += _comparison_table(study, comparisons or [])
     lines += _epoch_table(study, rows)
+    lines += _last_checkpoint_tables(study, rows, comparisons or [])
     failed = [log for row in rows for log in row.failed]
     if failed:
         lines += ["", f"Runs that did not finish ({len(failed)}); their logs:", ""]
@@ -449,6 +471,65 @@ def _epoch_table(study: Study, rows: list[Row]) -> list[str]:
         "",
         markdown_table(header, table).rstrip("\n"),
     ]
+
+
+def _last_checkpoint_tables(study: Study, rows: list[Row], comparisons: list[Comparison]) -> list[str]:
+    """Each method's test DSC at its best epoch's checkpoint and at its last, and the compared pairs
+    at their last checkpoints, as lines of ``study.md`` (none before a run tested its last)."""
+    shown = [(row, row.epoch_test) for row in rows if row.epoch_test is not None]
+    if not shown:
+        return []
+    table = []
+    for row, (best, last) in shown:
+        drop = f"{100 * (best.mean - last.mean):+.1f}"
+        table.append([row.method, row.amount_text, str(best.n), _pct(best), _pct(last), drop])
+    header = ["method", "labelled", "seeds", "test DSC, best epoch (%)", "last checkpoint (%)", "best - last"]
+    text = (
+        "A mireg run is tested at its best validation epoch's checkpoint (the numbers above) and at "
+        "its last (report_test_last.json), here over the seeds whose runs have both. Best - last "
+        "(points, mean over the seeds) is what choosing the epoch on validation gave on patients the "
+        "choice never saw."
+    )
+    if any("nnunet" in study.engines(method) for method in study.spec.methods):
+        text += (
+            ' An nnU-Net run (engine = "nnunet") keeps and tests its final checkpoint only, so its two '
+            "numbers are one, and the paired differences below compare it with each method with no "
+            "epoch chosen on either side."
+        )
+    lines = [
+        "",
+        "## Tested at the best epoch and at the last",
+        "",
+        text,
+        "",
+        markdown_table(header, table).rstrip("\n"),
+    ]
+    paired = [c for c in comparisons if c.last_difference is not None]
+    if paired:
+        header = [
+            "method",
+            "versus",
+            "labelled",
+            "seeds",
+            "Δ test DSC at the last checkpoints [95 % interval]",
+        ]
+        cells = [
+            [
+                c.method,
+                c.versus,
+                c.amount_text,
+                _seed_count(c.last_difference),
+                _difference(c.last_difference),
+            ]
+            for c in paired
+        ]
+        lines += [
+            "",
+            "The compared pairs at their last checkpoints, paired over the seeds both tested it:",
+            "",
+            markdown_table(header, cells).rstrip("\n"),
+        ]
+    return lines
 
 
 def _grid_table(study: Study, rows: list[Row]) -> list[str]:

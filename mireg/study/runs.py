@@ -83,6 +83,9 @@ class RunRecord:
     split: str = ""  # fingerprint of the validation and test patients ("": not known)
     # The last epoch's validation DSC (val_dice is the best epoch's, whose checkpoint is tested).
     last_val_dice: float = math.nan
+    # The last checkpoint's test DSC (report_test_last.json; an nnU-Net run tests its final
+    # checkpoint only, so its test_dice). NaN for a run that did not test it.
+    last_test_dice: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,7 @@ def read_record(key: RunKey, run: RunDir, log: Path, status: str) -> RunRecord:
         record.test_dice = float(summary["dice"]["all"]["mean"]["mean"])
         hd95 = summary["hd95"]["all"]["mean"]["mean"]  # None where no volume had one
         record.test_hd95 = math.nan if hd95 is None else float(hd95)
+        record.last_test_dice = _last_test_dice(run, record.test_dice)
         if run.file(RunDir.SPLIT).is_file():
             split = json.loads(run.file(RunDir.SPLIT).read_text())
             held = json.dumps([sorted(split["validation"]), sorted(split["test"])])
@@ -125,6 +129,20 @@ def read_record(key: RunKey, run: RunDir, log: Path, status: str) -> RunRecord:
         record.status = "failed"
         record.log = f"{log} ({run}: unreadable results: {exc})"
     return record
+
+
+def _last_test_dice(run: RunDir, test_dice: float) -> float:
+    """The test DSC of the run's last checkpoint: its ``report_test_last.json`` (``mireg train``
+    writes it beside the best checkpoint's report; ``mireg eval RUN --checkpoint last`` for a run
+    trained before), an nnU-Net run's test DSC (its final checkpoint is the one it tests), or NaN.
+
+    Raises:
+        ValueError, KeyError, TypeError: The report is not one ``mireg eval`` writes.
+    """
+    report = run.file(run.report_stem("test", "last") + ".json")
+    if report.is_file():
+        return float(json.loads(report.read_text())["summary"]["dice"]["all"]["mean"]["mean"])
+    return test_dice if trained_by(run) == "nnunet" else math.nan
 
 
 def records_to_json(records: list[RunRecord]) -> list[dict[str, Any]]:

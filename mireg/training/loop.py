@@ -175,7 +175,8 @@ class Trainer:
 
     def fit(self, run: RunDir) -> dict[str, Any]:
         """Train the remaining epochs into ``run``, then evaluate the best checkpoint on the test
-        split (the test report; in a multi-process run, rank 0 tests and the others return ``{}``).
+        split (the test report ``report.json``, returned), and the last one (:meth:`_test_last`);
+        in a multi-process run, rank 0 tests and the others return ``{}``.
         """
         cfg, state = self.recipe.train, self.state
         main = self.runtime.is_main
@@ -213,6 +214,13 @@ class Trainer:
         if not main:
             return {}
         plot_curves(run.file(RunDir.METRICS), run.file(RunDir.CURVES))
+        report = self._test(run, "best")
+        self._test_last(run)
+        return report
+
+    def _test(self, run: RunDir, checkpoint: str) -> dict[str, Any]:
+        """Evaluate ``checkpoint`` on the test split into its report, stopping between volumes if
+        asked (:meth:`_stop_before_testing`)."""
         self._stop_before_testing(run)
         left = len(self.data.store.volumes_of(self.data.split.test))
 
@@ -223,9 +231,22 @@ class Trainer:
                 self._stop_before_testing(run)
 
         report, _ = evaluate_run(
-            run, "test", "best", self.runtime.device, self.data.store, on_volume=after_volume
+            run, "test", checkpoint, self.runtime.device, self.data.store, on_volume=after_volume
         )
         return report
+
+    def _test_last(self, run: RunDir) -> None:
+        """Also test the last checkpoint (``report_test_last.json``): what the run gives without
+        choosing an epoch on validation, as a method that keeps its final weights (nnU-Net) is
+        tested. The run is finished by then (``report.json``), so a stop request skips it instead
+        of interrupting the run; ``mireg eval RUN --checkpoint last`` writes it later."""
+        try:
+            self._test(run, "last")
+        except RunInterrupted:
+            self.obs.message(
+                f"{run}: the last checkpoint's test report was not written (stopped); "
+                f"write it with: mireg eval {run} --checkpoint last"
+            )
 
     def _stop_before_testing(self, run: RunDir) -> None:
         """Honour a stop request that came after the last step (during the last validation or the
