@@ -436,13 +436,9 @@ def _comparison_table(study: Study, comparisons: list[Comparison]) -> list[str]:
 
 def _epoch_table(study: Study, rows: list[Row]) -> list[str]:
     """Each method's validation DSC at its best epoch and at its last, as lines of ``study.md``."""
-    shown = [(row, row.epoch_val) for row in rows if row.epoch_val is not None]
-    if not shown:
+    table = _best_and_last_cells([(row, row.epoch_val) for row in rows])
+    if not table:
         return []
-    table = []
-    for row, (best, last) in shown:
-        drop = f"{100 * (best.mean - last.mean):+.1f}"
-        table.append([row.method, row.amount_text, str(best.n), _pct(best), _pct(last), drop])
     header = [
         "method",
         "labelled",
@@ -458,7 +454,7 @@ def _epoch_table(study: Study, rows: list[Row]) -> list[str]:
         "runs fall away late. Test numbers are free of the flattery: a run's is its chosen "
         "checkpoint's, on patients the choice never saw."
     )
-    if any("nnunet" in study.engines(method) for method in study.spec.methods):
+    if _trains_nnunet(study):
         text += (
             ' An nnU-Net run (engine = "nnunet") validates and tests its final checkpoint only, so '
             "its two numbers are one: compare a mireg method's validation with it at the last epoch."
@@ -473,16 +469,29 @@ def _epoch_table(study: Study, rows: list[Row]) -> list[str]:
     ]
 
 
+def _best_and_last_cells(shown: list[tuple[Row, tuple[Estimate, Estimate] | None]]) -> list[list[str]]:
+    """The cells of a table of each row's DSC at the best epoch and at the last (rows without both
+    left out): method, labelled, seeds, best, last, best - last."""
+    table = []
+    for row, both in shown:
+        if both is not None:
+            best, last = both
+            drop = f"{100 * (best.mean - last.mean):+.1f}"
+            table.append([row.method, row.amount_text, str(best.n), _pct(best), _pct(last), drop])
+    return table
+
+
+def _trains_nnunet(study: Study) -> bool:
+    """Whether a method of the study is trained by nnU-Net (its final checkpoint only)."""
+    return any("nnunet" in study.engines(method) for method in study.spec.methods)
+
+
 def _last_checkpoint_tables(study: Study, rows: list[Row], comparisons: list[Comparison]) -> list[str]:
     """Each method's test DSC at its best epoch's checkpoint and at its last, and the compared pairs
     at their last checkpoints, as lines of ``study.md`` (none before a run tested its last)."""
-    shown = [(row, row.epoch_test) for row in rows if row.epoch_test is not None]
-    if not shown:
+    table = _best_and_last_cells([(row, row.epoch_test) for row in rows])
+    if not table:
         return []
-    table = []
-    for row, (best, last) in shown:
-        drop = f"{100 * (best.mean - last.mean):+.1f}"
-        table.append([row.method, row.amount_text, str(best.n), _pct(best), _pct(last), drop])
     header = ["method", "labelled", "seeds", "test DSC, best epoch (%)", "last checkpoint (%)", "best - last"]
     text = (
         "A mireg run is tested at its best validation epoch's checkpoint (the numbers above) and at "
@@ -490,7 +499,7 @@ def _last_checkpoint_tables(study: Study, rows: list[Row], comparisons: list[Com
         "(points, mean over the seeds) is what choosing the epoch on validation gave on patients the "
         "choice never saw."
     )
-    if any("nnunet" in study.engines(method) for method in study.spec.methods):
+    if _trains_nnunet(study):
         text += (
             ' An nnU-Net run (engine = "nnunet") keeps and tests its final checkpoint only, so its two '
             "numbers are one, and the paired differences below compare it with each method with no "
