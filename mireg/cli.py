@@ -301,7 +301,7 @@ def train(
     console.print(
         metrics_tables(report, f"{trained.recipe.name}: test set, best checkpoint (epoch {report['epoch']})")
     )
-    last = run.file(run.report_stem("test", "last") + ".json")
+    last = run.report_file("test", "last")
     also = f" (the last checkpoint's: {last.name})" if last.is_file() else ""
     console.print(
         f"done in {time.perf_counter() - started:.0f} s; report: {run.file(run.REPORT)}{also}", markup=False

@@ -188,27 +188,29 @@ class Study:
         selection runs has ended: finished, or failed when the study last ran it (a configuration
         with a failed run does not compete, as when the running study chose). None before, and
         None when no configuration has all its selection runs finished."""
-        done = {r.name for r in records if r.status == "done"}
-        for key in self._selection_of(method, amount):
-            if key.name not in done and not self.failed_file(key).is_file():
-                return None
+        finished, failed, runs = self._selection_ended(records, method, amount)
+        if finished + failed < runs:
+            return None
         return self._best(records, method, amount)
 
-    def _selection_of(self, method: str, amount: Amount) -> list[RunKey]:
-        """The selection runs of ``method`` at ``amount`` on the selection seeds."""
+    def _selection_ended(self, records: list[RunRecord], method: str, amount: Amount) -> tuple[int, int, int]:
+        """Of the selection runs of ``method`` at ``amount`` on the selection seeds: how many
+        finished, how many failed when the study last ran them (:meth:`failed_file`), and how many
+        there are."""
         runs = [k for k in self.selection_runs() if (k.method, k.amount) == (method, amount)]
-        return [k for k in runs if k.seed in self.select_seeds]
-
-    def unsettled(self, records: list[RunRecord], method: str, amount: Amount) -> str:
-        """Why :meth:`settled_choice` gives no choice for ``method`` at ``amount`` yet."""
-        runs = self._selection_of(method, amount)
+        runs = [k for k in runs if k.seed in self.select_seeds]
         done = {r.name for r in records if r.status == "done"}
         finished = sum(k.name in done for k in runs)
         failed = sum(k.name not in done and self.failed_file(k).is_file() for k in runs)
+        return finished, failed, len(runs)
+
+    def unsettled(self, records: list[RunRecord], method: str, amount: Amount) -> str:
+        """Why :meth:`settled_choice` gives no choice for ``method`` at ``amount`` yet."""
+        finished, failed, runs = self._selection_ended(records, method, amount)
         at = "with every label" if amount.kind == "all" else f"at {amount.text}"
-        if finished + failed < len(runs):
+        if finished + failed < runs:
             return (
-                f"{self.source} has not chosen {method} {at} yet: {finished} of its {len(runs)} "
+                f"{self.source} has not chosen {method} {at} yet: {finished} of its {runs} "
                 f"selection runs there have finished in {self.out}"
                 + (f" ({failed} failed)" if failed else "")
             )

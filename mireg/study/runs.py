@@ -111,14 +111,14 @@ def read_record(key: RunKey, run: RunDir, log: Path, status: str) -> RunRecord:
     try:
         with open(run.file(RunDir.METRICS), newline="") as fh:
             rows = list(csv.DictReader(fh))
-        summary = json.loads(run.file(RunDir.REPORT).read_text())["summary"]
+        report = json.loads(run.file(RunDir.REPORT).read_text())
         validated = [float(r["val_dice/mean"]) for r in rows if r.get("val_dice/mean")]
         if not validated:
             raise ValueError(f"{run.file(RunDir.METRICS).name} holds no validation DSC")
         record.val_dice, record.last_val_dice = max(validated), validated[-1]
         record.minutes = sum(float(r["seconds"]) for r in rows) / 60
-        record.test_dice = float(summary["dice"]["all"]["mean"]["mean"])
-        hd95 = summary["hd95"]["all"]["mean"]["mean"]  # None where no volume had one
+        record.test_dice = _mean_dice(report)
+        hd95 = report["summary"]["hd95"]["all"]["mean"]["mean"]  # None where no volume had one
         record.test_hd95 = math.nan if hd95 is None else float(hd95)
         record.last_test_dice = _last_test_dice(run, record.test_dice)
         if run.file(RunDir.SPLIT).is_file():
@@ -139,10 +139,15 @@ def _last_test_dice(run: RunDir, test_dice: float) -> float:
     Raises:
         ValueError, KeyError, TypeError: The report is not one ``mireg eval`` writes.
     """
-    report = run.file(run.report_stem("test", "last") + ".json")
-    if report.is_file():
-        return float(json.loads(report.read_text())["summary"]["dice"]["all"]["mean"]["mean"])
+    last = run.report_file("test", "last")
+    if last.is_file():
+        return _mean_dice(json.loads(last.read_text()))
     return test_dice if trained_by(run) == "nnunet" else math.nan
+
+
+def _mean_dice(report: dict[str, Any]) -> float:
+    """A report's mean DSC over its volumes and structures."""
+    return float(report["summary"]["dice"]["all"]["mean"]["mean"])
 
 
 def records_to_json(records: list[RunRecord]) -> list[dict[str, Any]]:

@@ -158,6 +158,10 @@ class RunDir:
         name = Path(checkpoint).stem
         return Path(self.REPORT).stem if (split, name) == ("test", "best") else f"report_{split}_{name}"
 
+    def report_file(self, split: str, checkpoint: str) -> Path:
+        """The JSON report of ``checkpoint`` on ``split`` (:meth:`report_stem`), written or not."""
+        return self.file(self.report_stem(split, checkpoint) + ".json")
+
     def overlays(self, split: str) -> Path:
         return self.file(f"overlays_{split}")
 
