@@ -769,11 +769,18 @@ def study(
             console.print()
         console.print(time_left, markup=False)
         return
-    console.print(f"study {spec.name}: {plan.total_runs()} runs, {where}, into {plan.out}", markup=False)
+    plan.require_ready_methods()
+    waiting = len(plan.waiting_runs())
+    ready = plan.total_runs() - waiting
+    console.print(
+        f"study {spec.name}: {ready} runs, {where}, into {plan.out}"
+        + (f" ({waiting} more wait for choices not made yet: {plan.waiting_text()})" if waiting else ""),
+        markup=False,
+    )
     # SIGTERM stops the study as Ctrl+C does: local runs checkpoint, Slurm jobs stay queued, and the
     # study says so before it ends.
     with _progress(remaining=False) as bar, _interrupt_on_signals():
-        task = bar.add_task(f"study {spec.name}", total=plan.total_runs(), info="")
+        task = bar.add_task(f"study {spec.name}", total=ready, info="")
 
         def progress(done: int, total: int, description: str) -> None:
             bar.update(task, completed=done, total=total, info=escape(description))
@@ -782,9 +789,20 @@ def study(
                 console.print(f"[{done}/{total}] {escape(description)} ({elapsed / 60:.0f} min elapsed)")
 
         outcome = conduct(plan, runner, progress, order.value)
-    header, table = overview(plan, outcome.rows)
-    console.print(_plain_table(header, table, f"study {spec.name}: test set (details in study.md)"))
-    console.print(f"report: {', '.join(str(p) for p in outcome.paths)}", markup=False)
+    if outcome.paths:
+        header, table = overview(plan, outcome.rows)
+        details = outcome.paths[0].name
+        console.print(_plain_table(header, table, f"study {spec.name}: test set (details in {details})"))
+        report = "interim report" if outcome.waiting else "report"
+        console.print(f"{report}: {', '.join(str(p) for p in outcome.paths)}", markup=False)
+    if outcome.waiting:
+        assert plan.origin is not None
+        raise MiregError(
+            f"{outcome.waiting} runs of {spec.name} wait for choices not made yet: {plan.waiting_text()}",
+            f"run that study (mireg study {plan.origin.source}), then this one again: the runs "
+            f"finished here are reused"
+            + (f"; {len(outcome.failed)} runs did not finish and are retried then" if outcome.failed else ""),
+        )
     if outcome.failed:
         names = ", ".join(r.name for r in outcome.failed)
         raise MiregError(

@@ -835,8 +835,9 @@ def test_a_study_trains_the_configurations_another_study_chose_on_validation(cli
     origin = Study(load_study(origin_file), origin_file)
     path = tmp_path / "follow.toml"
     path.write_text(f'runs_dir = "{tmp_path / "out"}"\n' + FOLLOW_STUDY)
-    # Before the other study chose: every configuration it may choose validates, nothing trains;
-    # a method with nothing to choose (udaiic and full have no grid there) needs no wait.
+    # Before the other study chose: every configuration it may choose validates, nothing of the
+    # waiting methods trains; a method with nothing to choose (udaiic and full have no grid there)
+    # needs no wait.
     waiting = Study(load_study(path), path)
     waiting.check()
     assert {m: (b.method, b.config) for m, b in waiting.borrowed.items()} == {
@@ -846,10 +847,14 @@ def test_a_study_trains_the_configurations_another_study_chose_on_validation(cli
     assert waiting.total_runs() == 8
     with pytest.raises(MiregError, match=r"has not chosen partial at 50 % yet: 0 of its 4 selection runs"):
         waiting.recipe(waiting.selection_runs()[0])
-    result = cli("study", path, "--plan")
-    err = " ".join(result.err.split())
-    assert result.code == 1 and "Traceback" not in err and f"{path}: methods.partial.chosen: " in err
-    assert f"have finished in {origin.out}" in err and not (tmp_path / "out" / "f").exists()
+    assert [k.name for k in waiting.waiting_runs()] == [
+        "partial-c0-50pct-s1", "best-c0-50pct-s1", "partial-c0-50pct-s2", "best-c0-50pct-s2",
+    ]  # fmt: skip
+    result = cli("study", path, "--plan")  # the waiting runs, and why they wait
+    out = " ".join(result.out.split())
+    assert result.code == 0 and "0 to resume, 4 to train, 4 waiting for choices not made yet: " in out
+    assert "methods.partial.chosen: " in out and f"have finished in {origin.out}" in out
+    assert not (tmp_path / "out" / "f").exists()
 
     # A selection run that failed there: the choice is taken as that study made it, the failed
     # configuration not competing (a deterministic failure must not hold the follow-up forever);
@@ -926,6 +931,60 @@ def test_a_study_trains_the_configurations_another_study_chose_on_validation(cli
         Study(load_study(path), path)
     assert info.value.message.startswith(f"{path}: choices_from.study: ")
     assert "the study file changed" in info.value.message and "restore" in (info.value.hint or "")
+
+
+def test_a_study_trains_the_methods_whose_choices_are_made_and_the_rest_waits(  # type: ignore[no-untyped-def]
+    cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mireg.study.workflow
+
+    _recipes(tmp_path)
+    origin_file = _study_file(tmp_path, 'set = ["train.iterations_per_epoch=3"]\n' + GRID_STUDY)
+    origin = Study(load_study(origin_file), origin_file)
+    path = tmp_path / "follow.toml"
+    path.write_text(f'runs_dir = "{tmp_path / "out"}"\n' + FOLLOW_STUDY)
+    executor = _InstantExecutor(1)
+    monkeypatch.setattr(mireg.study.workflow, "local_executor", lambda device, jobs=None: executor)
+    # A study whose every method waits (here the other study has a grid for full too) has nothing
+    # to train: it says why and writes nothing.
+    other = tmp_path / "other"
+    other.mkdir()
+    _recipes(other)
+    other_file = _study_file(other, GRID_STUDY + '[methods.full.grid]\n"optim.lr" = [1e-5, 3e-5]\n')
+    alone = other / "alone.toml"
+    alone.write_text(
+        f'runs_dir = "{other / "out"}"\nname = "g"\nseeds = [1]\nlabeled_ratios = [0.5]\n'
+        '[choices_from]\nstudy = "study.toml"\n[methods.partial]\nchosen = "partial"\n'
+        '[methods.full]\nchosen = "full"\n'
+    )
+    result = cli("study", alone)
+    err = " ".join(result.err.split())
+    assert result.code == 1 and "Traceback" not in err
+    assert f"{alone}: methods.partial.chosen: {other_file} has not chosen partial" in err
+    assert executor.started == [] and not (other / "out" / "g").exists()
+    # partial and best wait for the other study's choice of partial; udaiic and full train now, and
+    # the study says it is not complete, with an interim report of what it has.
+    result = cli("study", path)
+    err = " ".join(result.err.split())
+    assert result.code == 1 and "Traceback" not in err
+    assert "4 runs of f wait for choices not made yet: methods.partial.chosen: " in err
+    assert f"methods.best.chosen: {origin_file} has not chosen udaiic at 50 % yet" in err
+    assert f"mireg study {origin_file}" in err
+    assert executor.started == [
+        "udaiic-c0-50pct-s1", "full-c0-all-s1", "udaiic-c0-50pct-s2", "full-c0-all-s2",
+    ]  # fmt: skip
+    out = tmp_path / "out" / "f"
+    assert (out / "interim.md").is_file() and not (out / "study.md").exists()
+    assert "study f: 4 runs, 1 at a time" in " ".join(result.out.split())
+    # Once that study chose, the waiting runs train and the finished ones are reused.
+    run_study(origin, _InstantExecutor(1))
+    executor.started.clear()
+    result = cli("study", path)
+    assert result.code == 0, result.err
+    assert executor.started == [
+        "partial-c0-50pct-s1", "best-c0-50pct-s1", "partial-c0-50pct-s2", "best-c0-50pct-s2",
+    ]  # fmt: skip
+    assert (out / "study.md").is_file()
 
 
 def test_a_study_that_takes_another_ones_choices_names_what_is_wrong(tmp_path: Path) -> None:

@@ -233,14 +233,29 @@ class Study:
             )
         return self.borrowed[method]
 
-    def require_choices(self) -> None:
-        """Check that every ``chosen`` method's choice has been made (before anything trains).
+    def ready(self, method: str) -> bool:
+        """Whether the method's runs can train: it has its own recipe, or the other study has made
+        the choice it trains."""
+        return method not in self.pending
+
+    def waiting_runs(self) -> list[RunKey]:
+        """The runs of the ``chosen`` methods whose choice the other study has not made yet: they
+        train when the study runs again after that choice."""
+        return [key for key in self.selection_runs() if not self.ready(key.method)]
+
+    def waiting_text(self) -> str:
+        """Why runs wait, one sentence per waiting method (empty when none waits)."""
+        return " ".join(f"methods.{m}.chosen: {why}." for m, why in self.pending.items())
+
+    def require_ready_methods(self) -> None:
+        """Check that some method can train (before anything trains): a study whose every method
+        waits for another study's choices has nothing to do yet.
 
         Raises:
-            MiregError: The first method whose choice the other study has not made yet.
+            MiregError: Every method waits, naming the first one and why.
         """
-        for method in self.pending:
-            self._borrowed(method)
+        if self.pending and not any(self.ready(m) for m in self.spec.methods):
+            self._borrowed(next(iter(self.pending)))
 
     # -------------------------------------------------------------------------------- configurations
 
@@ -599,11 +614,15 @@ class Study:
         that failed when the study last ran them (:meth:`failed_file`). Reads the study folder and
         writes nothing. A method and amount is chosen once all its selection runs ended, finished or
         failed (as the running study chose it); until then its later seeds are listed with
-        ``config=None``."""
+        ``config=None``. A ``chosen`` method's runs wait (state ``wait``) until the other study
+        made its choice."""
         plan: list[PlannedRun] = []
         records: list[RunRecord] = []
 
         def add(phase: str, key: RunKey) -> None:
+            if not self.ready(key.method):  # no recipe until the other study chose
+                plan.append(PlannedRun(phase, key.method, key.amount, key.config, key.seed, "wait", 0.0, 0.0))
+                return
             state, share, minutes = self.state(key)
             failed = state != "done" and self.failed_file(key).is_file()  # when the study last ran it
             plan.append(

@@ -767,13 +767,14 @@ Table = tuple[str, list[str], list[list[str]]]  # title, header, rows
 
 def standing(study: Study, jobs: int) -> tuple[list[Table], str]:
     """Where the study stands, without training anything: per phase, method and labelled amount,
-    the runs finished, to resume and to train; each gridded configuration's mean best validation
-    DSC so far and the one chosen; and a closing line with the training time left, estimated from
-    the minutes the finished runs took (:func:`~mireg.study.plan.minutes_per_run`). No test number
-    is shown.
+    the runs finished, to resume, to train and waiting for another study's choices; each gridded
+    configuration's mean best validation DSC so far and the one chosen; and a closing line with the
+    training time left, estimated from the minutes the finished runs took
+    (:func:`~mireg.study.plan.minutes_per_run`). No test number is shown.
     """
     plan, records = study.standing()
-    count = {state: sum(r.state == state for r in plan) for state in ("done", "resume", "train")}
+    states = ["done", "resume", "train"] + (["wait"] if study.pending else [])
+    count = {state: sum(r.state == state for r in plan) for state in states}
     tables: list[Table] = []
     for phase in ("selection", "evaluation"):
         groups: dict[tuple[str, str], list[PlannedRun]] = {}
@@ -789,8 +790,8 @@ def standing(study: Study, jobs: int) -> tuple[list[Table], str]:
                 which = str(len(configs))
             else:
                 which = ", ".join(f"c{c}" for c in configs) or "not chosen yet"
-            states = [str(sum(r.state == state for r in runs)) for state in ("done", "resume", "train")]
-            rows.append([method, runs[0].amount.text, which, *states])
+            counts = [str(sum(r.state == state for r in runs)) for state in states]
+            rows.append([method, runs[0].amount.text, which, *counts])
         seeds = ", ".join(map(str, sorted({r.seed for r in plan if r.phase == phase})))
         if phase == "evaluation":
             title = f"evaluation of the configuration chosen, seeds {seeds}"
@@ -799,6 +800,7 @@ def standing(study: Study, jobs: int) -> tuple[list[Table], str]:
         else:  # nothing to choose: one phase
             title = f"seeds {seeds}"
         header = ["method", "labelled", "configurations", "finished", "to resume", "to train"]
+        header += ["waiting"] if study.pending else []
         tables.append((title, header, rows))
     amounts = list(dict.fromkeys(a for m in study.gridded_methods() for a in study.amounts_of(m)))
     choices = _choices(study, plan, records, amounts)
@@ -812,6 +814,8 @@ def standing(study: Study, jobs: int) -> tuple[list[Table], str]:
         f"{count['resume']} to resume, {count['train']} to train"
         + (f" ({failed} of them failed when last run: tried again when the study runs)" if failed else "")
     )
+    if study.pending:
+        head += f", {count['wait']} waiting for choices not made yet: {study.waiting_text()}"
     taken = study.borrowed_rule().strip()  # what the chosen methods train, and where it was chosen
     return tables, head + "\n" + (f"{taken}\n" if taken else "") + _time_left(plan, records, jobs)
 

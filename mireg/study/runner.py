@@ -27,7 +27,9 @@ def run_study(
     progress: Callable[[int, int, str], None] | None = None,
     order: Order = "seeds",
 ) -> list[RunRecord]:
-    """Train (or reuse, or resume) every run; returns their records, in plan order.
+    """Train (or reuse, or resume) every run; returns their records, in plan order. The runs of a
+    ``chosen`` method whose choice the other study has not made yet wait
+    (:meth:`~mireg.study.plan.Study.waiting_runs`): they have no record here.
 
     The selection runs go in ``order`` (:meth:`~mireg.study.plan.Study.selection_runs`). Once the
     last selection run of a gridded method at a labelled amount ended, the configuration is chosen
@@ -41,13 +43,15 @@ def run_study(
         order: ``seeds`` or ``methods``.
 
     Raises:
+        MiregError: Every method waits for the other study's choices: nothing can train yet.
         RunInterrupted: The study was stopped (Ctrl+C); says what became of the runs in flight.
     """
+    study.require_ready_methods()
     study.require_engines()
     study.out.mkdir(parents=True, exist_ok=True)
     if executor is None:
         executor = LocalExecutor(1)
-    total = study.total_runs()
+    total = study.total_runs() - len(study.waiting_runs())
     done: list[RunRecord] = []
 
     def report(record: RunRecord, reused: bool) -> None:
@@ -69,7 +73,7 @@ def run_study(
             finished = f"{len(done) - failed} finished" + (f", {failed} not" if failed else "")
             progress(len(done), total, f"{study.spec.name}: {finished}; {queue}")
 
-    selection = study.selection_runs(order)
+    selection = [key for key in study.selection_runs(order) if study.ready(key.method)]
     gridded = set(study.gridded_methods())
     waiting: dict[tuple[str, str], set[str]] = {}  # a gridded method's selection runs not ended yet
     for key in selection:
@@ -93,7 +97,7 @@ def run_study(
         progress(0, total, f"{study.spec.name}: starting")
     records = Scheduler(study, executor).run(selection, report, watch, follow)
     planned = study.selection_runs() + study.evaluation_runs(study.choose(selected))
-    return [records[key.name] for key in planned]
+    return [records[key.name] for key in planned if study.ready(key.method)]
 
 
 def gpu_count() -> int:

@@ -97,7 +97,7 @@ class PlannedRun:
     amount: Amount
     config: int | None  # None: to be chosen on validation, once the selection runs finished
     seed: int
-    state: str  # "done", "resume" or "train"
+    state: str  # "done", "resume", "train" or "wait" (for a choice another study has not made yet)
     share: float  # of its epochs trained
     minutes: float  # the training those epochs took (NaN for a finished run: see its RunRecord)
     failed: bool = False  # not finished, and failed when the study last ran it

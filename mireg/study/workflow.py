@@ -12,7 +12,7 @@ from mireg.errors import MiregError
 from mireg.study.executors import Executor, LocalExecutor
 from mireg.study.executors.slurm import SlurmExecutor, SlurmOptions
 from mireg.study.plan import Order, Study
-from mireg.study.report import Row, summarize_study, write_study_report
+from mireg.study.report import Row, summarize_study, write_interim_report, write_study_report
 from mireg.study.runner import gpu_count, run_study
 from mireg.study.runs import RunRecord
 from mireg.study.spec import load_study
@@ -30,14 +30,14 @@ def open_study(path: Path, quick: bool = False, device: str | None = None) -> St
 
     Raises:
         RecipeError: The study file, or a recipe it makes, is invalid; or ``device`` is unknown.
-        MiregError: A method trains another study's choice, which that study has not made yet.
+        MiregError: The study takes another study's choices, and that study's runs were planned
+            from another version of its file.
     """
     spec = load_study(path)
     if device is not None:
         resolve_device(device, "--device")
     study = Study(spec, path, quick, device)
     study.check()
-    study.require_choices()
     return study
 
 
@@ -78,12 +78,14 @@ class StudyOutcome:
     Attributes:
         records: Every run's record, in plan order.
         rows: The report's rows.
-        paths: The report files written (``study.md`` first).
+        paths: The report files written (``study.md`` first; ``interim.md`` first while runs wait).
+        waiting: The runs that wait for another study's choices (:meth:`Study.waiting_runs`).
     """
 
     records: list[RunRecord]
     rows: list[Row]
     paths: list[Path]
+    waiting: int = 0
 
     @property
     def failed(self) -> list[RunRecord]:
@@ -98,7 +100,9 @@ def conduct(
     order: Order = "seeds",
 ) -> StudyOutcome:
     """Train (or reuse, or resume) every run of ``study`` (:func:`~mireg.study.runner.run_study`),
-    then write its report; runs that failed are in the report with their logs.
+    then write its report; runs that failed are in the report with their logs. While some runs wait
+    for another study's choices, the runs that can train do, and the report is the interim one
+    (:func:`~mireg.study.report.write_interim_report`).
 
     Args:
         executor: Where the runs train (default: :func:`local_executor` for the study's device).
@@ -106,5 +110,9 @@ def conduct(
         order: Which runs train first (:func:`~mireg.study.runner.run_study`).
     """
     records = run_study(study, executor or local_executor(study.device), progress, order)
+    waiting = len(study.waiting_runs())
+    if waiting:
+        made = write_interim_report(study)
+        return StudyOutcome(records, made.rows, made.paths, waiting)
     rows = summarize_study(study, records)
     return StudyOutcome(records, rows, write_study_report(study, records, rows))
