@@ -650,14 +650,15 @@ def study(
         ),
     ] = None,
     order: Annotated[
-        _Order,
+        Optional[_Order],
         typer.Option(
-            help="Which runs train first. seeds: every method at a seed, then the next seed (early "
-            "results span all methods); methods: one method's runs, then the next's, in the study "
-            "file's order (the first method's result complete first). Either way a method's chosen "
-            "configuration at an amount goes ahead of the runs waiting once its selection runs ended.",
+            help="Which runs train first (default: seeds). seeds: every method at a seed, then the next "
+            "seed (early results span all methods); methods: one method's runs, then the next's, in "
+            "the study file's order (the first method's result complete first). Either way a method's "
+            "chosen configuration at an amount goes ahead of the runs waiting once its selection runs "
+            "ended.",
         ),
-    ] = _Order.seeds,
+    ] = None,
     executor: Annotated[
         _Executor, typer.Option(help="Where the runs train: subprocesses here, or one Slurm job per run.")
     ] = _Executor.local,
@@ -711,6 +712,13 @@ def study(
     alone = [name for name, on in given.items() if on]
     if len(alone) > 1:
         raise typer.BadParameter(f"{' and '.join(alone)} each train nothing: give one", param_hint=alone[-1])
+    # What only training uses, given with an option that trains nothing, is named, not ignored.
+    unused = {"--order": order is not None, "--executor": executor is not _Executor.local}
+    unused["--jobs"] = jobs is not None and not show_plan  # --plan counts the time left at --jobs
+    unused["--executor"] &= not show_plan  # --plan lists the Slurm queue
+    for name, given_too in unused.items():
+        if alone and given_too:
+            raise typer.BadParameter(f"has no effect with {alone[0]}: it trains nothing", param_hint=name)
     plan = open_study(study_file, quick, device)
     spec = plan.spec
     if interim:
@@ -788,7 +796,7 @@ def study(
                 elapsed = bar.tasks[task].elapsed or 0.0
                 console.print(f"[{done}/{total}] {escape(description)} ({elapsed / 60:.0f} min elapsed)")
 
-        outcome = conduct(plan, runner, progress, order.value)
+        outcome = conduct(plan, runner, progress, (order or _Order.seeds).value)
     if outcome.paths:
         header, table = overview(plan, outcome.rows)
         details = outcome.paths[0].name

@@ -632,6 +632,18 @@ def test_an_interim_report_shows_test_numbers_only_of_configurations_chosen_on_v
     for flags in (("--plan", "--interim"), ("--interim", "--archive", str(tmp_path / "kept"))):
         result = cli("study", path, *flags)
         assert result.code == 2 and "each train nothing: give one" in result.err
+    # What only training uses is named when given with them, not ignored.
+    for flags, name in (
+        (("--interim", "--jobs", "2"), "--jobs: has no effect with --interim"),
+        (
+            ("--archive", str(tmp_path / "kept"), "--order", "methods"),
+            "--order: has no effect with --archive",
+        ),
+        (("--plan", "--order", "seeds"), "--order: has no effect with --plan"),
+        (("--interim", "--executor", "slurm"), "--executor: has no effect with --interim"),
+    ):
+        result = cli("study", path, *flags)
+        assert result.code == 2 and name in " ".join(result.err.split()), flags
 
 
 def test_the_time_left_counts_a_method_with_no_finished_run_from_its_stopped_runs_epochs(
