@@ -780,11 +780,9 @@ def study(
     plan.require_ready_methods()
     waiting = len(plan.waiting_runs())
     ready = plan.total_runs() - waiting
-    console.print(
-        f"study {spec.name}: {ready} runs, {where}, into {plan.out}"
-        + (f" ({waiting} more wait for choices not made yet: {plan.waiting_text()})" if waiting else ""),
-        markup=False,
-    )
+    console.print(f"study {spec.name}: {ready} runs, {where}, into {plan.out}", markup=False)
+    if waiting:
+        console.print(f"{waiting} more wait for choices not made yet: {plan.waiting_text()}", markup=False)
     # SIGTERM stops the study as Ctrl+C does: local runs checkpoint, Slurm jobs stay queued, and the
     # study says so before it ends.
     with _progress(remaining=False) as bar, _interrupt_on_signals():
@@ -809,7 +807,12 @@ def study(
             f"{outcome.waiting} runs of {spec.name} wait for choices not made yet: {plan.waiting_text()}",
             f"run that study (mireg study {plan.origin.source}), then this one again: the runs "
             f"finished here are reused"
-            + (f"; {len(outcome.failed)} runs did not finish and are retried then" if outcome.failed else ""),
+            + (
+                f"; {len(outcome.failed)} runs did not finish and are retried then: "
+                + ", ".join(r.name for r in outcome.failed)
+                if outcome.failed
+                else ""
+            ),
         )
     if outcome.failed:
         names = ", ".join(r.name for r in outcome.failed)

@@ -974,6 +974,11 @@ def test_a_study_trains_the_methods_whose_choices_are_made_and_the_rest_waits(  
     assert result.code == 1 and "Traceback" not in err
     assert f"{alone}: methods.partial.chosen: {other_file} has not chosen partial" in err
     assert executor.started == [] and not (other / "out" / "g").exists()
+    # With a method of its own beside them it trains that one, and takes nothing yet.
+    alone.write_text(alone.read_text() + '[methods.mine]\nrecipe = "udaiic.toml"\n')
+    mixed = Study(load_study(alone), alone)
+    assert [k.name for k in mixed.waiting_runs()] == ["partial-c0-50pct-s1", "full-c0-all-s1"]
+    assert "Taken from" not in mixed.rule()
     # partial and best wait for the other study's choice of partial; udaiic and full train now, and
     # the study says it is not complete, with an interim report of what it has.
     result = cli("study", path)
@@ -986,8 +991,16 @@ def test_a_study_trains_the_methods_whose_choices_are_made_and_the_rest_waits(  
         "udaiic-c0-50pct-s1", "full-c0-all-s1", "udaiic-c0-50pct-s2", "full-c0-all-s2",
     ]  # fmt: skip
     out = tmp_path / "out" / "f"
-    assert (out / "interim.md").is_file() and not (out / "study.md").exists()
-    assert "study f: 4 runs, 1 at a time" in " ".join(result.out.split())
+    assert not (out / "study.md").exists()
+    interim = " ".join((out / "interim.md").read_text().split())
+    assert "Waiting for choices not made yet (no run trained): methods.partial.chosen: " in interim
+    printed = " ".join(result.out.split())
+    assert "study f: 4 runs, 1 at a time" in printed
+    assert "4 more wait for choices not made yet: methods.partial.chosen: " in printed
+    result = cli("study", path, "--plan")  # what can train has; the waiting runs are not counted
+    printed = " ".join(result.out.split())
+    assert "4 finished, 0 to resume, 0 to train, 4 waiting" in printed
+    assert "every run that can train has finished; 4 wait for choices not made yet" in printed
     # Once that study chose, the waiting runs train and the finished ones are reused.
     run_study(origin, _InstantExecutor(1))
     executor.started.clear()

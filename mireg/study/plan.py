@@ -521,7 +521,7 @@ class Study:
                 others = [m for m in spec.candidates if m != borrowed.method]
                 text += f", the highest of {borrowed.method}, {', '.join(others)})" if others else ")"
             parts.append(text)
-        return f" Taken from {where}: " + "; ".join(parts) + "."
+        return f" Taken from {where}: " + "; ".join(parts) + "." if parts else ""
 
     def _own_rule(self) -> str:
         if not self.gridded_methods():
@@ -615,7 +615,8 @@ class Study:
         writes nothing. A method and amount is chosen once all its selection runs ended, finished or
         failed (as the running study chose it); until then its later seeds are listed with
         ``config=None``. A ``chosen`` method's runs wait (state ``wait``) until the other study
-        made its choice."""
+        made its choice (and wait again, finished or not, while that choice is unsettled: when the
+        other study runs again a selection run that had failed)."""
         plan: list[PlannedRun] = []
         records: list[RunRecord] = []
 
@@ -676,9 +677,10 @@ class Study:
 
 def minutes_left(plan: list[PlannedRun], records: list[RunRecord], jobs: int) -> float | None:
     """Wall-clock minutes of training left: each unfinished run's untrained share of the median
-    minutes its method's finished runs took, shared among ``jobs`` runs at a time (and never less
-    than the longest run left). A method with no finished run is counted from the epochs its
-    stopped runs trained (see :func:`minutes_per_run`). None before any run has finished.
+    minutes its method's finished runs took (a run waiting for another study's choice not counted),
+    shared among ``jobs`` runs at a time (and never less than the longest run left). A method with
+    no finished run is counted from the epochs its stopped runs trained (see
+    :func:`minutes_per_run`). None before any run has finished.
 
     Args:
         plan, records: :meth:`Study.standing`.
@@ -688,7 +690,11 @@ def minutes_left(plan: list[PlannedRun], records: list[RunRecord], jobs: int) ->
     if per_run is None:
         return None
     per_method, overall = per_run
-    left = [(1 - run.share) * per_method.get(run.method, overall) for run in plan if run.state != "done"]
+    left = [
+        (1 - run.share) * per_method.get(run.method, overall)
+        for run in plan
+        if run.state not in ("done", "wait")
+    ]
     return max(sum(left) / max(1, jobs), max(left, default=0.0))  # one long run is not shared
 
 

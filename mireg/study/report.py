@@ -718,6 +718,8 @@ def write_interim_report(study: Study) -> Interim:
         "so far, and a paired difference over the seeds both methods finished. `study.md` is "
         "written when every run has ended."
     )
+    if study.pending:
+        text += f" Waiting for choices not made yet (no run trained): {study.waiting_text()}"
     paths = _write_report(study, records, rows, text)
     return Interim(paths, rows, finished, len(plan))
 
@@ -855,15 +857,18 @@ def _short_settings(settings: dict[str, Any]) -> str:
 
 
 def _time_left(plan: list[PlannedRun], records: list[RunRecord], jobs: int) -> str:
-    left = sum(r.state != "done" for r in plan)
+    left = sum(r.state not in ("done", "wait") for r in plan)
+    waiting = sum(r.state == "wait" for r in plan)
     if not left:
+        if waiting:
+            return f"every run that can train has finished; {waiting} wait for choices not made yet"
         return "every run has finished; running the study writes its report"
     minutes = minutes_left(plan, records, jobs)
     if minutes is None:
         return f"{left} runs to train; the time they take is estimated once one has finished"
     measured = {r.method for r in records if r.status == "done" and not math.isnan(r.minutes)}
     per_method, _ = minutes_per_run(plan, records) or ({}, math.nan)
-    unfinished = {r.method for r in plan if r.state != "done"} - measured
+    unfinished = {r.method for r in plan if r.state not in ("done", "wait")} - measured
     partly = sorted(unfinished & per_method.keys())
     guessed = sorted(unfinished - per_method.keys())
     basis = "from the minutes the finished runs took"
@@ -871,5 +876,7 @@ def _time_left(plan: list[PlannedRun], records: list[RunRecord], jobs: int) -> s
         basis += f"; {', '.join(partly)}: none finished yet, counted from the epochs trained so far"
     if guessed:  # a cheaper method's minutes may stand for a dearer one's, or the other way round
         basis += f"; {', '.join(guessed)}: none finished yet, counted at the finished runs' median"
+    if waiting:
+        basis += f"; the {waiting} runs waiting for choices not counted"
     runs = f"{jobs} run{'s' if jobs > 1 else ''}"
     return f"about {duration(60 * minutes)} of training left at {runs} at a time ({basis})"
