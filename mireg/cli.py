@@ -666,14 +666,14 @@ def study(
     account: Annotated[Optional[str], typer.Option(help="Slurm account.", rich_help_panel=_SLURM)] = None,
     qos: Annotated[Optional[str], typer.Option(help="Slurm QOS.", rich_help_panel=_SLURM)] = None,
     time_limit: Annotated[
-        str,
+        Optional[str],
         typer.Option(
             "--time",
-            help="Time limit of each job (240, 4:00:00, 1-00:00:00); a longer run is requeued at the limit "
-            "and resumes from its checkpoint.",
+            help="Time limit of each job (240, 4:00:00, 1-00:00:00; default one day); a longer run is "
+            "requeued at the limit and resumes from its checkpoint.",
             rich_help_panel=_SLURM,
         ),
-    ] = "1-00:00:00",
+    ] = None,
     gpus_per_run: Annotated[
         Optional[int],
         typer.Option(
@@ -683,7 +683,9 @@ def study(
             rich_help_panel=_SLURM,
         ),
     ] = None,
-    cpus_per_run: Annotated[int, typer.Option(min=1, help="CPU cores per run.", rich_help_panel=_SLURM)] = 4,
+    cpus_per_run: Annotated[
+        Optional[int], typer.Option(min=1, help="CPU cores per run (default 4).", rich_help_panel=_SLURM)
+    ] = None,
     mem_per_run: Annotated[
         Optional[str], typer.Option(help="Memory per run, e.g. 32G.", rich_help_panel=_SLURM)
     ] = None,
@@ -719,6 +721,19 @@ def study(
     for name, given_too in unused.items():
         if alone and given_too:
             raise typer.BadParameter(f"has no effect with {alone[0]}: it trains nothing", param_hint=name)
+    cluster = {  # the Slurm options, given: without --executor slurm the study would train here
+        "--partition": partition,
+        "--account": account,
+        "--qos": qos,
+        "--time": time_limit,
+        "--gpus-per-run": gpus_per_run,
+        "--cpus-per-run": cpus_per_run,
+        "--mem-per-run": mem_per_run,
+        "--sbatch": sbatch,
+    }
+    for name, value in cluster.items():
+        if value is not None and executor is not _Executor.slurm:
+            raise typer.BadParameter("is an option of --executor slurm, which was not given", param_hint=name)
     plan = open_study(study_file, quick, device)
     spec = plan.spec
     if interim:
@@ -752,9 +767,9 @@ def study(
             partition,
             account,
             qos,
-            parse_time(time_limit),
+            SlurmOptions.time if time_limit is None else parse_time(time_limit),
             gpus_per_run,
-            cpus_per_run,
+            SlurmOptions.cpus if cpus_per_run is None else cpus_per_run,
             mem_per_run,
             tuple(sbatch or ()),
         )

@@ -641,6 +641,9 @@ def test_an_interim_report_shows_test_numbers_only_of_configurations_chosen_on_v
         ),
         (("--plan", "--order", "seeds"), "--order: has no effect with --plan"),
         (("--interim", "--executor", "slurm"), "--executor: has no effect with --interim"),
+        # A Slurm option without --executor slurm: the study would train here, not on the cluster.
+        (("--partition", "gpu"), "--partition: is an option of --executor slurm, which was not given"),
+        (("--interim", "--time", "4:00:00"), "--time: is an option of --executor slurm"),
     ):
         result = cli("study", path, *flags)
         assert result.code == 2 and name in " ".join(result.err.split()), flags
