@@ -59,9 +59,12 @@ def _comparable(run: Path) -> tuple[list[dict[str, float]], dict]:
 def _interrupt_after_first_epoch(recipe: Path, run: Path, sig: int) -> subprocess.Popen[str]:
     proc = _mireg("train", recipe)
     deadline = time.time() + 240
-    while not _rows(run) and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.4)  # into the second epoch
+    while not (_rows(run) and (run / "last.pt").is_file()) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    # A third of an epoch into the second one, by the first's duration: a fixed wait would overshoot
+    # the epoch on a fast idle machine.
+    rows = _rows(run)
+    time.sleep(float(rows[0]["seconds"]) / 3 if rows else 0.0)
     proc.send_signal(sig)
     proc.wait(timeout=240)
     return proc
