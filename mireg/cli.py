@@ -793,8 +793,7 @@ def study(
         console.print(time_left, markup=False)
         return
     plan.require_ready_methods()
-    waiting = len(plan.waiting_runs())
-    ready = plan.total_runs() - waiting
+    waiting, ready = len(plan.waiting_runs()), plan.ready_total()
     console.print(f"study {spec.name}: {ready} runs, {where}, into {plan.out}", markup=False)
     if waiting:
         console.print(f"{waiting} more wait for choices not made yet: {plan.waiting_text()}", markup=False)

@@ -243,6 +243,10 @@ class Study:
         train when the study runs again after that choice."""
         return [key for key in self.selection_runs() if not self.ready(key.method)]
 
+    def ready_total(self) -> int:
+        """How many runs the study trains (or reuses) when it runs now: all but the waiting ones."""
+        return self.total_runs() - len(self.waiting_runs())
+
     def waiting_text(self) -> str:
         """Why runs wait, one sentence per waiting method (empty when none waits)."""
         return " ".join(f"methods.{m}.chosen: {why}." for m, why in self.pending.items())
@@ -690,11 +694,7 @@ def minutes_left(plan: list[PlannedRun], records: list[RunRecord], jobs: int) ->
     if per_run is None:
         return None
     per_method, overall = per_run
-    left = [
-        (1 - run.share) * per_method.get(run.method, overall)
-        for run in plan
-        if run.state not in ("done", "wait")
-    ]
+    left = [(1 - run.share) * per_method.get(run.method, overall) for run in plan if run.to_train]
     return max(sum(left) / max(1, jobs), max(left, default=0.0))  # one long run is not shared
 
 

@@ -857,7 +857,7 @@ def _short_settings(settings: dict[str, Any]) -> str:
 
 
 def _time_left(plan: list[PlannedRun], records: list[RunRecord], jobs: int) -> str:
-    left = sum(r.state not in ("done", "wait") for r in plan)
+    left = sum(r.to_train for r in plan)
     waiting = sum(r.state == "wait" for r in plan)
     if not left:
         if waiting:
@@ -868,7 +868,7 @@ def _time_left(plan: list[PlannedRun], records: list[RunRecord], jobs: int) -> s
         return f"{left} runs to train; the time they take is estimated once one has finished"
     measured = {r.method for r in records if r.status == "done" and not math.isnan(r.minutes)}
     per_method, _ = minutes_per_run(plan, records) or ({}, math.nan)
-    unfinished = {r.method for r in plan if r.state not in ("done", "wait")} - measured
+    unfinished = {r.method for r in plan if r.to_train} - measured
     partly = sorted(unfinished & per_method.keys())
     guessed = sorted(unfinished - per_method.keys())
     basis = "from the minutes the finished runs took"

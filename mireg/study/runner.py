@@ -51,7 +51,7 @@ def run_study(
     study.out.mkdir(parents=True, exist_ok=True)
     if executor is None:
         executor = LocalExecutor(1)
-    total = study.total_runs() - len(study.waiting_runs())
+    total = study.ready_total()
     done: list[RunRecord] = []
 
     def report(record: RunRecord, reused: bool) -> None:

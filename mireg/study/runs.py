@@ -102,6 +102,11 @@ class PlannedRun:
     minutes: float  # the training those epochs took (NaN for a finished run: see its RunRecord)
     failed: bool = False  # not finished, and failed when the study last ran it
 
+    @property
+    def to_train(self) -> bool:
+        """Whether running the study now trains the run: not finished, and not waiting."""
+        return self.state not in ("done", "wait")
+
 
 def read_record(key: RunKey, run: RunDir, log: Path, status: str) -> RunRecord:
     """The run's record, read from its folder ``run`` when it finished (``log``: its log file)."""

@@ -68,9 +68,7 @@ def slurm_executor(study: Study, options: SlurmOptions, jobs: int | None = None)
         )
     if options.gpus is None:
         options = replace(options, gpus=1 if (study.device or "").startswith("cuda") else 0)
-    return SlurmExecutor(
-        study.executor_dir("slurm"), options, jobs or study.total_runs() - len(study.waiting_runs())
-    )
+    return SlurmExecutor(study.executor_dir("slurm"), options, jobs or study.ready_total())
 
 
 @dataclass(frozen=True)
