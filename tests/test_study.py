@@ -1242,14 +1242,19 @@ def test_a_killed_study_continues_where_it_stopped(tmp_path: Path) -> None:
     env = {**os.environ, "COLUMNS": "200"}
     log = tmp_path / "out" / "s" / "logs" / "partial-c0-all-s2.log"
     proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    logs = log.parent
+
+    def shown() -> str:  # what the study's runs wrote, should a wait time out
+        return "\n".join(f"{f.name}:\n{f.read_text()[-1500:]}" for f in sorted(logs.glob("*.log")))
+
     with _killed_at_exit(proc):
-        wait_for(lambda: (runs / "partial-c0-all-s1" / "report.json").is_file(), timeout=240)
+        wait_for(lambda: (runs / "partial-c0-all-s1" / "report.json").is_file(), timeout=600, shown=shown)
         first = (runs / "partial-c0-all-s1" / "report.json").stat().st_mtime_ns
-        wait_for(lambda: (runs / "partial-c0-all-s2" / "last.pt").is_file(), timeout=240)
+        wait_for(lambda: (runs / "partial-c0-all-s2" / "last.pt").is_file(), timeout=600, shown=shown)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
     # The run saw its study die.
-    wait_for(lambda: "interrupted" in log.read_text(), timeout=120, shown=lambda: log.read_text()[-3000:])
+    wait_for(lambda: "interrupted" in log.read_text(), timeout=120, shown=shown)
     assert not (runs / "partial-c0-all-s2" / "report.json").exists()
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
