@@ -6,10 +6,13 @@ import copy
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -240,3 +243,27 @@ def run_fresh_python(
     assert last.startswith("RESULT "), (done.stdout[-3000:], done.stderr[-3000:])
     result: dict[str, Any] = json.loads(last.removeprefix("RESULT "))
     return result, done
+
+
+@contextmanager
+def terminated_when_made(make: str) -> Iterator[None]:
+    """Inside the block, SIGTERM arrives the instant ``tempfile.<make>`` (``mkstemp`` or
+    ``mkdtemp``) has made a temporary, before it returns; it is acted on as the CLI does (raising
+    ``KeyboardInterrupt``)."""
+    real = getattr(tempfile, make)
+
+    def made_then_terminated(*args: Any, **kwargs: Any) -> Any:
+        made = real(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return made
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    setattr(tempfile, make, made_then_terminated)
+    try:
+        yield
+    finally:
+        setattr(tempfile, make, real)
+        signal.signal(signal.SIGTERM, previous)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,8 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mireg.files import atomic_write, atomic_write_text
+from mireg.files import atomic_write, atomic_write_text, interrupts_deferred
 from mireg.preprocessing.store import StoreWriter
+
+from .helpers import terminated_when_made
 
 
 @pytest.fixture
@@ -57,6 +60,34 @@ def test_a_failed_write_leaves_the_previous_file_and_no_temporary(tmp_path: Path
     with pytest.raises(RuntimeError):
         atomic_write(target, broken)
     assert target.read_text() == "kept" and [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+
+
+def test_a_kill_the_instant_the_temporary_is_made_leaves_the_previous_file_and_no_temporary(
+    tmp_path: Path,
+) -> None:
+    target = tmp_path / "a.txt"
+    target.write_text("kept")
+    with terminated_when_made("mkstemp"), pytest.raises(KeyboardInterrupt):
+        atomic_write_text(target, "new")
+    assert target.read_text() == "kept" and [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+
+
+def test_a_deferred_interrupt_is_acted_on_once_when_the_block_ends() -> None:
+    seen: list[int] = []
+
+    def handler(signum: int, frame: object) -> None:
+        seen.append(signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        with interrupts_deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)
+            waited = list(seen)
+        assert waited == [] and seen == [signal.SIGTERM]
+        assert signal.getsignal(signal.SIGTERM) is handler
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def test_a_store_folder_gets_the_mode_of_a_new_folder(tmp_path: Path, umask: None) -> None:

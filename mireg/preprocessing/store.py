@@ -26,12 +26,12 @@ import warnings
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 
 from mireg.errors import DataError
-from mireg.files import new_dir_mode
+from mireg.files import interrupts_deferred, new_dir_mode
 
 if TYPE_CHECKING:
     import torch
@@ -274,9 +274,10 @@ class StoreWriter:
     """Writes a store folder one volume at a time, in bounded memory.
 
     The arrays grow on disk as volumes are appended (their ``.npy`` headers are written last, into a
-    fixed-size space at the start of each file); :meth:`publish` writes ``store.json`` and renames
-    the temporary folder into place. :meth:`discard` (or any failure before publishing) leaves
-    nothing behind.
+    fixed-size space at the start of each file), in a temporary sibling folder made by the first
+    write; :meth:`publish` writes ``store.json`` and renames that folder into place. :meth:`discard`
+    (or any failure before publishing) leaves nothing behind. Making the writer writes nothing, so a
+    caller need only hold it from its ``try`` (or ``with``) on, and call :meth:`discard` on failure.
 
     Args:
         path: The store folder to create (must not exist).
@@ -285,12 +286,21 @@ class StoreWriter:
 
     def __init__(self, path: Path, canvas: int) -> None:
         self.path, self.canvas = Path(path), canvas
-        self.tmp = _temporary_sibling(self.path)
+        _refuse_existing(self.path)
         self.slices = self.label_slices = 0
-        self._images = open(self.tmp / "images.npy", "wb")  # noqa: SIM115 (closed by publish/discard)
-        self._labels = open(self.tmp / "labels.npy", "wb")  # noqa: SIM115
-        for fh in (self._images, self._labels):
-            fh.write(b"\0" * _NPY_HEADER)
+        self.tmp: Path | None = None
+        self._files: list[BinaryIO] = []
+
+    def _arrays(self) -> tuple[BinaryIO, BinaryIO]:
+        """The image and label array files, in a new temporary folder on first use."""
+        if self.tmp is None:
+            with interrupts_deferred():  # an interrupt now is raised once discard() can find it
+                self.tmp = _temporary_sibling(self.path)
+            for name in ("images.npy", "labels.npy"):
+                self._files.append(open(self.tmp / name, "wb"))  # noqa: SIM115 (closed by publish/discard)
+                self._files[-1].write(b"\0" * _NPY_HEADER)
+        images, labels = self._files
+        return images, labels
 
     def append(self, images: np.ndarray, labels: np.ndarray | None) -> tuple[int, int | None]:
         """Append one volume's ``(Z, canvas, canvas)`` image slices and, if labelled, label slices.
@@ -300,14 +310,15 @@ class StoreWriter:
         """
         if images.shape[1:] != (self.canvas, self.canvas):
             raise ValueError(f"slices of shape {images.shape[1:]} on a canvas of {self.canvas}")
+        if labels is not None and labels.shape != images.shape:
+            raise ValueError(f"label slices {labels.shape} differ from image slices {images.shape}")
+        image_file, label_file = self._arrays()
         start, label_start = self.slices, None
-        self._images.write(np.ascontiguousarray(images, dtype="<f2").tobytes())
+        image_file.write(np.ascontiguousarray(images, dtype="<f2").tobytes())
         self.slices += images.shape[0]
         if labels is not None:
-            if labels.shape != images.shape:
-                raise ValueError(f"label slices {labels.shape} differ from image slices {images.shape}")
             label_start = self.label_slices
-            self._labels.write(np.ascontiguousarray(labels, dtype=np.uint8).tobytes())
+            label_file.write(np.ascontiguousarray(labels, dtype=np.uint8).tobytes())
             self.label_slices += labels.shape[0]
         return start, label_start
 
@@ -321,12 +332,14 @@ class StoreWriter:
     ) -> None:
         """Finish the arrays, write ``store.json`` and rename the folder into place."""
         side = (self.canvas, self.canvas)
-        for fh, dtype, n in ((self._images, "<f2", self.slices), (self._labels, "|u1", self.label_slices)):
+        images, labels = self._arrays()
+        for fh, dtype, n in ((images, "<f2", self.slices), (labels, "|u1", self.label_slices)):
             fh.seek(0)
             fh.write(_npy_header(dtype, (n, *side)))
             fh.flush()
             os.fsync(fh.fileno())
             fh.close()
+        assert self.tmp is not None  # made by _arrays()
         meta = {
             "version": STORE_VERSION,
             "name": name,
@@ -340,10 +353,11 @@ class StoreWriter:
         _publish(self.tmp, self.path)
 
     def discard(self) -> None:
-        """Remove everything written so far."""
-        self._images.close()
-        self._labels.close()
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        """Remove everything written so far (safe to repeat)."""
+        for fh in self._files:
+            fh.close()
+        if self.tmp is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 #: Bytes reserved for the ``.npy`` header of a store array (a multiple of 64, as the format asks).
@@ -360,13 +374,17 @@ def _npy_header(dtype: str, shape: tuple[int, ...]) -> bytes:
     return b"\x93NUMPY\x01\x00" + room.to_bytes(2, "little") + body
 
 
-def _temporary_sibling(path: Path) -> Path:
-    """A new hidden folder next to ``path`` (which must not exist) to fill before renaming."""
+def _refuse_existing(path: Path) -> None:
     if path.exists():
         raise DataError(
             f"{path}: already exists; refusing to overwrite it",
             "choose another output folder or remove this one",
         )
+
+
+def _temporary_sibling(path: Path) -> Path:
+    """A new hidden folder next to ``path`` (which must not exist) to fill before renaming."""
+    _refuse_existing(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
 

@@ -29,6 +29,7 @@ from typing import NamedTuple
 import numpy as np
 
 from mireg.errors import DataError
+from mireg.files import interrupts_deferred
 from mireg.preprocessing.store import StoreWriter, VolumeInfo, VolumeStore
 
 __all__ = [
@@ -295,11 +296,10 @@ class StoreBuilder:
         self.classes: list[str] = []
         self.volumes: list[VolumeInfo] = []
         self.out = Path(out) if out is not None else None
+        # Without ``out`` the store is written in a private folder, made by the first write and
+        # moved to where save() is told.
         self._scratch: Path | None = None
-        if out is None:  # written in a private folder, moved to where save() is told
-            self._scratch = Path(tempfile.mkdtemp(prefix="mireg-store-"))
-            out = self._scratch / "store"
-        self._writer = StoreWriter(out, canvas)
+        self._writer = StoreWriter(self.out, canvas) if self.out is not None else None
         self.workers = workers
         self._pool: ProcessPoolExecutor | None = None
         self._pending: deque[_Entry] = deque()
@@ -370,7 +370,7 @@ class StoreBuilder:
     def _write_next(self) -> None:
         entry = self._pending.popleft()
         prepared = entry.prepared.result() if isinstance(entry.prepared, Future) else entry.prepared
-        start, label_start = self._writer.append(prepared.images, prepared.labels)
+        start, label_start = self._store_writer().append(prepared.images, prepared.labels)
         self.volumes.append(
             VolumeInfo(
                 id=entry.id,
@@ -387,6 +387,13 @@ class StoreBuilder:
                 label_start=label_start,
             )
         )
+
+    def _store_writer(self) -> StoreWriter:
+        if self._writer is None:
+            with interrupts_deferred():  # an interrupt now is raised once discard() can find it
+                self._scratch = Path(tempfile.mkdtemp(prefix="mireg-store-"))
+            self._writer = StoreWriter(self._scratch / "store", self.canvas)
+        return self._writer
 
     # ----------------------------------------------------------------------------------- publishing
 
@@ -411,12 +418,11 @@ class StoreBuilder:
                 f"{target}: already exists; refusing to overwrite it",
                 "choose another output folder or remove this one",
             )
-        self._writer.publish(
-            self.name, list(self.classes), self.spacing, self.volumes, dict(provenance or {})
-        )
+        writer = self._store_writer()
+        writer.publish(self.name, list(self.classes), self.spacing, self.volumes, dict(provenance or {}))
         if self._scratch is not None:
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(self._writer.path, target)
+            shutil.move(writer.path, target)
         self.discard()
         return VolumeStore.load(target)
 
@@ -426,7 +432,8 @@ class StoreBuilder:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
         self._pending.clear()
-        self._writer.discard()
+        if self._writer is not None:
+            self._writer.discard()
         if self._scratch is not None:
             shutil.rmtree(self._scratch, ignore_errors=True)
 

@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from collections.abc import Callable
@@ -22,8 +23,10 @@ from mireg.data.phantom import generate_cohort
 from mireg.data.prepare import prepare_store
 from mireg.errors import DataError
 from mireg.preprocessing.store import VolumeStore
+from mireg.preprocessing.volume import StoreBuilder
 
 from ..conftest import CliResult
+from ..helpers import terminated_when_made
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -104,6 +107,28 @@ def test_an_interrupted_preprocess_leaves_nothing(raw: Path, tmp_path: Path) -> 
     assert proc.returncode == 130, err
     assert b"Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
+
+
+def test_a_kill_the_instant_the_store_folder_is_made_leaves_nothing(raw: Path, tmp_path: Path) -> None:
+    out = tmp_path / "store"
+    with terminated_when_made("mkdtemp"), pytest.raises(KeyboardInterrupt):
+        prepare_store("acdc", raw, out, 4.0, 64, {}, [], None, 1)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_kill_the_instant_a_builder_makes_its_private_folder_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where a builder without ``out`` writes
+    image = np.zeros((8, 8, 2), np.float32)
+    with (
+        terminated_when_made("mkdtemp"),
+        pytest.raises(KeyboardInterrupt),
+        StoreBuilder("t", 1.0, 16) as builder,
+    ):
+        builder.add(id="a", patient="a", image=image, affine=np.eye(4), spacing=(1.0, 1.0, 1.0))
+        builder.save(tmp_path / "store")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_preprocessing_memory_does_not_grow_with_the_data_set(tmp_path: Path) -> None:
