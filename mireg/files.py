@@ -101,7 +101,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         with interrupts_deferred():
             fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_extension(path), dir=path.parent)
             tmp = Path(name)
-        os.close(fd)
+            os.close(fd)
         write(tmp)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
