@@ -36,7 +36,14 @@ from mireg.files import interrupts_deferred, new_dir_mode
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["READABLE_VERSIONS", "STORE_VERSION", "StoreWriter", "VolumeInfo", "VolumeStore"]
+__all__ = [
+    "READABLE_VERSIONS",
+    "STORE_VERSION",
+    "StoreWriter",
+    "VolumeInfo",
+    "VolumeStore",
+    "refuse_existing",
+]
 
 STORE_VERSION = 2
 #: Versions :meth:`VolumeStore.load` reads.
@@ -286,7 +293,7 @@ class StoreWriter:
 
     def __init__(self, path: Path, canvas: int) -> None:
         self.path, self.canvas = Path(path), canvas
-        _refuse_existing(self.path)
+        refuse_existing(self.path)
         self.slices = self.label_slices = 0
         self.tmp: Path | None = None
         self._files: list[BinaryIO] = []
@@ -374,7 +381,8 @@ def _npy_header(dtype: str, shape: tuple[int, ...]) -> bytes:
     return b"\x93NUMPY\x01\x00" + room.to_bytes(2, "little") + body
 
 
-def _refuse_existing(path: Path) -> None:
+def refuse_existing(path: Path) -> None:
+    """Refuse to write a store to ``path`` if something is there already (it is never overwritten)."""
     if path.exists():
         raise DataError(
             f"{path}: already exists; refusing to overwrite it",
@@ -384,7 +392,7 @@ def _refuse_existing(path: Path) -> None:
 
 def _temporary_sibling(path: Path) -> Path:
     """A new hidden folder next to ``path`` (which must not exist) to fill before renaming."""
-    _refuse_existing(path)
+    refuse_existing(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
 

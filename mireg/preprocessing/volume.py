@@ -30,7 +30,7 @@ import numpy as np
 
 from mireg.errors import DataError
 from mireg.files import interrupts_deferred
-from mireg.preprocessing.store import StoreWriter, VolumeInfo, VolumeStore
+from mireg.preprocessing.store import StoreWriter, VolumeInfo, VolumeStore, refuse_existing
 
 __all__ = [
     "PERCENTILES",
@@ -413,11 +413,8 @@ class StoreBuilder:
             raise DataError(f"{target}: no volumes were found to preprocess")
         if not self.classes:
             raise ValueError("the dataset did not set StoreBuilder.classes")
-        if self.out is None and target.exists():
-            raise DataError(
-                f"{target}: already exists; refusing to overwrite it",
-                "choose another output folder or remove this one",
-            )
+        if self.out is None:
+            refuse_existing(target)
         writer = self._store_writer()
         writer.publish(self.name, list(self.classes), self.spacing, self.volumes, dict(provenance or {}))
         if self._scratch is not None:
