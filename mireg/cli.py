@@ -7,11 +7,8 @@ to stderr and exits 1; bad usage exits 2 (Typer); anything else is a bug and kee
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
@@ -34,6 +31,7 @@ from rich.text import Text
 
 from mireg import __version__, host_memory, registry
 from mireg.errors import MiregError, RunInterrupted
+from mireg.interrupts import interrupts_raised
 from mireg.progress import Observer
 
 if TYPE_CHECKING:
@@ -175,7 +173,7 @@ def preprocess(
             raise typer.BadParameter(f"expected key=value, got {item!r}", param_hint="--option")
         options[key.strip()] = value.strip()
     started = time.perf_counter()
-    with _progress() as bar, _interrupt_on_signals():
+    with _progress() as bar, interrupts_raised():
         store, written = prepare_store(
             dataset, raw, out, spacing, canvas, options, unlabeled or [], _ProgressReporter(bar), workers
         )
@@ -222,23 +220,6 @@ class _RichObserver(Observer):
         err_console.print(
             f"[yellow]{signal_name}: saving a checkpoint after this step (Ctrl-C again to stop at once)[/]"
         )
-
-
-@contextmanager
-def _interrupt_on_signals() -> Iterator[None]:
-    """SIGINT and SIGTERM raise KeyboardInterrupt, so that what was half-written is removed. SIGINT
-    is set too: a command started in the background by a script (``mireg study ... &``) inherits
-    SIGINT ignored, and would otherwise run on through ``kill -INT`` (``mireg train`` stops on it)."""
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 # Parameters that `train` and `nnunet` share.
@@ -799,7 +780,7 @@ def study(
         console.print(f"{waiting} more wait for choices not made yet: {plan.waiting_text()}", markup=False)
     # SIGTERM stops the study as Ctrl+C does: local runs checkpoint, Slurm jobs stay queued, and the
     # study says so before it ends.
-    with _progress(remaining=False) as bar, _interrupt_on_signals():
+    with _progress(remaining=False) as bar, interrupts_raised():
         task = bar.add_task(f"study {spec.name}", total=ready, info="")
 
         def progress(done: int, total: int, description: str) -> None:

@@ -9,23 +9,21 @@ the rename it gets the mode any new file of the user gets (0666 less the umask: 
 usual 022), or the mode of the file it replaces, so that a PACS sender or a viewer running as
 another user can read the results.
 
-A temporary is created while SIGINT and SIGTERM wait (:func:`interrupts_deferred`), so a Ctrl-C or
-a kill arriving at that instant is acted on only once the code that removes it on failure holds it.
+A temporary is created while SIGINT and SIGTERM wait (:func:`mireg.interrupts.interrupts_deferred`),
+so a Ctrl-C or a kill arriving at that instant is acted on only once the code that removes it on
+failure holds it.
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import tempfile
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["atomic_write", "atomic_write_text", "interrupts_deferred", "new_dir_mode", "new_file_mode"]
+from mireg.interrupts import interrupts_deferred
 
-_INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
+__all__ = ["atomic_write", "atomic_write_text", "new_dir_mode", "new_file_mode"]
 
 
 def _umask() -> int:
@@ -57,35 +55,6 @@ def new_file_mode(path: Path | None = None) -> int:
 def new_dir_mode() -> int:
     """The permission bits of a new folder (0777 less the umask)."""
     return 0o777 & ~_umask()
-
-
-@contextmanager
-def interrupts_deferred() -> Iterator[None]:
-    """SIGINT and SIGTERM that arrive inside the block are acted on when it ends, as if they arrived
-    then (their handlers, e.g. the CLI's, which raise ``KeyboardInterrupt``, are not changed).
-
-    For the short step that creates a temporary file or folder and hands it to the code that removes
-    it: open that code's ``try`` first, create inside this block, so that an interrupt is raised
-    where the temporary is already known. Outside the main thread (where Python runs no signal
-    handlers), or where a handler was set outside Python, it does nothing.
-    """
-    in_python = all(signal.getsignal(sig) is not None for sig in _INTERRUPTS)  # else not restorable
-    if threading.current_thread() is not threading.main_thread() or not in_python:
-        yield
-        return
-    arrived: list[int] = []
-
-    def wait(signum: int, frame: object) -> None:
-        arrived.append(signum)
-
-    handlers = {sig: signal.signal(sig, wait) for sig in _INTERRUPTS}
-    try:
-        yield
-    finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
-        for signum in dict.fromkeys(arrived):
-            signal.raise_signal(signum)
 
 
 def _extension(path: Path) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mireg.files import atomic_write, atomic_write_text, interrupts_deferred
+from mireg.files import atomic_write, atomic_write_text
 from mireg.preprocessing.store import StoreWriter
 
 from .helpers import terminated_when_made
@@ -70,24 +69,6 @@ def test_a_kill_the_instant_the_temporary_is_made_leaves_the_previous_file_and_n
     with terminated_when_made("mkstemp"), pytest.raises(KeyboardInterrupt):
         atomic_write_text(target, "new")
     assert target.read_text() == "kept" and [p.name for p in tmp_path.iterdir()] == ["a.txt"]
-
-
-def test_a_deferred_interrupt_is_acted_on_once_when_the_block_ends() -> None:
-    seen: list[int] = []
-
-    def handler(signum: int, frame: object) -> None:
-        seen.append(signum)
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        with interrupts_deferred():
-            os.kill(os.getpid(), signal.SIGTERM)
-            os.kill(os.getpid(), signal.SIGTERM)
-            waited = list(seen)
-        assert waited == [] and seen == [signal.SIGTERM]
-        assert signal.getsignal(signal.SIGTERM) is handler
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def test_a_store_folder_gets_the_mode_of_a_new_folder(tmp_path: Path, umask: None) -> None:

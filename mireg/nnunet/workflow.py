@@ -46,6 +46,7 @@ from mireg.evaluation.evaluate import VolumeResult, build_report, score_volume
 from mireg.evaluation.report import write_reports
 from mireg.files import atomic_write, atomic_write_text
 from mireg.inference import keep_largest_components
+from mireg.interrupts import interrupts_handled_by
 from mireg.preprocessing.store import VolumeInfo, VolumeStore
 from mireg.processes import ending_with_parent
 from mireg.progress import Observer
@@ -353,12 +354,8 @@ class NnUNetRun:
             if self._child is not None:
                 self._child.send_signal(signal.SIGTERM)
 
-        handlers = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-        try:
+        with interrupts_handled_by(stop):
             yield
-        finally:
-            for sig, handler in handlers.items():
-                signal.signal(sig, handler)
         if self._stopped:
             raise RunInterrupted(
                 f"{self.recipe.name}: stopped", f"continue with: mireg nnunet --resume {self.run.path}"

@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING, BinaryIO
 import numpy as np
 
 from mireg.errors import DataError
-from mireg.files import interrupts_deferred, new_dir_mode
+from mireg.files import new_dir_mode
+from mireg.interrupts import interrupts_deferred
 
 if TYPE_CHECKING:
     import torch

@@ -29,7 +29,7 @@ from typing import NamedTuple
 import numpy as np
 
 from mireg.errors import DataError
-from mireg.files import interrupts_deferred
+from mireg.interrupts import interrupts_deferred
 from mireg.preprocessing.store import StoreWriter, VolumeInfo, VolumeStore, refuse_existing
 
 __all__ = [

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mireg.errors import MiregError, RunError
+from mireg.interrupts import interrupts_handled_by
 from mireg.progress import Observer
 from mireg.recipe import Recipe, load_recipe
 from mireg.training.loop import Trainer
@@ -97,19 +98,13 @@ def _stop_on_signals(trainer: Trainer) -> Iterator[None]:
     """SIGINT/SIGTERM ask the trainer to checkpoint and stop; a second Ctrl-C stops at once. The
     handler writes nothing (the trainer announces the stop after the step): output from a handler
     can interrupt a write to the same stream, and Python then fails with a reentrant call."""
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def handler(signum: int, frame: Any) -> None:
         trainer.request_stop(signal.Signals(signum).name)
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
-    for sig in previous:
-        signal.signal(sig, handler)
-    try:
+    with interrupts_handled_by(handler):
         yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 def next_step(run: RunDir, resumable: bool | None = None) -> Literal["finished", "resume", "start"]:
