@@ -86,7 +86,8 @@ def bench(session: nox.Session) -> None:
 @nox.session
 def gpu(session: nox.Session) -> None:
     """On a machine with an NVIDIA GPU: every CUDA test (`pytest -m cuda`) and everything measured
-    only on a GPU (step timings, profiles, data paths, loss curve) into gpu-check/ (gpu.json)."""
+    only on a GPU (the strong study's run times, step timings, profiles, data paths, loss curve) into
+    gpu-check/ (gpu.json)."""
     python = str(Path(session.bin) / "python")
     session.run(
         "bash",

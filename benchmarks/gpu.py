@@ -2,7 +2,7 @@
 
     python benchmarks/gpu.py -o gpu.json          # or: nox -s gpu
 
-On one GPU, in about 7 minutes (an H200):
+On one GPU, in about 10 minutes (an H200; 7 before the ``study`` timings):
 
 - ``machine``: the GPU, its driver, and the versions of Python, torch, CUDA, cuDNN and mireg;
 - ``steps``: ``benchmarks/step.py`` at the paper's shapes (224x224, 4 labelled + 10 + 10 unlabelled
@@ -19,6 +19,9 @@ On one GPU, in about 7 minutes (an H200):
   yardstick of rounding, the same difference between the CPU run and one with a single thread (the
   same steps summed in other orders: training amplifies rounding, so curves drift apart with no
   error anywhere);
+- ``study``: each method of the strong study (``recipes/studies/phantom_strong.toml``) trained as
+  that study trains it, for a few epochs: seconds per epoch, and the minutes a whole run and the
+  whole study would take on this GPU, one run at a time (``study_runs``);
 - ``goals``: each goal of `docs/speed.md`, its target, the measured value and whether it
   is met.
 
@@ -34,10 +37,12 @@ import csv
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -49,6 +54,8 @@ REPO = HERE.parent
 METHODS = ("partial", "udaiic", "cps", "bcp", "fixmatch", "unimatch")
 #: The methods also timed under ``torch.compile`` (bf16).
 COMPILED = ("partial", "udaiic")
+#: The study whose runs ``study_runs`` times.
+STUDY = REPO / "recipes" / "studies" / "phantom_strong.toml"
 #: The goals at the paper's shapes on one H200 (`docs/speed.md`).
 GOAL_MS = {"partial": 10.0, "udaiic": 20.0}
 GOAL_PEAK_GB = 8.0
@@ -157,6 +164,80 @@ def curve(device: str, epochs: int, iterations: int, timeout: float) -> dict[str
     }
 
 
+def _train_command(engine: str, recipe: Path) -> list[str]:
+    return [sys.executable, "-m", "mireg", "nnunet" if engine == "nnunet" else "train", str(recipe)]
+
+
+def study_runs(
+    device: str, study_file: Path, epochs: int, timeout: float, iterations: int | None = None
+) -> Iterator[list[dict[str, Any]]]:
+    """Each method of the study of ``study_file`` trained as the study trains it (its recipe with
+    the study's settings and the first configuration of its grid, in the recipe's arithmetic: the
+    studies train in fp32), at its first labelled amount and the study's first seed, for ``epochs``
+    epochs (``iterations`` per epoch: the recipe's unless given) on ``device``. One row per method:
+    the seconds of each epoch (its steps and validation, from ``metrics.csv``), the wall time of the
+    whole command (start, data, checkpoints and the test split included) and the projected minutes
+    of a whole run: that wall time plus the study's other epochs at the median of the timed epochs
+    after the first (which warms up). A run's time does not depend on the labelled amount (the
+    batches are fixed). Then one row for the whole study: its runs per method (grids and held-out
+    seeds included) times those minutes, one run at a time; None where a method was not timed
+    (nnU-Net needs the ``nnunet`` extra).
+    """
+    from mireg.recipe import dump_toml
+    from mireg.study.runs import RunKey
+    from mireg.study.workflow import open_study
+
+    study = open_study(study_file)
+    runs = Counter(key.method for key in study.selection_runs())
+    for method in study.gridded_methods():
+        runs[method] += len(study.held_out_seeds) * len(study.amounts_of(method))
+    minutes: dict[str, float | None] = {}
+    with tempfile.TemporaryDirectory(prefix="mireg-study-runs-") as scratch:
+        for method in study.spec.methods:
+            key = RunKey(method, 0, study.amounts_of(method)[0], study.seeds[0])
+            raw = study.recipe(key)
+            run_epochs = int(raw["train"]["epochs"])
+            raw["train"].update(epochs=epochs, device=device, runs_dir=f"{scratch}/runs/{method}")
+            if iterations is not None:
+                raw["train"]["iterations_per_epoch"] = iterations
+            recipe = Path(scratch, f"{key.name}.toml")
+            recipe.write_text(dump_toml(raw))
+            row: dict[str, Any] = {"measurement": "study_run", "study": study.spec.name, "method": method}
+            row |= {"run": key.name, "engine": study.engine(key), "epochs_timed": epochs}
+            row |= {"iterations_per_epoch": raw["train"]["iterations_per_epoch"], "study_epochs": run_epochs}
+            minutes[method] = None
+            started = time.perf_counter()
+            try:
+                done = subprocess.run(
+                    _train_command(row["engine"], recipe), capture_output=True, text=True, timeout=timeout
+                )
+            except subprocess.TimeoutExpired:
+                yield [row | {"error": f"timed out after {timeout:.0f} s"}]
+                continue
+            wall = time.perf_counter() - started
+            if done.returncode != 0:
+                yield [row | {"error": done.stderr.strip().splitlines()[-3:]}]
+                continue
+            [run] = Path(scratch, "runs", method).iterdir()
+            with open(run / "metrics.csv") as fh:
+                seconds = [float(r["seconds"]) for r in csv.DictReader(fh)]
+            per_epoch = statistics.median(seconds[1:] or seconds)
+            minutes[method] = (wall + (run_epochs - epochs) * per_epoch) / 60
+            row |= {"epoch_seconds": seconds, "wall_s": round(wall, 1)}
+            yield [row | {"projected_run_min": round(minutes[method], 2)}]
+    untimed = sorted(m for m, value in minutes.items() if value is None)
+    total = None if untimed else sum(runs[m] * value for m, value in minutes.items() if value is not None)
+    yield [
+        {
+            "measurement": "study_total",
+            "study": study.spec.name,
+            "runs": dict(runs),
+            "projected_hours_one_run_at_a_time": None if total is None else round(total / 60, 2),
+            "not_timed": untimed,
+        }
+    ]
+
+
 def _command_output(command: list[str]) -> str | None:
     try:
         return subprocess.run(command, capture_output=True, text=True, timeout=30, check=True).stdout.strip()
@@ -242,8 +323,14 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=20)
     parser.add_argument("--timeout", type=float, default=150, help="seconds per measurement")
     parser.add_argument(
-        "--only", nargs="*", default=["steps", "profiles", "curve", "data"], help="the measurements to run"
+        "--only",
+        nargs="*",
+        default=["study", "steps", "profiles", "curve", "data"],
+        help="the measurements to run",
     )
+    parser.add_argument("--study", type=Path, default=STUDY, help="the study file of the study timings")
+    parser.add_argument("--study-epochs", type=int, default=3, help="epochs each method of the study trains")
+    parser.add_argument("--study-iterations", type=int, help="iterations per epoch there (default: recipes')")
     parser.add_argument("--methods", nargs="*", default=list(METHODS), help="methods of the step timings")
     parser.add_argument("--precisions", nargs="*", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     parser.add_argument("--compiled", nargs="*", default=list(COMPILED), help="methods also timed compiled")
@@ -258,6 +345,9 @@ def main() -> None:
     jobs: dict[str, Callable[[], Iterable[list[dict[str, Any]]]]] = {
         "steps": lambda: steps(
             args.device, args.size, args.steps, args.timeout, args.methods, args.precisions, args.compiled
+        ),
+        "study": lambda: study_runs(
+            args.device, args.study, args.study_epochs, 2 * args.timeout, args.study_iterations
         ),
         "profiles": lambda: profiles(args.device, args.size, args.steps, args.timeout),
         "curve": lambda: [[curve(args.device, args.epochs, args.iterations, 2 * args.timeout)]],
