@@ -176,7 +176,8 @@ def study_runs(
     studies train in fp32), at its first labelled amount and the study's first seed, for ``epochs``
     epochs (``iterations`` per epoch: the recipe's unless given) on ``device``. One row per method:
     the seconds of each epoch (its steps and validation, from ``metrics.csv``), the wall time of the
-    whole command (start, data, checkpoints and the test split included) and the projected minutes
+    whole command (start, data, checkpoints and the test split included; the first method's also makes
+    the synthetic cohort where it is not cached yet, about 20 s) and the projected minutes
     of a whole run: that wall time plus the study's other epochs at the median of the timed epochs
     after the first (which warms up). A run's time does not depend on the labelled amount (the
     batches are fixed). Then one row for the whole study: its runs per method (grids and held-out
