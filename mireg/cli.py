@@ -689,6 +689,7 @@ def study(
     _require_torch("mireg study")
     from mireg.study.executors import Executor
     from mireg.study.report import overview, standing, write_interim_report
+    from mireg.study.runs import runs_counted
     from mireg.study.workflow import conduct, local_executor, open_study, slurm_executor
 
     given = {"--plan": show_plan, "--interim": interim, "--archive": archive is not None}
@@ -731,12 +732,12 @@ def study(
         from mireg.study.archive import archive_study
 
         archived = archive_study(plan, archive)
-        left = f"; {archived.left_out} runs not finished left out" if archived.left_out else ""
+        left = f"; {runs_counted(archived.left_out)} not finished left out" if archived.left_out else ""
         if not archived.runs:
             console.print(f"no run of {spec.name} has finished yet: nothing archived{left}", markup=False)
             return
         console.print(
-            f"archived {len(archived.runs)} finished runs of {spec.name} into {archived.folder} "
+            f"archived {runs_counted(len(archived.runs), 'finished')} of {spec.name} into {archived.folder} "
             f"(checkpoints left out{left})",
             markup=False,
         )
@@ -775,9 +776,10 @@ def study(
         return
     plan.require_ready_methods()
     waiting, ready = len(plan.waiting_runs()), plan.ready_total()
-    console.print(f"study {spec.name}: {ready} runs, {where}, into {plan.out}", markup=False)
+    console.print(f"study {spec.name}: {runs_counted(ready)}, {where}, into {plan.out}", markup=False)
     if waiting:
-        console.print(f"{waiting} more wait for choices not made yet: {plan.waiting_text()}", markup=False)
+        verb = "waits" if waiting == 1 else "wait"
+        console.print(f"{waiting} more {verb} for choices not made yet: {plan.waiting_text()}", markup=False)
     # SIGTERM stops the study as Ctrl+C does: local runs checkpoint, Slurm jobs stay queued, and the
     # study says so before it ends.
     with _progress(remaining=False) as bar, interrupts_raised():
@@ -799,11 +801,12 @@ def study(
     if outcome.waiting:
         assert plan.origin is not None
         raise MiregError(
-            f"{outcome.waiting} runs of {spec.name} wait for choices not made yet: {plan.waiting_text()}",
+            f"{runs_counted(outcome.waiting)} of {spec.name} {'waits' if outcome.waiting == 1 else 'wait'} "
+            f"for choices not made yet: {plan.waiting_text()}",
             f"run that study (mireg study {plan.origin.source}), then this one again: the runs "
             f"finished here are reused"
             + (
-                f"; {len(outcome.failed)} runs did not finish and are retried then: "
+                f"; {runs_counted(len(outcome.failed))} did not finish, to be retried then: "
                 + ", ".join(r.name for r in outcome.failed)
                 if outcome.failed
                 else ""

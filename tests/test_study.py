@@ -23,7 +23,7 @@ from mireg.study.executors.base import Ending, Executor, Launch
 from mireg.study.plan import Borrowed, Study
 from mireg.study.report import compare_methods, markdown, summarize_study, write_interim_report
 from mireg.study.runner import launch_of, run_study
-from mireg.study.runs import RunKey, RunRecord, read_record
+from mireg.study.runs import RunKey, RunRecord, read_record, runs_counted
 from mireg.study.spec import load_study
 from mireg.study.workflow import conduct
 from mireg.training.rundir import RunDir
@@ -465,7 +465,7 @@ def test_an_archive_holds_the_finished_runs_without_checkpoints_and_a_study_reus
 
     result = cli("study", path, "--archive", tmp_path / "kept")
     assert result.code == 0, result.err
-    assert "archived 1 finished runs of s" in result.out and "1 runs not finished left out" in result.out
+    assert "archived 1 finished run of s" in result.out and "1 run not finished left out" in result.out
     kept = tmp_path / "kept" / "s"
     assert [p.name for p in (kept / "runs").iterdir()] == ["partial-c0-50pct-s1"]
     assert sorted(p.name for p in (kept / "runs" / "partial-c0-50pct-s1").iterdir()) == [
@@ -1289,6 +1289,13 @@ def test_a_study_sent_sigterm_stops_its_runs_at_a_checkpoint_and_says_so(
         out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, out[-3000:]
     flat = " ".join(out.split())
-    assert "study s stopped; 1 runs stopped at a checkpoint" in flat, out[-3000:]
+    assert "study s stopped; 1 run stopped at a checkpoint" in flat, out[-3000:]
     assert "interrupted" in (tmp_path / "out" / "s" / "logs" / "partial-c0-all-s1.log").read_text()
     assert not (run / "report.json").exists()
+
+
+def test_messages_count_one_run_in_the_singular() -> None:
+    assert runs_counted(1) == "1 run" and runs_counted(0) == "0 runs" and runs_counted(3) == "3 runs"
+    assert (
+        runs_counted(1, "finished") == "1 finished run" and runs_counted(2, "finished") == "2 finished runs"
+    )

@@ -19,7 +19,7 @@ from typing import Any
 from mireg.evaluation.report import markdown_table
 from mireg.files import atomic_write, atomic_write_text
 from mireg.study.plan import Study, duration, minutes_left, minutes_per_run, settings_text
-from mireg.study.runs import Amount, PlannedRun, RunRecord, records_to_json
+from mireg.study.runs import Amount, PlannedRun, RunRecord, records_to_json, runs_counted
 from mireg.study.stats import Estimate, PairedDifference, estimate, gap_share, paired_difference
 
 __all__ = [
@@ -812,7 +812,7 @@ def standing(study: Study, jobs: int) -> tuple[list[Table], str]:
         tables.append((title, header, choices))
     failed = sum(r.failed for r in plan)
     head = (
-        f"study {study.spec.name}: {len(plan)} runs in {study.out}: {count['done']} finished, "
+        f"study {study.spec.name}: {runs_counted(len(plan))} in {study.out}: {count['done']} finished, "
         f"{count['resume']} to resume, {count['train']} to train"
         + (f" ({failed} of them failed when last run: tried again when the study runs)" if failed else "")
     )
@@ -861,11 +861,12 @@ def _time_left(plan: list[PlannedRun], records: list[RunRecord], jobs: int) -> s
     waiting = sum(r.state == "wait" for r in plan)
     if not left:
         if waiting:
-            return f"every run that can train has finished; {waiting} wait for choices not made yet"
+            verb = "waits" if waiting == 1 else "wait"
+            return f"every run that can train has finished; {waiting} {verb} for choices not made yet"
         return "every run has finished; running the study writes its report"
     minutes = minutes_left(plan, records, jobs)
     if minutes is None:
-        return f"{left} runs to train; the time they take is estimated once one has finished"
+        return f"{runs_counted(left)} to train; the time they take is estimated once one has finished"
     measured = {r.method for r in records if r.status == "done" and not math.isnan(r.minutes)}
     per_method, _ = minutes_per_run(plan, records) or ({}, math.nan)
     unfinished = {r.method for r in plan if r.to_train} - measured
@@ -877,6 +878,5 @@ def _time_left(plan: list[PlannedRun], records: list[RunRecord], jobs: int) -> s
     if guessed:  # a cheaper method's minutes may stand for a dearer one's, or the other way round
         basis += f"; {', '.join(guessed)}: none finished yet, counted at the finished runs' median"
     if waiting:
-        basis += f"; the {waiting} runs waiting for choices not counted"
-    runs = f"{jobs} run{'s' if jobs > 1 else ''}"
-    return f"about {duration(60 * minutes)} of training left at {runs} at a time ({basis})"
+        basis += f"; {'the run' if waiting == 1 else f'the {waiting} runs'} waiting for choices not counted"
+    return f"about {duration(60 * minutes)} of training left at {runs_counted(jobs)} at a time ({basis})"

@@ -21,6 +21,7 @@ __all__ = [
     "read_record",
     "records_to_json",
     "resumable",
+    "runs_counted",
     "trained_by",
 ]
 
@@ -190,3 +191,9 @@ def trained_by(run: RunDir) -> str | None:
     if not header:
         return None
     return "nnunet" if any(column.startswith("nnunet/") for column in header) else "mireg"
+
+
+def runs_counted(count: int, kind: str = "") -> str:
+    """``"1 run"``, ``"3 runs"``; with ``kind``: ``"1 finished run"``, ``"3 finished runs"``."""
+    noun = "run" if count == 1 else "runs"
+    return f"{count} {kind} {noun}" if kind else f"{count} {noun}"

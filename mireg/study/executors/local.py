@@ -9,6 +9,7 @@ from collections.abc import Mapping
 
 from mireg.processes import ending_with_parent
 from mireg.study.executors.base import INTERRUPTED_CODES, Ending, Executor, Handle, Launch
+from mireg.study.runs import runs_counted
 
 __all__ = ["LocalExecutor"]
 
@@ -59,4 +60,4 @@ class LocalExecutor(Executor):
             process.send_signal(signal.SIGTERM)
         for process in processes:
             process.wait()
-        return f"{len(processes)} runs stopped at a checkpoint" if processes else ""
+        return f"{runs_counted(len(processes))} stopped at a checkpoint" if processes else ""
