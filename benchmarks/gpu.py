@@ -176,15 +176,15 @@ def study_runs(
     studies train in fp32), at its first labelled amount and the study's first seed, for ``epochs``
     epochs (``iterations`` per epoch: the recipe's unless given) on ``device``. One row per method:
     the seconds of each epoch (its steps and validation, from ``metrics.csv``), the wall time of the
-    whole command (start, data, checkpoints and the test split included; the first method's also makes
-    the synthetic cohort where it is not cached yet, about 20 s) and the projected minutes
+    whole command (start, reading the data, checkpoints and the test split included; the study's cohort
+    is made, where it is not cached yet, before any timing) and the projected minutes
     of a whole run: that wall time plus the study's other epochs at the median of the timed epochs
     after the first (which warms up). A run's time does not depend on the labelled amount (the
     batches are fixed). Then one row for the whole study: its runs per method (grids and held-out
     seeds included) times those minutes, one run at a time; None where a method was not timed
     (nnU-Net needs the ``nnunet`` extra).
     """
-    from mireg.recipe import dump_toml
+    from mireg.recipe import dump_toml, validate_recipe
     from mireg.study.runs import RunKey
     from mireg.study.workflow import open_study
 
@@ -193,6 +193,9 @@ def study_runs(
     for method in study.gridded_methods():
         runs[method] += len(study.held_out_seeds) * len(study.amounts_of(method))
     minutes: dict[str, float | None] = {}
+    first = next(iter(study.spec.methods))
+    first_key = RunKey(first, 0, study.amounts_of(first)[0], study.seeds[0])
+    validate_recipe(study.recipe(first_key), study_file.name).data.load()  # the cohort, made once, untimed
     with tempfile.TemporaryDirectory(prefix="mireg-study-runs-") as scratch:
         for method in study.spec.methods:
             key = RunKey(method, 0, study.amounts_of(method)[0], study.seeds[0])
