@@ -180,7 +180,7 @@ def test_a_stopped_nnunet_run_continues_from_its_last_epoch(tmp_path: Path) -> N
 @pytest.mark.slow
 def test_a_study_puts_nnunet_beside_mireg_methods_with_paired_differences(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     study_file = _study_file(tmp_path)
-    result = cli("study", study_file)
+    result = cli("study", study_file, "--jobs", "2")  # two runs at a time: CI has two cores
     assert result.code == 0, result.err
     out = tmp_path / "out" / "s"
     data = json.loads((out / "study.json").read_text())
