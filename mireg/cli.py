@@ -763,7 +763,7 @@ def study(
         runner = local_executor(device, jobs)
         where = f"{runner.capacity} at a time"
     if show_plan:
-        tables, time_left = standing(plan, runner.capacity)
+        tables, time_left = standing(plan, runner.capacity, runner.machine)
         for title, header, cells in tables:
             console.print(_plain_table(header, cells, title))
             console.print()

@@ -10,9 +10,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from mireg.data.phantom import generate_patient
 from mireg.recipe import load_recipe
+from mireg.training.runtime import hardware
 
 pytestmark = pytest.mark.slow
 
@@ -81,6 +83,16 @@ def test_train_writes_a_complete_run_directory(trained_run: Path) -> None:
     assert load_recipe(trained_run / "recipe.toml").name == "tiny"
     split = json.loads((trained_run / "split.json").read_text())
     assert not set(split["test"]) & set(split["labeled"] + split["unlabeled"])
+
+
+def test_a_run_records_the_machine_that_trained_it(trained_run: Path) -> None:
+    """versions.json names what trained the run (the CPU's model and torch's threads here), so a
+    study counts its time left from the runs trained on the machine it runs on."""
+    machine = json.loads((trained_run / "versions.json").read_text())["machine"]
+    assert machine == hardware(torch.device("cpu"))
+    threads = torch.get_num_threads()
+    model, count = machine.rsplit(", ", 1)
+    assert model and count == f"{threads} thread{'s' if threads != 1 else ''}"
 
 
 def test_train_also_tests_the_last_checkpoint_as_eval_does(cli, trained_run: Path) -> None:  # type: ignore[no-untyped-def]

@@ -25,7 +25,7 @@ from mireg.study.report import compare_methods, markdown, summarize_study, write
 from mireg.study.runner import launch_of, run_study
 from mireg.study.runs import RunKey, RunRecord, read_record, runs_counted
 from mireg.study.spec import load_study
-from mireg.study.workflow import conduct
+from mireg.study.workflow import conduct, local_executor
 from mireg.training.rundir import RunDir
 
 from .helpers import tiny_recipe, wait_for
@@ -687,6 +687,49 @@ def test_the_time_left_is_counted_from_the_median_run_so_one_slowed_down_run_doe
     # partial: 1 selection and 1 evaluation run left at 2 min; udaiic and full, 3 runs each at the
     # median of every finished run, 2 min: 8 runs x 2 min (the mean, 8 min a run, would say 1 h 04).
     assert "about 16 min of training left at 1 run at a time" in out
+
+
+def test_the_time_left_is_counted_from_the_runs_finished_on_the_machine_the_study_trains_on(
+    cli, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """Runs finished on a machine twice as slow (or on a GPU) do not stand for this one's, where any
+    run finished here: the study went on from a copy of another machine's runs."""
+    _recipes(tmp_path, epochs=4)
+    path = _study_file(tmp_path, GRID_STUDY)
+    runs = tmp_path / "out" / "s" / "runs"
+    here = local_executor(None, 1).machine
+    for name, seconds, machine in (
+        ("partial-c0-50pct-s1", 1200, "Slower CPU, 1 thread"),
+        ("partial-c1-50pct-s1", 1200, "Slower CPU, 1 thread"),
+        ("partial-c0-50pct-s2", 120, here),
+    ):
+        _finished_run(runs / name, 0.8, seconds)
+        (runs / name / "versions.json").write_text(json.dumps({"mireg": "0", "machine": machine}))
+    assert (
+        read_record(
+            RunKey("partial", 0, Study(load_study(path), path).amounts[0], 2),
+            RunDir(runs / "partial-c0-50pct-s2"),
+            tmp_path / "log",
+            "done",
+        ).machine
+        == here
+    )
+
+    result = cli("study", path, "--plan")
+    assert result.code == 0, result.err
+    out = " ".join(result.out.split())
+    # Every run left at the 2 min of the one finished here, not the 20 of the two finished elsewhere
+    # (their median with it, 20 min, would say 2 h 40): 8 runs x 2 min.
+    assert "about 16 min of training left at 1 run at a time" in out
+    assert f"from the minutes the finished runs took on this machine ({here})" in out
+
+    # None finished here: every machine's runs count.
+    slower = json.dumps({"mireg": "0", "machine": "Slower CPU, 1 thread"})
+    (runs / "partial-c0-50pct-s2" / "versions.json").write_text(slower)
+    result = cli("study", path, "--plan")
+    out = " ".join(result.out.split())
+    assert "about 2 h 40 min of training left at 1 run at a time" in out
+    assert f"from the minutes the finished runs took (none on this machine, {here})" in out
 
 
 class _InstantExecutor(Executor):

@@ -170,7 +170,9 @@ class NnUNetRun:
 
     def start(self, split: Split) -> None:
         """Create the run folder (recipe, versions, split) and its nnU-Net tree."""
-        self.run.start(self.recipe, split)
+        from mireg.training.runtime import hardware, resolve_device
+
+        self.run.start(self.recipe, split, hardware(resolve_device(self.recipe.train.device), _threads()))
         self.root.mkdir()
 
     # ------------------------------------------------------------------------------------- running

@@ -679,7 +679,9 @@ class Study:
         return read_record(key, self.run_dir(key), self.log(key), status)
 
 
-def minutes_left(plan: list[PlannedRun], records: list[RunRecord], jobs: int) -> float | None:
+def minutes_left(
+    plan: list[PlannedRun], records: list[RunRecord], jobs: int, machine: str = ""
+) -> float | None:
     """Wall-clock minutes of training left: each unfinished run's untrained share of the median
     minutes its method's finished runs took (a run waiting for another study's choice not counted),
     shared among ``jobs`` runs at a time (and never less than the longest run left). A method with
@@ -689,8 +691,10 @@ def minutes_left(plan: list[PlannedRun], records: list[RunRecord], jobs: int) ->
     Args:
         plan, records: :meth:`Study.standing`.
         jobs: Runs at a time.
+        machine: Where the runs left will train (:func:`mireg.training.runtime.hardware`; "": not
+            known): the finished runs trained there count first.
     """
-    per_run = minutes_per_run(plan, records)
+    per_run = minutes_per_run(plan, records, machine)
     if per_run is None:
         return None
     per_method, overall = per_run
@@ -699,25 +703,34 @@ def minutes_left(plan: list[PlannedRun], records: list[RunRecord], jobs: int) ->
 
 
 def minutes_per_run(
-    plan: list[PlannedRun], records: list[RunRecord]
+    plan: list[PlannedRun], records: list[RunRecord], machine: str = ""
 ) -> tuple[dict[str, float], float] | None:
     """The minutes a whole run of each method takes, and the median over every finished run (for
     a method with nothing measured). A method's finished runs give the median minutes they took
     (a run slowed down by other work on the machine does not stand for the rest); a method with
     none, the minutes its stopped runs trained over the share of epochs they trained (a run at a
     quarter of its epochs after 15 minutes: 60). None before any run has finished.
+
+    With ``machine`` (where the runs left will train), the finished runs trained there stand for
+    their method, and for the median, wherever there are any: two CPUs of one size differ by up to
+    two times, a GPU by far more. Runs trained elsewhere count where none was trained there.
     """
     measured = [r for r in records if r.status == "done" and not math.isnan(r.minutes)]
     if not measured:
         return None
+
+    def here(runs: list[RunRecord]) -> list[RunRecord]:
+        return [r for r in runs if machine and r.machine == machine] or runs
+
     per_method: dict[str, float] = {}
     for method in {r.method for r in measured}:
-        per_method[method] = statistics.median(r.minutes for r in measured if r.method == method)
+        runs = here([r for r in measured if r.method == method])
+        per_method[method] = statistics.median(r.minutes for r in runs)
     stopped = [r for r in plan if r.state == "resume" and r.share > 0 and r.method not in per_method]
     for method in {r.method for r in stopped}:
         mine = [r for r in stopped if r.method == method]
         per_method[method] = sum(r.minutes for r in mine) / sum(r.share for r in mine)
-    return per_method, statistics.median(r.minutes for r in measured)
+    return per_method, statistics.median(r.minutes for r in here(measured))
 
 
 def _same_but_device(written: Path, planned: dict[str, Any]) -> bool:

@@ -767,12 +767,13 @@ def _write_report(study: Study, records: list[RunRecord], rows: list[Row], inter
 Table = tuple[str, list[str], list[list[str]]]  # title, header, rows
 
 
-def standing(study: Study, jobs: int) -> tuple[list[Table], str]:
+def standing(study: Study, jobs: int, machine: str = "") -> tuple[list[Table], str]:
     """Where the study stands, without training anything: per phase, method and labelled amount,
     the runs finished, to resume, to train and waiting for another study's choices; each gridded
     configuration's mean best validation DSC so far and the one chosen; and a closing line with the
-    training time left, estimated from the minutes the finished runs took
-    (:func:`~mireg.study.plan.minutes_per_run`). No test number is shown.
+    training time left, estimated from the minutes the finished runs took, those on ``machine``
+    (where the runs left will train) first (:func:`~mireg.study.plan.minutes_per_run`). No test
+    number is shown.
     """
     plan, records = study.standing()
     states = ["done", "resume", "train"] + (["wait"] if study.pending else [])
@@ -819,7 +820,7 @@ def standing(study: Study, jobs: int) -> tuple[list[Table], str]:
     if study.pending:
         head += f", {count['wait']} waiting for choices not made yet: {study.waiting_text()}"
     taken = study.borrowed_rule().strip()  # what the chosen methods train, and where it was chosen
-    return tables, head + "\n" + (f"{taken}\n" if taken else "") + _time_left(plan, records, jobs)
+    return tables, head + "\n" + (f"{taken}\n" if taken else "") + _time_left(plan, records, jobs, machine)
 
 
 def _choices(
@@ -856,7 +857,7 @@ def _short_settings(settings: dict[str, Any]) -> str:
     return ", ".join(f"{n} = {v}" for n, v in zip(names, settings.values(), strict=True))
 
 
-def _time_left(plan: list[PlannedRun], records: list[RunRecord], jobs: int) -> str:
+def _time_left(plan: list[PlannedRun], records: list[RunRecord], jobs: int, machine: str) -> str:
     left = sum(r.to_train for r in plan)
     waiting = sum(r.state == "wait" for r in plan)
     if not left:
@@ -864,15 +865,24 @@ def _time_left(plan: list[PlannedRun], records: list[RunRecord], jobs: int) -> s
             verb = "waits" if waiting == 1 else "wait"
             return f"every run that can train has finished; {waiting} {verb} for choices not made yet"
         return "every run has finished; running the study writes its report"
-    minutes = minutes_left(plan, records, jobs)
+    minutes = minutes_left(plan, records, jobs, machine)
     if minutes is None:
         return f"{runs_counted(left)} to train; the time they take is estimated once one has finished"
-    measured = {r.method for r in records if r.status == "done" and not math.isnan(r.minutes)}
-    per_method, _ = minutes_per_run(plan, records) or ({}, math.nan)
+    finished = [r for r in records if r.status == "done" and not math.isnan(r.minutes)]
+    measured = {r.method for r in finished}
+    per_method, _ = minutes_per_run(plan, records, machine) or ({}, math.nan)
     unfinished = {r.method for r in plan if r.to_train} - measured
     partly = sorted(unfinished & per_method.keys())
     guessed = sorted(unfinished - per_method.keys())
-    basis = "from the minutes the finished runs took"
+    here = {r.method for r in finished if machine and r.machine == machine}
+    if here:
+        basis = f"from the minutes the finished runs took on this machine ({machine})"
+        elsewhere = sorted((measured - here) & {r.method for r in plan if r.to_train})
+        if elsewhere:
+            basis += f"; {', '.join(elsewhere)}: none finished here yet, counted from other machines"
+    else:
+        basis = "from the minutes the finished runs took"
+        basis += f" (none on this machine, {machine})" if machine else ""
     if partly:
         basis += f"; {', '.join(partly)}: none finished yet, counted from the epochs trained so far"
     if guessed:  # a cheaper method's minutes may stand for a dearer one's, or the other way round

@@ -60,7 +60,7 @@ def run_study(
             return
         text = f"{study.spec.name}: {record.name} {'reused' if reused else record.status}"
         if not reused and len(done) < total:
-            left = minutes_left(*study.standing(), executor.capacity)
+            left = minutes_left(*study.standing(), executor.capacity, executor.machine)
             if left is not None:
                 text += f", about {duration(60 * left)} left"
         if record.status != "done" and record.log:

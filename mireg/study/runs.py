@@ -87,6 +87,8 @@ class RunRecord:
     # The last checkpoint's test DSC (report_test_last.json; an nnU-Net run tests its final
     # checkpoint only, so its test_dice). NaN for a run that did not test it.
     last_test_dice: float = math.nan
+    # What trained it (versions.json's machine: the GPU, or the CPU and its threads; "": not known).
+    machine: str = ""
 
 
 @dataclass(frozen=True)
@@ -131,10 +133,21 @@ def read_record(key: RunKey, run: RunDir, log: Path, status: str) -> RunRecord:
             split = json.loads(run.file(RunDir.SPLIT).read_text())
             held = json.dumps([sorted(split["validation"]), sorted(split["test"])])
             record.split = hashlib.sha256(held.encode()).hexdigest()[:12]
+        record.machine = _machine(run)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         record.status = "failed"
         record.log = f"{log} ({run}: unreadable results: {exc})"
     return record
+
+
+def _machine(run: RunDir) -> str:
+    """What trained the run, from its ``versions.json`` ("" for a run trained before mireg wrote it,
+    or a file that does not say)."""
+    try:
+        machine = json.loads(run.file(RunDir.VERSIONS).read_text()).get("machine", "")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    return machine if isinstance(machine, str) else ""
 
 
 def _last_test_dice(run: RunDir, test_dice: float) -> float:

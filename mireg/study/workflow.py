@@ -50,9 +50,9 @@ def default_jobs(device: str | None) -> int:
 
 def local_executor(device: str | None, jobs: int | None = None) -> LocalExecutor:
     """Runs as subprocesses here, ``jobs`` at a time (default: :func:`default_jobs`), each on its own
-    GPU on CUDA."""
+    GPU on CUDA (``device``: the study's ``--device``; None: the recipes', taken as ``auto``)."""
     gpus = gpu_count() if (device or "").startswith("cuda") else 0
-    return LocalExecutor(default_jobs(device) if jobs is None else jobs, gpus)
+    return LocalExecutor(default_jobs(device) if jobs is None else jobs, gpus, device or "auto")
 
 
 def slurm_executor(study: Study, options: SlurmOptions, jobs: int | None = None) -> SlurmExecutor:

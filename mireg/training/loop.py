@@ -104,7 +104,7 @@ class Trainer:
         """Begin a new run: create its folder and write its metadata (rank 0), after :meth:`setup`,
         so that a recipe or data error leaves no folder behind."""
         if self.runtime.is_main:
-            run.start(self.recipe, self.data.split)
+            run.start(self.recipe, self.data.split, self.runtime.hardware())
 
     def resume(self, checkpoint: Checkpoint) -> None:
         """Continue from a checkpoint of this run (after :meth:`setup`)."""

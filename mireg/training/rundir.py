@@ -3,7 +3,7 @@
 ::
 
     recipe.toml      the resolved recipe (the run can be repeated from it)
-    versions.json    mireg, torch, python and plugin versions
+    versions.json    mireg, torch, python and plugin versions; the machine that trains the run
     split.json       the patients of each part
     metrics.csv      one row per epoch (rewritten whole, atomically, after each epoch)
     tensorboard/     event files, when tensorboard is installed
@@ -103,8 +103,9 @@ class RunDir:
             raise RunError(f"{path}: not a run directory (no {cls.RECIPE})")
         return run
 
-    def start(self, recipe: Recipe, split: Split) -> None:
-        """Create the folder and write the run's metadata (just before the first step).
+    def start(self, recipe: Recipe, split: Split, machine: str = "") -> None:
+        """Create the folder and write the run's metadata (just before the first step); ``machine``:
+        what trains it (:func:`mireg.training.runtime.hardware`).
 
         Raises:
             RunError: Another run took the folder since it was chosen.
@@ -116,7 +117,7 @@ class RunDir:
             )
         self.path.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.file(self.RECIPE), dump_toml(recipe.to_dict()))
-        atomic_write_text(self.file(self.VERSIONS), json.dumps(versions(recipe), indent=1))
+        atomic_write_text(self.file(self.VERSIONS), json.dumps(versions(recipe, machine), indent=1))
         atomic_write_text(self.file(self.SPLIT), split.to_json())
 
     # ------------------------------------------------------------------------------------ reading
@@ -187,9 +188,9 @@ def _holds_files(path: Path) -> bool:
     return path.exists() and (not path.is_dir() or any(path.iterdir()))
 
 
-def versions(recipe: Recipe) -> dict[str, Any]:
-    """The run's ``versions.json``: mireg, torch, python, and each plugin the recipe names with its
-    distribution and version."""
+def versions(recipe: Recipe, machine: str = "") -> dict[str, Any]:
+    """The run's ``versions.json``: mireg, torch, python, each plugin the recipe names with its
+    distribution and version, and the machine that trains it (where known)."""
     import torch
 
     import mireg
@@ -205,7 +206,7 @@ def versions(recipe: Recipe) -> dict[str, Any]:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "plugins": plugins,
-    }
+    } | ({"machine": machine} if machine else {})
 
 
 class MetricsLog:

@@ -8,7 +8,9 @@ norm to global-batch moments and agree on stop requests.
 
 from __future__ import annotations
 
+import platform
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -18,7 +20,7 @@ from mireg.errors import RecipeError
 from mireg.losses import Reduction
 from mireg.training import distributed
 
-__all__ = ["Runtime", "resolve_device"]
+__all__ = ["Runtime", "hardware", "resolve_device"]
 
 
 def resolve_device(name: str, key: str = "train.device") -> torch.device:
@@ -31,6 +33,32 @@ def resolve_device(name: str, key: str = "train.device") -> torch.device:
             f"{key}: {name!r} requested but CUDA is not available", 'use device = "auto" or "cpu"'
         )
     return device
+
+
+def hardware(device: torch.device, threads: int | None = None, processes: int = 1) -> str:
+    """What trains on ``device``: the GPU's name (``"NVIDIA H100 80GB HBM3"``), or the CPU's model
+    and torch's threads on it (``"AMD EPYC, 2 threads"``; ``threads``: torch's now unless given);
+    ``"4 x NAME"`` for ``processes`` of a ``torchrun`` job. A run records it in ``versions.json``;
+    a study counts the time its runs take from those trained on the same hardware."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    elif device.type == "cpu":
+        count = torch.get_num_threads() if threads is None else threads
+        name = f"{_cpu_model()}, {count} thread{'s' if count != 1 else ''}"
+    else:
+        name = device.type
+    return f"{processes} x {name}" if processes > 1 else name
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (Linux's ``/proc/cpuinfo``; else what :mod:`platform` knows)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and ":" in line:
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "CPU"
 
 
 class _Replicated(nn.Module):
@@ -69,6 +97,10 @@ class Runtime:
         if distributed.launched_by_torchrun():
             resolved = distributed.init_from_environment(resolved, key)
         return cls(resolved, distributed.world_size(), distributed.rank())
+
+    def hardware(self) -> str:
+        """What trains the run: :func:`hardware` of this process's device, times the processes."""
+        return hardware(self.device, processes=self.world)
 
     @property
     def is_distributed(self) -> bool:

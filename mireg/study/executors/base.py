@@ -102,6 +102,9 @@ class Executor(ABC):
 
     #: ``--executor`` name.
     name: str = ""
+    #: What trains the runs (:func:`mireg.training.runtime.hardware`; "": not known, as on a
+    #: cluster): the time left is counted from the runs finished there first.
+    machine: str = ""
 
     def __init__(self, capacity: int, processes: int = 1) -> None:
         self.capacity = max(1, capacity)

@@ -21,10 +21,14 @@ class LocalExecutor(Executor):
 
     name = "local"
 
-    def __init__(self, capacity: int, gpus: int = 0) -> None:
+    def __init__(self, capacity: int, gpus: int = 0, device: str = "") -> None:
         super().__init__(capacity)
         self.gpus = gpus
         self.threads = max(1, (os.cpu_count() or 1) // self.capacity)
+        if device:  # what trains the runs: the device the runs' recipes resolve to, at their threads
+            from mireg.training.runtime import hardware, resolve_device
+
+            self.machine = hardware(resolve_device(device), self.threads)
 
     def start(self, launch: Launch, arguments: list[str], slot: int) -> Handle:
         env = launch.environment(self.threads)
