@@ -721,7 +721,7 @@ def test_the_time_left_is_counted_from_the_runs_finished_on_the_machine_the_stud
     # Every run left at the 2 min of the one finished here, not the 20 of the two finished elsewhere
     # (their median with it, 20 min, would say 2 h 40): 8 runs x 2 min.
     assert "about 16 min of training left at 1 run at a time" in out
-    assert f"from the minutes the finished runs took on this machine ({here})" in out
+    assert f'from the minutes the finished runs took on this machine, "{here}"' in out
 
     # None finished here: every machine's runs count.
     slower = json.dumps({"mireg": "0", "machine": "Slower CPU, 1 thread"})
@@ -729,7 +729,7 @@ def test_the_time_left_is_counted_from_the_runs_finished_on_the_machine_the_stud
     result = cli("study", path, "--plan")
     out = " ".join(result.out.split())
     assert "about 2 h 40 min of training left at 1 run at a time" in out
-    assert f"from the minutes the finished runs took (none on this machine, {here})" in out
+    assert f'from the minutes the finished runs took on other machines than this one, "{here}"' in out
 
 
 class _InstantExecutor(Executor):

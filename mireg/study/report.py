@@ -876,13 +876,13 @@ def _time_left(plan: list[PlannedRun], records: list[RunRecord], jobs: int, mach
     guessed = sorted(unfinished - per_method.keys())
     here = {r.method for r in finished if machine and r.machine == machine}
     if here:
-        basis = f"from the minutes the finished runs took on this machine ({machine})"
+        basis = f'from the minutes the finished runs took on this machine, "{machine}"'
         elsewhere = sorted((measured - here) & {r.method for r in plan if r.to_train})
         if elsewhere:
             basis += f"; {', '.join(elsewhere)}: none finished here yet, counted from other machines"
     else:
         basis = "from the minutes the finished runs took"
-        basis += f" (none on this machine, {machine})" if machine else ""
+        basis += f' on other machines than this one, "{machine}"' if machine else ""
     if partly:
         basis += f"; {', '.join(partly)}: none finished yet, counted from the epochs trained so far"
     if guessed:  # a cheaper method's minutes may stand for a dearer one's, or the other way round
