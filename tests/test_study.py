@@ -729,7 +729,7 @@ def test_the_time_left_is_counted_from_the_runs_finished_on_the_machine_the_stud
     result = cli("study", path, "--plan")
     out = " ".join(result.out.split())
     assert "about 2 h 40 min of training left at 1 run at a time" in out
-    assert f'from the minutes the finished runs took on other machines than this one, "{here}"' in out
+    assert f'the finished runs took, none known to have trained on this machine, "{here}"' in out
 
 
 class _InstantExecutor(Executor):

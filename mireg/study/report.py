@@ -882,7 +882,7 @@ def _time_left(plan: list[PlannedRun], records: list[RunRecord], jobs: int, mach
             basis += f"; {', '.join(elsewhere)}: none finished here yet, counted from other machines"
     else:
         basis = "from the minutes the finished runs took"
-        basis += f' on other machines than this one, "{machine}"' if machine else ""
+        basis += f', none known to have trained on this machine, "{machine}"' if machine else ""
     if partly:
         basis += f"; {', '.join(partly)}: none finished yet, counted from the epochs trained so far"
     if guessed:  # a cheaper method's minutes may stand for a dearer one's, or the other way round
