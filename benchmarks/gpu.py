@@ -193,12 +193,11 @@ def study_runs(
     for method in study.gridded_methods():
         runs[method] += len(study.held_out_seeds) * len(study.amounts_of(method))
     minutes: dict[str, float | None] = {}
-    first = next(iter(study.spec.methods))
-    first_key = RunKey(first, 0, study.amounts_of(first)[0], study.seeds[0])
-    validate_recipe(study.recipe(first_key), study_file.name).data.load()  # the cohort, made once, untimed
+    keys = {m: RunKey(m, 0, study.amounts_of(m)[0], study.seeds[0]) for m in study.spec.methods}
+    first = next(iter(keys.values()))
+    validate_recipe(study.recipe(first), study_file.name).data.load()  # the cohort, made once, untimed
     with tempfile.TemporaryDirectory(prefix="mireg-study-runs-") as scratch:
-        for method in study.spec.methods:
-            key = RunKey(method, 0, study.amounts_of(method)[0], study.seeds[0])
+        for method, key in keys.items():
             raw = study.recipe(key)
             run_epochs = int(raw["train"]["epochs"])
             raw["train"].update(epochs=epochs, device=device, runs_dir=f"{scratch}/runs/{method}")

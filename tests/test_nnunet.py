@@ -105,9 +105,8 @@ def test_nnunet_trains_on_the_recipes_split_and_budget_and_is_scored_by_mireg(cl
     split = make_split(store, recipe.data, recipe.seed)
     # The split a mireg run of the recipe gets; nnU-Net sees the labelled patients' labels only.
     assert Split.read(run / "split.json") == split
-    assert json.loads((run / "versions.json").read_text())[
-        "machine"
-    ]  # what trained it, for a study's time left
+    # What trained it, for a study's time left.
+    assert json.loads((run / "versions.json").read_text())["machine"]
     labels = {p.name for p in (run / "nnunet" / "raw" / "Dataset001_mireg" / "labelsTr").iterdir()}
     assert labels == {f"{v.id}.nii.gz" for v in store.volumes_of(split.labeled)}
     # The budget: epochs x iterations, one metrics row per epoch, the validation DSC on the last.

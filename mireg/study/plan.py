@@ -32,7 +32,17 @@ from mireg.study.runs import (
 from mireg.study.spec import ChoicesFromSpec, StudySpec, load_study
 from mireg.training.rundir import RunDir
 
-__all__ = ["Borrowed", "Order", "Study", "duration", "minutes_left", "minutes_per_run", "settings_text"]
+__all__ = [
+    "Borrowed",
+    "Order",
+    "Study",
+    "duration",
+    "minutes_left",
+    "minutes_per_run",
+    "settings_text",
+    "timed_runs",
+    "trained_on",
+]
 
 #: Which runs of a study train first (:meth:`Study.selection_runs`).
 Order = Literal["seeds", "methods"]
@@ -715,12 +725,12 @@ def minutes_per_run(
     their method, and for the median, wherever there are any: two CPUs of one size differ by up to
     two times, a GPU by far more. Runs trained elsewhere count where none was trained there.
     """
-    measured = [r for r in records if r.status == "done" and not math.isnan(r.minutes)]
+    measured = timed_runs(records)
     if not measured:
         return None
 
     def here(runs: list[RunRecord]) -> list[RunRecord]:
-        return [r for r in runs if machine and r.machine == machine] or runs
+        return trained_on(runs, machine) or runs
 
     per_method: dict[str, float] = {}
     for method in {r.method for r in measured}:
@@ -731,6 +741,16 @@ def minutes_per_run(
         mine = [r for r in stopped if r.method == method]
         per_method[method] = sum(r.minutes for r in mine) / sum(r.share for r in mine)
     return per_method, statistics.median(r.minutes for r in here(measured))
+
+
+def timed_runs(records: list[RunRecord]) -> list[RunRecord]:
+    """The finished runs whose minutes are known: what the time left is counted from."""
+    return [r for r in records if r.status == "done" and not math.isnan(r.minutes)]
+
+
+def trained_on(runs: list[RunRecord], machine: str) -> list[RunRecord]:
+    """Those of ``runs`` trained on ``machine`` (none where ``machine`` is not known)."""
+    return [r for r in runs if machine and r.machine == machine]
 
 
 def _same_but_device(written: Path, planned: dict[str, Any]) -> bool:

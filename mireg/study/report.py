@@ -18,7 +18,15 @@ from typing import Any
 
 from mireg.evaluation.report import markdown_table
 from mireg.files import atomic_write, atomic_write_text
-from mireg.study.plan import Study, duration, minutes_left, minutes_per_run, settings_text
+from mireg.study.plan import (
+    Study,
+    duration,
+    minutes_left,
+    minutes_per_run,
+    settings_text,
+    timed_runs,
+    trained_on,
+)
 from mireg.study.runs import Amount, PlannedRun, RunRecord, records_to_json, runs_counted
 from mireg.study.stats import Estimate, PairedDifference, estimate, gap_share, paired_difference
 
@@ -868,13 +876,13 @@ def _time_left(plan: list[PlannedRun], records: list[RunRecord], jobs: int, mach
     minutes = minutes_left(plan, records, jobs, machine)
     if minutes is None:
         return f"{runs_counted(left)} to train; the time they take is estimated once one has finished"
-    finished = [r for r in records if r.status == "done" and not math.isnan(r.minutes)]
+    finished = timed_runs(records)
     measured = {r.method for r in finished}
     per_method, _ = minutes_per_run(plan, records, machine) or ({}, math.nan)
     unfinished = {r.method for r in plan if r.to_train} - measured
     partly = sorted(unfinished & per_method.keys())
     guessed = sorted(unfinished - per_method.keys())
-    here = {r.method for r in finished if machine and r.machine == machine}
+    here = {r.method for r in trained_on(finished, machine)}
     if here:
         basis = f'from the minutes the finished runs took on this machine, "{machine}"'
         elsewhere = sorted((measured - here) & {r.method for r in plan if r.to_train})
